@@ -1,0 +1,228 @@
+"""compress_model(ModelProto, Config) -> (ModelProto, Report), and compress(src, dst)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxq import io, rewrite
+from onnxq.codebooks import CODEBOOKS
+from onnxq.errors import OnnxqError, WeightError
+from onnxq.quantize import SCALES, QuantizedTensor, quantize
+from onnxq.report import Bytes, Report, SkipReport, WeightReport
+from onnxq.select import FLOAT_TYPES, find_weights, iter_graphs
+from onnxq.storage import CODEBOOK_SUFFIXES, FORMATS, INDICES_SUFFIX
+from onnxq.validate import compare_models
+
+GRANULARITIES = ("tensor", "channel")
+MIN_OPSET = 11  # BitShift, the unpacking op, needs opset 11
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class Config:
+    """What to do. None means "use the default"."""
+
+    bits: int = 5
+    codebook: str = "exponential"
+    granularity: str = "channel"
+    scale: str = "lsq"
+    format: str = "fold"
+    min_elements: int = 128
+    exclude: tuple[str, ...] = ()
+    validate: bool = True
+    inputs: str | None = None  # npz of validation inputs
+    dims: dict[str, int] = field(default_factory=dict)
+    samples: int = 8  # random validation runs when no inputs are given
+    seed: int = 0
+    min_sqnr: float | None = None
+    min_agreement: float | None = None
+
+    def check(self) -> None:
+        """Raise OnnxqError naming the valid values of the first bad option."""
+        choices = {
+            "codebook": CODEBOOKS,
+            "granularity": GRANULARITIES,
+            "scale": SCALES,
+            "format": FORMATS,
+        }
+        for key, valid in choices.items():
+            if getattr(self, key) not in valid:
+                raise OnnxqError(f"--{key} must be one of {', '.join(valid)}; got {getattr(self, key)!r}")
+        if not 1 <= self.bits <= 8:
+            raise OnnxqError(f"--bits must be between 1 and 8; got {self.bits}")
+        if self.min_elements < 1:
+            raise OnnxqError(f"--min-elements must be at least 1; got {self.min_elements}")
+        if self.samples < 1:
+            raise OnnxqError(f"--samples must be at least 1; got {self.samples}")
+        for pattern in self.exclude:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise OnnxqError(f"--exclude {pattern!r} is not a valid regular expression: {exc}") from None
+
+
+def _quantize_weight(weight, config: Config) -> QuantizedTensor:
+    if not np.all(np.isfinite(weight.array)):
+        raise WeightError(
+            f"weight {weight.name!r} contains NaN or Inf; fix the model, or leave the tensor "
+            f"in float with --exclude '^{re.escape(weight.name)}$'"
+        )
+    rows = rewrite.group_rows(weight, config.granularity)
+    return quantize(rows, CODEBOOKS[config.codebook], config.bits, config.scale)
+
+
+def _byte_breakdown(model: onnx.ModelProto) -> Bytes:
+    out = Bytes(total=model.ByteSize())
+    for graph in iter_graphs(model.graph):
+        tensors = list(graph.initializer) + [
+            a.t for n in graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR
+        ]
+        for t in tensors:
+            size = len(t.raw_data) or t.ByteSize()
+            if t.name.endswith(INDICES_SUFFIX):
+                out.indices += size
+            elif t.name.endswith(CODEBOOK_SUFFIXES):
+                out.codebooks += size
+            elif t.data_type in FLOAT_TYPES:
+                out.float_tensors += size
+    out.graph = out.total - out.indices - out.codebooks - out.float_tensors
+    return out
+
+
+def compress_model(
+    model: onnx.ModelProto, config: Config | None = None, progress: Progress | None = None
+) -> tuple[onnx.ModelProto, Report]:
+    """Compress every weight of a model; the input model is not modified."""
+    config = config or Config()
+    config.check()
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+    model = copy.deepcopy(model)
+    report = Report(config=_config_dict(config), input_bytes=model.ByteSize())
+    opset = rewrite.default_opset(model)
+    if opset < MIN_OPSET:
+        raise OnnxqError(
+            f"the model uses opset {opset}; onnxq needs opset {MIN_OPSET} or newer. "
+            "Convert it first, e.g. with onnx.version_converter.convert_version(model, 13)"
+        )
+    weights, skips = find_weights(model, config.min_elements, config.exclude)
+    report.skipped = [SkipReport(s.name, list(s.shape), s.reason) for s in skips]
+    if not weights:
+        report.notes.append("no compressible weights found: the model is written unchanged")
+
+    done = 0
+    if progress:
+        progress(0, len(weights), "")
+    quantized: list[QuantizedTensor] = []
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for weight, q in zip(weights, pool.map(lambda w: _quantize_weight(w, config), weights)):
+            quantized.append(q)
+            done += 1
+            if progress:
+                progress(done, len(weights), weight.name)
+    times["quantize"] = time.perf_counter() - start
+
+    fmt = FORMATS[config.format]
+    rewrite.replace_weights(model, list(zip(weights, quantized)), fmt)
+    if weights and model.ir_version < 8:
+        model = rewrite.inline_decoders(model)
+        report.notes.append(
+            f"IR version {model.ir_version} has no local functions: the decoders were inlined"
+        )
+    for weight, q in zip(weights, quantized):
+        index_bytes = -(-q.codes.size // 8) * q.bits
+        report.weights.append(
+            WeightReport(
+                name=weight.name,
+                shape=list(weight.array.shape),
+                uses=weight.uses,
+                groups=q.groups,
+                bits=q.bits,
+                codebook=q.codebook,
+                elements=int(weight.array.size),
+                index_bytes=index_bytes,
+                codebook_bytes=int(q.params.nbytes + q.ranges.nbytes),
+                correlation=q.correlation,
+                sqnr_db=q.sqnr_db,
+            )
+        )
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:  # a bug in onnxq, not in the input
+        raise RuntimeError(f"onnxq produced an invalid model: {exc}") from exc
+    report.output = _byte_breakdown(model)
+    times["rewrite"] = time.perf_counter() - start - times["quantize"]
+    report.seconds = times
+    return model, report
+
+
+def validate_into(
+    report: Report,
+    reference: bytes | str | Path,
+    candidate: bytes | str | Path,
+    config: Config,
+) -> None:
+    t = time.perf_counter()
+    report.validation = compare_models(
+        reference,
+        candidate,
+        inputs=config.inputs,
+        dims=config.dims,
+        samples=config.samples,
+        seed=config.seed,
+        min_sqnr=config.min_sqnr,
+        min_agreement=config.min_agreement,
+    )
+    report.seconds["validate"] = time.perf_counter() - t
+
+
+def compress(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    config: Config | None = None,
+    progress: Progress | None = None,
+    **options,
+) -> Report:
+    """Compress the model at src into dst, validate it, and return the report.
+
+    Options are Config fields (e.g. bits=5); dst is written atomically and src is
+    never modified.
+    """
+    if config is None:
+        try:
+            config = Config(**options)
+        except TypeError as exc:
+            raise OnnxqError(f"unknown option: {exc}") from None
+    config.check()
+    dst_path = io.check_output_path(src, dst)
+    t = time.perf_counter()
+    model = io.load_model(src)
+    load_seconds = time.perf_counter() - t
+    out, report = compress_model(model, config, progress)
+    report.seconds["load"] = load_seconds
+    report.input_bytes = Path(src).stat().st_size
+    t = time.perf_counter()
+    report.output.total = io.save_model(out, dst_path)
+    report.output.graph = (
+        report.output.total - report.output.indices - report.output.codebooks - report.output.float_tensors
+    )
+    report.seconds["save"] = time.perf_counter() - t
+    if config.validate and report.weights:
+        validate_into(report, Path(src), dst_path, config)
+    return report
+
+
+def _config_dict(config: Config) -> dict:
+    d = asdict(config)
+    d["exclude"] = list(config.exclude)
+    return d

@@ -1,0 +1,236 @@
+"""The onnxq command line: parse, call the library, render the report. Nothing else."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from onnxq import __version__
+from onnxq.api import GRANULARITIES, Config, compress
+from onnxq.codebooks import CODEBOOKS
+from onnxq.errors import OnnxqError
+from onnxq.quantize import SCALES
+from onnxq.report import Report
+from onnxq.storage import FORMATS
+from onnxq.validate import Validation, compare_models
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+out = Console()
+err = Console(stderr=True)
+
+EXIT_ERROR = 1
+EXIT_VALIDATION = 3
+
+
+def _choice(name: str, valid) -> callable:
+    def check(value: str) -> str:
+        if value not in valid:
+            raise typer.BadParameter(f"{value!r} is not one of: {', '.join(valid)}")
+        return value
+
+    return check
+
+
+def _dims(values: list[str]) -> dict[str, int]:
+    dims = {}
+    for item in values:
+        m = re.fullmatch(r"([^=]+)=(\d+)", item)
+        if not m:
+            raise typer.BadParameter(f"{item!r} is not NAME=VALUE, e.g. --dim batch=1", param_hint="--dim")
+        dims[m.group(1)] = int(m.group(2))
+    return dims
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"onnxq {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Shrink the weights of trained ONNX models to a few bits each, without retraining."""
+
+
+@app.command("compress")
+def compress_cmd(
+    src: Annotated[Path, typer.Argument(help="The float ONNX model.")],
+    dst: Annotated[Path, typer.Argument(help="Where to write the compressed model.")],
+    bits: Annotated[int, typer.Option(min=1, max=8, help="Bits per weight, 1..8.")] = 5,
+    codebook: Annotated[
+        str, typer.Option(callback=_choice("codebook", CODEBOOKS), help=f"One of: {', '.join(CODEBOOKS)}.")
+    ] = "exponential",
+    granularity: Annotated[
+        str,
+        typer.Option(
+            callback=_choice("granularity", GRANULARITIES),
+            help="tensor: one codebook per tensor (the paper); channel: one per output channel.",
+        ),
+    ] = "channel",
+    scale: Annotated[
+        str,
+        typer.Option(
+            callback=_choice("scale", SCALES),
+            help="variance: the paper's variance-preserving rescale; lsq: least squares.",
+        ),
+    ] = "lsq",
+    fmt: Annotated[
+        str, typer.Option("--format", callback=_choice("format", FORMATS), help=f"One of: {', '.join(FORMATS)}.")
+    ] = "fold",
+    min_elements: Annotated[int, typer.Option(min=1, help="Leave tensors smaller than this in float.")] = 128,
+    exclude: Annotated[
+        Optional[list[str]], typer.Option(help="Regex on tensor or node names to leave in float; repeatable.")
+    ] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write the report: .json or .md.")] = None,
+    inputs: Annotated[
+        Optional[Path], typer.Option(help="Validation inputs: an .npz keyed by graph input name.")
+    ] = None,
+    dim: Annotated[
+        Optional[list[str]], typer.Option(help="NAME=VALUE size of a symbolic input dimension; repeatable.")
+    ] = None,
+    validate: Annotated[bool, typer.Option(help="Compare against the float model in onnxruntime.")] = True,
+    samples: Annotated[int, typer.Option(min=1, help="Random validation runs when --inputs is not given.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the random validation inputs.")] = 0,
+    min_sqnr: Annotated[
+        Optional[float], typer.Option(help="Exit 3 if an output's SQNR (dB) is below this.")
+    ] = None,
+    min_agreement: Annotated[
+        Optional[float], typer.Option(help="Exit 3 if top-1 agreement falls below this fraction.")
+    ] = None,
+) -> None:
+    """Compress the weights of SRC into DST and check the result in onnxruntime."""
+    if report is not None and report.suffix not in (".json", ".md"):
+        raise typer.BadParameter("the report must end in .json or .md", param_hint="--report")
+    config = Config(
+        bits=bits,
+        codebook=codebook,
+        granularity=granularity,
+        scale=scale,
+        format=fmt,
+        min_elements=min_elements,
+        exclude=tuple(exclude or ()),
+        validate=validate,
+        inputs=str(inputs) if inputs else None,
+        dims=_dims(dim or []),
+        samples=samples,
+        seed=seed,
+        min_sqnr=min_sqnr,
+        min_agreement=min_agreement,
+    )
+    try:
+        with Progress(
+            TextColumn("quantizing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+            console=err, transient=True,
+        ) as bar:
+            task = bar.add_task("", total=None)
+
+            def progress(done: int, total: int, name: str) -> None:
+                bar.update(task, completed=done, total=total, description=name)
+
+            result = compress(src, dst, config, progress)
+        if report is not None:
+            text = result.to_json() if report.suffix == ".json" else result.to_markdown()
+            report.write_text(text)
+    except OnnxqError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    render(result)
+    if not result:
+        raise typer.Exit(EXIT_VALIDATION)
+
+
+@app.command("validate")
+def validate_cmd(
+    float_model: Annotated[Path, typer.Argument(help="The reference model.")],
+    compressed_model: Annotated[Path, typer.Argument(help="The model to check against it.")],
+    inputs: Annotated[Optional[Path], typer.Option(help="An .npz keyed by graph input name.")] = None,
+    dim: Annotated[Optional[list[str]], typer.Option(help="NAME=VALUE for a symbolic dimension.")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Random runs when --inputs is not given.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
+    min_sqnr: Annotated[Optional[float], typer.Option(help="Exit 3 below this output SQNR (dB).")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="Exit 3 below this top-1 agreement.")] = None,
+) -> None:
+    """Run two models with the same inputs in onnxruntime and compare their outputs."""
+    try:
+        for path in (float_model, compressed_model):
+            if not path.is_file():
+                raise OnnxqError(f"{path} does not exist; check the path")
+        result = compare_models(
+            float_model, compressed_model, inputs, _dims(dim or []), samples, seed, min_sqnr, min_agreement
+        )
+    except OnnxqError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    render_validation(result)
+    if not result:
+        raise typer.Exit(EXIT_VALIDATION)
+
+
+def render(report: Report) -> None:
+    d = report.to_dict()
+    s, b = d["summary"], d["bytes"]
+    weights = Table(title=f"compressed {s['compressed_tensors']} tensors", title_justify="left")
+    for col in ("tensor", "shape", "groups", "bits", "corr", "SQNR dB", "bytes"):
+        weights.add_column(col, justify="left" if col in ("tensor", "shape") else "right")
+    for w in d["weights"]:
+        weights.add_row(
+            w["name"], "x".join(map(str, w["shape"])), str(w["groups"]), str(w["bits"]),
+            f"{w['correlation']:.5f}", _fmt(w["sqnr_db"], 1), f"{w['index_bytes'] + w['codebook_bytes']:,}",
+        )
+    out.print(weights)
+    if d["skipped"]:
+        skipped = Table(title=f"left in float: {len(d['skipped'])} tensors", title_justify="left")
+        skipped.add_column("tensor")
+        skipped.add_column("shape")
+        skipped.add_column("reason")
+        for x in d["skipped"]:
+            skipped.add_row(x["name"], "x".join(map(str, x["shape"])) or "scalar", x["reason"])
+        out.print(skipped)
+    for note in d["notes"]:
+        out.print(f"note: {note}", markup=False, highlight=False)
+    total = b["total"] or 1
+    out.print(
+        f"size: {s['input_bytes']:,} -> {s['output_bytes']:,} bytes, {_fmt(s['ratio'], 2)}x smaller; "
+        f"{_fmt(s['bits_per_weight'], 3)} bits per compressed weight\n"
+        f"bytes: indices {b['indices']:,} ({100 * b['indices'] / total:.1f}%), "
+        f"codebooks {b['codebooks']:,} ({100 * b['codebooks'] / total:.1f}%), "
+        f"float tensors {b['float_tensors']:,} ({100 * b['float_tensors'] / total:.1f}%), "
+        f"graph {b['graph']:,} ({100 * b['graph'] / total:.1f}%)",
+        markup=False, highlight=False,
+    )
+    if report.validation is not None:
+        render_validation(report.validation)
+    else:
+        out.print("validation: skipped")
+
+
+def render_validation(v: Validation) -> None:
+    table = Table(
+        title=f"validation against the float model ({v.inputs} inputs, {v.samples} runs): "
+        + ("passed" if v else "FAILED"),
+        title_justify="left",
+    )
+    for col in ("output", "max abs", "rel L2", "cosine", "SQNR dB", "top-1 agree"):
+        table.add_column(col, justify="left" if col == "output" else "right")
+    for o in v.outputs:
+        table.add_row(
+            o.name, f"{o.max_abs_error:.4g}", f"{o.relative_l2_error:.4g}", f"{o.cosine:.5f}",
+            _fmt(o.sqnr_db, 1), _fmt(o.top1_agreement, 3),
+        )
+    out.print(table)
+    for failure in v.failures:
+        out.print(f"FAILED: {failure}", markup=False, highlight=False)
+
+
+def _fmt(x, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"

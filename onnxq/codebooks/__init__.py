@@ -1,0 +1,13 @@
+"""The codebook registry: a new codebook is one file plus one line here."""
+
+from __future__ import annotations
+
+from onnxq.codebooks import exponential, linear
+from onnxq.codebooks.base import Codebook, code_layout, magnitude_count, zero_code
+
+CODEBOOKS: dict[str, Codebook] = {
+    "linear": linear.CODEBOOK,
+    "exponential": exponential.CODEBOOK,
+}
+
+__all__ = ["CODEBOOKS", "Codebook", "code_layout", "magnitude_count", "zero_code"]

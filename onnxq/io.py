@@ -1,0 +1,95 @@
+"""Load a model safely (external data confined to its folder) and save atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import uses_external_data
+
+from onnxq.errors import ModelLoadError, OnnxqError
+from onnxq.select import iter_graphs
+
+
+def _external_tensors(model: onnx.ModelProto):
+    for graph in iter_graphs(model.graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX model and its external data; refuse data outside its folder."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path} does not exist; check the path")
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is not a file; pass the .onnx file itself")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}); "
+            "check that the file is complete and really ONNX"
+        ) from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelLoadError(f"{path} holds no ONNX graph; check that the file is really ONNX")
+    folder = path.resolve().parent
+    for tensor in _external_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not target.is_relative_to(folder):
+            raise ModelLoadError(
+                f"external data of tensor {tensor.name!r} points outside the model's folder "
+                f"({location}); move the data file next to the model"
+            )
+        if not target.is_file():
+            raise ModelLoadError(
+                f"external data file {location} of tensor {tensor.name!r} is missing; "
+                f"put it in {folder}"
+            )
+    try:
+        onnx.load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the external data of {path}: {exc}") from None
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+        raise ModelLoadError(f"{path} is not a valid ONNX model: {first}") from None
+    return model
+
+
+def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """The output path, after checking that it can be written and is not the input."""
+    dst_path = Path(dst)
+    if not dst_path.parent.resolve().is_dir():
+        raise OnnxqError(
+            f"output folder {dst_path.parent} does not exist; create it or choose another path"
+        )
+    if dst_path.exists() and dst_path.resolve() == Path(src).resolve():
+        raise OnnxqError("the output path is the input file; choose a different output path")
+    if dst_path.is_dir():
+        raise OnnxqError(f"{dst_path} is a folder; give a file name such as {dst_path}/out.onnx")
+    return dst_path
+
+
+def save_model(model: onnx.ModelProto, dst: str | os.PathLike) -> int:
+    """Write the model to dst through a temporary file and a rename; return its size."""
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst.stat().st_size

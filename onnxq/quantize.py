@@ -1,0 +1,180 @@
+"""w (groups, n) -> codes, per-group log-parameters, and the dequantized w_q.
+
+Per group: u = |w| / max|w|; x0 = argmax corr(u, round(u)) (search.py); the
+paper's rescale s (variance: sqrt(sum w^2 / sum y^2), or least squares:
+sum w*y / sum y^2). The level of code k in group g is then
+
+    w_q = sign_k * exp(slope_k * ln(x0_g) + offset_k + ln(s_g))
+
+Each group's ln(x0) and ln(s) are stored as 8-bit codes on a per-tensor
+log-uniform grid (code 0 marks an all-zero group), and every weight takes the
+code of its nearest stored level, so what the graph rebuilds is exactly what
+is measured here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxq.codebooks import Codebook, code_layout, magnitude_count, zero_code
+from onnxq.search import SortedGroups, bin_index, level_magnitudes, maximize_correlation
+
+SCALES = ("variance", "lsq")
+PARAM_CODES = 255  # codes 1..255 span each parameter's range; 0 = all-zero group
+
+
+@dataclass
+class QuantizedTensor:
+    """One weight, quantized: everything a storage format needs to rebuild it."""
+
+    bits: int
+    codebook: str
+    codes: np.ndarray  # (groups, n) uint8
+    params: np.ndarray  # (P, groups) uint8 codes of [ln x0, ln s] (P = 2) or [ln step] (P = 1)
+    ranges: np.ndarray  # (P, 2) float32: value = ranges[p, 0] + code * ranges[p, 1]
+    slope: np.ndarray  # (2^bits,) float32, per code, multiplies ln x0 (unused when P = 1)
+    offset: np.ndarray  # (2^bits,) float32
+    sign: np.ndarray  # (2^bits,) float32: -1, 0 or 1
+    dequantized: np.ndarray  # (groups, n) float32, what the graph rebuilds
+    correlation: float  # corr(w, w_q) over the whole tensor
+    sqnr_db: float  # 10 log10(sum w^2 / sum (w - w_q)^2)
+
+    @property
+    def groups(self) -> int:
+        return int(self.codes.shape[0])
+
+    def level_table(self) -> np.ndarray:
+        """(groups, 2^bits) float32 levels, computed in the graph's order of operations."""
+        return level_table(self.params, self.ranges, self.slope, self.offset, self.sign)
+
+
+def level_table(params, ranges, slope, offset, sign) -> np.ndarray:
+    v = params.astype(np.float32) * ranges[:, 1:2] + ranges[:, 0:1]
+    if params.shape[0] == 2:
+        exponent = slope[None, :] * v[0][:, None] + offset[None, :] + v[1][:, None]
+    else:
+        exponent = offset[None, :] + v[0][:, None]
+    nonzero = np.minimum(params[-1].astype(np.float32), np.float32(1.0))
+    return (sign[None, :] * np.exp(exponent)) * nonzero[:, None]
+
+
+def _code_coefficients(codebook: Codebook, bits: int):
+    a, c = codebook.log_coefficients(bits)
+    sign, index = code_layout(bits)
+    slope = np.where(index >= 0, a[np.maximum(index, 0)], 0.0).astype(np.float32)
+    offset = np.where(index >= 0, c[np.maximum(index, 0)], 0.0).astype(np.float32)
+    return slope, offset, sign.astype(np.float32)
+
+
+def _encode(values: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-bit codes of values on a log-uniform grid over the live groups' range."""
+    codes = np.zeros(values.shape, dtype=np.uint8)
+    if not live.any():
+        return codes, np.zeros(2, np.float32)
+    lo, hi = float(values[live].min()), float(values[live].max())
+    step = (hi - lo) / (PARAM_CODES - 1)
+    rng = np.array([lo - step, step], dtype=np.float32)
+    if step > 0:
+        codes[live] = np.clip(np.rint((values[live] - lo) / step) + 1, 1, PARAM_CODES)
+    else:
+        codes[live] = 1
+    return codes, rng
+
+
+def _decode(codes: np.ndarray, rng: np.ndarray) -> np.ndarray:
+    return (codes.astype(np.float32) * rng[1] + rng[0]).astype(np.float64)
+
+
+def nearest_codes(w: np.ndarray, table: np.ndarray, bits: int) -> np.ndarray:
+    """The code of the nearest level of every weight; ties go away from zero."""
+    m = magnitude_count(bits)
+    mags = np.abs(table[:, -m - 1 : -1] if bits > 1 else table[:, -m:]).astype(np.float64)
+    if bits > 1:
+        mags = np.concatenate([np.zeros((mags.shape[0], 1)), mags], axis=1)
+    top = mags[:, -1:].copy()
+    top[top == 0] = 1.0
+    index = bin_index(np.minimum(np.abs(w) / top, 1.0), 0.5 * (mags[:, 1:] + mags[:, :-1]) / top)
+    if bits == 1:
+        return np.where(w < 0, 0, 1).astype(np.uint8)
+    signed = np.where(w < 0, -index, index)
+    return (signed + zero_code(bits)).astype(np.uint8)
+
+
+def quantize(w: np.ndarray, codebook: Codebook, bits: int, scale: str) -> QuantizedTensor:
+    """Quantize each row of w (groups, n) to its own b-bit codebook."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}")
+    w64 = np.asarray(w, dtype=np.float64)
+    peak = np.abs(w64).max(axis=1)
+    live = peak > 0
+    norm = np.where(live, peak, 1.0)
+    u = np.abs(w64) / norm[:, None]
+    groups = SortedGroups(u)
+    log_x0, _ = maximize_correlation(groups, codebook, bits)
+
+    slope, offset, sign = _code_coefficients(codebook, bits)
+    a, _c = codebook.log_coefficients(bits)
+    two_params = bool(np.ptp(a) > 0)
+    if two_params:
+        # ln(x0) goes on an 8-bit grid: keep whichever neighbour correlates better.
+        x0_codes, x0_rng = _encode(log_x0, live)
+        if x0_rng[1] > 0:
+            down = np.where(live, np.maximum(x0_codes.astype(np.int64) - 1, 1), 0).astype(np.uint8)
+            up = np.where(live, np.minimum(x0_codes.astype(np.int64) + 1, PARAM_CODES), 0)
+            candidates = [down, x0_codes, up.astype(np.uint8)]
+            scores = [
+                groups.correlation(level_magnitudes(codebook, _decode(c, x0_rng), bits))
+                for c in candidates
+            ]
+            x0_codes = np.choose(np.argmax(np.stack(scores), axis=0), candidates).astype(np.uint8)
+        log_x0 = _decode(x0_codes, x0_rng)
+
+    # The paper's assignment in normalized units, then its rescale.
+    mags = level_magnitudes(codebook, log_x0, bits)
+    index = bin_index(u, 0.5 * (mags[:, 1:] + mags[:, :-1]))
+    y = np.take_along_axis(mags, index, axis=1) * norm[:, None]  # magnitudes in w's units
+    absw = np.abs(w64)
+    syy = np.einsum("ij,ij->i", y, y)
+    safe = np.where(syy > 0, syy, 1.0)
+    if scale == "variance":
+        s = np.sqrt(np.einsum("ij,ij->i", absw, absw) / safe)
+    else:
+        s = np.einsum("ij,ij->i", absw, y) / safe
+    live &= s > 0
+    log_s = np.log(np.where(live, s * norm, 1.0))  # s scales y/norm = the normalized levels
+
+    if two_params:
+        s_codes, s_rng = _encode(log_s, live)
+        x0_codes[~live] = 0
+        params = np.stack([x0_codes, s_codes])
+        ranges = np.stack([x0_rng, s_rng])
+    else:
+        step_codes, step_rng = _encode(a[0] * log_x0 + log_s, live)
+        params = step_codes[None, :]
+        ranges = step_rng[None, :]
+
+    table = level_table(params, ranges, slope, offset, sign)
+    codes = nearest_codes(w64, table, bits)
+    codes[~live] = zero_code(bits)
+    deq = np.take_along_axis(table, codes.astype(np.int64), axis=1)
+    err = float(np.sum((w64 - deq) ** 2))
+    energy = float(np.sum(w64 * w64))
+    dot = float(np.sum(w64 * deq))
+    dd = float(np.sum(deq.astype(np.float64) ** 2))
+    corr = dot / np.sqrt(energy * dd) if energy > 0 and dd > 0 else (1.0 if err == 0 else 0.0)
+    sqnr = 10 * np.log10(energy / err) if err > 0 else float("inf")
+    return QuantizedTensor(
+        bits=bits,
+        codebook=codebook.name,
+        codes=codes,
+        params=params,
+        ranges=ranges.astype(np.float32),
+        slope=slope,
+        offset=offset,
+        sign=sign,
+        dequantized=deq.astype(np.float32),
+        correlation=float(corr),
+        sqnr_db=float(sqnr),
+    )

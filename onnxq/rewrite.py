@@ -1,0 +1,94 @@
+"""Replace each chosen weight by its storage format's decoder call, in place.
+
+model' = model with every weight w replaced by fmt.encode(quantize(w)); the
+decoder functions are added once, and the model's opset is kept (only the
+"onnxq" domain of the local functions is added).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxq.quantize import QuantizedTensor
+from onnxq.select import Weight
+from onnxq.storage.fold import DOMAIN
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 1
+
+
+def grouped_shape(weight: Weight, groups: int) -> tuple[tuple[int, ...], list[int] | None]:
+    """The shape the decoder builds (channel axis first), and the perm back, if any."""
+    shape = tuple(weight.array.shape)
+    if groups == 1 or weight.axis == 0:
+        return shape, None
+    moved = (shape[weight.axis], *shape[: weight.axis], *shape[weight.axis + 1 :])
+    perm = list(range(1, weight.axis + 1)) + [0] + list(range(weight.axis + 1, len(shape)))
+    return moved, perm
+
+
+def replace_weights(
+    model: onnx.ModelProto, items: list[tuple[Weight, QuantizedTensor]], fmt
+) -> None:
+    """Swap every weight for its decoder call, and add the decoder functions."""
+    opset = default_opset(model)
+    functions = {f.name: f for f in model.functions}
+    for weight, q in items:
+        graph = weight.graph
+        shape, perm = grouped_shape(weight, q.groups)
+        name = weight.name
+        dtype = onnx.helper.np_dtype_to_tensor_dtype(weight.array.dtype)
+        tail: list[onnx.NodeProto] = []
+        out = name
+        if dtype != onnx.TensorProto.FLOAT:
+            tail.insert(0, helper.make_node("Cast", [f"{name}.onnxq.float"], [out], to=dtype))
+            out = f"{name}.onnxq.float"
+        if perm is not None:
+            tail.insert(0, helper.make_node("Transpose", [f"{name}.onnxq.grouped"], [out], perm=perm))
+            out = f"{name}.onnxq.grouped"
+        inits, call = fmt.encode(q, name, out, shape)
+        if weight.constant_node is not None:
+            graph.node.remove(weight.constant_node)
+        else:
+            kept = [t for t in graph.initializer if t.name != name]
+            del graph.initializer[:]
+            graph.initializer.extend(kept)
+            kept_inputs = [i for i in graph.input if i.name != name]
+            del graph.input[:]
+            graph.input.extend(kept_inputs)
+        graph.initializer.extend(inits)
+        for node in reversed([call, *tail]):
+            graph.node.insert(0, node)
+        fname = call.op_type
+        if fname not in functions:
+            functions[fname] = fmt.decoder(q, opset)
+    del model.functions[:]
+    model.functions.extend(functions.values())
+    if items and not any(i.domain == DOMAIN for i in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+
+
+def inline_decoders(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Expand the decoder calls into plain nodes, for IR versions before local functions."""
+    import onnx.inliner
+
+    inlined = onnx.inliner.inline_local_functions(model)
+    kept = [i for i in inlined.opset_import if i.domain != DOMAIN]
+    del inlined.opset_import[:]
+    inlined.opset_import.extend(kept)
+    del inlined.functions[:]
+    return inlined
+
+
+def group_rows(weight: Weight, granularity: str) -> np.ndarray:
+    """The weight as (groups, n): one row per output channel, or one row in all."""
+    a = weight.array.astype(np.float32, copy=False)
+    if granularity == "tensor" or a.ndim < 2:
+        return a.reshape(1, -1)
+    return np.moveaxis(a, weight.axis, 0).reshape(a.shape[weight.axis], -1)

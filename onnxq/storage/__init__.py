@@ -1,0 +1,21 @@
+"""The storage-format registry: a new format is one file plus one line here.
+
+A format module has NAME, SUMMARY, decoder(q, opset) -> FunctionProto and
+encode(q, name, output, shape) -> (initializers, call node).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from onnxq.storage import fold
+
+FORMATS: dict[str, ModuleType] = {
+    "fold": fold,
+}
+
+# What each initializer suffix holds, for the report's byte breakdown.
+INDICES_SUFFIX = ".onnxq.indices"
+CODEBOOK_SUFFIXES = (".onnxq.codebook", ".onnxq.range")
+
+__all__ = ["CODEBOOK_SUFFIXES", "FORMATS", "INDICES_SUFFIX"]

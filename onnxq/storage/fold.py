@@ -1,0 +1,132 @@
+"""fold: packed b-bit codes that a standard-op subgraph rebuilds at session creation.
+
+w = Reshape(GatherElements(levels(params), unpack(indices)), shape), where
+levels[g, k] = sign_k * exp(slope_k * ln x0_g + offset_k + ln s_g) * [g is live].
+The decoder is one model-local function per (codebook, bits); each weight adds
+one call node and four small initializers. Every op in it is constant-foldable,
+so onnxruntime turns each call into a float initializer when the session is
+created and inference runs at float speed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxq.packing import field_widths, pack_bits
+from onnxq.quantize import QuantizedTensor
+
+DOMAIN = "onnxq"
+NAME = "fold"
+SUMMARY = "packed b-bit indices, rebuilt by standard ops that onnxruntime folds into constants"
+
+
+def function_name(codebook: str, bits: int) -> str:
+    return f"Decode_{codebook}_{bits}"
+
+
+def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+
+
+def decoder(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
+    """The function that rebuilds any weight quantized like q (same codebook and bits)."""
+    bits = q.bits
+    nodes: list[onnx.NodeProto] = []
+
+    def add(op: str, inputs: list[str], output: str, **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [output], **attrs))
+        return output
+
+    def const(name: str, value) -> str:
+        nodes.append(_const(name, np.asarray(value)))
+        return name
+
+    # Unpack: one stream of bytes per bit field, each byte holding 8/w values.
+    nbytes = add("Shape", ["indices"], "nbytes")
+    n8 = add("Div", [nbytes, const("bits", np.array([bits], np.int64))], "n8")
+    count = add("ReduceProd", ["shape"], "count", keepdims=1)
+    acc = None
+    start, shift = 0, bits
+    for width in field_widths(bits):
+        shift -= width
+        tag = f"w{width}"
+        begin = add("Mul", [n8, const(f"{tag}_start", np.array([start], np.int64))], f"{tag}_b")
+        end = add("Mul", [n8, const(f"{tag}_end", np.array([start + width], np.int64))], f"{tag}_e")
+        start += width
+        part = add("Slice", ["indices", begin, end], f"{tag}_part")
+        col = add("Reshape", [part, const(f"{tag}_col", np.array([-1, 1], np.int64))], f"{tag}_c")
+        lefts = np.array([width * i for i in range(8 // width)], np.uint8)
+        hi = add("BitShift", [col, const(f"{tag}_l", lefts)], f"{tag}_hi", direction="LEFT")
+        right = const(f"{tag}_r", np.array([8 - width], np.uint8))
+        field = add("BitShift", [hi, right], f"{tag}_f", direction="RIGHT")
+        flat = add("Reshape", [field, const(f"{tag}_flat", np.array([-1], np.int64))], f"{tag}_v")
+        value = add("Cast", [flat], f"{tag}_i", to=TensorProto.INT32)
+        if shift:
+            value = add("Mul", [value, const(f"{tag}_m", np.array([1 << shift], np.int32))], f"{tag}_s")
+        acc = value if acc is None else add("Add", [acc, value], f"{tag}_acc")
+    codes = add("Slice", [acc, const("zero", np.array([0], np.int64)), count], "codes")
+    groups = add(
+        "Slice",
+        [add("Shape", ["params"], "pshape"), const("one", np.array([1], np.int64)),
+         const("two", np.array([2], np.int64))],
+        "groups",
+    )
+    rows = add("Concat", [groups, const("minus1", np.array([-1], np.int64))], "rows", axis=0)
+    codes2 = add("Reshape", [codes, rows], "codes2")
+
+    # Levels per group from the 8-bit parameter codes.
+    col_shape = const("colshape", np.array([-1, 1], np.int64))
+    p = add("Cast", ["params"], "pf", to=TensorProto.FLOAT)
+    steps = add("Slice", ["ranges", "one", "two", "one"], "steps")
+    lows = add("Slice", ["ranges", "zero", "one", "one"], "lows")
+    values = add("Add", [add("Mul", [p, steps], "pscaled"), lows], "pv")
+    count_p = q.params.shape[0]
+
+    def row(i: int) -> str:
+        sl = add("Slice", [values, const(f"r{i}", np.array([i], np.int64)),
+                           const(f"r{i}e", np.array([i + 1], np.int64)), "zero"], f"v{i}")
+        return add("Reshape", [sl, col_shape], f"v{i}c")
+
+    offset = const("offset", q.offset)
+    if count_p == 2:
+        exponent = add("Add", [add("Add", [add("Mul", [const("slope", q.slope), row(0)], "e0"),
+                                           offset], "e1"), row(1)], "e")
+    else:
+        exponent = add("Add", [offset, row(0)], "e")
+    last = add("Slice", ["params", const("lastp", np.array([count_p - 1], np.int64)),
+                         const("lastpe", np.array([count_p], np.int64)), "zero"], "plast")
+    live = add("Min", [add("Cast", [add("Reshape", [last, col_shape], "plc")], "plf",
+                           to=TensorProto.FLOAT), const("onef", np.array([1.0], np.float32))], "live")
+    table = add("Mul", [add("Mul", [const("sign", q.sign), add("Exp", [exponent], "mag")], "sl"),
+                        live], "table")
+    gathered = add("GatherElements", [table, codes2], "gathered", axis=1)
+    nodes.append(helper.make_node("Reshape", [gathered, "shape"], ["weight"]))
+    return helper.make_function(
+        DOMAIN,
+        function_name(q.codebook, bits),
+        ["indices", "params", "ranges", "shape"],
+        ["weight"],
+        nodes,
+        [helper.make_opsetid("", opset)],
+    )
+
+
+def encode(
+    q: QuantizedTensor, name: str, output: str, shape: tuple[int, ...]
+) -> tuple[list[onnx.TensorProto], onnx.NodeProto]:
+    """Initializers named after weight `name`, and the call node that builds `output`."""
+    inits = [
+        numpy_helper.from_array(pack_bits(q.codes.ravel(), q.bits), f"{name}.onnxq.indices"),
+        numpy_helper.from_array(q.params, f"{name}.onnxq.codebook"),
+        numpy_helper.from_array(q.ranges, f"{name}.onnxq.range"),
+        numpy_helper.from_array(np.array(shape, np.int64), f"{name}.onnxq.shape"),
+    ]
+    node = helper.make_node(
+        function_name(q.codebook, q.bits),
+        [t.name for t in inits],
+        [output],
+        domain=DOMAIN,
+    )
+    return inits, node

@@ -1,0 +1,185 @@
+"""Run the float and the compressed model on the same inputs and compare outputs.
+
+For each output y (float) and y_q: max |y - y_q|, ||y - y_q|| / ||y||, cosine,
+SQNR = 10 log10(sum y^2 / sum (y - y_q)^2), and top-1 agreement for class scores.
+This is the only module that imports onnxruntime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from onnxq.errors import OnnxqError
+
+_ORT_TO_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclass
+class OutputComparison:
+    name: str
+    max_abs_error: float
+    relative_l2_error: float
+    cosine: float
+    sqnr_db: float
+    top1_agreement: float | None  # None unless the output looks like class scores
+
+
+@dataclass
+class Validation:
+    """The comparison; truthy when every threshold the user set was met."""
+
+    inputs: str  # "random" or the npz path
+    samples: int
+    outputs: list[OutputComparison] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": bool(self)}
+
+
+def session(model: bytes | str | Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    source = str(model) if isinstance(model, Path) else model
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        first = str(exc).strip().splitlines()[0][:300]
+        raise OnnxqError(f"onnxruntime cannot load the model: {first}") from None
+
+
+def random_feeds(
+    sess: ort.InferenceSession, dims: dict[str, int], samples: int, seed: int
+) -> list[dict[str, np.ndarray]]:
+    """Inputs drawn from each input's dtype and shape; symbolic dims from dims, else 1."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(samples):
+        feed = {}
+        for inp in sess.get_inputs():
+            dtype = _ORT_TO_NUMPY.get(inp.type)
+            if dtype is None:
+                raise OnnxqError(f"input {inp.name!r} has type {inp.type}; pass --inputs FILE.npz")
+            shape = []
+            for d in inp.shape:
+                if isinstance(d, int) and d >= 0:
+                    shape.append(d)
+                elif isinstance(d, str) and d in dims:
+                    shape.append(dims[d])
+                else:
+                    shape.append(1)
+            if np.issubdtype(dtype, np.floating):
+                feed[inp.name] = rng.standard_normal(shape).astype(dtype)
+            elif dtype == np.bool_:
+                feed[inp.name] = rng.random(shape) < 0.5
+            else:
+                feed[inp.name] = rng.integers(0, 2, shape).astype(dtype)
+        feeds.append(feed)
+    return feeds
+
+
+def npz_feeds(path: str | Path, sess: ort.InferenceSession) -> list[dict[str, np.ndarray]]:
+    """One feed from an npz keyed by input name (one unnamed array is fine for one input)."""
+    try:
+        data = dict(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as exc:
+        raise OnnxqError(f"cannot read inputs {path}: {exc}; pass an .npz from numpy.savez") from None
+    names = [i.name for i in sess.get_inputs()]
+    if len(names) == 1 and len(data) == 1 and names[0] not in data:
+        data = {names[0]: next(iter(data.values()))}
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise OnnxqError(f"{path} lacks inputs {missing}; its keys are {sorted(data)}")
+    types = {i.name: _ORT_TO_NUMPY.get(i.type) for i in sess.get_inputs()}
+    return [{n: data[n].astype(types[n] or data[n].dtype, copy=False) for n in names}]
+
+
+def _compare(name: str, ref: np.ndarray, got: np.ndarray) -> OutputComparison:
+    a = ref.astype(np.float64).ravel()
+    b = got.astype(np.float64).ravel()
+    diff = a - b
+    energy, noise = float(a @ a), float(diff @ diff)
+    denom = np.sqrt(energy * float(b @ b))
+    top1 = None
+    if ref.ndim == 2 and ref.shape[1] >= 10 and np.issubdtype(ref.dtype, np.floating):
+        top1 = float(np.mean(ref.argmax(1) == got.argmax(1)))
+    return OutputComparison(
+        name=name,
+        max_abs_error=float(np.abs(diff).max()) if diff.size else 0.0,
+        relative_l2_error=float(np.sqrt(noise / energy)) if energy > 0 else float(noise > 0),
+        cosine=float(a @ b / denom) if denom > 0 else float(noise == 0),
+        sqnr_db=float(10 * np.log10(energy / noise)) if noise > 0 else float("inf"),
+        top1_agreement=top1,
+    )
+
+
+def compare_models(
+    reference: bytes | str | Path,
+    candidate: bytes | str | Path,
+    inputs: str | Path | None = None,
+    dims: dict[str, int] | None = None,
+    samples: int = 4,
+    seed: int = 0,
+    min_sqnr: float | None = None,
+    min_agreement: float | None = None,
+) -> Validation:
+    """Run both models on the same inputs and compare every output."""
+    ref = session(reference)
+    cand = session(candidate)
+    ref_in = [(i.name, i.type) for i in ref.get_inputs()]
+    cand_in = [(i.name, i.type) for i in cand.get_inputs()]
+    if sorted(ref_in) != sorted(cand_in):
+        raise OnnxqError(f"the models take different inputs: {ref_in} vs {cand_in}")
+    feeds = npz_feeds(inputs, ref) if inputs else random_feeds(ref, dims or {}, samples, seed)
+    names = [o.name for o in ref.get_outputs()]
+    collected: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in names}
+    for feed in feeds:
+        try:
+            ys = ref.run(names, feed)
+            yq = cand.run(names, feed)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            first = str(exc).strip().splitlines()[0][:300]
+            raise OnnxqError(f"onnxruntime failed on the validation inputs: {first}") from None
+        for n, a, b in zip(names, ys, yq):
+            collected[n].append((np.asarray(a), np.asarray(b)))
+    result = Validation(inputs=str(inputs) if inputs else "random", samples=len(feeds))
+    for n in names:
+        pairs = collected[n]
+        try:
+            ref_all = np.concatenate([p[0].reshape(-1, *p[0].shape[1:]) for p in pairs])
+            got_all = np.concatenate([p[1].reshape(-1, *p[1].shape[1:]) for p in pairs])
+        except ValueError:  # outputs of varying shape: compare them flattened
+            ref_all = np.concatenate([p[0].ravel() for p in pairs])
+            got_all = np.concatenate([p[1].ravel() for p in pairs])
+        if ref_all.ndim == 0 or not np.issubdtype(ref_all.dtype, np.number):
+            continue
+        cmp = _compare(n, ref_all, got_all)
+        result.outputs.append(cmp)
+        if min_sqnr is not None and cmp.sqnr_db < min_sqnr:
+            result.failures.append(f"{n}: SQNR {cmp.sqnr_db:.1f} dB < --min-sqnr {min_sqnr}")
+        if min_agreement is not None and cmp.top1_agreement is not None:
+            if cmp.top1_agreement < min_agreement:
+                result.failures.append(
+                    f"{n}: top-1 agreement {cmp.top1_agreement:.3f} < --min-agreement {min_agreement}"
+                )
+    return result
