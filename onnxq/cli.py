@@ -189,14 +189,22 @@ def render(report: Report) -> None:
         )
     out.print(weights)
     if d["skipped"]:
-        skipped = Table(title=f"left in float: {len(d['skipped'])} tensors", title_justify="left")
-        skipped.add_column("tensor")
-        skipped.add_column("shape")
-        skipped.add_column("reason")
+        # The full list is in --report; the terminal gets one row per reason.
+        by_reason: dict[str, list[str]] = {}
         for x in d["skipped"]:
-            skipped.add_row(x["name"], "x".join(map(str, x["shape"])) or "scalar", x["reason"])
+            by_reason.setdefault(x["reason"], []).append(x["name"])
+        skipped = Table(title=f"left in float: {len(d['skipped'])} tensors", title_justify="left")
+        skipped.add_column("reason")
+        skipped.add_column("tensors", justify="right")
+        skipped.add_column("for example")
+        for reason, names in by_reason.items():
+            skipped.add_row(reason, str(len(names)), ", ".join(names[:2]) + (", ..." if len(names) > 2 else ""))
         out.print(skipped)
+    if not d["weights"]:
+        err.print("warning: no compressible weights found; the model was written unchanged", markup=False)
     for note in d["notes"]:
+        if not d["weights"]:
+            continue
         out.print(f"note: {note}", markup=False, highlight=False)
     total = b["total"] or 1
     out.print(

@@ -39,6 +39,7 @@ def replace_weights(
     """Swap every weight for its decoder call, and add the decoder functions."""
     opset = default_opset(model)
     functions = {f.name: f for f in model.functions}
+    replaced: dict[int, tuple[onnx.GraphProto, set[str]]] = {}
     for weight, q in items:
         graph = weight.graph
         shape, perm = grouped_shape(weight, q.groups)
@@ -56,18 +57,21 @@ def replace_weights(
         if weight.constant_node is not None:
             graph.node.remove(weight.constant_node)
         else:
-            kept = [t for t in graph.initializer if t.name != name]
-            del graph.initializer[:]
-            graph.initializer.extend(kept)
-            kept_inputs = [i for i in graph.input if i.name != name]
-            del graph.input[:]
-            graph.input.extend(kept_inputs)
+            replaced.setdefault(id(graph), (graph, set()))[1].add(name)
         graph.initializer.extend(inits)
         for node in reversed([call, *tail]):
             graph.node.insert(0, node)
         fname = call.op_type
         if fname not in functions:
             functions[fname] = fmt.decoder(q, opset)
+    for graph, names in replaced.values():
+        # One pass per graph: rebuilding the list per weight would copy every tensor each time.
+        kept = [t for t in graph.initializer if t.name not in names]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        kept_inputs = [i for i in graph.input if i.name not in names]
+        del graph.input[:]
+        graph.input.extend(kept_inputs)
     del model.functions[:]
     model.functions.extend(functions.values())
     if items and not any(i.domain == DOMAIN for i in model.opset_import):

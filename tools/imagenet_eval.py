@@ -13,6 +13,7 @@ import argparse
 import functools
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,10 @@ def choose_preprocess(
     """The preset (or the model name's preset) with any explicit field overriding it."""
     if preset is None and (crop is None or normalization is None):
         preset = model.name
-    base = imagenet.preset_for(preset) if preset else None
+    try:
+        base = imagenet.preset_for(preset) if preset else None
+    except SystemExit as exc:
+        raise SystemExit(f"{exc}, or --preset NAME") from None
     return Preprocess(
         crop=crop if crop is not None else base.crop,  # type: ignore[union-attr]
         normalization=normalization or base.normalization,  # type: ignore[union-attr]
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: image folder {args.images} does not exist")
     prep = choose_preprocess(args.model, args.preset, args.crop, args.normalization, args.label_offset)
     result = evaluate(args.model, prep, args.images, args.reference, args.limit, args.batch)
-    result = {"model": str(args.model), "preprocess": vars(prep), **result}
+    result = {"model": str(args.model), "preprocess": asdict(prep), **result}
 
     print(f"{args.model.name}: {result['images']} images, crop {prep.crop}, {prep.normalization}, "
           f"label offset {prep.label_offset}")
