@@ -16,6 +16,6 @@ FORMATS: dict[str, ModuleType] = {
 
 # What each initializer suffix holds, for the report's byte breakdown.
 INDICES_SUFFIX = ".onnxq.indices"
-CODEBOOK_SUFFIXES = (".onnxq.codebook", ".onnxq.range")
+CODEBOOK_SUFFIXES = (".onnxq.codebook",)
 
 __all__ = ["CODEBOOK_SUFFIXES", "FORMATS", "INDICES_SUFFIX"]

@@ -3,7 +3,8 @@
 w = Reshape(GatherElements(levels(params), unpack(indices)), shape), where
 levels[g, k] = sign_k * exp(slope_k * ln x0_g + offset_k + ln s_g) * [g is live].
 The decoder is one model-local function per (codebook, bits); each weight adds
-one call node and four small initializers. Every op in it is constant-foldable,
+two initializers (indices, codebook) and one call node whose attributes carry the
+shape and the parameter ranges. Every op in it is constant-foldable,
 so onnxruntime turns each call into a float initializer when the session is
 created and inference runs at float speed.
 """
@@ -26,6 +27,13 @@ def function_name(codebook: str, bits: int) -> str:
     return f"Decode_{codebook}_{bits}"
 
 
+def _ref(output: str, attr: str, kind: int, source: str | None = None) -> onnx.NodeProto:
+    """A Constant whose value is the call's attribute `source` (default: output)."""
+    node = helper.make_node("Constant", [], [output])
+    node.attribute.append(onnx.AttributeProto(name=attr, ref_attr_name=source or output, type=kind))
+    return node
+
+
 def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
 
@@ -42,6 +50,12 @@ def decoder(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
     def const(name: str, value) -> str:
         nodes.append(_const(name, np.asarray(value)))
         return name
+
+    # The shape and the parameter ranges are attributes of the call: cheaper than
+    # two more named initializers per weight.
+    nodes.append(_ref("shape", "value_ints", onnx.AttributeProto.INTS))
+    nodes.append(_ref("range_flat", "value_floats", onnx.AttributeProto.FLOATS, "ranges"))
+    add("Reshape", ["range_flat", const("range_shape", np.array([-1, 2], np.int64))], "ranges")
 
     # Unpack: one stream of bytes per bit field, each byte holding 8/w values.
     nbytes = add("Shape", ["indices"], "nbytes")
@@ -106,10 +120,11 @@ def decoder(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
     return helper.make_function(
         DOMAIN,
         function_name(q.codebook, bits),
-        ["indices", "params", "ranges", "shape"],
+        ["indices", "params"],
         ["weight"],
         nodes,
         [helper.make_opsetid("", opset)],
+        attributes=["shape", "ranges"],
     )
 
 
@@ -120,13 +135,13 @@ def encode(
     inits = [
         numpy_helper.from_array(pack_bits(q.codes.ravel(), q.bits), f"{name}.onnxq.indices"),
         numpy_helper.from_array(q.params, f"{name}.onnxq.codebook"),
-        numpy_helper.from_array(q.ranges, f"{name}.onnxq.range"),
-        numpy_helper.from_array(np.array(shape, np.int64), f"{name}.onnxq.shape"),
     ]
     node = helper.make_node(
         function_name(q.codebook, q.bits),
         [t.name for t in inits],
         [output],
         domain=DOMAIN,
+        shape=[int(d) for d in shape],
+        ranges=[float(x) for x in q.ranges.ravel()],
     )
     return inits, node
