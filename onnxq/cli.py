@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -89,23 +89,23 @@ def compress_cmd(
     ] = "fold",
     min_elements: Annotated[int, typer.Option(min=1, help="Leave tensors smaller than this in float.")] = 128,
     exclude: Annotated[
-        Optional[list[str]], typer.Option(help="Regex on tensor or node names to leave in float; repeatable.")
+        list[str] | None, typer.Option(help="Regex on tensor or node names to leave in float; repeatable.")
     ] = None,
-    report: Annotated[Optional[Path], typer.Option(help="Write the report: .json or .md.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the report: .json or .md.")] = None,
     inputs: Annotated[
-        Optional[Path], typer.Option(help="Validation inputs: an .npz keyed by graph input name.")
+        Path | None, typer.Option(help="Validation inputs: an .npz keyed by graph input name.")
     ] = None,
     dim: Annotated[
-        Optional[list[str]], typer.Option(help="NAME=VALUE size of a symbolic input dimension; repeatable.")
+        list[str] | None, typer.Option(help="NAME=VALUE size of a symbolic input dimension; repeatable.")
     ] = None,
     validate: Annotated[bool, typer.Option(help="Compare against the float model in onnxruntime.")] = True,
     samples: Annotated[int, typer.Option(min=1, help="Random validation runs when --inputs is not given.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the random validation inputs.")] = 0,
     min_sqnr: Annotated[
-        Optional[float], typer.Option(help="Exit 3 if an output's SQNR (dB) is below this.")
+        float | None, typer.Option(help="Exit 3 if an output's SQNR (dB) is below this.")
     ] = None,
     min_agreement: Annotated[
-        Optional[float], typer.Option(help="Exit 3 if top-1 agreement falls below this fraction.")
+        float | None, typer.Option(help="Exit 3 if top-1 agreement falls below this fraction.")
     ] = None,
 ) -> None:
     """Compress the weights of SRC into DST and check the result in onnxruntime."""
@@ -153,12 +153,12 @@ def compress_cmd(
 def validate_cmd(
     float_model: Annotated[Path, typer.Argument(help="The reference model.")],
     compressed_model: Annotated[Path, typer.Argument(help="The model to check against it.")],
-    inputs: Annotated[Optional[Path], typer.Option(help="An .npz keyed by graph input name.")] = None,
-    dim: Annotated[Optional[list[str]], typer.Option(help="NAME=VALUE for a symbolic dimension.")] = None,
+    inputs: Annotated[Path | None, typer.Option(help="An .npz keyed by graph input name.")] = None,
+    dim: Annotated[list[str] | None, typer.Option(help="NAME=VALUE for a symbolic dimension.")] = None,
     samples: Annotated[int, typer.Option(min=1, help="Random runs when --inputs is not given.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
-    min_sqnr: Annotated[Optional[float], typer.Option(help="Exit 3 below this output SQNR (dB).")] = None,
-    min_agreement: Annotated[Optional[float], typer.Option(help="Exit 3 below this top-1 agreement.")] = None,
+    min_sqnr: Annotated[float | None, typer.Option(help="Exit 3 below this output SQNR (dB).")] = None,
+    min_agreement: Annotated[float | None, typer.Option(help="Exit 3 below this top-1 agreement.")] = None,
 ) -> None:
     """Run two models with the same inputs in onnxruntime and compare their outputs."""
     try:
