@@ -56,9 +56,10 @@ def load_images(folder: Path, prep: Preprocess, limit: int | None = None) -> tup
     return imagenet.load_batch([p for p, _ in items], prep), np.array([c for _, c in items])
 
 
-def open_session(model: Path):
+def open_session(model: str | Path):
     import onnxruntime as ort
 
+    model = Path(model)
     if not model.is_file():
         raise SystemExit(f"error: model {model} does not exist")
     options = ort.SessionOptions()
@@ -69,7 +70,7 @@ def open_session(model: Path):
         raise SystemExit(f"error: onnxruntime cannot load {model}: {str(exc).strip().splitlines()[0]}")
 
 
-def predict_top5(model: Path, images: np.ndarray, batch: int = 50) -> np.ndarray:
+def predict_top5(model: str | Path, images: np.ndarray, batch: int = 50) -> np.ndarray:
     """The five highest-scoring class indices per image, best first, shape (N, 5)."""
     sess = open_session(model)
     name = sess.get_inputs()[0].name

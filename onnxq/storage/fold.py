@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.packing import field_widths, pack_bits
-from onnxq.quantize import QuantizedTensor
+from onnxq.quantize import SPLIT, QuantizedTensor
 
 DOMAIN = "onnxq"
 NAME = "fold"
@@ -81,38 +81,34 @@ def decoder(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
             value = add("Mul", [value, const(f"{tag}_m", np.array([1 << shift], np.int32))], f"{tag}_s")
         acc = value if acc is None else add("Add", [acc, value], f"{tag}_acc")
     codes = add("Slice", [acc, const("zero", np.array([0], np.int64)), count], "codes")
-    groups = add(
-        "Slice",
-        [add("Shape", ["params"], "pshape"), const("one", np.array([1], np.int64)),
-         const("two", np.array([2], np.int64))],
-        "groups",
-    )
-    rows = add("Concat", [groups, const("minus1", np.array([-1], np.int64))], "rows", axis=0)
+    rows = add("Concat", [add("Shape", ["params"], "groups"),
+                          const("minus1", np.array([-1], np.int64))], "rows", axis=0)
     codes2 = add("Reshape", [codes, rows], "codes2")
 
-    # Levels per group from the 8-bit parameter codes.
-    col_shape = const("colshape", np.array([-1, 1], np.int64))
-    p = add("Cast", ["params"], "pf", to=TensorProto.FLOAT)
-    steps = add("Slice", ["ranges", "one", "two", "one"], "steps")
-    lows = add("Slice", ["ranges", "zero", "one", "one"], "lows")
-    values = add("Add", [add("Mul", [p, steps], "pscaled"), lows], "pv")
-    count_p = q.params.shape[0]
+    # Levels per group from the uint16 parameter codes (see quantize.level_table).
+    pf = add("Reshape", [add("Cast", ["params"], "pf0", to=TensorProto.FLOAT),
+                         const("colshape", np.array([-1, 1], np.int64))], "pf")
 
-    def row(i: int) -> str:
-        sl = add("Slice", [values, const(f"r{i}", np.array([i], np.int64)),
-                           const(f"r{i}e", np.array([i + 1], np.int64)), "zero"], f"v{i}")
-        return add("Reshape", [sl, col_shape], f"v{i}c")
+    def value(code: str, i: int) -> str:
+        step = add("Slice", ["ranges", const(f"s{i}b", np.array([i, 1], np.int64)),
+                             const(f"s{i}e", np.array([i + 1, 2], np.int64))], f"step{i}")
+        low = add("Slice", ["ranges", const(f"l{i}b", np.array([i, 0], np.int64)),
+                            const(f"l{i}e", np.array([i + 1, 1], np.int64))], f"low{i}")
+        return add("Add", [add("Mul", [code, step], f"c{i}s"), low], f"v{i}")
 
+    one = const("onef", np.array(1.0, np.float32))
     offset = const("offset", q.offset)
-    if count_p == 2:
-        exponent = add("Add", [add("Add", [add("Mul", [const("slope", q.slope), row(0)], "e0"),
-                                           offset], "e1"), row(1)], "e")
+    if q.ranges.shape[0] == 2:
+        split = const("split", np.array(SPLIT, np.float32))
+        hi = add("Floor", [add("Div", [pf, split], "pdiv")], "phi")
+        lo = add("Sub", [pf, add("Mul", [hi, split], "phis")], "plo")
+        slope = const("slope", q.slope)
+        exponent = add("Add", [add("Add", [add("Mul", [slope, value(hi, 0)], "e0"), offset], "e1"),
+                               value(lo, 1)], "e")
+        live = add("Min", [lo, one], "live")
     else:
-        exponent = add("Add", [offset, row(0)], "e")
-    last = add("Slice", ["params", const("lastp", np.array([count_p - 1], np.int64)),
-                         const("lastpe", np.array([count_p], np.int64)), "zero"], "plast")
-    live = add("Min", [add("Cast", [add("Reshape", [last, col_shape], "plc")], "plf",
-                           to=TensorProto.FLOAT), const("onef", np.array([1.0], np.float32))], "live")
+        exponent = add("Add", [offset, value(pf, 0)], "e")
+        live = add("Min", [pf, one], "live")
     table = add("Mul", [add("Mul", [const("sign", q.sign), add("Exp", [exponent], "mag")], "sl"),
                         live], "table")
     gathered = add("GatherElements", [table, codes2], "gathered", axis=1)

@@ -1,0 +1,309 @@
+"""Shared helpers: tiny seeded models built in code, onnxruntime runs, reference weights."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import settings
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxq.codebooks import CODEBOOKS
+from onnxq.quantize import quantize
+from onnxq.rewrite import group_rows
+from onnxq.select import find_weights, iter_graphs
+
+OPSET = 13
+IR_VERSION = 8
+SEED = 0
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+MODELS = SHARED / "models"
+IMAGES = SHARED / "data" / "imagenet-sample"
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+# Hypothesis keeps no example database: the suite writes nothing outside tmp folders.
+settings.register_profile("onnxq", database=None, deadline=None)
+settings.load_profile("onnxq")
+
+# Figures that tests measure and want shown at the end of the run (see pytest_terminal_summary).
+MEASUREMENTS: dict[str, str] = {}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if MEASUREMENTS:
+        terminalreporter.section("onnxq measurements")
+        for key, value in MEASUREMENTS.items():
+            terminalreporter.write_line(f"{key}: {value}")
+
+
+# ---------------------------------------------------------------------------
+# Building models
+
+
+def make_model(
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    initializers: list[onnx.TensorProto] = (),
+    opset: int = OPSET,
+    ir_version: int = IR_VERSION,
+) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "test", inputs, outputs, list(initializers))
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def value(name: str, shape, dtype: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def randn(rng: np.random.Generator, *shape: int, dtype=np.float32) -> np.ndarray:
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def tiny_model(seed: int = SEED) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """One model with every kind of weight input, and a seeded feed.
+
+    Conv W (+ bias), ConvTranspose W (channel axis 1), MatMul constant B (axis 1),
+    Gemm B with transB=1 (axis 0, + bias C), Gemm B without trans (axis 1), and a
+    Gather embedding table. Every weight has >= 128 elements and a length that is
+    not always a multiple of 8.
+    """
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(randn(rng, 8, 3, 3, 3), "conv.w"),
+        numpy_helper.from_array(randn(rng, 8), "conv.b"),
+        numpy_helper.from_array(randn(rng, 8, 4, 3, 3) * 0.2, "convt.w"),
+        numpy_helper.from_array(randn(rng, 400, 24) * 0.05, "mm.b"),
+        numpy_helper.from_array(randn(rng, 13, 24) * 0.3, "gemm.b"),
+        numpy_helper.from_array(randn(rng, 13), "gemm.c"),
+        numpy_helper.from_array(randn(rng, 13, 11) * 0.3, "gemm2.b"),
+        numpy_helper.from_array(randn(rng, 41, 7), "emb"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "conv.w", "conv.b"], ["c1"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("ConvTranspose", ["c1", "convt.w"], ["c2"], name="convt"),
+        helper.make_node("Flatten", ["c2"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "mm.b"], ["m1"], name="mm"),
+        helper.make_node("Gemm", ["m1", "gemm.b", "gemm.c"], ["g1"], transB=1, name="gemm"),
+        helper.make_node("Gemm", ["g1", "gemm2.b"], ["y"], name="gemm2"),
+        helper.make_node("Gather", ["emb", "ids"], ["e"], name="gather"),
+    ]
+    model = make_model(
+        nodes,
+        [value("x", [1, 3, 8, 8]), value("ids", [6], TensorProto.INT64)],
+        [value("y", [1, 11]), value("e", [6, 7])],
+        inits,
+    )
+    feeds = {"x": randn(rng, 1, 3, 8, 8), "ids": np.array([0, 3, 40, 7, 7, 12], np.int64)}
+    return model, feeds
+
+
+WEIGHT_NAMES = ("conv.w", "convt.w", "mm.b", "gemm.b", "gemm2.b", "emb")
+
+
+def matmul_model(
+    weight: np.ndarray, name: str = "W", opset: int = OPSET, ir_version: int = IR_VERSION
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """y = x @ W for a constant (K, N) weight, with a seeded feed."""
+    k, n = weight.shape
+    elem = helper.np_dtype_to_tensor_dtype(weight.dtype)
+    model = make_model(
+        [helper.make_node("MatMul", ["x", name], ["y"], name="mm")],
+        [value("x", [2, k], elem)],
+        [value("y", [2, n], elem)],
+        [numpy_helper.from_array(weight, name)],
+        opset=opset,
+        ir_version=ir_version,
+    )
+    feeds = {"x": np.random.default_rng(SEED + 1).standard_normal((2, k)).astype(weight.dtype)}
+    return model, feeds
+
+
+# ---------------------------------------------------------------------------
+# Running models
+
+
+def session(model: onnx.ModelProto | bytes | str | Path, optimize: bool = True) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    elif isinstance(model, Path):
+        model = str(model)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def run(model, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+    return session(model).run(outputs, feeds)
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str], dtype: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    """A copy of the model whose outputs are the main-graph tensors `names`."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.output[:]
+    out.graph.output.extend(value(n, None, dtype) for n in names)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The reference: what each weight should decode to
+
+
+def reference_weights(
+    model: onnx.ModelProto,
+    bits: int,
+    codebook: str,
+    granularity: str = "channel",
+    scale: str = "lsq",
+    min_elements: int = 128,
+) -> dict[str, tuple[np.ndarray, object]]:
+    """name -> (QuantizedTensor.dequantized in the weight's own layout and dtype, QuantizedTensor).
+
+    Computed through the library's own selection and quantizer, independently of
+    the storage format and the graph rewrite.
+    """
+    weights, _ = find_weights(model, min_elements)
+    refs = {}
+    for w in weights:
+        q = quantize(group_rows(w, granularity), CODEBOOKS[codebook], bits, scale)
+        deq = q.dequantized
+        if q.groups > 1:
+            moved = np.moveaxis(w.array, w.axis, 0).shape
+            deq = np.moveaxis(deq.reshape(moved), 0, w.axis)
+        refs[w.name] = (deq.reshape(w.array.shape).astype(w.array.dtype), q)
+    return refs
+
+
+def replace_weights(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy with the named initializers / Constant values (in any subgraph) replaced."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    found = set()
+    for graph in iter_graphs(out.graph):
+        for init in graph.initializer:
+            if init.name in arrays:
+                init.CopyFrom(numpy_helper.from_array(arrays[init.name], init.name))
+                found.add(init.name)
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output[0] in arrays:
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        attr.t.CopyFrom(numpy_helper.from_array(arrays[node.output[0]]))
+                        found.add(node.output[0])
+    assert found == set(arrays), f"not found: {set(arrays) - found}"
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Inspecting models
+
+
+def op_counts(model: onnx.ModelProto) -> Counter:
+    """op_type -> count over the graph and all subgraphs (not inside functions)."""
+    return Counter(n.op_type for g in iter_graphs(model.graph) for n in g.node)
+
+
+def check_op_type_count(model: onnx.ModelProto, **expected: int) -> None:
+    counts = op_counts(model)
+    for op, n in expected.items():
+        assert counts.get(op, 0) == n, f"{op}: expected {n}, found {counts.get(op, 0)}"
+
+
+def float_tensor_names(model: onnx.ModelProto) -> set[str]:
+    """Names of every float initializer or Constant tensor, in every graph."""
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+    names = set()
+    for g in iter_graphs(model.graph):
+        names |= {t.name for t in g.initializer if t.data_type in floats}
+        for node in g.node:
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value" and attr.t.data_type in floats:
+                        names.add(node.output[0])
+    return names
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(SEED)
+
+
+@pytest.fixture
+def tiny():
+    return tiny_model()
+
+
+@pytest.fixture
+def tiny_path(tmp_path, tiny) -> Path:
+    path = tmp_path / "tiny.onnx"
+    onnx.save(tiny[0], path)
+    return path
+
+
+def control_flow_model(seed: int = SEED) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Weights inside If branches (an initializer and a Constant node) and a Loop body.
+
+    y = If(cond, x @ then.w, x @ else.w) ; z = Loop(3 times: v <- tanh(v @ loop.w)) from x;
+    k = x @ const.w with const.w a main-graph Constant node.
+    """
+    rng = np.random.default_rng(seed)
+    then_graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "then.w"], ["then.y"], name="then.mm")],
+        "then", [], [value("then.y", [1, 32])],
+        [numpy_helper.from_array(randn(rng, 16, 32), "then.w")],
+    )
+    else_graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["else.w"], value=numpy_helper.from_array(randn(rng, 16, 32))),
+            helper.make_node("MatMul", ["x", "else.w"], ["else.y"], name="else.mm"),
+        ],
+        "else", [], [value("else.y", [1, 32])],
+    )
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["v_in", "loop.w"], ["v_mm"], name="loop.mm"),
+            helper.make_node("Tanh", ["v_mm"], ["v_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [value("i", [], TensorProto.INT64), value("cond_in", [], TensorProto.BOOL), value("v_in", [1, 16])],
+        [value("cond_out", [], TensorProto.BOOL), value("v_out", [1, 16])],
+        [numpy_helper.from_array(randn(rng, 16, 16) * 0.3, "loop.w")],
+    )
+    nodes = [
+        helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph, name="if"),
+        helper.make_node("Loop", ["trips", "", "x"], ["z"], body=body, name="loop"),
+        helper.make_node("Constant", [], ["const.w"], value=numpy_helper.from_array(randn(rng, 16, 12))),
+        helper.make_node("MatMul", ["x", "const.w"], ["k"], name="const.mm"),
+    ]
+    model = make_model(
+        nodes,
+        [value("cond", [], TensorProto.BOOL), value("x", [1, 16])],
+        [value("y", [1, 32]), value("z", [1, 16]), value("k", [1, 12])],
+        [numpy_helper.from_array(np.array(3, np.int64), "trips")],
+    )
+    return model, {"cond": np.array(True), "x": randn(rng, 1, 16)}
