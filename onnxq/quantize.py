@@ -106,7 +106,9 @@ def _x0_grid(groups: SortedGroups, codebook: Codebook, bits: int, log_x0: np.nda
     """Codes of ln(x0) on a 64-point grid over the middle 96% of the groups' optima.
 
     Each group takes the grid point with the highest correlation, so an outlier
-    group whose optimum lies off the grid still gets the best stored x0. (On
+    group whose optimum lies off the grid still gets the best stored x0. (Trying
+    only the 5 points nearest each optimum lost 1.7 points of agreement on
+    MobileNetV2: small groups have several peaks of nearly equal height.) (On
     MobileNetV2 at 5 bits a grid over the full range lost 9 points of agreement:
     a few degenerate channels stretched it.)
     """
@@ -120,8 +122,7 @@ def _x0_grid(groups: SortedGroups, codebook: Codebook, bits: int, log_x0: np.nda
         return codes, rng
     best = np.full(log_x0.shape, -np.inf)
     for code in range(steps + 1):
-        value = _decode(np.full(log_x0.shape, code), rng)
-        score = groups.correlation(level_magnitudes(codebook, value, bits))
+        score = groups.correlation(level_magnitudes(codebook, _decode(np.full(log_x0.shape, code), rng), bits))
         better = score > best
         codes[better] = code
         best[better] = score[better]

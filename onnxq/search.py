@@ -13,9 +13,9 @@ import numpy as np
 from onnxq.codebooks import Codebook
 
 LOG_X0_MIN = -16.0  # x0 >= 1.1e-7: far below any useful first level
-GRID_POINTS = 49  # a grid step of 1/3 in ln(x0)
-FINE_POINTS = 65  # then a step of 1/96 across the best bracket
-REFINE_STEPS = 24  # golden-section steps: the bracket shrinks by 0.618^32 ~ 2e-7
+GRID_POINTS = 25  # a grid step of 2/3 in ln(x0)
+FINE_POINTS = 33  # then a step of 1/24 across the best bracket
+REFINE_STEPS = 20  # golden-section steps: the bracket shrinks by 0.618^32 ~ 2e-7
 
 
 class SortedGroups:
