@@ -130,7 +130,7 @@ def compress_cmd(
     try:
         with Progress(
             TextColumn("quantizing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-            console=err, transient=True,
+            console=err, transient=True, disable=not err.is_terminal,
         ) as bar:
             task = bar.add_task("", total=None)
 
@@ -142,8 +142,7 @@ def compress_cmd(
             text = result.to_json() if report.suffix == ".json" else result.to_markdown()
             report.write_text(text)
     except OnnxqError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
-        raise typer.Exit(EXIT_ERROR) from None
+        fail(exc)
     render(result)
     if not result:
         raise typer.Exit(EXIT_VALIDATION)
@@ -169,11 +168,16 @@ def validate_cmd(
             float_model, compressed_model, inputs, _dims(dim or []), samples, seed, min_sqnr, min_agreement
         )
     except OnnxqError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
-        raise typer.Exit(EXIT_ERROR) from None
+        fail(exc)
     render_validation(result)
     if not result:
         raise typer.Exit(EXIT_VALIDATION)
+
+
+def fail(exc: OnnxqError) -> None:
+    """One unwrapped line on stderr, and exit 1."""
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(EXIT_ERROR) from None
 
 
 def render(report: Report) -> None:
@@ -187,7 +191,8 @@ def render(report: Report) -> None:
             w["name"], "x".join(map(str, w["shape"])), str(w["groups"]), str(w["bits"]),
             f"{w['correlation']:.5f}", _fmt(w["sqnr_db"], 1), f"{w['index_bytes'] + w['codebook_bytes']:,}",
         )
-    out.print(weights)
+    if d["weights"]:
+        out.print(weights)
     if d["skipped"]:
         # The full list is in --report; the terminal gets one row per reason.
         by_reason: dict[str, list[str]] = {}
@@ -201,7 +206,7 @@ def render(report: Report) -> None:
             skipped.add_row(reason, str(len(names)), ", ".join(names[:2]) + (", ..." if len(names) > 2 else ""))
         out.print(skipped)
     if not d["weights"]:
-        err.print("warning: no compressible weights found; the model was written unchanged", markup=False)
+        typer.echo("warning: no compressible weights found; the model was written unchanged", err=True)
     for note in d["notes"]:
         if not d["weights"]:
             continue
