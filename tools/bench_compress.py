@@ -21,8 +21,17 @@ from onnxq.codebooks import CODEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODELS = ROOT.parent / "shared" / "models"
-COLUMNS = ["model", "bits", "codebook", "granularity", "weights", "quantize+rewrite s", "weights/s",
-           "wall s", "ratio"]
+COLUMNS = [
+    "model",
+    "bits",
+    "codebook",
+    "granularity",
+    "weights",
+    "quantize+rewrite s",
+    "weights/s",
+    "wall s",
+    "ratio",
+]
 
 
 def time_compress(src: Path, dst: Path, config: onnxq.Config) -> tuple[onnxq.Report, float]:
@@ -36,8 +45,17 @@ def bench_row(src: Path, dst: Path, config: onnxq.Config) -> list[str]:
     report, wall = time_compress(src, dst, config)
     work = report.seconds["quantize"] + report.seconds["rewrite"]
     n = report.compressed_elements
-    return [src.stem, str(config.bits), config.codebook, config.granularity, f"{n:,}", f"{work:.2f}",
-            f"{n / work:,.0f}", f"{wall:.2f}", f"{report.ratio:.2f}"]
+    return [
+        src.stem,
+        str(config.bits),
+        config.codebook,
+        config.granularity,
+        f"{n:,}",
+        f"{work:.2f}",
+        f"{n / work:,.0f}",
+        f"{wall:.2f}",
+        f"{report.ratio:.2f}",
+    ]
 
 
 def markdown_row(cells: list[str]) -> str:
@@ -46,13 +64,19 @@ def markdown_row(cells: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     defaults = onnxq.Config()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", type=Path, nargs="+", help=f"default: every .onnx in {SHARED_MODELS}")
     parser.add_argument("--bits", type=int, nargs="+", default=list(range(2, 9)))
     parser.add_argument("--codebooks", nargs="+", choices=list(CODEBOOKS), default=[defaults.codebook])
     parser.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=[defaults.granularity])
-    parser.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True,
-                        help="include onnxq's onnxruntime validation in the wall time (default: on)")
+    parser.add_argument(
+        "--validate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="include onnxq's onnxruntime validation in the wall time (default: on)",
+    )
     args = parser.parse_args(argv)
 
     models = args.models or sorted(SHARED_MODELS.glob("*.onnx"))
@@ -70,8 +94,9 @@ def main(argv: list[str] | None = None) -> None:
             for bits in args.bits:
                 for codebook in args.codebooks:
                     for granularity in args.granularities:
-                        config = onnxq.Config(bits=bits, codebook=codebook, granularity=granularity,
-                                              validate=args.validate)
+                        config = onnxq.Config(
+                            bits=bits, codebook=codebook, granularity=granularity, validate=args.validate
+                        )
                         print(markdown_row(bench_row(model, dst, config)), flush=True)
 
 

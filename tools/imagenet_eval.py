@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import imagenet  # noqa: E402
-from imagenet import NORMALIZATIONS, Preprocess  # noqa: E402
+import imagenet
+from imagenet import NORMALIZATIONS, Preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "imagenet-sample"
@@ -66,7 +66,7 @@ def open_session(model: str | Path):
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own untyped errors
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         raise SystemExit(f"error: onnxruntime cannot load {model}: {str(exc).strip().splitlines()[0]}")
 
 
@@ -81,11 +81,13 @@ def predict_top5(model: str | Path, images: np.ndarray, batch: int = 50) -> np.n
     return np.concatenate(top)
 
 
-def score(top5: np.ndarray, labels: np.ndarray, prep: Preprocess, reference: np.ndarray | None = None) -> dict:
+def score(
+    top5: np.ndarray, labels: np.ndarray, prep: Preprocess, reference: np.ndarray | None = None
+) -> dict:
     """top-1, top-5, and top-1 agreement with the reference's predictions when given."""
     target = labels + prep.label_offset
     result = {
-        "images": int(len(labels)),
+        "images": len(labels),
         "top1": float(np.mean(top5[:, 0] == target)),
         "top5": float(np.mean(np.any(top5 == target[:, None], axis=1))),
     }
@@ -95,8 +97,12 @@ def score(top5: np.ndarray, labels: np.ndarray, prep: Preprocess, reference: np.
 
 
 def evaluate(
-    model: Path, prep: Preprocess, images: Path = DEFAULT_IMAGES, reference: Path | None = None,
-    limit: int | None = None, batch: int = 50,
+    model: Path,
+    prep: Preprocess,
+    images: Path = DEFAULT_IMAGES,
+    reference: Path | None = None,
+    limit: int | None = None,
+    batch: int = 50,
 ) -> dict:
     x, labels = load_images(images, prep, limit)
     ref = predict_top5(reference, x, batch) if reference else None
@@ -104,10 +110,14 @@ def evaluate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", type=Path)
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="default: %(default)s")
-    parser.add_argument("--preset", help="a shared model name whose preprocessing to use, e.g. efficientnet_lite0")
+    parser.add_argument(
+        "--preset", help="a shared model name whose preprocessing to use, e.g. efficientnet_lite0"
+    )
     parser.add_argument("--crop", type=int)
     parser.add_argument("--normalization", choices=sorted(NORMALIZATIONS))
     parser.add_argument("--label-offset", type=int, help="1 for 1001-class models (index 0 = background)")
@@ -126,8 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     result = evaluate(args.model, prep, args.images, args.reference, args.limit, args.batch)
     result = {"model": str(args.model), "preprocess": asdict(prep), **result}
 
-    print(f"{args.model.name}: {result['images']} images, crop {prep.crop}, {prep.normalization}, "
-          f"label offset {prep.label_offset}")
+    print(
+        f"{args.model.name}: {result['images']} images, crop {prep.crop}, {prep.normalization}, "
+        f"label offset {prep.label_offset}"
+    )
     print(f"top-1 {result['top1']:.3f}  top-5 {result['top5']:.3f}", end="")
     print(f"  top-1 agreement with {args.reference.name} {result['agreement']:.3f}" if args.reference else "")
     if args.json:

@@ -19,18 +19,21 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import onnxq  # noqa: E402
-from bench_compress import SHARED_MODELS, markdown_row, time_compress  # noqa: E402
-from imagenet import preset_for  # noqa: E402
-from imagenet_eval import DEFAULT_IMAGES, load_images, predict_top5, score  # noqa: E402
-from onnxq.api import GRANULARITIES  # noqa: E402
-from onnxq.codebooks import CODEBOOKS  # noqa: E402
+from bench_compress import SHARED_MODELS, markdown_row, time_compress
+from imagenet import preset_for
+from imagenet_eval import DEFAULT_IMAGES, load_images, predict_top5, score
+
+import onnxq
+from onnxq.api import GRANULARITIES
+from onnxq.codebooks import CODEBOOKS
 
 MODELS = ["efficientnet_lite0", "mobilenet_v2_1.0_224"]
 Key = tuple[int, str, str]
 
 
-def sweep_model(name: str, configs: list[Key], images: Path, limit: int | None, tmp: Path) -> tuple[dict, dict]:
+def sweep_model(
+    name: str, configs: list[Key], images: Path, limit: int | None, tmp: Path
+) -> tuple[dict, dict]:
     """The float model's scores, and per config the cells (ratio, top-1, agreement, seconds)."""
     src = SHARED_MODELS / f"{name}.onnx"
     if not src.is_file():
@@ -45,16 +48,22 @@ def sweep_model(name: str, configs: list[Key], images: Path, limit: int | None, 
         config = onnxq.Config(bits=bits, codebook=codebook, granularity=granularity)
         try:
             report, wall = time_compress(src, dst, config)
-        except Exception as exc:  # a failed config is a result, not the end of the sweep
+        except Exception as exc:  # noqa: BLE001 - a failed config is a result, not the end of the sweep
             print(f"{name} {bits} {codebook} {granularity}: FAILED: {exc}", file=sys.stderr)
             cells[bits, codebook, granularity] = ["failed"] * 4
             continue
         s = score(predict_top5(dst, x), labels, prep, float_top5)
         cells[bits, codebook, granularity] = [
-            f"{report.ratio:.2f}", f"{s['top1']:.3f}", f"{s['agreement']:.3f}", f"{wall:.1f}"
+            f"{report.ratio:.2f}",
+            f"{s['top1']:.3f}",
+            f"{s['agreement']:.3f}",
+            f"{wall:.1f}",
         ]
-        print(f"{name} {bits} {codebook} {granularity}: {' '.join(cells[bits, codebook, granularity])}",
-              file=sys.stderr, flush=True)
+        print(
+            f"{name} {bits} {codebook} {granularity}: {' '.join(cells[bits, codebook, granularity])}",
+            file=sys.stderr,
+            flush=True,
+        )
     load_images.cache_clear()  # 600 MB per model at 224x224
     return float_score, cells
 
@@ -73,7 +82,9 @@ def render_table(models: list[str], configs: list[Key], results: dict[str, dict]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=MODELS, help="shared model names")
     parser.add_argument("--bits", type=int, nargs="+", default=list(range(2, 9)))
     parser.add_argument("--codebooks", nargs="+", choices=list(CODEBOOKS), default=["linear", "exponential"])
@@ -88,8 +99,11 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.models:
             floats[name], results[name] = sweep_model(name, configs, args.images, args.limit, Path(tmp))
     n = next(iter(floats.values()))["images"]
-    print(f"Float top-1 on these {n} images: "
-          + ", ".join(f"{name} {s['top1']:.3f}" for name, s in floats.items()) + ".\n")
+    print(
+        f"Float top-1 on these {n} images: "
+        + ", ".join(f"{name} {s['top1']:.3f}" for name, s in floats.items())
+        + ".\n"
+    )
     print("\n".join(render_table(args.models, configs, results)))
 
 
