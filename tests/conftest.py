@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import shutil
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.codebooks import CODEBOOKS
@@ -26,9 +30,14 @@ MODELS = SHARED / "models"
 IMAGES = SHARED / "data" / "imagenet-sample"
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
-# Hypothesis keeps no example database: the suite writes nothing outside tmp folders.
-settings.register_profile("onnxq", database=None, deadline=None)
+# Hypothesis keeps no example database (the suite writes nothing outside tmp folders) and
+# draws the same examples on every run, so CI results do not depend on luck.
+settings.register_profile("onnxq", database=None, deadline=None, derandomize=True)
 settings.load_profile("onnxq")
+# Hypothesis also caches source constants under ./.hypothesis: keep that out of the repo too.
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="onnxq-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
 
 # Figures that tests measure and want shown at the end of the run (see pytest_terminal_summary).
 MEASUREMENTS: dict[str, str] = {}
@@ -54,9 +63,7 @@ def make_model(
     ir_version: int = IR_VERSION,
 ) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "test", inputs, outputs, list(initializers))
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -273,7 +280,9 @@ def control_flow_model(seed: int = SEED) -> tuple[onnx.ModelProto, dict[str, np.
     rng = np.random.default_rng(seed)
     then_graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "then.w"], ["then.y"], name="then.mm")],
-        "then", [], [value("then.y", [1, 32])],
+        "then",
+        [],
+        [value("then.y", [1, 32])],
         [numpy_helper.from_array(randn(rng, 16, 32), "then.w")],
     )
     else_graph = helper.make_graph(
@@ -281,7 +290,9 @@ def control_flow_model(seed: int = SEED) -> tuple[onnx.ModelProto, dict[str, np.
             helper.make_node("Constant", [], ["else.w"], value=numpy_helper.from_array(randn(rng, 16, 32))),
             helper.make_node("MatMul", ["x", "else.w"], ["else.y"], name="else.mm"),
         ],
-        "else", [], [value("else.y", [1, 32])],
+        "else",
+        [],
+        [value("else.y", [1, 32])],
     )
     body = helper.make_graph(
         [

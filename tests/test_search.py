@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import conftest
 import numpy as np
 import pytest
 
-import conftest
 from onnxq.codebooks import CODEBOOKS
 from onnxq.search import LOG_X0_MIN, SortedGroups, level_magnitudes, maximize_correlation
 
@@ -36,7 +36,11 @@ def grid_correlation(u: np.ndarray, levels: np.ndarray) -> np.ndarray:
     cum = np.concatenate([[0.0], np.cumsum(s)])
     mids = 0.5 * (levels[:, 1:] + levels[:, :-1])
     edges = np.concatenate(
-        [np.zeros((len(levels), 1), int), np.searchsorted(s, mids, side="left"), np.full((len(levels), 1), s.size)],
+        [
+            np.zeros((len(levels), 1), int),
+            np.searchsorted(s, mids, side="left"),
+            np.full((len(levels), 1), s.size),
+        ],
         axis=1,
     )
     sums = np.diff(cum[edges], axis=1)
@@ -67,8 +71,18 @@ def gaps() -> list[dict]:
                     ours = float(direct_correlation(u, level_magnitudes(CODEBOOKS[name], log_x0, bits))[0])
                     brute, brute_x = brute_force(u, name, bits)
                     rows.append(
-                        dict(dist=dist, n=n, codebook=name, bits=bits, ours=ours, reported=float(reported[0]),
-                             log_x0=float(log_x0[0]), brute=brute, brute_log_x0=brute_x, gap=brute - ours)
+                        {
+                            "dist": dist,
+                            "n": n,
+                            "codebook": name,
+                            "bits": bits,
+                            "ours": ours,
+                            "reported": float(reported[0]),
+                            "log_x0": float(log_x0[0]),
+                            "brute": brute,
+                            "brute_log_x0": brute_x,
+                            "gap": brute - ours,
+                        }
                     )
     worst = max(rows, key=lambda r: r["gap"])
     conftest.MEASUREMENTS["search: worst gap brute - ours"] = (
@@ -97,8 +111,8 @@ def test_search_is_within_tolerance_of_brute_force(gaps, record_property):
 @pytest.mark.xfail(
     strict=False,
     reason="the coarse grid + golden-section search can settle on a lesser peak of the jagged "
-    "correlation: measured worst gap to a 20001-point brute force is about 2e-4 "
-    "(laplace, n=256, exponential, 3 bits), above the required 1e-6",
+    "correlation: the measured worst gap to a 20001-point brute force is 1.9e-4 (gaussian, n=64, "
+    "exponential, 4 bits; 16 of 48 cases above 1e-6), far above the required 1e-6",
 )
 def test_search_is_within_1e6_of_brute_force(gaps):
     bad = [(r["dist"], r["n"], r["codebook"], r["bits"], r["gap"]) for r in gaps if r["gap"] > REQUIRED_GAP]
@@ -113,10 +127,12 @@ def test_reported_correlation_is_the_correlation_at_the_returned_x0(gaps):
 
 def test_search_reaches_the_paper_correlations(gaps):
     # ALGORITHM.md: 10,000 samples, nearest rounding; ours at n=1000 should be close.
-    table = {("gaussian", "linear"): {3: 0.977, 4: 0.994, 5: 0.998, 6: 0.9995},
-             ("gaussian", "exponential"): {3: 0.962, 4: 0.992, 5: 0.998, 6: 0.9994},
-             ("laplace", "linear"): {3: 0.959, 4: 0.988, 5: 0.996, 6: 0.9989},
-             ("laplace", "exponential"): {3: 0.944, 4: 0.989, 5: 0.997, 6: 0.9992}}
+    table = {
+        ("gaussian", "linear"): {3: 0.977, 4: 0.994, 5: 0.998, 6: 0.9995},
+        ("gaussian", "exponential"): {3: 0.962, 4: 0.992, 5: 0.998, 6: 0.9994},
+        ("laplace", "linear"): {3: 0.959, 4: 0.988, 5: 0.996, 6: 0.9989},
+        ("laplace", "exponential"): {3: 0.944, 4: 0.989, 5: 0.997, 6: 0.9992},
+    }
     for r in gaps:
         if r["n"] == 1000:
             assert r["ours"] >= table[(r["dist"], r["codebook"])][r["bits"]] - 0.01, r

@@ -5,9 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
-import onnxq
 from conftest import (
     check_op_type_count,
     control_flow_model,
@@ -18,6 +15,9 @@ from conftest import (
     run,
     value,
 )
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxq
 from onnxq.select import find_weights, weight_axis
 
 
@@ -89,7 +89,9 @@ def test_a_tensor_shared_by_two_convs_is_compressed_once(rng):
     calls = [n for n in out.graph.node if n.domain == "onnxq"]
     assert len(calls) == 1
     feeds = {"x": randn(rng, 1, 4, 6, 6)}
-    expected = replace_weights(model, {"shared": reference_weights(model, 5, "exponential", min_elements=1)["shared"][0]})
+    expected = replace_weights(
+        model, {"shared": reference_weights(model, 5, "exponential", min_elements=1)["shared"][0]}
+    )
     np.testing.assert_allclose(run(out, feeds)[0], run(expected, feeds)[0], rtol=1e-5, atol=1e-5)
 
 
@@ -231,7 +233,9 @@ def test_a_custom_domain_op_is_not_a_weight_use(rng):
         [numpy_helper.from_array(randn(rng, 16, 16), "W")],
     )
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.example", 1)], ir_version=8
+        graph,
+        opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.example", 1)],
+        ir_version=8,
     )
     weights, skips = find_weights(model, 1)
     assert weights == [] and "not a weight input" in skips[0].reason
@@ -242,3 +246,23 @@ def test_weights_and_skips_cover_every_float_tensor(tiny):
     floats = {t.name for t in tiny[0].graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
     assert {w.name for w in weights} | {s.name for s in skips} == floats
     assert not {w.name for w in weights} & {s.name for s in skips}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: FLOAT_TYPES omits BFLOAT16, so a bfloat16 weight is neither compressed nor "
+    "listed as skipped: the README promises a reason for every float tensor left alone",
+)
+def test_a_bfloat16_tensor_is_compressed_or_skipped_with_a_reason():
+    wb = helper.make_tensor("Wb", TensorProto.BFLOAT16, [16, 16], np.full(256, 0x3F80, np.uint16).tolist())
+    model = make_model(
+        [
+            helper.make_node("Cast", ["x"], ["xb"], to=TensorProto.BFLOAT16),
+            helper.make_node("MatMul", ["xb", "Wb"], ["y"]),
+        ],
+        [value("x", [1, 16])],
+        [value("y", [1, 16], TensorProto.BFLOAT16)],
+        [wb],
+    )
+    weights, skips = find_weights(model, 1)
+    assert {w.name for w in weights} | {s.name for s in skips} == {"Wb"}

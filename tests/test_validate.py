@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conftest import make_model, randn, value
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxq
-from conftest import make_model, randn, value
 from onnxq.validate import Validation, compare_models, random_feeds, session
 
 
@@ -44,8 +44,12 @@ def test_metrics_match_their_definitions(pair, tmp_path):
     x = np.random.default_rng(5).standard_normal((64, 16)).astype(np.float32)
     np.savez(tmp_path / "in.npz", x=x)
     v = compare_models(pair[0], pair[1], inputs=tmp_path / "in.npz")
-    y = (x @ onnx.numpy_helper.to_array(onnx.load_from_string(pair[0]).graph.initializer[0])).astype(np.float64)
-    yq = (x @ onnx.numpy_helper.to_array(onnx.load_from_string(pair[1]).graph.initializer[0])).astype(np.float64)
+    y = (x @ onnx.numpy_helper.to_array(onnx.load_from_string(pair[0]).graph.initializer[0])).astype(
+        np.float64
+    )
+    yq = (x @ onnx.numpy_helper.to_array(onnx.load_from_string(pair[1]).graph.initializer[0])).astype(
+        np.float64
+    )
     (o,) = v.outputs
     assert v.samples == 1
     assert o.max_abs_error == pytest.approx(np.abs(y - yq).max(), rel=1e-4)
