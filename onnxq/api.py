@@ -21,6 +21,7 @@ from onnxq.quantize import SCALES, QuantizedTensor, quantize
 from onnxq.report import Bytes, Report, SkipReport, WeightReport
 from onnxq.select import FLOAT_TYPES, find_weights, iter_graphs
 from onnxq.storage import CODEBOOK_SUFFIXES, FORMATS, INDICES_SUFFIX
+from onnxq.storage.fold import DOMAIN
 from onnxq.validate import compare_models
 
 GRANULARITIES = ("tensor", "channel")
@@ -84,10 +85,17 @@ def _quantize_weight(weight, config: Config) -> QuantizedTensor:
 def _byte_breakdown(model: onnx.ModelProto) -> Bytes:
     out = Bytes(total=model.ByteSize())
     for graph in iter_graphs(model.graph):
-        tensors = list(graph.initializer) + [
-            a.t for n in graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR
-        ]
-        for t in tensors:
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type != onnx.AttributeProto.TENSOR:
+                    continue
+                size = len(attr.t.raw_data) or attr.t.ByteSize()
+                if node.domain == DOMAIN:
+                    if attr.name == "ranges":  # the decoder's parameter ranges
+                        out.codebooks += size
+                elif attr.t.data_type in FLOAT_TYPES:
+                    out.float_tensors += size
+        for t in graph.initializer:
             size = len(t.raw_data) or t.ByteSize()
             if t.name.endswith(INDICES_SUFFIX):
                 out.indices += size
@@ -210,15 +218,21 @@ def compress(
     load_seconds = time.perf_counter() - t
     out, report = compress_model(model, config, progress)
     report.seconds["load"] = load_seconds
-    report.input_bytes = Path(src).stat().st_size
+    report.input_bytes = io.stored_bytes(src)
     t = time.perf_counter()
-    report.output.total = io.save_model(out, dst_path)
-    report.output.graph = (
-        report.output.total - report.output.indices - report.output.codebooks - report.output.float_tensors
-    )
-    report.seconds["save"] = time.perf_counter() - t
-    if config.validate and report.weights:
-        validate_into(report, Path(src), dst_path, config)
+    tmp = io.write_temp(out, dst_path)
+    try:
+        report.output.total = tmp.stat().st_size
+        report.output.graph = (
+            report.output.total - report.output.indices - report.output.codebooks - report.output.float_tensors
+        )
+        report.seconds["save"] = time.perf_counter() - t
+        if config.validate and report.weights:
+            # Validate before the rename: an error here leaves no output behind.
+            validate_into(report, Path(src), tmp, config)
+        io.commit(tmp, dst_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return report
 
 

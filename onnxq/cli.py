@@ -111,6 +111,14 @@ def compress_cmd(
     """Compress the weights of SRC into DST and check the result in onnxruntime."""
     if report is not None and report.suffix not in (".json", ".md"):
         raise typer.BadParameter("the report must end in .json or .md", param_hint="--report")
+    if report is not None and not report.parent.resolve().is_dir():
+        fail(OnnxqError(f"report folder {report.parent} does not exist; create it or choose another path"))
+    for pattern in exclude or ():
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise typer.BadParameter(f"{pattern!r} is not a valid regular expression: {exc}",
+                                     param_hint="--exclude") from None
     config = Config(
         bits=bits,
         codebook=codebook,

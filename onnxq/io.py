@@ -81,15 +81,41 @@ def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst_path
 
 
-def save_model(model: onnx.ModelProto, dst: str | os.PathLike) -> int:
-    """Write the model to dst through a temporary file and a rename; return its size."""
+def write_temp(model: onnx.ModelProto, dst: str | os.PathLike) -> Path:
+    """Write the model to a hidden temporary file beside dst, and return its path."""
     dst = Path(dst)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(model.SerializeToString())
-        os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return dst.stat().st_size
+    return Path(tmp)
+
+
+def commit(tmp: Path, dst: str | os.PathLike) -> None:
+    """Rename a temporary file into place; remove it if that fails."""
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: onnx.ModelProto, dst: str | os.PathLike) -> int:
+    """Write the model to dst through a temporary file and a rename; return its size."""
+    commit(write_temp(model, dst), dst)
+    return Path(dst).stat().st_size
+
+
+def stored_bytes(path: str | os.PathLike) -> int:
+    """The size of a model on disk: the .onnx file and every external data file it uses."""
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    files = set()
+    for tensor in _external_tensors(model):
+        if uses_external_data(tensor):
+            files.update(e.value for e in tensor.external_data if e.key == "location")
+    folder = path.resolve().parent
+    return path.stat().st_size + sum((folder / f).stat().st_size for f in files)

@@ -95,7 +95,7 @@ class Report:
                 "bytes": asdict(self.output),
                 "weights": [asdict(w) for w in self.weights],
                 "skipped": [asdict(s) for s in self.skipped],
-                "validation": self.validation.to_dict() if self.validation else None,
+                "validation": self.validation.to_dict() if self.validation is not None else None,
                 "notes": self.notes,
                 "seconds": self.seconds,
             }

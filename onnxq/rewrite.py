@@ -59,6 +59,10 @@ def replace_weights(
         else:
             replaced.setdefault(id(graph), (graph, set()))[1].add(name)
         graph.initializer.extend(inits)
+        if model.ir_version < 4:  # before IR 4, every initializer is also a graph input
+            graph.input.extend(
+                helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits
+            )
         for node in reversed([call, *tail]):
             graph.node.insert(0, node)
         fname = call.op_type

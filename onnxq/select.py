@@ -16,6 +16,14 @@ import onnx
 from onnx import numpy_helper
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+# Float types listed as skipped rather than compressed.
+UNSUPPORTED_FLOATS = {
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.FLOAT8E4M3FN: "float8e4m3fn",
+    onnx.TensorProto.FLOAT8E4M3FNUZ: "float8e4m3fnuz",
+    onnx.TensorProto.FLOAT8E5M2: "float8e5m2",
+    onnx.TensorProto.FLOAT8E5M2FNUZ: "float8e5m2fnuz",
+}
 BIAS_SLOTS = {("Conv", 2), ("ConvTranspose", 2), ("Gemm", 2)}
 
 
@@ -117,10 +125,14 @@ def find_weights(
     weights: list[Weight] = []
     skips: list[Skip] = []
     for tensor, graph, const_node in _candidates(model):
-        if tensor.data_type not in FLOAT_TYPES:
-            continue  # integer, bool and string tensors are shapes and indices, never weights
         name = tensor.name
         shape = tuple(int(d) for d in tensor.dims)
+        if tensor.data_type in UNSUPPORTED_FLOATS:
+            kind = UNSUPPORTED_FLOATS[tensor.data_type]
+            skips.append(Skip(name, shape, f"{kind} tensors are not supported yet"))
+            continue
+        if tensor.data_type not in FLOAT_TYPES:
+            continue  # integer, bool and string tensors are shapes and indices, never weights
         consumers = uses.get(name, [])
         size = int(np.prod(shape)) if shape else 1
 

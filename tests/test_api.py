@@ -159,12 +159,6 @@ def test_errors_before_loading_leave_nothing_behind(tiny_path, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["tiny.onnx"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: compress() renames the output into place before validating, so an error "
-    "raised during validation (here: --inputs file missing) leaves the output file behind, "
-    "contrary to the README's 'a failure leaves nothing behind'",
-)
 def test_a_validation_error_leaves_no_output(tiny_path, tmp_path):
     with pytest.raises(onnxq.OnnxqError, match="cannot read inputs"):
         onnxq.compress(tiny_path, tmp_path / "out.onnx", inputs=str(tmp_path / "missing.npz"))

@@ -117,27 +117,6 @@ def test_unpacking_is_bit_exact(bits, codebook, granularity, rng):
             assert np.unique(rows[g][q.codes[g] == code]).size == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (docstring claim): quantize.py says 'what the graph rebuilds is exactly what is "
-    "measured here', but onnxruntime's Exp differs from numpy's float32 exp by 1-2 ulps, so the "
-    "decoded weights differ from QuantizedTensor.dequantized in the last bits",
-)
-def test_decoded_weights_equal_dequantized_bit_for_bit(rng):
-    w = randn(rng, 64, 48)
-    model, feeds = matmul_model(w)
-    out, _ = compress(model, 8, "exponential", "channel")
-    decoded = run(with_outputs(out, ["W"]), feeds)[0]
-    np.testing.assert_array_equal(decoded, reference_weights(model, 8, "exponential")["W"][0])
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="BUG: for IR version < 4 every initializer must also be a graph input; rewrite adds "
-    "the .onnxq.* initializers without inputs, so compress_model raises RuntimeError "
-    "'onnxq produced an invalid model: W.onnxq.indices in initializer but not in graph input'",
-)
 def test_ir_3_model_with_initializers_as_inputs(rng):
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "W"], ["y"])],
@@ -191,16 +170,9 @@ def test_old_ir_versions_get_the_decoders_inlined(tiny):
         np.testing.assert_array_equal(a, b)
 
 
-OPSET_11_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="BUG: at opset 11 (MIN_OPSET) the fold decoder's Constant nodes use value_ints / "
-    "value_floats (call-attribute references), which exist only from Constant-12: "
-    "compress_model raises 'onnxq produced an invalid model: Unrecognized attribute: value_ints'",
-)
 
 
-@pytest.mark.parametrize("opset", [pytest.param(11, marks=OPSET_11_BUG), 12, 13, 17, 18, 21])
+@pytest.mark.parametrize("opset", [11, 12, 13, 17, 18, 21])
 def test_the_models_opset_is_kept(opset, rng):
     w = randn(rng, 32, 24)
     model, feeds = matmul_model(w, opset=opset)

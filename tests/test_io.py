@@ -173,12 +173,6 @@ def test_model_without_graph_is_refused(tmp_path):
         io.load_model(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: compress() sets report.input_bytes = Path(src).stat().st_size, which leaves out "
-    "the external data file, so a model with external data reports a ratio far below 1 "
-    "although its bytes shrank several times",
-)
 def test_ratio_counts_external_data(tmp_path, tiny):
     path = save_external(tiny[0], tmp_path / "m")
     report = onnxq.compress(path, tmp_path / "out.onnx", validate=False)

@@ -235,11 +235,6 @@ def test_nan_weight_in_a_constant_node_raises_too(rng):
         onnxq.compress_model(model)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: quantize() accepts NaN silently: it returns all-zero levels and reports "
-    "sqnr_db=inf (a perfect score); only api.compress_model checks for NaN/Inf",
-)
 def test_quantize_refuses_nan():
     with pytest.raises(ValueError):
         quantize(np.array([[np.nan, 1.0, 2.0]], np.float32), CODEBOOKS["exponential"], 5, "lsq")

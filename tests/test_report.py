@@ -137,12 +137,6 @@ def test_markdown(report):
             header_cells = None
 
 
-FAILED_VALIDATION_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Report.to_dict() writes `self.validation.to_dict() if self.validation else None`, "
-    'and a failed Validation is falsy, so a failed validation becomes "validation": null in '
-    "the JSON and disappears from the Markdown, exactly when it matters",
-)
 
 
 @pytest.fixture
@@ -157,14 +151,12 @@ def test_failed_validation_sets_passed_false(failed):
     assert strict_json(failed.to_json())["summary"]["passed"] is False
 
 
-@FAILED_VALIDATION_BUG
 def test_failed_validation_is_kept_in_json(failed):
     v = strict_json(failed.to_json())["validation"]
     assert v is not None
     assert v["passed"] is False and "--min-sqnr 200" in v["failures"][0]
 
 
-@FAILED_VALIDATION_BUG
 def test_failed_validation_is_shown_in_markdown(failed):
     md = failed.to_markdown()
     assert "FAILED" in md and "--min-sqnr 200" in md

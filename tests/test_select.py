@@ -248,11 +248,6 @@ def test_weights_and_skips_cover_every_float_tensor(tiny):
     assert not {w.name for w in weights} & {s.name for s in skips}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: FLOAT_TYPES omits BFLOAT16, so a bfloat16 weight is neither compressed nor "
-    "listed as skipped: the README promises a reason for every float tensor left alone",
-)
 def test_a_bfloat16_tensor_is_compressed_or_skipped_with_a_reason():
     wb = helper.make_tensor("Wb", TensorProto.BFLOAT16, [16, 16], np.full(256, 0x3F80, np.uint16).tolist())
     model = make_model(

@@ -27,10 +27,15 @@ def function_name(codebook: str, bits: int) -> str:
     return f"Decode_{codebook}_{bits}"
 
 
-def _ref(output: str, attr: str, kind: int, source: str | None = None) -> onnx.NodeProto:
-    """A Constant whose value is the call's attribute `source` (default: output)."""
-    node = helper.make_node("Constant", [], [output])
-    node.attribute.append(onnx.AttributeProto(name=attr, ref_attr_name=source or output, type=kind))
+def _ref(name: str) -> onnx.NodeProto:
+    """A Constant whose value is the call's tensor attribute of the same name.
+
+    Tensor attributes (not value_ints/value_floats) keep this valid from opset 11.
+    """
+    node = helper.make_node("Constant", [], [name])
+    node.attribute.append(
+        onnx.AttributeProto(name="value", ref_attr_name=name, type=onnx.AttributeProto.TENSOR)
+    )
     return node
 
 
@@ -53,9 +58,8 @@ def decoder(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
 
     # The shape and the parameter ranges are attributes of the call: cheaper than
     # two more named initializers per weight.
-    nodes.append(_ref("shape", "value_ints", onnx.AttributeProto.INTS))
-    nodes.append(_ref("range_flat", "value_floats", onnx.AttributeProto.FLOATS, "ranges"))
-    add("Reshape", ["range_flat", const("range_shape", np.array([-1, 2], np.int64))], "ranges")
+    nodes.append(_ref("shape"))
+    nodes.append(_ref("ranges"))
 
     # Unpack: one stream of bytes per bit field, each byte holding 8/w values.
     nbytes = add("Shape", ["indices"], "nbytes")
@@ -137,7 +141,7 @@ def encode(
         [t.name for t in inits],
         [output],
         domain=DOMAIN,
-        shape=[int(d) for d in shape],
-        ranges=[float(x) for x in q.ranges.ravel()],
+        shape=numpy_helper.from_array(np.array(shape, np.int64)),
+        ranges=numpy_helper.from_array(q.ranges.astype(np.float32)),
     )
     return inits, node
