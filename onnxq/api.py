@@ -224,7 +224,10 @@ def compress(
     try:
         report.output.total = tmp.stat().st_size
         report.output.graph = (
-            report.output.total - report.output.indices - report.output.codebooks - report.output.float_tensors
+            report.output.total
+            - report.output.indices
+            - report.output.codebooks
+            - report.output.float_tensors
         )
         report.seconds["save"] = time.perf_counter() - t
         if config.validate and report.weights:

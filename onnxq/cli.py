@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +29,7 @@ EXIT_ERROR = 1
 EXIT_VALIDATION = 3
 
 
-def _choice(name: str, valid) -> callable:
+def _choice(name: str, valid) -> Callable[[str], str]:
     def check(value: str) -> str:
         if value not in valid:
             raise typer.BadParameter(f"{value!r} is not one of: {', '.join(valid)}")
@@ -85,7 +86,8 @@ def compress_cmd(
         ),
     ] = "lsq",
     fmt: Annotated[
-        str, typer.Option("--format", callback=_choice("format", FORMATS), help=f"One of: {', '.join(FORMATS)}.")
+        str,
+        typer.Option("--format", callback=_choice("format", FORMATS), help=f"One of: {', '.join(FORMATS)}."),
     ] = "fold",
     min_elements: Annotated[int, typer.Option(min=1, help="Leave tensors smaller than this in float.")] = 128,
     exclude: Annotated[
@@ -99,7 +101,9 @@ def compress_cmd(
         list[str] | None, typer.Option(help="NAME=VALUE size of a symbolic input dimension; repeatable.")
     ] = None,
     validate: Annotated[bool, typer.Option(help="Compare against the float model in onnxruntime.")] = True,
-    samples: Annotated[int, typer.Option(min=1, help="Random validation runs when --inputs is not given.")] = 8,
+    samples: Annotated[
+        int, typer.Option(min=1, help="Random validation runs when --inputs is not given.")
+    ] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the random validation inputs.")] = 0,
     min_sqnr: Annotated[
         float | None, typer.Option(help="Exit 3 if an output's SQNR (dB) is below this.")
@@ -117,8 +121,9 @@ def compress_cmd(
         try:
             re.compile(pattern)
         except re.error as exc:
-            raise typer.BadParameter(f"{pattern!r} is not a valid regular expression: {exc}",
-                                     param_hint="--exclude") from None
+            raise typer.BadParameter(
+                f"{pattern!r} is not a valid regular expression: {exc}", param_hint="--exclude"
+            ) from None
     config = Config(
         bits=bits,
         codebook=codebook,
@@ -137,8 +142,13 @@ def compress_cmd(
     )
     try:
         with Progress(
-            TextColumn("quantizing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-            console=err, transient=True, disable=not err.is_terminal,
+            TextColumn("quantizing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
         ) as bar:
             task = bar.add_task("", total=None)
 
@@ -196,8 +206,13 @@ def render(report: Report) -> None:
         weights.add_column(col, justify="left" if col in ("tensor", "shape") else "right")
     for w in d["weights"]:
         weights.add_row(
-            w["name"], "x".join(map(str, w["shape"])), str(w["groups"]), str(w["bits"]),
-            f"{w['correlation']:.5f}", _fmt(w["sqnr_db"], 1), f"{w['index_bytes'] + w['codebook_bytes']:,}",
+            w["name"],
+            "x".join(map(str, w["shape"])),
+            str(w["groups"]),
+            str(w["bits"]),
+            f"{w['correlation']:.5f}",
+            _fmt(w["sqnr_db"], 1),
+            f"{w['index_bytes'] + w['codebook_bytes']:,}",
         )
     if d["weights"]:
         out.print(weights)
@@ -211,7 +226,9 @@ def render(report: Report) -> None:
         skipped.add_column("tensors", justify="right")
         skipped.add_column("for example")
         for reason, names in by_reason.items():
-            skipped.add_row(reason, str(len(names)), ", ".join(names[:2]) + (", ..." if len(names) > 2 else ""))
+            skipped.add_row(
+                reason, str(len(names)), ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
+            )
         out.print(skipped)
     if not d["weights"]:
         typer.echo("warning: no compressible weights found; the model was written unchanged", err=True)
@@ -227,7 +244,8 @@ def render(report: Report) -> None:
         f"codebooks {b['codebooks']:,} ({100 * b['codebooks'] / total:.1f}%), "
         f"float tensors {b['float_tensors']:,} ({100 * b['float_tensors'] / total:.1f}%), "
         f"graph {b['graph']:,} ({100 * b['graph'] / total:.1f}%)",
-        markup=False, highlight=False,
+        markup=False,
+        highlight=False,
     )
     if report.validation is not None:
         render_validation(report.validation)
@@ -245,8 +263,12 @@ def render_validation(v: Validation) -> None:
         table.add_column(col, justify="left" if col == "output" else "right")
     for o in v.outputs:
         table.add_row(
-            o.name, f"{o.max_abs_error:.4g}", f"{o.relative_l2_error:.4g}", f"{o.cosine:.5f}",
-            _fmt(o.sqnr_db, 1), _fmt(o.top1_agreement, 3),
+            o.name,
+            f"{o.max_abs_error:.4g}",
+            f"{o.relative_l2_error:.4g}",
+            f"{o.cosine:.5f}",
+            _fmt(o.sqnr_db, 1),
+            _fmt(o.top1_agreement, 3),
         )
     out.print(table)
     for failure in v.failures:

@@ -52,8 +52,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
             )
         if not target.is_file():
             raise ModelLoadError(
-                f"external data file {location} of tensor {tensor.name!r} is missing; "
-                f"put it in {folder}"
+                f"external data file {location} of tensor {tensor.name!r} is missing; put it in {folder}"
             )
     try:
         onnx.load_external_data_for_model(model, str(folder))
@@ -71,9 +70,7 @@ def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """The output path, after checking that it can be written and is not the input."""
     dst_path = Path(dst)
     if not dst_path.parent.resolve().is_dir():
-        raise OnnxqError(
-            f"output folder {dst_path.parent} does not exist; create it or choose another path"
-        )
+        raise OnnxqError(f"output folder {dst_path.parent} does not exist; create it or choose another path")
     if dst_path.exists() and dst_path.resolve() == Path(src).resolve():
         raise OnnxqError("the output path is the input file; choose a different output path")
     if dst_path.is_dir():
@@ -113,7 +110,7 @@ def stored_bytes(path: str | os.PathLike) -> int:
     """The size of a model on disk: the .onnx file and every external data file it uses."""
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
-    files = set()
+    files: set[str] = set()
     for tensor in _external_tensors(model):
         if uses_external_data(tensor):
             files.update(e.value for e in tensor.external_data if e.key == "location")

@@ -6,13 +6,13 @@ sum w*y / sum y^2). The level of code k in group g is then
 
     w_q = sign_k * exp(slope_k * ln(x0_g) + offset_k + ln(s_g))
 
-Each group's parameters share one uint16 on per-tensor log-uniform grids: 6
-bits of ln(x0) and 10 of ln(s) (a linear codebook needs only ln(s*x0), which
-gets all 16). Scale code 0 marks an all-zero group. Every weight then takes
-the code of its nearest stored level; the graph rebuilds these levels with the
-same float32 operations, so they match to within the 1-2 ulp by which
-onnxruntime's Exp differs from numpy's. (Measured on EfficientNet-Lite0 at 5 bits: 8 + 8 bits
-lost 5 points of agreement against exact parameters, 6 + 10 bits none.)
+Each group's parameters share one uint16 on per-tensor grids: 6 bits of
+ln(x0) and 10 of ln(s) (a linear codebook needs only ln(s*x0), which gets all
+16). Scale code 0 marks an all-zero group. Every weight then takes the code of
+its nearest stored level; the graph rebuilds these levels with the same
+float32 operations, so they match to within the 1-2 ulp by which onnxruntime's
+Exp differs from numpy's. (Measured on EfficientNet-Lite0 at 5 bits: 8 + 8
+bits lost 5 points of agreement against exact parameters, 6 + 10 bits none.)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from onnxq.codebooks import Codebook, code_layout, magnitude_count, zero_code
 from onnxq.search import SortedGroups, bin_index, level_magnitudes, maximize_correlation
 
 SCALES = ("variance", "lsq")
-X0_BITS = 6  # ln(x0): codes 0..63; the neighbouring code that correlates better wins
+X0_BITS = 6  # ln(x0): codes 0..63; each group takes the one that correlates best
 SCALE_BITS = 10  # ln(s): codes 1..1023, and 0 for an all-zero group
 SPLIT = float(1 << SCALE_BITS)  # params = x0_code * SPLIT + scale_code
 
@@ -107,11 +107,11 @@ def _x0_grid(groups: SortedGroups, codebook: Codebook, bits: int, log_x0: np.nda
     """Codes of ln(x0) on a 64-point grid over the middle 96% of the groups' optima.
 
     Each group takes the grid point with the highest correlation, so an outlier
-    group whose optimum lies off the grid still gets the best stored x0. (Trying
-    only the 5 points nearest each optimum lost 1.7 points of agreement on
-    MobileNetV2: small groups have several peaks of nearly equal height.) (On
-    MobileNetV2 at 5 bits a grid over the full range lost 9 points of agreement:
-    a few degenerate channels stretched it.)
+    group whose optimum lies off the grid still gets the best stored x0. Measured
+    on MobileNetV2 at 5 bits: a grid over the full range lost 9 points of
+    agreement (a few degenerate channels stretched it), and trying only the 5
+    points nearest each optimum lost 1.7 (small groups have several peaks of
+    nearly equal height).
     """
     codes = np.zeros(log_x0.shape, dtype=np.int64)
     if not live.any():
@@ -123,7 +123,9 @@ def _x0_grid(groups: SortedGroups, codebook: Codebook, bits: int, log_x0: np.nda
         return codes, rng
     best = np.full(log_x0.shape, -np.inf)
     for code in range(steps + 1):
-        score = groups.correlation(level_magnitudes(codebook, _decode(np.full(log_x0.shape, code), rng), bits))
+        score = groups.correlation(
+            level_magnitudes(codebook, _decode(np.full(log_x0.shape, code), rng), bits)
+        )
         better = score > best
         codes[better] = code
         best[better] = score[better]

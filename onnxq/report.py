@@ -112,10 +112,14 @@ class Report:
             "# onnxq compression report",
             "",
             f"- config: `{json.dumps(self.config)}`",
-            f"- size: {s['input_bytes']:,} -> {s['output_bytes']:,} bytes "
-            f"({_num(s['ratio'], 2)}x smaller), {_num(s['bits_per_weight'], 3)} bits per weight",
-            f"- compressed {s['compressed_tensors']} tensors ({s['compressed_weights']:,} weights), "
-            f"skipped {s['skipped_tensors']}",
+            (
+                f"- size: {s['input_bytes']:,} -> {s['output_bytes']:,} bytes "
+                f"({_num(s['ratio'], 2)}x smaller), {_num(s['bits_per_weight'], 3)} bits per weight"
+            ),
+            (
+                f"- compressed {s['compressed_tensors']} tensors ({s['compressed_weights']:,} weights), "
+                f"skipped {s['skipped_tensors']}"
+            ),
             "",
             "| bytes | count | share |",
             "|---|---:|---:|",

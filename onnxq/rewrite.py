@@ -33,9 +33,7 @@ def grouped_shape(weight: Weight, groups: int) -> tuple[tuple[int, ...], list[in
     return moved, perm
 
 
-def replace_weights(
-    model: onnx.ModelProto, items: list[tuple[Weight, QuantizedTensor]], fmt
-) -> None:
+def replace_weights(model: onnx.ModelProto, items: list[tuple[Weight, QuantizedTensor]], fmt) -> None:
     """Swap every weight for its decoder call, and add the decoder functions."""
     opset = default_opset(model)
     functions = {f.name: f for f in model.functions}

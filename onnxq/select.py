@@ -155,9 +155,7 @@ def find_weights(
             skip("used as a weight along different output axes")
             continue
         node_names = [n.name for n, _ in consumers]
-        hit = next(
-            (p.pattern for p in patterns for s in [name, *node_names] if s and p.search(s)), None
-        )
+        hit = next((p.pattern for p in patterns for s in [name, *node_names] if s and p.search(s)), None)
         if hit is not None:
             skip(f"excluded by --exclude {hit!r}")
             continue

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from onnxq.errors import OnnxqError
 
@@ -29,6 +30,21 @@ _ORT_TO_NUMPY = {
     "tensor(uint64)": np.uint64,
     "tensor(bool)": np.bool_,
 }
+
+
+# onnxruntime's own exceptions derive from Exception directly; its Python layer
+# raises ValueError and RuntimeError for bad feeds.
+ORT_ERRORS = (
+    _ort_state.Fail,
+    _ort_state.InvalidArgument,
+    _ort_state.InvalidGraph,
+    _ort_state.InvalidProtobuf,
+    _ort_state.NoSuchFile,
+    _ort_state.NotImplemented,
+    _ort_state.RuntimeException,
+    RuntimeError,
+    ValueError,
+)
 
 
 @dataclass
@@ -63,7 +79,7 @@ def session(model: bytes | str | Path) -> ort.InferenceSession:
     source = str(model) if isinstance(model, Path) else model
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own untyped errors
+    except ORT_ERRORS as exc:
         first = str(exc).strip().splitlines()[0][:300]
         raise OnnxqError(f"onnxruntime cannot load the model: {first}") from None
 
@@ -75,7 +91,7 @@ def random_feeds(
     rng = np.random.default_rng(seed)
     feeds = []
     for _ in range(samples):
-        feed = {}
+        feed: dict[str, np.ndarray] = {}
         for inp in sess.get_inputs():
             dtype = _ORT_TO_NUMPY.get(inp.type)
             if dtype is None:
@@ -157,7 +173,7 @@ def compare_models(
         try:
             ys = ref.run(names, feed)
             yq = cand.run(names, feed)
-        except Exception as exc:  # onnxruntime raises its own untyped errors
+        except ORT_ERRORS as exc:
             first = str(exc).strip().splitlines()[0][:300]
             raise OnnxqError(f"onnxruntime failed on the validation inputs: {first}") from None
         for n, a, b in zip(names, ys, yq):
@@ -177,9 +193,12 @@ def compare_models(
         result.outputs.append(cmp)
         if min_sqnr is not None and cmp.sqnr_db < min_sqnr:
             result.failures.append(f"{n}: SQNR {cmp.sqnr_db:.1f} dB < --min-sqnr {min_sqnr}")
-        if min_agreement is not None and cmp.top1_agreement is not None:
-            if cmp.top1_agreement < min_agreement:
-                result.failures.append(
-                    f"{n}: top-1 agreement {cmp.top1_agreement:.3f} < --min-agreement {min_agreement}"
-                )
+        if (
+            min_agreement is not None
+            and cmp.top1_agreement is not None
+            and cmp.top1_agreement < min_agreement
+        ):
+            result.failures.append(
+                f"{n}: top-1 agreement {cmp.top1_agreement:.3f} < --min-agreement {min_agreement}"
+            )
     return result

@@ -170,8 +170,6 @@ def test_old_ir_versions_get_the_decoders_inlined(tiny):
         np.testing.assert_array_equal(a, b)
 
 
-
-
 @pytest.mark.parametrize("opset", [11, 12, 13, 17, 18, 21])
 def test_the_models_opset_is_kept(opset, rng):
     w = randn(rng, 32, 24)

@@ -137,8 +137,6 @@ def test_markdown(report):
             header_cells = None
 
 
-
-
 @pytest.fixture
 def failed(tiny_path, tmp_path) -> Report:
     r = onnxq.compress(tiny_path, tmp_path / "out.onnx", bits=2, min_sqnr=200, samples=1)

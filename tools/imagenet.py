@@ -44,9 +44,7 @@ def preset_for(model_name: str) -> Preprocess:
     for prefix, preset in presets.items():
         if name.startswith(prefix):
             return preset
-    raise SystemExit(
-        f"error: no preprocessing preset for {name}; pass --crop and --normalization"
-    )
+    raise SystemExit(f"error: no preprocessing preset for {name}; pass --crop and --normalization")
 
 
 def list_images(folder: Path) -> list[tuple[Path, int]]:
@@ -73,8 +71,8 @@ def load_image(path: Path, prep: Preprocess) -> np.ndarray:
             size = (max(short, round(w * short / h)), short)
         img = img.resize(size, Image.BILINEAR)
         # torchvision's center crop rounds the offset to nearest
-        left = int(round((size[0] - prep.crop) / 2.0))
-        top = int(round((size[1] - prep.crop) / 2.0))
+        left = round((size[0] - prep.crop) / 2.0)
+        top = round((size[1] - prep.crop) / 2.0)
         img = img.crop((left, top, left + prep.crop, top + prep.crop))
         x = np.asarray(img, dtype=np.float32) / 255.0
     scale, offset = NORMALIZATIONS[prep.normalization]

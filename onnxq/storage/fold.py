@@ -65,7 +65,7 @@ def decoder(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
     nbytes = add("Shape", ["indices"], "nbytes")
     n8 = add("Div", [nbytes, const("bits", np.array([bits], np.int64))], "n8")
     count = add("ReduceProd", ["shape"], "count", keepdims=1)
-    acc = None
+    acc = ""
     start, shift = 0, bits
     for width in field_widths(bits):
         shift -= width
@@ -80,24 +80,49 @@ def decoder(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
         right = const(f"{tag}_r", np.array([8 - width], np.uint8))
         field = add("BitShift", [hi, right], f"{tag}_f", direction="RIGHT")
         flat = add("Reshape", [field, const(f"{tag}_flat", np.array([-1], np.int64))], f"{tag}_v")
-        value = add("Cast", [flat], f"{tag}_i", to=TensorProto.INT32)
+        part_codes = add("Cast", [flat], f"{tag}_i", to=TensorProto.INT32)
         if shift:
-            value = add("Mul", [value, const(f"{tag}_m", np.array([1 << shift], np.int32))], f"{tag}_s")
-        acc = value if acc is None else add("Add", [acc, value], f"{tag}_acc")
+            scale = const(f"{tag}_m", np.array([1 << shift], np.int32))
+            part_codes = add("Mul", [part_codes, scale], f"{tag}_s")
+        acc = add("Add", [acc, part_codes], f"{tag}_acc") if acc else part_codes
     codes = add("Slice", [acc, const("zero", np.array([0], np.int64)), count], "codes")
-    rows = add("Concat", [add("Shape", ["params"], "groups"),
-                          const("minus1", np.array([-1], np.int64))], "rows", axis=0)
+    rows = add(
+        "Concat",
+        [add("Shape", ["params"], "groups"), const("minus1", np.array([-1], np.int64))],
+        "rows",
+        axis=0,
+    )
     codes2 = add("Reshape", [codes, rows], "codes2")
 
     # Levels per group from the uint16 parameter codes (see quantize.level_table).
-    pf = add("Reshape", [add("Cast", ["params"], "pf0", to=TensorProto.FLOAT),
-                         const("colshape", np.array([-1, 1], np.int64))], "pf")
+    pf = add(
+        "Reshape",
+        [
+            add("Cast", ["params"], "pf0", to=TensorProto.FLOAT),
+            const("colshape", np.array([-1, 1], np.int64)),
+        ],
+        "pf",
+    )
 
     def value(code: str, i: int) -> str:
-        step = add("Slice", ["ranges", const(f"s{i}b", np.array([i, 1], np.int64)),
-                             const(f"s{i}e", np.array([i + 1, 2], np.int64))], f"step{i}")
-        low = add("Slice", ["ranges", const(f"l{i}b", np.array([i, 0], np.int64)),
-                            const(f"l{i}e", np.array([i + 1, 1], np.int64))], f"low{i}")
+        step = add(
+            "Slice",
+            [
+                "ranges",
+                const(f"s{i}b", np.array([i, 1], np.int64)),
+                const(f"s{i}e", np.array([i + 1, 2], np.int64)),
+            ],
+            f"step{i}",
+        )
+        low = add(
+            "Slice",
+            [
+                "ranges",
+                const(f"l{i}b", np.array([i, 0], np.int64)),
+                const(f"l{i}e", np.array([i + 1, 1], np.int64)),
+            ],
+            f"low{i}",
+        )
         return add("Add", [add("Mul", [code, step], f"c{i}s"), low], f"v{i}")
 
     one = const("onef", np.array(1.0, np.float32))
@@ -107,14 +132,16 @@ def decoder(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
         hi = add("Floor", [add("Div", [pf, split], "pdiv")], "phi")
         lo = add("Sub", [pf, add("Mul", [hi, split], "phis")], "plo")
         slope = const("slope", q.slope)
-        exponent = add("Add", [add("Add", [add("Mul", [slope, value(hi, 0)], "e0"), offset], "e1"),
-                               value(lo, 1)], "e")
+        exponent = add(
+            "Add", [add("Add", [add("Mul", [slope, value(hi, 0)], "e0"), offset], "e1"), value(lo, 1)], "e"
+        )
         live = add("Min", [lo, one], "live")
     else:
         exponent = add("Add", [offset, value(pf, 0)], "e")
         live = add("Min", [pf, one], "live")
-    table = add("Mul", [add("Mul", [const("sign", q.sign), add("Exp", [exponent], "mag")], "sl"),
-                        live], "table")
+    table = add(
+        "Mul", [add("Mul", [const("sign", q.sign), add("Exp", [exponent], "mag")], "sl"), live], "table"
+    )
     gathered = add("GatherElements", [table, codes2], "gathered", axis=1)
     nodes.append(helper.make_node("Reshape", [gathered, "shape"], ["weight"]))
     return helper.make_function(
