@@ -107,6 +107,21 @@ def _byte_breakdown(model: onnx.ModelProto) -> Bytes:
     return out
 
 
+def _upgrade_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    import onnx.version_converter
+
+    try:
+        upgraded = onnx.version_converter.convert_version(model, MIN_OPSET)
+        onnx.checker.check_model(upgraded)
+    except Exception as exc:  # noqa: BLE001 (the converter raises anything; we explain)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise OnnxqError(
+            f"the model uses opset {opset} and onnx could not upgrade it to {MIN_OPSET} ({first}); "
+            f"convert it to opset {MIN_OPSET} or newer first"
+        ) from None
+    return upgraded
+
+
 def compress_model(
     model: onnx.ModelProto, config: Config | None = None, progress: Progress | None = None
 ) -> tuple[onnx.ModelProto, Report]:
@@ -117,13 +132,14 @@ def compress_model(
     start = time.perf_counter()
     model = copy.deepcopy(model)
     report = Report(config=_config_dict(config), input_bytes=model.ByteSize())
-    opset = rewrite.default_opset(model)
-    if opset < MIN_OPSET:
-        raise OnnxqError(
-            f"the model uses opset {opset}; onnxq needs opset {MIN_OPSET} or newer. "
-            "Convert it first, e.g. with onnx.version_converter.convert_version(model, 13)"
-        )
     weights, skips = find_weights(model, config.min_elements, config.exclude)
+    opset = rewrite.default_opset(model)
+    if weights and opset < MIN_OPSET:
+        model = _upgrade_opset(model, opset)
+        report.notes.append(
+            f"upgraded the default opset from {opset} to {MIN_OPSET}: the decoder's BitShift needs it"
+        )
+        weights, skips = find_weights(model, config.min_elements, config.exclude)
     report.skipped = [SkipReport(s.name, list(s.shape), s.reason) for s in skips]
     if not weights:
         report.notes.append("no compressible weights found: the model is written unchanged")

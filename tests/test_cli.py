@@ -265,17 +265,6 @@ def bad_inputs(kind: str, tmp_path: Path, tiny) -> tuple[Path, Path, str]:
         return good, good, "the output path is the input file"
     if kind == "output-is-folder":
         return good, tmp_path, "is a folder"
-    if kind == "old-opset":
-        model = make_model(
-            [helper.make_node("MatMul", ["x", "W"], ["y"])],
-            [value("x", [1, 32])],
-            [value("y", [1, 32])],
-            [numpy_helper.from_array(np.ones((32, 32), np.float32), "W")],
-            opset=10,
-        )
-        src = tmp_path / "old.onnx"
-        onnx.save(model, src)
-        return src, dst, "opset 10"
     raise AssertionError(kind)
 
 
@@ -288,7 +277,6 @@ BAD_INPUTS = [
     "no-output-folder",
     "output-is-input",
     "output-is-folder",
-    "old-opset",
 ]
 
 
@@ -421,3 +409,21 @@ def test_a_bad_exclude_regex_is_a_usage_error(tiny_path, tmp_path):
     assert "not a valid regular expression" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert files(tmp_path) == ["tiny.onnx"]
+
+
+def test_an_old_opset_is_upgraded_and_said_so(tmp_path):
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        [value("x", [1, 32])],
+        [value("y", [1, 32])],
+        [numpy_helper.from_array(np.ones((32, 32), np.float32), "W")],
+        opset=10,
+    )
+    src = tmp_path / "old.onnx"
+    onnx.save(model, src)
+    result = invoke("compress", src, tmp_path / "out.onnx", "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.stderr
+    notes = json.loads((tmp_path / "r.json").read_text())["notes"]
+    assert any("upgraded the default opset from 10 to 11" in n for n in notes)
+    out = onnx.load(tmp_path / "out.onnx")
+    assert [i.version for i in out.opset_import if i.domain == ""] == [11]
