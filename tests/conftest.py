@@ -318,3 +318,16 @@ def control_flow_model(seed: int = SEED) -> tuple[onnx.ModelProto, dict[str, np.
         [numpy_helper.from_array(np.array(3, np.int64), "trips")],
     )
     return model, {"cond": np.array(True), "x": randn(rng, 1, 16)}
+
+
+def no_weights_model(tmp_path: Path, rng) -> Path:
+    """A saved model whose only float tensor is an Add operand: nothing to compress."""
+    model = make_model(
+        [helper.make_node("Add", ["x", "b"], ["y"])],
+        [value("x", [4])],
+        [value("y", [4])],
+        [numpy_helper.from_array(randn(rng, 4), "b")],
+    )
+    src = tmp_path / "add.onnx"
+    onnx.save(model, src)
+    return src

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model, randn, sha256, value
+from conftest import make_model, no_weights_model, sha256, value
 from onnx import helper, numpy_helper
 from test_io import relocate, save_external
 from typer.testing import CliRunner
@@ -171,14 +171,7 @@ def test_report_markdown(tiny_path, tmp_path):
 
 
 def test_no_compressible_weights_exits_0_with_a_warning(tmp_path, rng):
-    model = make_model(
-        [helper.make_node("Add", ["x", "b"], ["y"])],
-        [value("x", [4])],
-        [value("y", [4])],
-        [numpy_helper.from_array(randn(rng, 4), "b")],
-    )
-    src = tmp_path / "add.onnx"
-    onnx.save(model, src)
+    src = no_weights_model(tmp_path, rng)
     result = invoke("compress", src, tmp_path / "out.onnx")
     no_traceback(result)
     assert result.exit_code == 0

@@ -182,10 +182,13 @@ def test_the_models_opset_is_kept(opset, rng):
     np.testing.assert_allclose(run(out, feeds)[0], feeds["x"] @ deq, rtol=1e-4, atol=1e-4)
 
 
-def test_opset_below_11_is_refused_with_advice(rng):
-    model, _ = matmul_model(randn(rng, 32, 24), opset=10)
-    with pytest.raises(onnxq.OnnxqError, match="opset 10.*convert_version"):
-        onnxq.compress_model(model)
+def test_opset_below_11_is_upgraded_and_still_runs(rng):
+    model, feeds = matmul_model(randn(rng, 32, 24), opset=10)
+    out, report = onnxq.compress_model(model)
+    assert any("from 10 to 11" in n for n in report.notes)
+    assert [i.version for i in out.opset_import if i.domain == ""] == [11]
+    onnx.checker.check_model(out, full_check=True)
+    assert run(out, feeds)[0].shape == run(model, feeds)[0].shape
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])

@@ -104,26 +104,14 @@ def decoder(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
         "pf",
     )
 
+    def cell(row: int, col: int) -> str:
+        """ranges[row, col], as a (1, 1) tensor."""
+        begin = const(f"r{row}c{col}b", np.array([row, col], np.int64))
+        end = const(f"r{row}c{col}e", np.array([row + 1, col + 1], np.int64))
+        return add("Slice", ["ranges", begin, end], f"r{row}c{col}")
+
     def value(code: str, i: int) -> str:
-        step = add(
-            "Slice",
-            [
-                "ranges",
-                const(f"s{i}b", np.array([i, 1], np.int64)),
-                const(f"s{i}e", np.array([i + 1, 2], np.int64)),
-            ],
-            f"step{i}",
-        )
-        low = add(
-            "Slice",
-            [
-                "ranges",
-                const(f"l{i}b", np.array([i, 0], np.int64)),
-                const(f"l{i}e", np.array([i + 1, 1], np.int64)),
-            ],
-            f"low{i}",
-        )
-        return add("Add", [add("Mul", [code, step], f"c{i}s"), low], f"v{i}")
+        return add("Add", [add("Mul", [code, cell(i, 1)], f"c{i}s"), cell(i, 0)], f"v{i}")
 
     one = const("onef", np.array(1.0, np.float32))
     offset = const("offset", q.offset)
