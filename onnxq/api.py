@@ -103,7 +103,7 @@ def _byte_breakdown(model: onnx.ModelProto) -> Bytes:
                 out.codebooks += size
             elif t.data_type in FLOAT_TYPES:
                 out.float_tensors += size
-    out.graph = out.total - out.indices - out.codebooks - out.float_tensors
+    out.settle(out.total)
     return out
 
 
@@ -230,21 +230,15 @@ def compress(
     config.check()
     dst_path = io.check_output_path(src, dst)
     t = time.perf_counter()
-    model = io.load_model(src)
+    model, input_bytes = io.read_model(src)
     load_seconds = time.perf_counter() - t
     out, report = compress_model(model, config, progress)
     report.seconds["load"] = load_seconds
-    report.input_bytes = io.stored_bytes(src)
+    report.input_bytes = input_bytes
     t = time.perf_counter()
     tmp = io.write_temp(out, dst_path)
     try:
-        report.output.total = tmp.stat().st_size
-        report.output.graph = (
-            report.output.total
-            - report.output.indices
-            - report.output.codebooks
-            - report.output.float_tensors
-        )
+        report.output.settle(tmp.stat().st_size)
         report.seconds["save"] = time.perf_counter() - t
         if config.validate and report.weights:
             # Validate before the rename: an error here leaves no output behind.

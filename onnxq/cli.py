@@ -231,11 +231,11 @@ def render(report: Report) -> None:
             )
         out.print(skipped)
     if not d["weights"]:
+        # The note says the same; the warning stands in for it.
         typer.echo("warning: no compressible weights found; the model was written unchanged", err=True)
-    for note in d["notes"]:
-        if not d["weights"]:
-            continue
-        out.print(f"note: {note}", markup=False, highlight=False)
+    else:
+        for note in d["notes"]:
+            out.print(f"note: {note}", markup=False, highlight=False)
     total = b["total"] or 1
     out.print(
         f"size: {s['input_bytes']:,} -> {s['output_bytes']:,} bytes, {_fmt(s['ratio'], 2)}x smaller; "

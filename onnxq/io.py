@@ -25,6 +25,11 @@ def _external_tensors(model: onnx.ModelProto):
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read an ONNX model and its external data; refuse data outside its folder."""
+    return read_model(path)[0]
+
+
+def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
+    """load_model, and the model's size on disk: the .onnx file and its external data files."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path} does not exist; check the path")
@@ -40,6 +45,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path} holds no ONNX graph; check that the file is really ONNX")
     folder = path.resolve().parent
+    data_files: set[Path] = set()
     for tensor in _external_tensors(model):
         if not uses_external_data(tensor):
             continue
@@ -54,6 +60,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
             raise ModelLoadError(
                 f"external data file {location} of tensor {tensor.name!r} is missing; put it in {folder}"
             )
+        data_files.add(target)
     try:
         onnx.load_external_data_for_model(model, str(folder))
     except (OSError, ValueError) as exc:
@@ -63,7 +70,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise ModelLoadError(f"{path} is not a valid ONNX model: {first}") from None
-    return model
+    return model, path.stat().st_size + sum(f.stat().st_size for f in data_files)
 
 
 def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
@@ -104,15 +111,3 @@ def save_model(model: onnx.ModelProto, dst: str | os.PathLike) -> int:
     """Write the model to dst through a temporary file and a rename; return its size."""
     commit(write_temp(model, dst), dst)
     return Path(dst).stat().st_size
-
-
-def stored_bytes(path: str | os.PathLike) -> int:
-    """The size of a model on disk: the .onnx file and every external data file it uses."""
-    path = Path(path)
-    model = onnx.load(str(path), load_external_data=False)
-    files: set[str] = set()
-    for tensor in _external_tensors(model):
-        if uses_external_data(tensor):
-            files.update(e.value for e in tensor.external_data if e.key == "location")
-    folder = path.resolve().parent
-    return path.stat().st_size + sum((folder / f).stat().st_size for f in files)

@@ -46,6 +46,11 @@ class Bytes:
     graph: int = 0  # everything else: nodes, names, shapes, decoder functions
     total: int = 0
 
+    def settle(self, total: int) -> None:
+        """Set the total; the graph gets whatever the itemized parts do not account for."""
+        self.total = total
+        self.graph = total - self.indices - self.codebooks - self.float_tensors
+
 
 @dataclass
 class Report:

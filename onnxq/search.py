@@ -15,7 +15,7 @@ from onnxq.codebooks import Codebook
 LOG_X0_MIN = -16.0  # x0 >= 1.1e-7: far below any useful first level
 GRID_POINTS = 25  # a grid step of 2/3 in ln(x0)
 FINE_POINTS = 33  # then a step of 1/24 across the best bracket
-REFINE_STEPS = 20  # golden-section steps: the bracket shrinks by 0.618^32 ~ 2e-7
+REFINE_STEPS = 20  # golden-section steps: the bracket shrinks by 0.618^20 ~ 7e-5
 
 
 class SortedGroups:
