@@ -17,7 +17,7 @@ bits lost 5 points of agreement against exact parameters, 6 + 10 bits none.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -199,14 +199,7 @@ def quantize(w: np.ndarray, codebook: Codebook, bits: int, scale: str) -> Quanti
     table = level_table(params, ranges, slope, offset, sign)
     codes = nearest_codes(w64, table, bits)
     codes[~live] = zero_code(bits)
-    deq = np.take_along_axis(table, codes.astype(np.int64), axis=1)
-    err = float(np.sum((w64 - deq) ** 2))
-    energy = float(np.sum(w64 * w64))
-    dot = float(np.sum(w64 * deq))
-    dd = float(np.sum(deq.astype(np.float64) ** 2))
-    corr = dot / np.sqrt(energy * dd) if energy > 0 and dd > 0 else (1.0 if err == 0 else 0.0)
-    sqnr = 10 * np.log10(energy / err) if err > 0 else float("inf")
-    return QuantizedTensor(
+    q = QuantizedTensor(
         bits=bits,
         codebook=codebook.name,
         codes=codes,
@@ -215,6 +208,27 @@ def quantize(w: np.ndarray, codebook: Codebook, bits: int, scale: str) -> Quanti
         slope=slope,
         offset=offset,
         sign=sign,
+        dequantized=np.zeros(0, np.float32),
+        correlation=0.0,
+        sqnr_db=0.0,
+    )
+    return with_codes(q, w64, codes)
+
+
+def with_codes(q: QuantizedTensor, w: np.ndarray, codes: np.ndarray) -> QuantizedTensor:
+    """q with other codes (same levels), its dequantized values and its error against w."""
+    w64 = np.asarray(w, dtype=np.float64).reshape(codes.shape)
+    table = q.level_table()
+    deq = np.take_along_axis(table, codes.astype(np.int64), axis=1)
+    err = float(np.sum((w64 - deq) ** 2))
+    energy = float(np.sum(w64 * w64))
+    dot = float(np.sum(w64 * deq))
+    dd = float(np.sum(deq.astype(np.float64) ** 2))
+    corr = dot / np.sqrt(energy * dd) if energy > 0 and dd > 0 else (1.0 if err == 0 else 0.0)
+    sqnr = 10 * np.log10(energy / err) if err > 0 else float("inf")
+    return replace(
+        q,
+        codes=codes.astype(np.uint8),
         dequantized=deq.astype(np.float32),
         correlation=float(corr),
         sqnr_db=float(sqnr),

@@ -1,0 +1,88 @@
+"""Error-compensating rounding (GPTQ / OBQ): codes that minimise tr(dW H dW^T), not |dW|.
+
+For a layer y = W x with input second moments H = E[x x^T], rounding column i of
+W to its row's nearest level leaves an error e_i; moving -e_i * Hinv[i, j] / Hinv[i, i]
+onto every later column j is the least-squares correction of the layer output.
+With U = chol(H^-1) (upper), that is W[:, j] -= (e_i / U[i, i]) * U[i, j].
+
+The levels are fixed beforehand (each row's codebook from quantize.py), so the
+storage is unchanged: only the choice of code per weight moves. Columns are
+visited in order of decreasing H[i, i] ("act order"), H is damped by a fraction
+of its mean diagonal, and inputs that are never active get H[i, i] = 1 (their
+weights cannot matter, so they round to nearest). Everything is deterministic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxq.quantize import QuantizedTensor, nearest_codes, with_codes
+
+DAMPING = 0.01  # of the mean diagonal, as in the GPTQ paper
+BLOCK = 128  # columns updated lazily together
+
+
+def _upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
+    """U with U^T U = H^-1, for a batch of symmetric positive definite H (G, K, K)."""
+    inv = np.linalg.inv(h)
+    inv = 0.5 * (inv + np.swapaxes(inv, 1, 2))
+    return np.swapaxes(np.linalg.cholesky(inv), 1, 2)
+
+
+def prepare_hessian(h: np.ndarray, damping: float = DAMPING) -> np.ndarray:
+    """Damped copy of H (G, K, K) with dead inputs made harmless."""
+    h = np.array(h, dtype=np.float64, copy=True)
+    diag = np.einsum("gii->gi", h)  # a writable view of the diagonals
+    dead = diag <= 0
+    diag[dead] = 1.0
+    mean = diag.mean(axis=1, keepdims=True)
+    diag += damping * mean
+    return h
+
+
+def round_groups(w: np.ndarray, h: np.ndarray, table: np.ndarray, bits: int) -> np.ndarray:
+    """Codes for w (G, R, K) given H (G, K, K) and per-row levels table (G*R, 2^bits)."""
+    g, r, k = w.shape
+    w = np.array(w, dtype=np.float64, copy=True)
+    h = prepare_hessian(h)
+    order = np.argsort(-np.einsum("gii->gi", h), axis=1, kind="stable")  # act order, per group
+    w = np.take_along_axis(w, order[:, None, :], axis=2)
+    h = np.take_along_axis(np.take_along_axis(h, order[:, :, None], axis=1), order[:, None, :], axis=2)
+    u = _upper_cholesky_of_inverse(h)
+    codes = np.zeros((g, r, k), dtype=np.uint8)
+    levels = table.astype(np.float64)
+    for start in range(0, k, BLOCK):
+        stop = min(start + BLOCK, k)
+        err = np.zeros((g, r, stop - start))
+        for i in range(start, stop):
+            col = w[:, :, i].reshape(g * r, 1)
+            c = nearest_codes(col, table, bits)[:, 0]
+            q = np.take_along_axis(levels, c[:, None].astype(np.int64), axis=1)[:, 0].reshape(g, r)
+            codes[:, :, i] = c.reshape(g, r)
+            e = (w[:, :, i] - q) / u[:, i, i][:, None]
+            err[:, :, i - start] = e
+            if i + 1 < stop:
+                w[:, :, i + 1 : stop] -= e[:, :, None] * u[:, None, i, i + 1 : stop]
+        if stop < k:
+            w[:, :, stop:] -= np.einsum("grb,gbk->grk", err, u[:, start:stop, stop:])
+    inverse = np.argsort(order, axis=1)
+    return np.take_along_axis(codes, inverse[:, None, :], axis=2)
+
+
+def gptq(q: QuantizedTensor, rows: np.ndarray, hessian: np.ndarray) -> QuantizedTensor:
+    """Re-choose q's codes for weight rows (O, K), given H (G, K, K) of the layer's input.
+
+    Rows are split into G consecutive groups of O / G rows that share an H (a
+    grouped Conv); q may have one level table for all rows (tensor granularity).
+    """
+    o, k = rows.shape
+    g = hessian.shape[0]
+    if o % g or hessian.shape[1:] != (k, k):
+        raise ValueError(f"H of shape {hessian.shape} does not fit weight rows of shape {rows.shape}")
+    table = q.level_table()
+    if table.shape[0] != o:
+        table = np.broadcast_to(table, (o, table.shape[1]))
+    codes = round_groups(rows.reshape(g, o // g, k), hessian, np.ascontiguousarray(table), q.bits)
+    if q.codes.shape != (o, k):  # tensor granularity: one row of codes
+        return with_codes(q, rows, codes.reshape(q.codes.shape))
+    return with_codes(q, rows, codes.reshape(o, k))
