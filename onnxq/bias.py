@@ -1,0 +1,111 @@
+"""Bias correction: b' = b - alpha * (W_q - W) E[x], so each layer's mean output is unchanged.
+
+E[x] is the mean of the layer's input columns (calibrate.LayerStats.mean), and
+alpha is Gemm's alpha over its beta (1 elsewhere). Conv and Gemm get a bias
+input where they had none; a MatMul gets its following Add's constant adjusted,
+or a new Add after it. A bias that other nodes also read is copied, never
+changed under them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+def output_shift(delta_rows: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """(W_q - W) E[x] per output row, for rows (O, K) split into G groups that share a mean (G, K)."""
+    o, k = delta_rows.shape
+    g = mean.shape[0]
+    return np.einsum("grk,gk->gr", delta_rows.reshape(g, o // g, k), mean).reshape(o)
+
+
+def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
+    for a in node.attribute:
+        if a.name == name:
+            return float(a.f) if a.type == onnx.AttributeProto.FLOAT else float(a.i)
+    return default
+
+
+def _readers(graph: onnx.GraphProto, name: str) -> int:
+    return sum(1 for n in graph.node for i in n.input if i == name) + sum(
+        1 for o in graph.output if o.name == name
+    )
+
+
+def _tensor(graph: onnx.GraphProto, name: str) -> onnx.TensorProto | None:
+    for t in graph.initializer:
+        if t.name == name:
+            return t
+    return None
+
+
+def _set_tensor(
+    graph: onnx.GraphProto, node: onnx.NodeProto, slot: int, value: np.ndarray, fresh: str
+) -> None:
+    """Point node.input[slot] at a tensor holding value: in place if nobody else reads it."""
+    name = node.input[slot] if slot < len(node.input) else ""
+    current = _tensor(graph, name) if name else None
+    if current is not None and _readers(graph, name) == 1:
+        current.CopyFrom(numpy_helper.from_array(value, name))
+        return
+    graph.initializer.append(numpy_helper.from_array(value, fresh))
+    while len(node.input) <= slot:
+        node.input.append("")
+    node.input[slot] = fresh
+
+
+def correct(
+    graph: onnx.GraphProto, node: onnx.NodeProto, shift: np.ndarray, dtype: np.dtype, fresh: str
+) -> str | None:
+    """Subtract shift (per output channel) from the node's bias; how, or None if it cannot."""
+    op = node.op_type
+    if op == "Conv":
+        had = len(node.input) > 2 and node.input[2] != ""
+        bias = _bias_value(graph, node, 2) if had else np.zeros(shift.shape, dtype)
+        if bias is None or bias.shape != shift.shape:
+            return None
+        _set_tensor(graph, node, 2, (bias - shift).astype(dtype), fresh)
+        return "bias updated" if had else "bias added"
+    if op == "Gemm":
+        alpha, beta = _attr(node, "alpha", 1.0), _attr(node, "beta", 1.0)
+        had = len(node.input) > 2 and node.input[2] != ""
+        if had and beta == 0:
+            return None
+        bias = _bias_value(graph, node, 2) if had else np.zeros(shift.shape, dtype)
+        if bias is None or bias.ndim > 2 or (bias.size > 1 and bias.shape[-1] != shift.size):
+            return None
+        scale = alpha / beta if had else alpha
+        if not had:  # the new C enters as beta * C: make beta 1
+            for a in node.attribute:
+                if a.name == "beta":
+                    a.f = 1.0
+        _set_tensor(graph, node, 2, (bias - scale * shift).astype(dtype), fresh)
+        return "bias updated" if had else "bias added"
+    if op == "MatMul":
+        return _correct_matmul(graph, node, shift, dtype, fresh)
+    return None
+
+
+def _bias_value(graph: onnx.GraphProto, node: onnx.NodeProto, slot: int) -> np.ndarray | None:
+    t = _tensor(graph, node.input[slot])
+    return None if t is None else numpy_helper.to_array(t).astype(np.float64)
+
+
+def _correct_matmul(graph, node, shift, dtype, fresh) -> str | None:
+    out = node.output[0]
+    readers = [n for n in graph.node if out in n.input]
+    if len(readers) == 1 and readers[0].op_type == "Add" and not any(o.name == out for o in graph.output):
+        add = readers[0]
+        slot = 1 if add.input[0] == out else 0
+        bias = _bias_value(graph, add, slot)
+        if bias is not None and bias.ndim >= 1 and bias.shape[-1] == shift.size and bias.size == shift.size:
+            _set_tensor(graph, add, slot, (bias - shift.reshape(bias.shape)).astype(dtype), fresh)
+            return "Add updated"
+    raw = f"{out}.onnxq.uncorrected"
+    node.output[0] = raw
+    graph.initializer.append(numpy_helper.from_array((-shift).astype(dtype), fresh))
+    position = list(graph.node).index(node) + 1
+    graph.node.insert(position, helper.make_node("Add", [raw, fresh], [out], name=f"{out}.onnxq.bias_add"))
+    return "Add inserted"
