@@ -290,28 +290,30 @@ class _Sums:
         self.count = 0
 
     def add(self, x: np.ndarray) -> None:
-        for groups, cols, keep in self._columns(x):
-            if cols.shape[1] != self.total.shape[1]:
-                raise OnnxqError(
-                    f"{self.spec.key}: its input gives {cols.shape[1]} columns, the weight has "
-                    f"{self.total.shape[1]}; check the model's shapes"
-                )
-            if keep is None:
-                keep = np.ones(cols.shape[2], cols.dtype)
-                left = cols
-            else:
-                left = cols * keep
-            # Products and per-chunk sums in the activation's precision, running sums in float64.
-            self.outer[groups] += np.matmul(left, cols.transpose(0, 2, 1))
-            self.total[groups] += np.matmul(cols, keep)
-            self.count += int(keep.sum()) if groups.start == 0 else 0
+        """Add a batch: (N, C, *S) for a Conv, (M, K) rows otherwise."""
+        if self.spec.op != "Conv":
+            self._add(slice(0, 1), x.T[None], x.sum(axis=0, dtype=np.float64)[None], len(x))
+            return
+        for groups, cols, keep in self._conv_columns(x):
+            # Pairwise float32 sums along the contiguous axis: accurate, and 4x faster than float64.
+            count = (cols.shape[2] if keep is None else int(keep.sum())) if groups.start == 0 else 0
+            self._add(groups, cols, cols.sum(axis=2), count)
 
-    def _columns(self, x: np.ndarray) -> Iterator[tuple[slice, np.ndarray, np.ndarray | None]]:
+    def _add(self, groups: slice, cols: np.ndarray, total: np.ndarray, count: int) -> None:
+        if cols.shape[1] != self.total.shape[1]:
+            raise OnnxqError(
+                f"{self.spec.key}: its input gives {cols.shape[1]} columns, the weight has "
+                f"{self.total.shape[1]}; check the model's shapes"
+            )
+        # The product in the activation's precision (as cols @ cols.T, which numpy computes with
+        # the symmetric, half-cost BLAS routine); the running sums in float64.
+        self.outer[groups] += np.matmul(cols, cols.transpose(0, 2, 1))
+        self.total[groups] += total
+        self.count += count
+
+    def _conv_columns(self, x: np.ndarray) -> Iterator[tuple[slice, np.ndarray, np.ndarray | None]]:
         """(groups, columns, keep) chunks covering every sample and group of x once."""
         spec = self.spec
-        if spec.op != "Conv":
-            yield slice(0, 1), x.T[None], None
-            return
         pads = conv_pads(x.shape[2:], spec.kernel, spec.strides, spec.dilations, spec.pads, spec.auto_pad)
         # Bound the patches built at once: by samples, and by groups when one sample is too big.
         per_group = x[:1].nbytes // spec.groups * math.prod(spec.kernel) // math.prod(spec.strides)

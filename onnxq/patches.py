@@ -53,11 +53,11 @@ def conv_columns(
     """The (G, K, M) columns of x for a Conv with these attributes, and which columns count.
 
     The second value is None when every column is an output position. Otherwise it is
-    a 0/1 vector over M, in x's dtype, and only the columns marked 1 are the columns of
-    the module docstring, in their order: a stride-1 Conv takes each kernel position's
-    row as one contiguous slice of the flattened padded input, which is several times
-    faster to copy than a window per output position, at the price of the few columns
-    that wrap around a row's end.
+    a 0/1 vector over M, and only the columns marked 1 are the columns of the module
+    docstring, in their order; the others are zero. That happens with stride 1: each
+    kernel position's row is then one contiguous slice of the flattened padded input,
+    several times faster to copy than a window per output position, at the price of
+    the few columns that wrap around a row's end.
     """
     n, c = x.shape[:2]
     per_group = c // groups
@@ -95,7 +95,11 @@ def _flat_columns(
     keep = np.ones(length, bool)
     for o, step, size in zip(out, steps, spatial):
         keep &= position // step % size < o
-    return cols, np.tile(keep, n).astype(x.dtype)
+    keep = np.tile(keep, n).astype(x.dtype)
+    if not cols.flags.writeable:  # the reshape found a view of x: copy before zeroing
+        cols = cols.copy()
+    np.multiply(cols, keep, out=cols)
+    return cols, keep
 
 
 def _window_columns(
