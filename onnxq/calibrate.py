@@ -8,6 +8,7 @@ multiplies. Over all of them: mean[g] = E[x_g] and hessian[g] = E[x_g x_g^T].
 from __future__ import annotations
 
 import math
+import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -67,8 +68,8 @@ def load_calibration(path: str | Path, input_names: Sequence[str]) -> dict[str, 
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = dict(npz)
-    except (OSError, ValueError, AttributeError, TypeError) as exc:
-        # A .npy file loads as one array, which has no context manager: AttributeError/TypeError.
+    except (OSError, ValueError, AttributeError, TypeError, zipfile.BadZipFile) as exc:
+        # A .npy file loads as one array, which is no context manager: AttributeError/TypeError.
         raise OnnxqError(f"{path} is not an npz file ({exc}); write one with numpy.savez") from None
     names = list(input_names)
     if len(names) == 1 and len(data) == 1 and names[0] not in data:
@@ -109,10 +110,7 @@ def synthetic_calibration(
     if isinstance(sess, onnx.ModelProto):
         sess = session(sess.SerializeToString())
     feeds = random_feeds(sess, dims or {}, samples, seed)
-    return {
-        n: np.concatenate([f[n].reshape(-1, *f[n].shape[1:]) if f[n].ndim else f[n][None] for f in feeds])
-        for n in feeds[0]
-    }
+    return {n: np.concatenate([np.atleast_1d(f[n]) for f in feeds]) for n in feeds[0]}
 
 
 def iter_batches(data: dict[str, np.ndarray], batch: int) -> Iterator[dict[str, np.ndarray]]:

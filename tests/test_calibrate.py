@@ -322,6 +322,7 @@ def test_load_calibration_reads_named_inputs_and_one_unnamed_array(tmp_path, rng
         (None, ["x"], "does not exist"),
         (lambda p: p.write_text("not numpy"), ["x"], "not an npz"),
         (lambda p: np.save(p.open("wb"), np.zeros(3)), ["x"], "not an npz"),
+        (lambda p: p.write_bytes(b"PK\x03\x04 truncated"), ["x"], "not an npz"),
         (lambda p: np.savez(p.open("wb"), a=np.zeros((2, 1))), ["x", "y"], r"lacks inputs \['x', 'y'\]"),
         (lambda p: np.savez(p.open("wb"), x=np.zeros((2, 1)), y=np.zeros((3, 1))), ["x", "y"], "different"),
         (lambda p: np.savez(p.open("wb"), x=np.zeros((0, 4))), ["x"], "no samples"),
