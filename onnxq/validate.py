@@ -73,9 +73,14 @@ class Validation:
         return {**asdict(self), "passed": bool(self)}
 
 
-def session(model: bytes | str | Path) -> ort.InferenceSession:
+def session(model: bytes | str | Path, spin: bool = True) -> ort.InferenceSession:
+    """A CPU session; spin=False when numpy work runs between the runs, so that
+    onnxruntime's idle threads do not busy-wait on the cores numpy needs."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     source = str(model) if isinstance(model, Path) else model
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

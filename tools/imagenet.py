@@ -57,6 +57,24 @@ def list_images(folder: Path) -> list[tuple[Path, int]]:
     return [(p, rank[_SYNSET.match(p.name).group(1)]) for p in files]  # type: ignore[union-attr]
 
 
+def select_images(
+    items: list[tuple[Path, int]],
+    every: int | None = None,
+    exclude_every: int | None = None,
+    limit: int | None = None,
+) -> list[tuple[Path, int]]:
+    """The project's splits: every=10 keeps classes 0, 10, 20, ... (calibration);
+    exclude_every=10 keeps the others (evaluation). Then the first `limit`."""
+    for step in (every, exclude_every):
+        if step is not None and step < 1:
+            raise SystemExit(f"error: the class step must be at least 1, not {step}")
+    if every is not None:
+        items = [(p, c) for p, c in items if c % every == 0]
+    if exclude_every is not None:
+        items = [(p, c) for p, c in items if c % exclude_every != 0]
+    return items[:limit]
+
+
 def load_image(path: Path, prep: Preprocess) -> np.ndarray:
     """One preprocessed image, shape (3, crop, crop), float32."""
     from PIL import Image

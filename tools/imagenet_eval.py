@@ -48,11 +48,16 @@ def choose_preprocess(
 
 
 @functools.lru_cache(maxsize=4)
-def load_images(folder: Path, prep: Preprocess, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """All images of the folder as one (N, 3, crop, crop) array, and their class indices."""
+def load_images(
+    folder: Path, prep: Preprocess, limit: int | None = None, exclude_every: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The folder's images as one (N, 3, crop, crop) array, and their class indices.
+
+    exclude_every=10 drops the calibration split (classes 0, 10, 20, ...); limit applies after it.
+    """
     if not folder.is_dir():
         raise SystemExit(f"error: image folder {folder} does not exist")
-    items = imagenet.list_images(folder)[:limit]
+    items = imagenet.select_images(imagenet.list_images(folder), exclude_every=exclude_every, limit=limit)
     return imagenet.load_batch([p for p, _ in items], prep), np.array([c for _, c in items])
 
 
@@ -103,8 +108,9 @@ def evaluate(
     reference: Path | None = None,
     limit: int | None = None,
     batch: int = 50,
+    exclude_every: int | None = None,
 ) -> dict:
-    x, labels = load_images(images, prep, limit)
+    x, labels = load_images(images, prep, limit, exclude_every)
     ref = predict_top5(reference, x, batch) if reference else None
     return score(predict_top5(model, x, batch), labels, prep, ref)
 
@@ -123,6 +129,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label-offset", type=int, help="1 for 1001-class models (index 0 = background)")
     parser.add_argument("--reference", type=Path, help="float model: also report top-1 agreement with it")
     parser.add_argument("--limit", type=int, help="only the first N images")
+    parser.add_argument(
+        "--exclude-every",
+        type=int,
+        metavar="K",
+        help="drop images whose class index is a multiple of K; 10 leaves the evaluation split "
+        "(the other 900 of the 1000 sample images; tools/make_calibration.py --every 10 takes those 100)",
+    )
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
     args = parser.parse_args(argv)
@@ -133,8 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     if not args.images.is_dir():
         raise SystemExit(f"error: image folder {args.images} does not exist")
     prep = choose_preprocess(args.model, args.preset, args.crop, args.normalization, args.label_offset)
-    result = evaluate(args.model, prep, args.images, args.reference, args.limit, args.batch)
+    result = evaluate(
+        args.model, prep, args.images, args.reference, args.limit, args.batch, args.exclude_every
+    )
     result = {"model": str(args.model), "preprocess": asdict(prep), **result}
+    if args.exclude_every:
+        result["exclude_every"] = args.exclude_every
 
     print(
         f"{args.model.name}: {result['images']} images, crop {prep.crop}, {prep.normalization}, "

@@ -1,0 +1,332 @@
+"""Per-layer input statistics for GPTQ-style rounding and bias correction.
+
+A layer's weight is seen as G groups of R output rows by K input columns; every
+sample and output position gives each group g one column x_g in R^K that W_g
+multiplies. Over all of them: mean[g] = E[x_g] and hessian[g] = E[x_g x_g^T].
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxq.errors import OnnxqError
+from onnxq.patches import conv_columns, conv_pads
+from onnxq.select import Skip, Weight
+from onnxq.validate import ORT_ERRORS, random_feeds, session
+
+CHUNK_BYTES = 64 << 20  # the most Conv patches built at once
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One (weight, consuming node) pair whose input statistics to collect."""
+
+    key: str  # the node's name, or its first output when the name is empty or repeated
+    op: str  # "Conv", "Gemm" or "MatMul"
+    activation: str  # the tensor that the weight multiplies
+    weight: str
+    weight_shape: tuple[int, ...]
+    groups: int  # G
+    columns: int  # K
+    trans_a: bool = False  # Gemm: the activation is (K, M)
+    kernel: tuple[int, ...] = ()  # Conv only, from here on
+    strides: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()  # ONNX order: every begin, then every end
+    auto_pad: str = "NOTSET"
+
+
+@dataclass
+class LayerStats:
+    """E[x] and E[x x^T] of a layer's input columns, in float64."""
+
+    mean: np.ndarray  # (G, K)
+    hessian: np.ndarray  # (G, K, K)
+    count: int  # columns accumulated per group: samples x output positions
+
+    def __repr__(self) -> str:
+        return f"LayerStats(mean{self.mean.shape}, hessian{self.hessian.shape}, count={self.count})"
+
+
+def load_calibration(path: str | Path, input_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Calibration samples from an npz keyed by input name, samples along axis 0.
+
+    With one graph input, a single array under any key is fine.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxqError(f"calibration file {path} does not exist; pass an .npz from numpy.savez")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = dict(npz)
+    except (OSError, ValueError, AttributeError, TypeError, zipfile.BadZipFile) as exc:
+        # A .npy file loads as one array, which is no context manager: AttributeError/TypeError.
+        raise OnnxqError(f"{path} is not an npz file ({exc}); write one with numpy.savez") from None
+    names = list(input_names)
+    if len(names) == 1 and len(data) == 1 and names[0] not in data:
+        data = {names[0]: next(iter(data.values()))}
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise OnnxqError(
+            f"{path} lacks inputs {missing}; the model expects {names}, the file has {sorted(data)}"
+        )
+    data = {n: data[n] for n in names}
+    sample_count(data, str(path))
+    return data
+
+
+def sample_count(data: dict[str, np.ndarray], source: str = "the calibration data") -> int:
+    """The common length of axis 0, or OnnxqError saying what disagrees."""
+    scalars = [n for n, a in data.items() if not a.ndim]
+    if scalars:
+        raise OnnxqError(f"{source}: {scalars} have no sample axis; stack samples along axis 0")
+    counts = {n: a.shape[0] for n, a in data.items()}
+    if len(set(counts.values())) > 1:
+        raise OnnxqError(f"{source}: inputs have different sample counts {counts}; give each as many")
+    if not counts or 0 in counts.values():
+        raise OnnxqError(f"{source} holds no samples; give at least one along axis 0")
+    return next(iter(counts.values()))
+
+
+def synthetic_calibration(
+    model_or_session, samples: int, seed: int = 0, dims: dict[str, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Data-free samples: standard normal floats per input, symbolic dims from dims else 1.
+
+    Each of the samples draws one input of its shape; they are stacked along axis 0.
+    """
+    if samples < 1:
+        raise OnnxqError(f"synthetic calibration needs at least one sample, not {samples}")
+    sess = model_or_session
+    if isinstance(sess, onnx.ModelProto):
+        sess = session(sess.SerializeToString())
+    feeds = random_feeds(sess, dims or {}, samples, seed)
+    return {n: np.concatenate([np.atleast_1d(f[n]) for f in feeds]) for n in feeds[0]}
+
+
+def iter_batches(data: dict[str, np.ndarray], batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive slices of at most batch samples along axis 0 (views, not copies)."""
+    if batch < 1:
+        raise OnnxqError(f"the batch size must be at least 1, not {batch}")
+    for start in range(0, sample_count(data), batch):
+        yield {n: a[start : start + batch] for n, a in data.items()}
+
+
+def layer_specs(model: onnx.ModelProto, weights: Sequence[Weight]) -> tuple[list[LayerSpec], list[Skip]]:
+    """One spec per (weight, main-graph consumer), and a reason for each use left out."""
+    graph = model.graph
+    by_name = {w.name: w for w in weights}
+    constants = {t.name for t in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    names = Counter(n.name for n in graph.node)
+    specs: list[LayerSpec] = []
+    skips: list[Skip] = []
+    used = set()
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            if name not in by_name or name not in constants:
+                continue  # not a weight, or a weight of a subgraph
+            used.add(name)
+            shape = tuple(by_name[name].array.shape)
+            key = node.name if node.name and names[node.name] == 1 else node.output[0]
+            spec = _spec(node, slot, name, shape, key)
+            if isinstance(spec, str):
+                skips.append(Skip(name, shape, f"{node.op_type} {key}: {spec}"))
+            elif spec.activation in constants:
+                skips.append(Skip(name, shape, f"{node.op_type} {key}: its input is a constant"))
+            else:
+                specs.append(spec)
+    for w in weights:
+        if w.name not in used:
+            reason = "used only inside subgraphs; statistics cover the main graph"
+            skips.append(Skip(w.name, tuple(w.array.shape), reason))
+    return specs, skips
+
+
+def _spec(node: onnx.NodeProto, slot: int, name: str, shape: tuple[int, ...], key: str) -> LayerSpec | str:
+    """The spec of the weight `name` at input `slot` of node, or why there is none."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+    base = {"key": key, "op": op, "activation": node.input[0], "weight": name, "weight_shape": shape}
+    if op == "Conv" and slot == 1:
+        kernel = shape[2:]
+        nd = len(kernel)
+        groups = int(attrs.get("group", 1))
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        return LayerSpec(
+            **base,
+            groups=groups,
+            columns=shape[1] * math.prod(kernel),
+            kernel=kernel,
+            strides=tuple(attrs.get("strides", (1,) * nd)),
+            dilations=tuple(attrs.get("dilations", (1,) * nd)),
+            pads=tuple(attrs.get("pads", ())),
+            auto_pad=auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad),
+        )
+    if op == "Gemm" and slot == 1:
+        columns = shape[1] if attrs.get("transB", 0) else shape[0]
+        return LayerSpec(**base, groups=1, columns=columns, trans_a=bool(attrs.get("transA", 0)))
+    if op == "MatMul" and slot == 1:
+        if len(shape) != 2:
+            return f"a {len(shape)}-D MatMul weight is not supported"
+        return LayerSpec(**base, groups=1, columns=shape[0])
+    if op in ("Gemm", "MatMul"):
+        return "the weight is the first operand, which is not supported"
+    return f"{op} input {slot} is not supported"
+
+
+def collect_layer_stats(
+    model: onnx.ModelProto, layers: Sequence[LayerSpec], data: dict[str, np.ndarray], batch: int = 16
+) -> dict[str, LayerStats]:
+    """Run the model on data, batch by batch, and accumulate each layer's input statistics.
+
+    Memory holds one batch of every layer's input. A model whose inputs all have the
+    same fixed first dimension takes that many samples per run, and its runs are
+    gathered into batches of at least `batch` samples.
+    """
+    if batch < 1:
+        raise OnnxqError(f"the batch size must be at least 1, not {batch}")
+    if not layers:
+        return {}
+    sums = {s.key: _Sums(s) for s in layers}
+    for inputs in _layer_inputs(model, layers, data, batch):
+        for s in layers:
+            sums[s.key].add(inputs[s.key])
+    return {key: acc.result() for key, acc in sums.items()}
+
+
+def _layer_inputs(
+    model: onnx.ModelProto, layers: Sequence[LayerSpec], data: dict[str, np.ndarray], batch: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Each layer's input, samples first (see _rows_first), for about `batch` samples at a time."""
+    dtypes, firsts = _graph_inputs(model)
+    missing = [n for n in dtypes if n not in data]
+    if missing:
+        raise OnnxqError(f"the calibration data lacks inputs {missing}; its keys are {sorted(data)}")
+    data = {n: np.asarray(data[n]).astype(dtypes[n], copy=False) for n in dtypes}
+    total = sample_count(data)
+    fixed = [f for f in firsts.values() if f is not None]
+    pinned = len(fixed) == len(firsts) and len(set(fixed)) == 1
+    run = fixed[0] if pinned else batch
+    if pinned and total % run:
+        raise OnnxqError(f"the model takes {run} samples per run; give a multiple of {run}, not {total}")
+    fetch = sorted({s.activation for s in layers} - set(dtypes))
+    sess = session(_with_outputs(model, fetch).SerializeToString(), spin=False) if fetch else None
+    pending: dict[str, list[np.ndarray]] = {s.key: [] for s in layers}
+    waiting = 0
+    for feed in iter_batches(data, run):
+        values = dict(feed)
+        if sess is not None:
+            try:
+                values.update(zip(fetch, sess.run(fetch, feed)))
+            except ORT_ERRORS as exc:
+                first = str(exc).strip().splitlines()[0][:300]
+                raise OnnxqError(f"onnxruntime failed on the calibration data: {first}") from None
+        for s in layers:
+            pending[s.key].append(_rows_first(s, values[s.activation]))
+        size = len(next(iter(feed.values())))
+        waiting, total = waiting + size, total - size
+        if waiting >= batch or total == 0:
+            yield {
+                key: parts[0] if len(parts) == 1 else np.concatenate(parts) for key, parts in pending.items()
+            }
+            pending = {s.key: [] for s in layers}
+            waiting = 0
+
+
+def _graph_inputs(model: onnx.ModelProto) -> tuple[dict[str, np.dtype], dict[str, int | None]]:
+    """Each fed input's numpy dtype and its fixed first dimension (None if symbolic)."""
+    inits = {t.name for t in model.graph.initializer}
+    dtypes, firsts = {}, {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        tensor = inp.type.tensor_type
+        dtypes[inp.name] = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        dims = tensor.shape.dim
+        firsts[inp.name] = dims[0].dim_value if len(dims) and dims[0].HasField("dim_value") else None
+    return dtypes, firsts
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy whose only outputs are these tensors, so onnxruntime drops the nodes past them."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.output[:]
+    # Untyped outputs: onnxruntime infers their types, so no shape inference is needed here.
+    out.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    return out
+
+
+def _rows_first(spec: LayerSpec, x: np.ndarray) -> np.ndarray:
+    """The activation with samples along axis 0: (N, C, *S) for Conv, (M, K) otherwise."""
+    x = np.asarray(x)
+    x = x.astype(np.result_type(x.dtype, np.float32), copy=False)
+    if spec.op == "Conv":
+        return x
+    if spec.op == "Gemm":
+        return x.T if spec.trans_a else x
+    return x.reshape(-1, spec.columns)
+
+
+class _Sums:
+    """Running float64 sums of the columns and of their outer products."""
+
+    def __init__(self, spec: LayerSpec) -> None:
+        self.spec = spec
+        self.total = np.zeros((spec.groups, spec.columns))
+        self.outer = np.zeros((spec.groups, spec.columns, spec.columns))
+        self.count = 0
+
+    def add(self, x: np.ndarray) -> None:
+        """Add a batch: (N, C, *S) for a Conv, (M, K) rows otherwise."""
+        if self.spec.op != "Conv":
+            self._add(slice(0, 1), x.T[None], x.sum(axis=0, dtype=np.float64)[None], len(x))
+            return
+        for groups, cols, keep in self._conv_columns(x):
+            # Pairwise float32 sums along the contiguous axis: accurate, and 4x faster than float64.
+            count = (cols.shape[2] if keep is None else int(keep.sum())) if groups.start == 0 else 0
+            self._add(groups, cols, cols.sum(axis=2), count)
+
+    def _add(self, groups: slice, cols: np.ndarray, total: np.ndarray, count: int) -> None:
+        if cols.shape[1] != self.total.shape[1]:
+            raise OnnxqError(
+                f"{self.spec.key}: its input gives {cols.shape[1]} columns, the weight has "
+                f"{self.total.shape[1]}; check the model's shapes"
+            )
+        # The product in the activation's precision (as cols @ cols.T, which numpy computes with
+        # the symmetric, half-cost BLAS routine); the running sums in float64.
+        self.outer[groups] += np.matmul(cols, cols.transpose(0, 2, 1))
+        self.total[groups] += total
+        self.count += count
+
+    def _conv_columns(self, x: np.ndarray) -> Iterator[tuple[slice, np.ndarray, np.ndarray | None]]:
+        """(groups, columns, keep) chunks covering every sample and group of x once."""
+        spec = self.spec
+        pads = conv_pads(x.shape[2:], spec.kernel, spec.strides, spec.dilations, spec.pads, spec.auto_pad)
+        # Bound the patches built at once: by samples, and by groups when one sample is too big.
+        per_group = x[:1].nbytes // spec.groups * math.prod(spec.kernel) // math.prod(spec.strides)
+        samples = max(1, CHUNK_BYTES // max(per_group * spec.groups, 1))
+        groups = spec.groups if samples > 1 else max(1, CHUNK_BYTES // max(per_group, 1))
+        width = x.shape[1] // spec.groups
+        for start in range(0, len(x), samples):
+            for first in range(0, spec.groups, groups):
+                last = min(first + groups, spec.groups)
+                part = x[start : start + samples, first * width : last * width]
+                cols, keep = conv_columns(part, last - first, spec.kernel, spec.strides, spec.dilations, pads)
+                yield slice(first, last), cols, keep
+
+    def result(self) -> LayerStats:
+        if self.count == 0:
+            raise OnnxqError(f"{self.spec.key}: no inputs were seen; give at least one sample")
+        hessian = self.outer / self.count
+        return LayerStats(self.total / self.count, (hessian + hessian.transpose(0, 2, 1)) / 2, self.count)
