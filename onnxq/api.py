@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxq import io, rewrite
+from onnxq import io, refine, rewrite
 from onnxq.codebooks import CODEBOOKS
 from onnxq.errors import OnnxqError, WeightError
 from onnxq.quantize import SCALES, QuantizedTensor, quantize
@@ -25,6 +26,8 @@ from onnxq.storage.fold import DOMAIN
 from onnxq.validate import compare_models
 
 GRANULARITIES = ("tensor", "channel")
+ROUNDINGS = ("nearest", "gptq")
+MIN_TARGET_BITS = 2.0
 MIN_OPSET = 11  # BitShift, the unpacking op, needs opset 11
 Progress = Callable[[int, int, str], None]
 
@@ -47,6 +50,28 @@ class Config:
     seed: int = 0
     min_sqnr: float | None = None
     min_agreement: float | None = None
+    target_bits: float | None = None  # average bits per weight; None: every tensor at `bits`
+    calibration: str | None = None  # npz of calibration inputs; None: synthetic inputs when needed
+    calibration_samples: int | None = None  # None: all of the file, or 32 synthetic samples
+    rounding: str | None = None  # nearest or gptq; None: gptq with calibration data, else nearest
+    bias_correction: bool | None = None  # None: on with calibration data, else off
+
+    def resolved_rounding(self) -> str:
+        if self.rounding is not None:
+            return self.rounding
+        return "gptq" if self.calibration else "nearest"
+
+    def resolved_bias_correction(self) -> bool:
+        if self.bias_correction is not None:
+            return self.bias_correction
+        return self.calibration is not None
+
+    def needs_data(self) -> bool:
+        return (
+            self.target_bits is not None
+            or self.resolved_rounding() == "gptq"
+            or self.resolved_bias_correction()
+        )
 
     def check(self) -> None:
         """Raise OnnxqError naming the valid values of the first bad option."""
@@ -55,12 +80,18 @@ class Config:
             "granularity": GRANULARITIES,
             "scale": SCALES,
             "format": FORMATS,
+            "rounding": (*ROUNDINGS, None),
         }
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
-                raise OnnxqError(f"--{key} must be one of {', '.join(valid)}; got {getattr(self, key)!r}")
+                names = ", ".join(v for v in valid if v is not None)
+                raise OnnxqError(f"--{key} must be one of {names}; got {getattr(self, key)!r}")
         if not 1 <= self.bits <= 8:
             raise OnnxqError(f"--bits must be between 1 and 8; got {self.bits}")
+        if self.target_bits is not None and not MIN_TARGET_BITS <= self.target_bits <= 8:
+            raise OnnxqError(f"--target-bits must be between {MIN_TARGET_BITS} and 8; got {self.target_bits}")
+        if self.calibration_samples is not None and self.calibration_samples < 1:
+            raise OnnxqError(f"--calibration-samples must be at least 1; got {self.calibration_samples}")
         if self.min_elements < 1:
             raise OnnxqError(f"--min-elements must be at least 1; got {self.min_elements}")
         if self.samples < 1:
@@ -72,14 +103,94 @@ class Config:
                 raise OnnxqError(f"--exclude {pattern!r} is not a valid regular expression: {exc}") from None
 
 
-def _quantize_weight(weight, config: Config) -> QuantizedTensor:
+def _quantize_weight(weight, config: Config, bits: int | None = None) -> QuantizedTensor:
     if not np.all(np.isfinite(weight.array)):
         raise WeightError(
             f"weight {weight.name!r} contains NaN or Inf; fix the model, or leave the tensor "
             f"in float with --exclude '^{re.escape(weight.name)}$'"
         )
     rows = rewrite.group_rows(weight, config.granularity)
-    return quantize(rows, CODEBOOKS[config.codebook], config.bits, config.scale)
+    return quantize(rows, CODEBOOKS[config.codebook], bits or config.bits, config.scale)
+
+
+def candidate_widths(target_bits: float) -> list[int]:
+    """The widths the allocation chooses from: around the target, within 2..8."""
+    return list(range(max(2, math.floor(target_bits) - 2), min(8, math.ceil(target_bits) + 3) + 1))
+
+
+def _quantize_all(
+    model: onnx.ModelProto,
+    weights: list,
+    config: Config,
+    report: Report,
+    progress: Progress | None,
+    rounding_done: dict[str, str],
+    biases_done: dict[str, list[str]],
+) -> tuple[list[QuantizedTensor], list[str]]:
+    """Every weight quantized: at --bits, or at widths chosen for --target-bits; then refined.
+
+    Fills rounding_done and biases_done with what GPTQ and bias correction did per weight.
+    """
+    notes: list[str] = []
+    if not weights:
+        return [], notes
+    layers: dict[str, list[refine.Layer]] = {}
+    data = None
+    if config.needs_data():
+        data = refine.load_data(
+            model, config.calibration, config.calibration_samples, config.seed, config.dims
+        )
+        if progress:
+            progress(0, 1, "collecting layer statistics")
+        t = time.perf_counter()
+        layers = refine.layer_statistics(model, weights, data)
+        report.seconds["statistics"] = time.perf_counter() - t
+        report.calibration = data.describe()
+
+    def run(jobs: list[tuple[object, int]], stage: str) -> list[QuantizedTensor]:
+        out = []
+        if progress:
+            progress(0, len(jobs), stage)
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            for i, q in enumerate(pool.map(lambda job: _quantize_weight(job[0], config, job[1]), jobs)):
+                out.append(q)
+                if progress:
+                    progress(i + 1, len(jobs), f"{stage} {jobs[i][0].name}")  # type: ignore[attr-defined]
+        return out
+
+    if config.target_bits is None:
+        quantized = run([(w, config.bits) for w in weights], "quantizing")
+    else:
+        assert data is not None
+        widths = candidate_widths(config.target_bits)
+        flat = run([(w, b) for w in weights for b in widths], "quantizing")
+        candidates = {
+            w.name: dict(zip(widths, flat[i * len(widths) : (i + 1) * len(widths)]))
+            for i, w in enumerate(weights)
+        }
+        t = time.perf_counter()
+        chosen, notes = refine.choose_widths(
+            model, weights, candidates, layers, data, config.target_bits, progress
+        )
+        report.seconds["allocation"] = time.perf_counter() - t
+        quantized = [candidates[w.name][chosen[w.name]] for w in weights]
+
+    rounding = config.resolved_rounding()
+    t = time.perf_counter()
+    for i, (w, q) in enumerate(zip(weights, quantized)):
+        how = "nearest"
+        if rounding == "gptq":
+            q, how = refine.round_with_gptq(w, q, layers.get(w.name, []))
+            quantized[i] = q
+            if progress:
+                progress(i + 1, len(weights), f"gptq {w.name}")
+        rounding_done[w.name] = how
+    if rounding == "gptq":
+        report.seconds["gptq"] = time.perf_counter() - t
+    if config.resolved_bias_correction():
+        for w, q in zip(weights, quantized):
+            biases_done[w.name] = refine.correct_biases(model, w, q, layers.get(w.name, []))
+    return quantized, notes
 
 
 def _byte_breakdown(model: onnx.ModelProto) -> Bytes:
@@ -144,16 +255,12 @@ def compress_model(
     if not weights:
         report.notes.append("no compressible weights found: the model is written unchanged")
 
-    done = 0
-    if progress:
-        progress(0, len(weights), "")
-    quantized: list[QuantizedTensor] = []
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for weight, q in zip(weights, pool.map(lambda w: _quantize_weight(w, config), weights)):
-            quantized.append(q)
-            done += 1
-            if progress:
-                progress(done, len(weights), weight.name)
+    rounding_done: dict[str, str] = {}
+    biases_done: dict[str, list[str]] = {}
+    quantized, widths_notes = _quantize_all(
+        model, weights, config, report, progress, rounding_done, biases_done
+    )
+    report.notes.extend(widths_notes)
     times["quantize"] = time.perf_counter() - start
 
     fmt = FORMATS[config.format]
@@ -178,6 +285,8 @@ def compress_model(
                 codebook_bytes=int(q.params.nbytes + q.ranges.nbytes),
                 correlation=q.correlation,
                 sqnr_db=q.sqnr_db,
+                rounding=rounding_done.get(weight.name, "nearest"),
+                bias_correction=biases_done.get(weight.name, []),
             )
         )
     try:
@@ -186,7 +295,7 @@ def compress_model(
         raise RuntimeError(f"onnxq produced an invalid model: {exc}") from exc
     report.output = _byte_breakdown(model)
     times["rewrite"] = time.perf_counter() - start - times["quantize"]
-    report.seconds = times
+    report.seconds = {**times, **report.seconds}
     return model, report
 
 

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from onnxq import __version__
-from onnxq.api import GRANULARITIES, Config, compress
+from onnxq.api import GRANULARITIES, ROUNDINGS, Config, compress
 from onnxq.codebooks import CODEBOOKS
 from onnxq.errors import OnnxqError
 from onnxq.quantize import SCALES
@@ -31,7 +31,7 @@ EXIT_VALIDATION = 3
 
 def _choice(name: str, valid) -> Callable[[str], str]:
     def check(value: str) -> str:
-        if value not in valid:
+        if value is not None and value not in valid:
             raise typer.BadParameter(f"{value!r} is not one of: {', '.join(valid)}")
         return value
 
@@ -111,6 +111,37 @@ def compress_cmd(
     min_agreement: Annotated[
         float | None, typer.Option(help="Exit 3 if top-1 agreement falls below this fraction.")
     ] = None,
+    target_bits: Annotated[
+        float | None,
+        typer.Option(
+            help="Average bits per weight (indices, codebooks and decoder node counted); "
+            "chooses a width per tensor by measured sensitivity. Overrides --bits."
+        ),
+    ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="Calibration inputs: an .npz keyed by graph input name, samples along axis 0."),
+    ] = None,
+    calibration_samples: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Use at most this many calibration samples (default: all, or 32 synthetic)."
+        ),
+    ] = None,
+    rounding: Annotated[
+        str | None,
+        typer.Option(
+            callback=_choice("rounding", ROUNDINGS),
+            help="nearest, or gptq (error-compensating). Default: gptq with --calibration, else nearest.",
+        ),
+    ] = None,
+    bias_correction: Annotated[
+        bool | None,
+        typer.Option(
+            "--bias-correction/--no-bias-correction",
+            help="Fold each layer's mean output shift into its bias. Default: on with --calibration.",
+        ),
+    ] = None,
 ) -> None:
     """Compress the weights of SRC into DST and check the result in onnxruntime."""
     if report is not None and report.suffix not in (".json", ".md"):
@@ -139,10 +170,14 @@ def compress_cmd(
         seed=seed,
         min_sqnr=min_sqnr,
         min_agreement=min_agreement,
+        target_bits=target_bits,
+        calibration=str(calibration) if calibration else None,
+        calibration_samples=calibration_samples,
+        rounding=rounding,
+        bias_correction=bias_correction,
     )
     try:
         with Progress(
-            TextColumn("quantizing"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.description}"),
@@ -202,7 +237,7 @@ def render(report: Report) -> None:
     d = report.to_dict()
     s, b = d["summary"], d["bytes"]
     weights = Table(title=f"compressed {s['compressed_tensors']} tensors", title_justify="left")
-    for col in ("tensor", "shape", "groups", "bits", "corr", "SQNR dB", "bytes"):
+    for col in ("tensor", "shape", "groups", "bits", "rounding", "corr", "SQNR dB", "bytes"):
         weights.add_column(col, justify="left" if col in ("tensor", "shape") else "right")
     for w in d["weights"]:
         weights.add_row(
@@ -210,12 +245,22 @@ def render(report: Report) -> None:
             "x".join(map(str, w["shape"])),
             str(w["groups"]),
             str(w["bits"]),
+            w["rounding"],
             f"{w['correlation']:.5f}",
             _fmt(w["sqnr_db"], 1),
             f"{w['index_bytes'] + w['codebook_bytes']:,}",
         )
     if d["weights"]:
         out.print(weights)
+    if d["calibration"]:
+        corrected = sum(1 for w in d["weights"] for x in w["bias_correction"] if "left alone" not in x)
+        gptq = sum(1 for w in d["weights"] if w["rounding"] == "gptq")
+        out.print(
+            f"data: {d['calibration']}; GPTQ rounding on {gptq} tensors, "
+            f"bias correction on {corrected} layers",
+            markup=False,
+            highlight=False,
+        )
     if d["skipped"]:
         # The full list is in --report; the terminal gets one row per reason.
         by_reason: dict[str, list[str]] = {}

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxq.quantize import QuantizedTensor, nearest_codes, with_codes
+from onnxq.codebooks import magnitude_count
+from onnxq.quantize import QuantizedTensor, with_codes
 
 DAMPING = 0.01  # of the mean diagonal, as in the GPTQ paper
 BLOCK = 128  # columns updated lazily together
@@ -40,6 +41,37 @@ def prepare_hessian(h: np.ndarray, damping: float = DAMPING) -> np.ndarray:
     return h
 
 
+class Nearest:
+    """The nearest level of one weight per row, many times over: thresholds are searched once-sorted.
+
+    Codes follow codebooks.base: [-g_M..-g_1, 0, g_1..g_M, spare]; ties go away from zero,
+    as in quantize.nearest_codes.
+    """
+
+    def __init__(self, table: np.ndarray, bits: int):
+        self.levels = np.ascontiguousarray(table, dtype=np.float64)
+        rows, width = self.levels.shape
+        self.bits, self.m, self.width = bits, magnitude_count(bits), width
+        self.rows = np.arange(rows)
+        if bits == 1:
+            return
+        mags = np.abs(self.levels[:, self.m + 1 : 2 * self.m + 1])
+        thresholds = 0.5 * (mags + np.concatenate([np.zeros((rows, 1)), mags[:, :-1]], axis=1))
+        self.bound = float(mags.max(initial=0.0)) + 1.0
+        self.offsets = 2.0 * self.bound * self.rows
+        self.keys = (thresholds + self.offsets[:, None]).ravel()
+
+    def __call__(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, levels) of the nearest level of w[r] in row r's table, for w of shape (rows,)."""
+        if self.bits == 1:
+            codes = (w >= 0).astype(np.int64)
+        else:
+            query = np.minimum(np.abs(w), self.bound) + self.offsets
+            index = np.searchsorted(self.keys, query, side="right") - self.rows * self.m
+            codes = self.m + np.where(w < 0, -index, index)
+        return codes, self.levels.ravel()[self.rows * self.width + codes]
+
+
 def round_groups(w: np.ndarray, h: np.ndarray, table: np.ndarray, bits: int) -> np.ndarray:
     """Codes for w (G, R, K) given H (G, K, K) and per-row levels table (G*R, 2^bits)."""
     g, r, k = w.shape
@@ -50,14 +82,13 @@ def round_groups(w: np.ndarray, h: np.ndarray, table: np.ndarray, bits: int) -> 
     h = np.take_along_axis(np.take_along_axis(h, order[:, :, None], axis=1), order[:, None, :], axis=2)
     u = _upper_cholesky_of_inverse(h)
     codes = np.zeros((g, r, k), dtype=np.uint8)
-    levels = table.astype(np.float64)
+    nearest = Nearest(table, bits)
     for start in range(0, k, BLOCK):
         stop = min(start + BLOCK, k)
         err = np.zeros((g, r, stop - start))
         for i in range(start, stop):
-            col = w[:, :, i].reshape(g * r, 1)
-            c = nearest_codes(col, table, bits)[:, 0]
-            q = np.take_along_axis(levels, c[:, None].astype(np.int64), axis=1)[:, 0].reshape(g, r)
+            c, q = nearest(w[:, :, i].reshape(g * r))
+            q = q.reshape(g, r)
             codes[:, :, i] = c.reshape(g, r)
             e = (w[:, :, i] - q) / u[:, i, i][:, None]
             err[:, :, i - start] = e
@@ -69,8 +100,8 @@ def round_groups(w: np.ndarray, h: np.ndarray, table: np.ndarray, bits: int) -> 
     return np.take_along_axis(codes, inverse[:, None, :], axis=2)
 
 
-def gptq(q: QuantizedTensor, rows: np.ndarray, hessian: np.ndarray) -> QuantizedTensor:
-    """Re-choose q's codes for weight rows (O, K), given H (G, K, K) of the layer's input.
+def gptq_codes(q: QuantizedTensor, rows: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    """Codes (O, K) for weight rows (O, K) on q's levels, given H (G, K, K) of the layer's input.
 
     Rows are split into G consecutive groups of O / G rows that share an H (a
     grouped Conv); q may have one level table for all rows (tensor granularity).
@@ -83,6 +114,10 @@ def gptq(q: QuantizedTensor, rows: np.ndarray, hessian: np.ndarray) -> Quantized
     if table.shape[0] != o:
         table = np.broadcast_to(table, (o, table.shape[1]))
     codes = round_groups(rows.reshape(g, o // g, k), hessian, np.ascontiguousarray(table), q.bits)
-    if q.codes.shape != (o, k):  # tensor granularity: one row of codes
-        return with_codes(q, rows, codes.reshape(q.codes.shape))
-    return with_codes(q, rows, codes.reshape(o, k))
+    return codes.reshape(o, k)
+
+
+def gptq(q: QuantizedTensor, rows: np.ndarray, hessian: np.ndarray) -> QuantizedTensor:
+    """q with codes from gptq_codes, for rows laid out as q's own groups (O, K)."""
+    codes = gptq_codes(q, rows, hessian)
+    return with_codes(q, rows, codes.reshape(q.codes.shape))

@@ -27,6 +27,8 @@ class WeightReport:
     codebook_bytes: int
     correlation: float
     sqnr_db: float
+    rounding: str = "nearest"  # or "gptq", or "nearest (why GPTQ could not run)"
+    bias_correction: list[str] = field(default_factory=list)  # per reading layer, what was done
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Report:
     output: Bytes = field(default_factory=Bytes)
     validation: Validation | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    calibration: str | None = None  # which data the data-driven steps ran on, if any
 
     def __bool__(self) -> bool:
         return self.validation is None or bool(self.validation)
@@ -101,6 +104,7 @@ class Report:
                 "weights": [asdict(w) for w in self.weights],
                 "skipped": [asdict(s) for s in self.skipped],
                 "validation": self.validation.to_dict() if self.validation is not None else None,
+                "calibration": self.calibration,
                 "notes": self.notes,
                 "seconds": self.seconds,
             }
@@ -117,6 +121,7 @@ class Report:
             "# onnxq compression report",
             "",
             f"- config: `{json.dumps(self.config)}`",
+            f"- data: {self.calibration or 'none (no step needed calibration data)'}",
             (
                 f"- size: {s['input_bytes']:,} -> {s['output_bytes']:,} bytes "
                 f"({_num(s['ratio'], 2)}x smaller), {_num(s['bits_per_weight'], 3)} bits per weight"
@@ -151,12 +156,16 @@ class Report:
             "",
             "## Compressed weights",
             "",
-            "| name | shape | groups | bits | codebook | index bytes | codebook bytes | corr | SQNR dB |",
-            "|---|---|---:|---:|---|---:|---:|---:|---:|",
+            (
+                "| name | shape | groups | bits | codebook | rounding | bias correction "
+                "| index bytes | codebook bytes | corr | SQNR dB |"
+            ),
+            "|---|---|---:|---:|---|---|---|---:|---:|---:|---:|",
         ]
         for w in d["weights"]:
             lines.append(
                 f"| {w['name']} | {w['shape']} | {w['groups']} | {w['bits']} | {w['codebook']} "
+                f"| {w['rounding']} | {'; '.join(w['bias_correction']) or '-'} "
                 f"| {w['index_bytes']:,} | {w['codebook_bytes']:,} | {_num(w['correlation'], 5)} "
                 f"| {_num(w['sqnr_db'], 1)} |"
             )

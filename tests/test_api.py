@@ -117,10 +117,10 @@ def test_progress_reports_every_weight(tiny):
     calls = []
     onnxq.compress_model(tiny[0], onnxq.Config(), progress=lambda *a: calls.append(a))
     n = len(WEIGHT_NAMES)
-    assert calls[0] == (0, n, "")
+    assert calls[0] == (0, n, "quantizing")
     assert [c[0] for c in calls] == list(range(n + 1))
     assert all(c[1] == n for c in calls)
-    assert {c[2] for c in calls[1:]} == set(WEIGHT_NAMES)
+    assert {c[2] for c in calls[1:]} == {f"quantizing {name}" for name in WEIGHT_NAMES}
 
 
 def test_compress_model_leaves_its_input_alone(tiny):

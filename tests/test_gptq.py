@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxq.codebooks import CODEBOOKS
-from onnxq.gptq import gptq, prepare_hessian
-from onnxq.quantize import quantize
+from onnxq.gptq import Nearest, gptq, prepare_hessian
+from onnxq.quantize import nearest_codes, quantize
 
 
 def layer(seed: int, rows: int = 12, cols: int = 40, samples: int = 400, groups: int = 1):
@@ -113,3 +113,21 @@ def test_a_hessian_of_the_wrong_shape_is_refused():
     q = quantize(w, CODEBOOKS["linear"], 4, "lsq")
     with pytest.raises(ValueError, match="does not fit"):
         gptq(q, w, h[:, :5, :5])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), bits=st.integers(1, 8), codebook=st.sampled_from(sorted(CODEBOOKS)))
+def test_the_column_rounder_agrees_with_nearest_codes(seed, bits, codebook):
+    rng = np.random.default_rng(seed)
+    w = rng.laplace(size=(9, 30)) * rng.lognormal(0, 1, (9, 1))
+    w[0] = 0  # an all-zero row
+    q = quantize(w, CODEBOOKS[codebook], bits, "lsq")
+    table = q.level_table()
+    nearest = Nearest(table, bits)
+    probe = rng.laplace(size=(9, 30)) * np.abs(w).max(axis=1, keepdims=True)
+    expected = nearest_codes(probe, table, bits)
+    for j in range(probe.shape[1]):
+        codes, values = nearest(probe[:, j])
+        live = np.abs(table).max(axis=1) > 0
+        np.testing.assert_array_equal(codes[live], expected[live, j])
+        np.testing.assert_array_equal(values, table[np.arange(9), codes])

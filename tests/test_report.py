@@ -35,6 +35,8 @@ WEIGHT_KEYS = {
     "codebook_bytes",
     "correlation",
     "sqnr_db",
+    "rounding",
+    "bias_correction",
 }
 
 
@@ -57,6 +59,7 @@ def test_json_round_trip(report, tiny_path, tmp_path):
     assert d["schema_version"] == SCHEMA_VERSION == 1
     assert set(d["summary"]) == SUMMARY_KEYS
     assert set(d) >= {"config", "summary", "bytes", "weights", "skipped", "validation", "notes", "seconds"}
+    assert d["calibration"] is None  # plain --bits needs no data
     s = d["summary"]
     assert s["input_bytes"] == tiny_path.stat().st_size
     assert s["output_bytes"] == (tmp_path / "out.onnx").stat().st_size

@@ -1,0 +1,226 @@
+"""Data-driven quantization: inputs -> layer statistics -> bits per tensor -> codes -> biases.
+
+    data (--calibration npz, or synthetic inputs)  -> E[x], E[x x^T] per layer   (calibrate.py)
+    -> widths minimising measured output noise within --target-bits  (sensitivity.py, allocate.py)
+    -> codes by error-compensating rounding on each layer's H        (gptq.py)
+    -> biases shifted by -(W_q - W) E[x]                             (bias.py)
+
+Plain --bits without calibration, GPTQ or bias correction needs none of this.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnxq import allocate, bias, calibrate, sensitivity
+from onnxq.calibrate import LayerSpec, LayerStats
+from onnxq.gptq import gptq_codes
+from onnxq.quantize import QuantizedTensor, with_codes
+from onnxq.select import Weight
+
+DECODER_BYTES = 360  # measured graph bytes per compressed weight (call node, names, attributes)
+SYNTHETIC_SAMPLES = 32
+PROBE_SAMPLES = 16  # calibration samples per sensitivity run
+
+
+@dataclass
+class Data:
+    mode: str  # "calibration" or "synthetic"
+    source: str  # the npz path, or a description of the synthetic inputs
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def samples(self) -> int:
+        return calibrate.sample_count(self.arrays)
+
+    def describe(self) -> str:
+        return f"{self.mode} ({self.source}, {self.samples} samples)"
+
+
+@dataclass
+class Layer:
+    spec: LayerSpec
+    stats: LayerStats
+
+
+@dataclass
+class Outcome:
+    quantized: list[QuantizedTensor]
+    rounding: dict[str, str] = field(default_factory=dict)  # weight -> "gptq" / "nearest (why)"
+    biases: dict[str, list[str]] = field(default_factory=dict)  # weight -> what bias correction did
+    notes: list[str] = field(default_factory=list)
+
+
+def load_data(model: onnx.ModelProto, path: str | None, samples: int | None, seed: int, dims) -> Data:
+    """The calibration npz, or synthetic standard-normal inputs when there is none."""
+    inits = {t.name for t in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if path is not None:
+        arrays = calibrate.load_calibration(path, names)
+        if samples is not None:
+            arrays = {n: a[:samples] for n, a in arrays.items()}
+        return Data("calibration", path, arrays)
+    count = samples or SYNTHETIC_SAMPLES
+    arrays = calibrate.synthetic_calibration(model, count, seed, dims)
+    return Data("synthetic", "standard normal inputs, no calibration data", arrays)
+
+
+def layer_statistics(model: onnx.ModelProto, weights: list[Weight], data: Data) -> dict[str, list[Layer]]:
+    """Per weight, every main-graph layer that reads it, with its input statistics."""
+    specs, _ = calibrate.layer_specs(model, weights)
+    stats = calibrate.collect_layer_stats(model, specs, data.arrays)
+    out: dict[str, list[Layer]] = {}
+    for spec in specs:
+        out.setdefault(spec.weight, []).append(Layer(spec, stats[spec.key]))
+    return out
+
+
+def float_rows(weight: Weight) -> np.ndarray:
+    """The weight as (output channels, K), the layout of its layer's input statistics."""
+    a = weight.array
+    if a.ndim < 2:
+        return a.reshape(1, -1)
+    return np.moveaxis(a, weight.axis, 0).reshape(a.shape[weight.axis], -1)
+
+
+def _moved(weight: Weight) -> tuple[int, ...]:
+    s = weight.array.shape
+    return (s[weight.axis], *s[: weight.axis], *s[weight.axis + 1 :])
+
+
+def to_rows(weight: Weight, values: np.ndarray) -> np.ndarray:
+    """Values in a QuantizedTensor's layout (channel rows, or one row in the original order) as (O, K)."""
+    a = weight.array
+    if a.ndim < 2:
+        return values.reshape(1, -1)
+    if values.shape[0] == 1:
+        return np.moveaxis(values.reshape(a.shape), weight.axis, 0).reshape(a.shape[weight.axis], -1)
+    return values.reshape(a.shape[weight.axis], -1)
+
+
+def from_rows(weight: Weight, rows: np.ndarray, layout: tuple[int, ...]) -> np.ndarray:
+    """Inverse of to_rows, for a QuantizedTensor of the given codes shape."""
+    if weight.array.ndim < 2 or layout[0] != 1:
+        return rows.reshape(layout)
+    return to_weight(weight, rows).reshape(layout)
+
+
+def to_weight(weight: Weight, rows: np.ndarray) -> np.ndarray:
+    """(O, K) rows back in the weight's own shape."""
+    if weight.array.ndim < 2:
+        return rows.reshape(weight.array.shape)
+    return np.moveaxis(rows.reshape(_moved(weight)), 0, weight.axis)
+
+
+def _hessian(layers: list[Layer]) -> np.ndarray | None:
+    """The summed H of the layers that read a weight, when they agree on its shape."""
+    hs = [layer.stats.hessian for layer in layers]
+    if not hs or any(h.shape != hs[0].shape for h in hs):
+        return None
+    return np.sum(hs, axis=0)
+
+
+def choose_widths(
+    model: onnx.ModelProto,
+    weights: list[Weight],
+    candidates: dict[str, dict[int, QuantizedTensor]],
+    layers: dict[str, list[Layer]],
+    data: Data,
+    target_bits: float,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> tuple[dict[str, int], list[str]]:
+    """Bits per weight within target_bits on average (indices, parameters, decoder node)."""
+    notes = []
+    widths_all = sorted(next(iter(candidates.values())))
+    reference = max(widths_all[0], min(widths_all[-1], math.floor(target_bits) - 1))
+    costs = {w.name: {b: cost_bytes(q) for b, q in candidates[w.name].items()} for w in weights}
+    budget = target_bits * sum(w.array.size for w in weights) / 8
+    main = {t.name for t in model.graph.initializer}
+    measurable = [w for w in weights if w.name in main and w.graph is model.graph]
+    fixed = [w for w in weights if w not in measurable]
+    fixed_width = min(widths_all, key=lambda b: (abs(b - target_bits), b))
+    if fixed:
+        notes.append(
+            f"{len(fixed)} weights outside the main graph's initializers were not measured "
+            f"and take {fixed_width} bits"
+        )
+    budget -= sum(costs[w.name][fixed_width] for w in fixed)
+
+    errors: dict[str, dict[int, float]] = {}
+    for w in measurable:
+        rows = float_rows(w)
+        hs = [layer.stats.hessian for layer in layers.get(w.name, [])]
+        errors[w.name] = {
+            b: sensitivity.layer_error(to_rows(w, q.dequantized) - rows, hs)
+            for b, q in candidates[w.name].items()
+        }
+    feeds = list(calibrate.iter_batches({n: a[:PROBE_SAMPLES] for n, a in data.arrays.items()}, 1))
+    feeds = _fit_batch(model, data, feeds)
+    probe = sensitivity.Probe(model, [w.name for w in measurable], feeds)
+    measured = {}
+    for i, w in enumerate(measurable):
+        value = to_weight(w, to_rows(w, candidates[w.name][reference].dequantized))
+        measured[w.name] = probe.noise({w.name: value.astype(w.array.dtype)})
+        if progress:
+            progress(i + 1, len(measurable), f"sensitivity {w.name}")
+    curves = sensitivity.noise_curves(measured, errors, reference)
+    chosen = allocate.allocate(
+        {w.name: costs[w.name] for w in measurable}, {w.name: curves[w.name] for w in measurable}, budget
+    )
+    chosen.update({w.name: fixed_width for w in fixed})
+    notes.append(
+        f"bits chosen by measured sensitivity on {min(PROBE_SAMPLES, data.samples)} {data.mode} samples "
+        f"(each tensor measured at {reference} bits, scaled by its layer's output error)"
+    )
+    return chosen, notes
+
+
+def _fit_batch(model: onnx.ModelProto, data: Data, feeds: list[dict]) -> list[dict]:
+    """Single-sample feeds, merged into one batch when the model's batch axis is free."""
+    first = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
+    fixed = bool(first) and first[0].HasField("dim_value")
+    if fixed or not feeds:
+        return feeds
+    return [{n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]}]
+
+
+def cost_bytes(q: QuantizedTensor) -> float:
+    """What a weight adds to the file: packed indices, parameters and its decoder node."""
+    return -(-q.codes.size // 8) * q.bits + q.params.nbytes + q.ranges.nbytes + DECODER_BYTES
+
+
+def round_with_gptq(weight: Weight, q: QuantizedTensor, layers: list[Layer]) -> tuple[QuantizedTensor, str]:
+    """q with GPTQ codes, or q itself and why not."""
+    h = _hessian(layers)
+    if h is None:
+        return q, "nearest (no input statistics for this weight)"
+    rows = float_rows(weight)
+    if h.shape[1] != rows.shape[1] or rows.shape[0] % h.shape[0]:
+        return q, "nearest (the weight's layout does not match its layer's input)"
+    codes = gptq_codes(q, rows, h)  # a single level table (tensor granularity) serves every row
+    layout = q.codes.shape
+    return with_codes(q, from_rows(weight, rows, layout), from_rows(weight, codes, layout)), "gptq"
+
+
+def correct_biases(
+    model: onnx.ModelProto, weight: Weight, q: QuantizedTensor, layers: list[Layer]
+) -> list[str]:
+    """Fold each reading layer's mean output shift into its bias; what was done, per layer."""
+    done = []
+    delta = to_rows(weight, q.dequantized).astype(np.float64) - float_rows(weight).astype(np.float64)
+    nodes = {(n.name or n.output[0]): n for n in model.graph.node}
+    by_output = {n.output[0]: n for n in model.graph.node if n.output}
+    for i, layer in enumerate(layers):
+        node = nodes.get(layer.spec.key) or by_output.get(layer.spec.key)
+        if node is None:
+            continue
+        shift = bias.output_shift(delta, layer.stats.mean)
+        fresh = f"{weight.name}.onnxq.bias" + (f"{i}" if i else "")
+        how = bias.correct(model.graph, node, shift, weight.array.dtype, fresh)
+        done.append(f"{layer.spec.key}: {how or 'left alone (its bias is not a constant of the graph)'}")
+    return done

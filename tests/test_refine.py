@@ -1,0 +1,165 @@
+"""The data-driven steps end to end on small CNNs: calibration, --target-bits, GPTQ, bias correction."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_model, run, value
+from onnx import helper, numpy_helper
+
+import onnxq
+from onnxq.api import candidate_widths
+from onnxq.errors import OnnxqError
+from onnxq.refine import DECODER_BYTES
+
+
+def small_cnn(batch: int | str = "N", seed: int = 0) -> onnx.ModelProto:
+    """conv3x3 -> relu -> depthwise 3x3 -> relu -> conv1x1 -> global pool -> gemm: real layer kinds."""
+    rng = np.random.default_rng(seed)
+
+    def t(name, *shape, scale=1.0):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    inits = [
+        t("stem.w", 32, 3, 3, 3, scale=0.3),
+        t("stem.b", 32, scale=0.1),
+        t("dw.w", 32, 1, 3, 3, scale=0.5),
+        t("pw.w", 256, 32, 1, 1, scale=0.18),
+        t("fc.w", 10, 256, scale=0.1),
+        t("fc.b", 10, scale=0.1),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "stem.w", "stem.b"], ["a"], pads=[1, 1, 1, 1], name="stem"),
+        helper.make_node("Relu", ["a"], ["a1"]),
+        helper.make_node("Conv", ["a1", "dw.w"], ["b"], pads=[1, 1, 1, 1], group=32, name="dw"),
+        helper.make_node("Relu", ["b"], ["b1"]),
+        helper.make_node("Conv", ["b1", "pw.w"], ["c"], name="pw"),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], transB=1, name="fc"),
+    ]
+    return make_model(nodes, [value("x", [batch, 3, 12, 12])], [value("y", [batch, 10])], inits)
+
+
+@pytest.fixture
+def cnn_path(tmp_path):
+    path = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(), path)
+    return path
+
+
+@pytest.fixture
+def calibration(tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=(rng.standard_normal((24, 3, 12, 12)) + 0.5).astype(np.float32))
+    return path
+
+
+def outputs(path, x):
+    return run(onnx.load(path), {"x": x})[0]
+
+
+def held_out():
+    return (np.random.default_rng(2).standard_normal((64, 3, 12, 12)) + 0.5).astype(np.float32)
+
+
+def error(a, b):
+    return float(np.mean((a - b) ** 2) / np.mean(b**2))
+
+
+def test_calibration_turns_on_gptq_and_bias_correction_and_cuts_the_output_error(
+    cnn_path, calibration, tmp_path
+):
+    x = held_out()
+    reference = outputs(cnn_path, x)
+    plain = onnxq.compress(cnn_path, tmp_path / "plain.onnx", bits=3, min_elements=1, validate=False)
+    tuned = onnxq.compress(
+        cnn_path,
+        tmp_path / "tuned.onnx",
+        bits=3,
+        min_elements=1,
+        calibration=str(calibration),
+        validate=False,
+    )
+    assert plain.calibration is None and {w.rounding for w in plain.weights} == {"nearest"}
+    assert tuned.calibration.startswith("calibration (") and "24 samples" in tuned.calibration
+    assert {w.rounding for w in tuned.weights} == {"gptq"}
+    assert all(w.bias_correction for w in tuned.weights)
+    assert error(outputs(tmp_path / "tuned.onnx", x), reference) < 0.7 * error(
+        outputs(tmp_path / "plain.onnx", x), reference
+    )
+
+
+def test_bias_correction_adds_the_missing_biases(cnn_path, calibration, tmp_path):
+    onnxq.compress(
+        cnn_path, tmp_path / "out.onnx", bits=3, min_elements=1, calibration=str(calibration), validate=False
+    )
+    model = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
+    assert convs["dw"].input[2] == "dw.w.onnxq.bias" and convs["pw"].input[2] == "pw.w.onnxq.bias"
+
+
+@pytest.mark.parametrize("target", [4.0, 5.5])
+def test_target_bits_is_met_counting_every_byte_a_weight_adds(cnn_path, calibration, tmp_path, target):
+    report = onnxq.compress(
+        cnn_path,
+        tmp_path / "out.onnx",
+        target_bits=target,
+        min_elements=1,
+        calibration=str(calibration),
+        validate=False,
+    )
+    spent = sum(w.index_bytes + w.codebook_bytes + DECODER_BYTES for w in report.weights)
+    assert spent <= target * report.compressed_elements / 8
+    assert all(w.bits in candidate_widths(target) for w in report.weights)
+    assert any("measured sensitivity" in n for n in report.notes)
+
+
+def test_more_target_bits_give_a_closer_model(cnn_path, calibration, tmp_path):
+    x = held_out()
+    reference = outputs(cnn_path, x)
+    errors = []
+    for target in (4.0, 6.0):
+        dst = tmp_path / f"t{target}.onnx"
+        onnxq.compress(
+            cnn_path, dst, target_bits=target, min_elements=1, calibration=str(calibration), validate=False
+        )
+        errors.append(error(outputs(dst, x), reference))
+    assert errors[1] < errors[0]
+
+
+def test_without_calibration_the_steps_run_on_synthetic_inputs_and_say_so(cnn_path, tmp_path):
+    report = onnxq.compress(
+        cnn_path, tmp_path / "out.onnx", target_bits=4.0, rounding="gptq", min_elements=1, validate=False
+    )
+    assert report.calibration.startswith("synthetic (")
+    assert {w.rounding for w in report.weights} == {"gptq"}
+    assert not any(w.bias_correction for w in report.weights)  # off by default without data
+
+
+def test_a_fixed_batch_model_is_fed_one_sample_at_a_time(tmp_path, calibration):
+    path = tmp_path / "fixed.onnx"
+    onnx.save(small_cnn(batch=1), path)
+    report = onnxq.compress(path, tmp_path / "out.onnx", bits=4, min_elements=1, calibration=str(calibration))
+    assert {w.rounding for w in report.weights} == {"gptq"} and report
+
+
+def test_the_calibration_file_must_exist(cnn_path, tmp_path):
+    with pytest.raises(OnnxqError, match="does not exist"):
+        onnxq.compress(cnn_path, tmp_path / "out.onnx", calibration=str(tmp_path / "nope.npz"))
+    assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("target", [1.0, 9.0])
+def test_target_bits_out_of_range_is_refused(cnn_path, tmp_path, target):
+    with pytest.raises(OnnxqError, match="--target-bits must be between"):
+        onnxq.compress(cnn_path, tmp_path / "out.onnx", target_bits=target)
+
+
+def test_candidate_widths_surround_the_target():
+    assert candidate_widths(5.0) == [3, 4, 5, 6, 7, 8]
+    assert candidate_widths(4.0) == [2, 3, 4, 5, 6, 7]
+    assert candidate_widths(2.5) == [2, 3, 4, 5, 6]
