@@ -163,16 +163,20 @@ def _quantize_all(
     else:
         assert data is not None
         widths = candidate_widths(config.target_bits)
-        flat = run([(w, b) for w in weights for b in widths], "quantizing")
+        exact = [b for b in widths if b <= math.ceil(config.target_bits) + 1]
+        flat = run([(w, b) for w in weights for b in exact], "quantizing")
         candidates = {
-            w.name: dict(zip(widths, flat[i * len(widths) : (i + 1) * len(widths)]))
+            w.name: dict(zip(exact, flat[i * len(exact) : (i + 1) * len(exact)]))
             for i, w in enumerate(weights)
         }
         t = time.perf_counter()
         chosen, notes = refine.choose_widths(
-            model, weights, candidates, layers, data, config.target_bits, progress
+            model, weights, widths, candidates, layers, data, config.target_bits, progress
         )
         report.seconds["allocation"] = time.perf_counter() - t
+        wider = [(w, chosen[w.name]) for w in weights if chosen[w.name] not in candidates[w.name]]
+        for (w, b), q in zip(wider, run(wider, "quantizing wider")):
+            candidates[w.name][b] = q
         quantized = [candidates[w.name][chosen[w.name]] for w in weights]
 
     rounding = config.resolved_rounding()

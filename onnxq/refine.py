@@ -10,7 +10,6 @@ Plain --bits without calibration, GPTQ or bias correction needs none of this.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -128,22 +127,29 @@ def _hessian(layers: list[Layer]) -> np.ndarray | None:
 def choose_widths(
     model: onnx.ModelProto,
     weights: list[Weight],
+    widths: list[int],
     candidates: dict[str, dict[int, QuantizedTensor]],
     layers: dict[str, list[Layer]],
     data: Data,
     target_bits: float,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> tuple[dict[str, int], list[str]]:
-    """Bits per weight within target_bits on average (indices, parameters, decoder node)."""
+    """Bits per weight, from widths, within target_bits on average (indices, parameters, decoder node).
+
+    candidates holds each weight quantized at some of the widths (at least the
+    reference, round(target_bits)); above the widest of them, a layer's error is
+    extrapolated at 6 dB per bit, which is how rounding error falls once levels
+    are dense, and saves quantizing every tensor at widths it will rarely get.
+    """
     notes = []
-    widths_all = sorted(next(iter(candidates.values())))
-    reference = max(widths_all[0], min(widths_all[-1], math.floor(target_bits) - 1))
-    costs = {w.name: {b: cost_bytes(q) for b, q in candidates[w.name].items()} for w in weights}
+    computed = sorted(next(iter(candidates.values())))
+    reference = max(computed[0], min(computed[-1], round(target_bits)))
+    costs = {w.name: {b: cost_bytes(candidates[w.name][reference], b) for b in widths} for w in weights}
     budget = target_bits * sum(w.array.size for w in weights) / 8
     main = {t.name for t in model.graph.initializer}
     measurable = [w for w in weights if w.name in main and w.graph is model.graph]
     fixed = [w for w in weights if w not in measurable]
-    fixed_width = min(widths_all, key=lambda b: (abs(b - target_bits), b))
+    fixed_width = reference
     if fixed:
         notes.append(
             f"{len(fixed)} weights outside the main graph's initializers were not measured "
@@ -155,10 +161,14 @@ def choose_widths(
     for w in measurable:
         rows = float_rows(w)
         hs = [layer.stats.hessian for layer in layers.get(w.name, [])]
-        errors[w.name] = {
+        e = {
             b: sensitivity.layer_error(to_rows(w, q.dequantized) - rows, hs)
             for b, q in candidates[w.name].items()
         }
+        for b in widths:
+            if b > computed[-1]:
+                e[b] = e[computed[-1]] * 4.0 ** (computed[-1] - b)
+        errors[w.name] = e
     feeds = list(calibrate.iter_batches({n: a[:PROBE_SAMPLES] for n, a in data.arrays.items()}, 1))
     feeds = _fit_batch(model, data, feeds)
     probe = sensitivity.Probe(model, [w.name for w in measurable], feeds)
@@ -189,9 +199,9 @@ def _fit_batch(model: onnx.ModelProto, data: Data, feeds: list[dict]) -> list[di
     return [{n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]}]
 
 
-def cost_bytes(q: QuantizedTensor) -> float:
-    """What a weight adds to the file: packed indices, parameters and its decoder node."""
-    return -(-q.codes.size // 8) * q.bits + q.params.nbytes + q.ranges.nbytes + DECODER_BYTES
+def cost_bytes(q: QuantizedTensor, bits: int | None = None) -> float:
+    """What a weight adds to the file at q's width (or bits): indices, parameters, decoder node."""
+    return -(-q.codes.size // 8) * (bits or q.bits) + q.params.nbytes + q.ranges.nbytes + DECODER_BYTES
 
 
 def round_with_gptq(weight: Weight, q: QuantizedTensor, layers: list[Layer]) -> tuple[QuantizedTensor, str]:

@@ -63,9 +63,9 @@ def replace_weights(model: onnx.ModelProto, items: list[tuple[Weight, QuantizedT
             )
         for node in reversed([call, *tail]):
             graph.node.insert(0, node)
-        fname = call.op_type
-        if fname not in functions:
-            functions[fname] = fmt.decoder(q, opset)
+        if call.op_type not in functions:
+            for function in fmt.decoders(q, opset):
+                functions.setdefault(function.name, function)
     for graph, names in replaced.values():
         # One pass per graph: rebuilding the list per weight would copy every tensor each time.
         kept = [t for t in graph.initializer if t.name not in names]

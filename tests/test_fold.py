@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import onnx.inliner
@@ -19,14 +21,18 @@ from conftest import (
     replace_weights,
     run,
     session,
+    tiny_model,
     value,
     with_outputs,
 )
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxq
+from onnxq import rewrite
 from onnxq.codebooks import CODEBOOKS
 from onnxq.packing import packed_size, unpack_bits
+from onnxq.quantize import quantize
+from onnxq.select import find_weights
 from onnxq.storage import FORMATS, INDICES_SUFFIX
 from onnxq.storage.fold import DOMAIN
 
@@ -144,13 +150,41 @@ def test_onnxruntime_folds_the_decoders_into_constants(tiny, tmp_path):
     assert counts["Conv"] == 1 and counts["Gemm"] == 2
 
 
-def test_one_decoder_function_per_codebook_and_bits(tiny):
+def test_one_decoder_function_per_codebook_and_bits_over_two_shared_ones(tiny):
     out, _ = compress(tiny[0], 4, "linear", "channel")
-    assert [(f.domain, f.name) for f in out.functions] == [(DOMAIN, "Decode_linear_4")]
+    assert [(f.domain, f.name) for f in out.functions] == [
+        (DOMAIN, "Decode_linear_4"),
+        (DOMAIN, "Unpack"),
+        (DOMAIN, "Levels1"),
+    ]
     calls = [n for n in out.graph.node if n.domain == DOMAIN]
     assert len(calls) == len(WEIGHT_NAMES)
-    # The decoder is made of standard ops only.
-    assert {n.domain for n in out.functions[0].node} <= {"", "ai.onnx"}
+    # Standard ops only, apart from the calls to the shared functions.
+    ops = {(n.domain, n.op_type) for f in out.functions for n in f.node}
+    assert {op for domain, op in ops if domain == DOMAIN} == {"Unpack", "Levels1"}
+    assert {domain for domain, _ in ops} <= {"", "ai.onnx", DOMAIN}
+
+
+def test_mixed_widths_share_the_unpacking(rng, tmp_path):
+    model, feeds = tiny_model()
+    weights, _ = find_weights(model, 1)
+    items = [
+        (w, quantize(rewrite.group_rows(w, "channel"), CODEBOOKS["exponential"], 3 + i % 4, "lsq"))
+        for i, w in enumerate(weights)
+    ]
+    rewrite.replace_weights(model, items, FORMATS["fold"])
+    names = sorted(f.name for f in model.functions)
+    assert names == sorted({f"Decode_exponential_{q.bits}" for _, q in items} | {"Unpack", "Levels2"})
+    onnx.checker.check_model(model, full_check=True)
+    decoded = run(with_outputs(model, [w.name for w, _ in items]), feeds)
+    for (w, q), got in zip(items, decoded):
+        rows = rewrite.group_rows(onnx_weight(got, w), "channel")
+        np.testing.assert_array_max_ulp(rows, q.dequantized, maxulp=MAX_ULP)
+
+
+def onnx_weight(value, weight):
+    """A decoded array dressed as the Weight it replaces, for group_rows."""
+    return replace(weight, array=value)
 
 
 def test_old_ir_versions_get_the_decoders_inlined(tiny):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxq.packing import field_widths, pack_bits, packed_size, unpack_bits
+from onnxq.packing import pack_bits, packed_size, unpack_bits
 
 BITS = range(1, 9)
 
@@ -41,12 +41,16 @@ def test_extreme_codes_survive(bits):
     np.testing.assert_array_equal(unpack_bits(pack_bits(codes, bits), bits, codes.size), codes)
 
 
-def test_documented_layout_for_5_bits():
-    # README: for b = 5 the first n/8*4 bytes hold the high 4 bits two per byte, first
-    # value in the high nibble, then n/8 bytes hold the low bits eight per byte.
-    codes = np.array([0b10110, 0b00011, 0b11111, 0b00000, 0b01001, 0b10000, 0b00001, 0b11110])
-    blob = pack_bits(codes, 5)
-    assert blob.tolist() == [0b1011_0001, 0b1111_0000, 0b0100_1000, 0b0000_1111, 0b01_1_0_1_0_1_0]
+def test_documented_layout_for_3_bits():
+    # README: plane 0 holds every code's high bit, eight codes per byte, the first code
+    # in the byte's high bit; then the middle bits; then the low bits.
+    codes = np.array([0b101, 0b011, 0b111, 0b000, 0b100, 0b010, 0b001, 0b110, 0b111])
+    blob = pack_bits(codes, 3)
+    assert blob.tolist() == [
+        0b1010_1001, 0b1000_0000,  # high bits of codes 0-7, then of code 8 (padded)
+        0b0110_0101, 0b1000_0000,  # middle bits
+        0b1110_0010, 0b1000_0000,  # low bits
+    ]  # fmt: skip
 
 
 def test_documented_layout_for_1_bit_pads_with_zeros():
@@ -54,19 +58,12 @@ def test_documented_layout_for_1_bit_pads_with_zeros():
     assert blob.tolist() == [0b1010_0000]
 
 
-def test_field_widths_are_the_binary_expansion():
-    for bits in BITS:
-        widths = field_widths(bits)
-        assert sum(widths) == bits
-        assert widths == sorted(widths, reverse=True)
-        assert all(w in (1, 2, 4, 8) for w in widths)
-        assert len(set(widths)) == len(widths)
-
-
 @pytest.mark.parametrize("bits", [0, 9, -1])
 def test_invalid_width_is_refused(bits):
     with pytest.raises(ValueError, match="bits"):
-        field_widths(bits)
+        pack_bits(np.zeros(3, np.uint8), bits)
+    with pytest.raises(ValueError, match="bits"):
+        unpack_bits(np.zeros(3, np.uint8), bits, 3)
 
 
 @pytest.mark.parametrize("bits", [1, 3, 8])

@@ -1,6 +1,6 @@
 """The storage-format registry: a new format is one file plus one line here.
 
-A format module has NAME, SUMMARY, decoder(q, opset) -> FunctionProto and
+A format module has NAME, SUMMARY, decoders(q, opset) -> [FunctionProto] (the called one first) and
 encode(q, name, output, shape) -> (initializers, call node).
 """
 

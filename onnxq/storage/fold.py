@@ -2,9 +2,10 @@
 
 w = Reshape(GatherElements(levels(params), unpack(indices)), shape), where
 levels[g, k] = sign_k * exp(slope_k * ln x0_g + offset_k + ln s_g) * [g is live].
-The decoder is one model-local function per (codebook, bits); each weight adds
-two initializers (indices, codebook) and one call node whose attributes carry the
-shape and the parameter ranges. Every op in it is constant-foldable,
+The decoder is one small model-local function per (codebook, bits), holding its
+code tables, that calls two functions every width shares (Unpack reads the bit
+width at run time); each weight adds two initializers (indices, codebook) and
+one call node whose attributes carry the shape and the parameter ranges. Every op in it is constant-foldable,
 so onnxruntime turns each call into a float initializer when the session is
 created and inference runs at float speed.
 """
@@ -15,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq.packing import field_widths, pack_bits
+from onnxq.packing import pack_bits
 from onnxq.quantize import SPLIT, QuantizedTensor
 
 DOMAIN = "onnxq"
@@ -25,6 +26,10 @@ SUMMARY = "packed b-bit indices, rebuilt by standard ops that onnxruntime folds 
 
 def function_name(codebook: str, bits: int) -> str:
     return f"Decode_{codebook}_{bits}"
+
+
+UNPACK = "Unpack"  # (indices, bits, count) -> codes: any width, shared by every decoder
+LEVELS = {1: "Levels1", 2: "Levels2"}  # (params, ranges, sign, slope, offset) -> (groups, 2^b) levels
 
 
 def _ref(name: str) -> onnx.NodeProto:
@@ -43,104 +48,149 @@ def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
 
 
-def decoder(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
-    """The function that rebuilds any weight quantized like q (same codebook and bits)."""
-    bits = q.bits
-    nodes: list[onnx.NodeProto] = []
+class _Body:
+    """Nodes of a function body, added in order."""
 
-    def add(op: str, inputs: list[str], output: str, **attrs) -> str:
-        nodes.append(helper.make_node(op, inputs, [output], **attrs))
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+
+    def add(self, op: str, inputs: list[str], output: str, domain: str = "", **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], domain=domain, **attrs))
         return output
 
-    def const(name: str, value) -> str:
-        nodes.append(_const(name, np.asarray(value)))
+    def const(self, name: str, value) -> str:
+        self.nodes.append(_const(name, np.asarray(value)))
         return name
 
-    # The shape and the parameter ranges are attributes of the call: cheaper than
-    # two more named initializers per weight.
-    nodes.append(_ref("shape"))
-    nodes.append(_ref("ranges"))
 
-    # Unpack: one stream of bytes per bit field, each byte holding 8/w values.
-    nbytes = add("Shape", ["indices"], "nbytes")
-    n8 = add("Div", [nbytes, const("bits", np.array([bits], np.int64))], "n8")
-    count = add("ReduceProd", ["shape"], "count", keepdims=1)
-    acc = ""
-    start, shift = 0, bits
-    for width in field_widths(bits):
-        shift -= width
-        tag = f"w{width}"
-        begin = add("Mul", [n8, const(f"{tag}_start", np.array([start], np.int64))], f"{tag}_b")
-        end = add("Mul", [n8, const(f"{tag}_end", np.array([start + width], np.int64))], f"{tag}_e")
-        start += width
-        part = add("Slice", ["indices", begin, end], f"{tag}_part")
-        col = add("Reshape", [part, const(f"{tag}_col", np.array([-1, 1], np.int64))], f"{tag}_c")
-        lefts = np.array([width * i for i in range(8 // width)], np.uint8)
-        hi = add("BitShift", [col, const(f"{tag}_l", lefts)], f"{tag}_hi", direction="LEFT")
-        right = const(f"{tag}_r", np.array([8 - width], np.uint8))
-        field = add("BitShift", [hi, right], f"{tag}_f", direction="RIGHT")
-        flat = add("Reshape", [field, const(f"{tag}_flat", np.array([-1], np.int64))], f"{tag}_v")
-        part_codes = add("Cast", [flat], f"{tag}_i", to=TensorProto.INT32)
-        if shift:
-            scale = const(f"{tag}_m", np.array([1 << shift], np.int32))
-            part_codes = add("Mul", [part_codes, scale], f"{tag}_s")
-        acc = add("Add", [acc, part_codes], f"{tag}_acc") if acc else part_codes
-    codes = add("Slice", [acc, const("zero", np.array([0], np.int64)), count], "codes")
-    rows = add(
-        "Concat",
-        [add("Shape", ["params"], "groups"), const("minus1", np.array([-1], np.int64))],
-        "rows",
-        axis=0,
+def unpack_function(opset: int) -> onnx.FunctionProto:
+    """codes[:count] from a blob of pack_bits(codes, bits), for any bits (read at run time).
+
+    The blob is b planes of n8 bytes: split each byte into its 8 bits with two
+    uint8 BitShifts, (x << i) >> 7, then weigh plane j by 2^(b-1-j) and sum,
+    as a (1, b) x (b, 8*n8) MatMul.
+    """
+    b = _Body()
+    planes = b.add("Concat", ["bits", b.const("m1", np.array([-1], np.int64))], "planes", axis=0)
+    cube = b.add("Concat", [planes, b.const("one", np.array([1], np.int64))], "cube", axis=0)
+    grid = b.add("Reshape", ["indices", cube], "grid")  # (b, n8, 1)
+    lefts = b.const("lefts", np.arange(8, dtype=np.uint8))
+    high = b.add("BitShift", [grid, lefts], "high", direction="LEFT")
+    bit = b.add("BitShift", [high, b.const("seven", np.array([7], np.uint8))], "bit", direction="RIGHT")
+    flat = b.add("Cast", [b.add("Reshape", [bit, planes], "flat8")], "flat", to=TensorProto.INT32)
+    scalar = b.add("Reshape", ["bits", b.const("scalar", np.zeros(0, np.int64))], "b0")
+    js = b.add(
+        "Range",
+        [b.const("zero", np.array(0, np.int64)), scalar, b.const("step", np.array(1, np.int64))],
+        "js",
     )
-    codes2 = add("Reshape", [codes, rows], "codes2")
+    powers = b.add(
+        "Cast",
+        [b.add("Sub", [b.add("Sub", [scalar, b.const("uno", np.array(1, np.int64))], "top"), js], "p")],
+        "pf",
+        to=TensorProto.FLOAT,
+    )
+    weights = b.add(
+        "Cast",
+        [b.add("Pow", [b.const("two", np.array(2.0, np.float32)), powers], "w")],
+        "wi",
+        to=TensorProto.INT32,
+    )
+    row = b.add("Reshape", [weights, b.const("rowshape", np.array([1, -1], np.int64))], "row")
+    codes = b.add(
+        "Reshape", [b.add("MatMul", [row, flat], "sum"), b.const("m1b", np.array([-1], np.int64))], "all"
+    )
+    b.add("Slice", [codes, b.const("first", np.array([0], np.int64)), "count"], "codes")
+    return helper.make_function(
+        DOMAIN, UNPACK, ["indices", "bits", "count"], ["codes"], b.nodes, [helper.make_opsetid("", opset)]
+    )
 
-    # Levels per group from the uint16 parameter codes (see quantize.level_table).
-    pf = add(
+
+def levels_function(count: int, opset: int) -> onnx.FunctionProto:
+    """levels[g, k] = sign_k * exp(slope_k * ln x0_g + offset_k + ln s_g) * live_g (quantize.level_table).
+
+    count is how many parameters share each uint16: 2 (x0 and s) or 1 (the step).
+    """
+    b = _Body()
+    pf = b.add(
         "Reshape",
         [
-            add("Cast", ["params"], "pf0", to=TensorProto.FLOAT),
-            const("colshape", np.array([-1, 1], np.int64)),
+            b.add("Cast", ["params"], "pf0", to=TensorProto.FLOAT),
+            b.const("colshape", np.array([-1, 1], np.int64)),
         ],
         "pf",
     )
 
     def cell(row: int, col: int) -> str:
         """ranges[row, col], as a (1, 1) tensor."""
-        begin = const(f"r{row}c{col}b", np.array([row, col], np.int64))
-        end = const(f"r{row}c{col}e", np.array([row + 1, col + 1], np.int64))
-        return add("Slice", ["ranges", begin, end], f"r{row}c{col}")
+        begin = b.const(f"r{row}c{col}b", np.array([row, col], np.int64))
+        end = b.const(f"r{row}c{col}e", np.array([row + 1, col + 1], np.int64))
+        return b.add("Slice", ["ranges", begin, end], f"r{row}c{col}")
 
     def value(code: str, i: int) -> str:
-        return add("Add", [add("Mul", [code, cell(i, 1)], f"c{i}s"), cell(i, 0)], f"v{i}")
+        return b.add("Add", [b.add("Mul", [code, cell(i, 1)], f"c{i}s"), cell(i, 0)], f"v{i}")
 
-    one = const("onef", np.array(1.0, np.float32))
-    offset = const("offset", q.offset)
-    if q.ranges.shape[0] == 2:
-        split = const("split", np.array(SPLIT, np.float32))
-        hi = add("Floor", [add("Div", [pf, split], "pdiv")], "phi")
-        lo = add("Sub", [pf, add("Mul", [hi, split], "phis")], "plo")
-        slope = const("slope", q.slope)
-        exponent = add(
-            "Add", [add("Add", [add("Mul", [slope, value(hi, 0)], "e0"), offset], "e1"), value(lo, 1)], "e"
+    one = b.const("onef", np.array(1.0, np.float32))
+    if count == 2:
+        split = b.const("split", np.array(SPLIT, np.float32))
+        hi = b.add("Floor", [b.add("Div", [pf, split], "pdiv")], "phi")
+        lo = b.add("Sub", [pf, b.add("Mul", [hi, split], "phis")], "plo")
+        exponent = b.add(
+            "Add",
+            [b.add("Add", [b.add("Mul", ["slope", value(hi, 0)], "e0"), "offset"], "e1"), value(lo, 1)],
+            "e",
         )
-        live = add("Min", [lo, one], "live")
+        live = b.add("Min", [lo, one], "live")
     else:
-        exponent = add("Add", [offset, value(pf, 0)], "e")
-        live = add("Min", [pf, one], "live")
-    table = add(
-        "Mul", [add("Mul", [const("sign", q.sign), add("Exp", [exponent], "mag")], "sl"), live], "table"
-    )
-    gathered = add("GatherElements", [table, codes2], "gathered", axis=1)
-    nodes.append(helper.make_node("Reshape", [gathered, "shape"], ["weight"]))
+        exponent = b.add("Add", ["offset", value(pf, 0)], "e")
+        live = b.add("Min", [pf, one], "live")
+    b.add("Mul", [b.add("Mul", ["sign", b.add("Exp", [exponent], "mag")], "sl"), live], "table")
     return helper.make_function(
         DOMAIN,
-        function_name(q.codebook, bits),
+        LEVELS[count],
+        ["params", "ranges", "sign", "slope", "offset"],
+        ["table"],
+        b.nodes,
+        [helper.make_opsetid("", opset)],
+    )
+
+
+def decoders(q: QuantizedTensor, opset: int) -> list[onnx.FunctionProto]:
+    """The functions that rebuild any weight quantized like q (same codebook and bits).
+
+    The first is the one the weight's node calls; it holds the code tables of its
+    codebook and width, and calls the shared Unpack and Levels functions.
+    """
+    b = _Body()
+    # The shape and the parameter ranges are attributes of the call: cheaper than
+    # two more named initializers per weight.
+    b.nodes += [_ref("shape"), _ref("ranges")]
+    count = b.add("ReduceProd", ["shape"], "count", keepdims=1)
+    bits = b.const("bits", np.array([q.bits], np.int64))
+    codes = b.add(UNPACK, ["indices", bits, count], "codes", domain=DOMAIN)
+    rows = b.add(
+        "Concat",
+        [b.add("Shape", ["params"], "groups"), b.const("minus1", np.array([-1], np.int64))],
+        "rows",
+        axis=0,
+    )
+    codes2 = b.add("Reshape", [codes, rows], "codes2")
+    tables = [b.const(name, getattr(q, name)) for name in ("sign", "slope", "offset")]
+    p = q.ranges.shape[0]
+    table = b.add(LEVELS[p], ["params", "ranges", *tables], "table", domain=DOMAIN)
+    gathered = b.add("GatherElements", [table, codes2], "gathered", axis=1)
+    b.add("Reshape", [gathered, "shape"], "weight")
+    imports = [helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)]
+    call = helper.make_function(
+        DOMAIN,
+        function_name(q.codebook, q.bits),
         ["indices", "params"],
         ["weight"],
-        nodes,
-        [helper.make_opsetid("", opset)],
+        b.nodes,
+        imports,
         attributes=["shape", "ranges"],
     )
+    return [call, unpack_function(opset), levels_function(p, opset)]
 
 
 def encode(
