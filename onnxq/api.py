@@ -55,6 +55,7 @@ class Config:
     calibration_samples: int | None = None  # None: all of the file, or 32 synthetic samples
     rounding: str | None = None  # nearest or gptq; None: gptq with calibration data, else nearest
     bias_correction: bool | None = None  # None: on with calibration data, else off
+    group_size: int | None = None  # per-block parameters along the input dimensions; None: per channel
 
     def resolved_rounding(self) -> str:
         if self.rounding is not None:
@@ -90,6 +91,11 @@ class Config:
             raise OnnxqError(f"--bits must be between 1 and 8; got {self.bits}")
         if self.target_bits is not None and not MIN_TARGET_BITS <= self.target_bits <= 8:
             raise OnnxqError(f"--target-bits must be between {MIN_TARGET_BITS} and 8; got {self.target_bits}")
+        if self.group_size is not None and (self.group_size < 2 or self.granularity != "channel"):
+            raise OnnxqError(
+                f"--group-size must be at least 2 and needs --granularity channel; got {self.group_size} "
+                f"with {self.granularity}"
+            )
         if self.calibration_samples is not None and self.calibration_samples < 1:
             raise OnnxqError(f"--calibration-samples must be at least 1; got {self.calibration_samples}")
         if self.min_elements < 1:
@@ -109,7 +115,7 @@ def _quantize_weight(weight, config: Config, bits: int | None = None) -> Quantiz
             f"weight {weight.name!r} contains NaN or Inf; fix the model, or leave the tensor "
             f"in float with --exclude '^{re.escape(weight.name)}$'"
         )
-    rows = rewrite.group_rows(weight, config.granularity)
+    rows = rewrite.group_rows(weight, config.granularity, config.group_size)
     return quantize(rows, CODEBOOKS[config.codebook], bits or config.bits, config.scale)
 
 
@@ -179,6 +185,13 @@ def _quantize_all(
             candidates[w.name][b] = q
         quantized = [candidates[w.name][chosen[w.name]] for w in weights]
 
+    if config.group_size:
+        whole = [w.name for w in weights if rewrite.block_size(w, config.group_size) is None]
+        if whole:
+            notes.append(
+                f"--group-size {config.group_size} does not split {len(whole)} tensors into several "
+                f"equal blocks per channel; they keep one codebook per channel (e.g. {whole[0]})"
+            )
     rounding = config.resolved_rounding()
     t = time.perf_counter()
     for i, (w, q) in enumerate(zip(weights, quantized)):

@@ -135,6 +135,14 @@ def compress_cmd(
             help="nearest, or gptq (error-compensating). Default: gptq with --calibration, else nearest.",
         ),
     ] = None,
+    group_size: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="Per-block parameters: cut each output channel's weights into blocks of this many "
+            "(input dimensions); tensors it does not divide stay per channel.",
+        ),
+    ] = None,
     bias_correction: Annotated[
         bool | None,
         typer.Option(
@@ -175,6 +183,7 @@ def compress_cmd(
         calibration_samples=calibration_samples,
         rounding=rounding,
         bias_correction=bias_correction,
+        group_size=group_size,
     )
     try:
         with Progress(

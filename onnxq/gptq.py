@@ -72,22 +72,36 @@ class Nearest:
         return codes, self.levels.ravel()[self.rows * self.width + codes]
 
 
-def round_groups(w: np.ndarray, h: np.ndarray, table: np.ndarray, bits: int) -> np.ndarray:
-    """Codes for w (G, R, K) given H (G, K, K) and per-row levels table (G*R, 2^bits)."""
+def round_groups(
+    w: np.ndarray, h: np.ndarray, table: np.ndarray, bits: int, block: int | None = None
+) -> np.ndarray:
+    """Codes for w (G, R, K) given H (G, K, K) and per-row levels table (G*R, 2^bits).
+
+    With block B, table is (G*R*K/B, 2^bits): row r's columns j*B..(j+1)*B-1 use
+    its j-th table, and the columns keep their order (act order would scatter a
+    block's columns differently in each group).
+    """
     g, r, k = w.shape
     w = np.array(w, dtype=np.float64, copy=True)
     h = prepare_hessian(h)
-    order = np.argsort(-np.einsum("gii->gi", h), axis=1, kind="stable")  # act order, per group
+    if block is None:
+        order = np.argsort(-np.einsum("gii->gi", h), axis=1, kind="stable")  # act order, per group
+    else:
+        order = np.broadcast_to(np.arange(k), (g, k))
     w = np.take_along_axis(w, order[:, None, :], axis=2)
     h = np.take_along_axis(np.take_along_axis(h, order[:, :, None], axis=1), order[:, None, :], axis=2)
     u = _upper_cholesky_of_inverse(h)
     codes = np.zeros((g, r, k), dtype=np.uint8)
-    nearest = Nearest(table, bits)
+    if block is None:
+        nearest = [Nearest(table, bits)]
+    else:
+        per_block = table.reshape(g * r, k // block, table.shape[1])
+        nearest = [Nearest(per_block[:, j], bits) for j in range(k // block)]
     for start in range(0, k, BLOCK):
         stop = min(start + BLOCK, k)
         err = np.zeros((g, r, stop - start))
         for i in range(start, stop):
-            c, q = nearest(w[:, :, i].reshape(g * r))
+            c, q = nearest[0 if block is None else i // block](w[:, :, i].reshape(g * r))
             q = q.reshape(g, r)
             codes[:, :, i] = c.reshape(g, r)
             e = (w[:, :, i] - q) / u[:, i, i][:, None]
@@ -111,9 +125,14 @@ def gptq_codes(q: QuantizedTensor, rows: np.ndarray, hessian: np.ndarray) -> np.
     if o % g or hessian.shape[1:] != (k, k):
         raise ValueError(f"H of shape {hessian.shape} does not fit weight rows of shape {rows.shape}")
     table = q.level_table()
-    if table.shape[0] != o:
+    block = None
+    if table.shape[0] == 1:  # tensor granularity: one table for every row
         table = np.broadcast_to(table, (o, table.shape[1]))
-    codes = round_groups(rows.reshape(g, o // g, k), hessian, np.ascontiguousarray(table), q.bits)
+    elif table.shape[0] != o:  # blocks of q.codes.shape[1] columns, each with its own table
+        block = q.codes.shape[1]
+        if table.shape[0] * block != o * k:
+            raise ValueError(f"{table.shape[0]} level tables do not fit weight rows of shape {rows.shape}")
+    codes = round_groups(rows.reshape(g, o // g, k), hessian, np.ascontiguousarray(table), q.bits, block)
     return codes.reshape(o, k)
 
 

@@ -92,9 +92,26 @@ def inline_decoders(model: onnx.ModelProto) -> onnx.ModelProto:
     return inlined
 
 
-def group_rows(weight: Weight, granularity: str) -> np.ndarray:
-    """The weight as (groups, n): one row per output channel, or one row in all."""
+def group_rows(weight: Weight, granularity: str, group_size: int | None = None) -> np.ndarray:
+    """The weight as (groups, n): one row per output channel, or one row in all.
+
+    With group_size G, each output channel's K weights (the input dimensions,
+    flattened) are cut into K / G rows of G, so every block of G has its own
+    parameters; G must divide K (see block_size).
+    """
     a = weight.array.astype(np.float32, copy=False)
     if granularity == "tensor" or a.ndim < 2:
         return a.reshape(1, -1)
-    return np.moveaxis(a, weight.axis, 0).reshape(a.shape[weight.axis], -1)
+    rows = np.moveaxis(a, weight.axis, 0).reshape(a.shape[weight.axis], -1)
+    if group_size and block_size(weight, group_size) == group_size:
+        return rows.reshape(-1, group_size)
+    return rows
+
+
+def block_size(weight: Weight, group_size: int) -> int | None:
+    """group_size if it splits each output channel of the weight evenly into several blocks, else None."""
+    a = weight.array
+    if a.ndim < 2:
+        return None
+    k = a.size // a.shape[weight.axis]
+    return group_size if k % group_size == 0 and k > group_size else None
