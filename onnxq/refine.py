@@ -175,7 +175,7 @@ def choose_widths(
     measured = {}
     for i, w in enumerate(measurable):
         value = to_weight(w, to_rows(w, candidates[w.name][reference].dequantized))
-        measured[w.name] = probe.noise({w.name: value.astype(w.array.dtype)})
+        measured[w.name] = probe.noise(w.name, value)
         if progress:
             progress(i + 1, len(measurable), f"sensitivity {w.name}")
     curves = sensitivity.noise_curves(measured, errors, reference)
