@@ -119,6 +119,16 @@ def _quantize_weight(weight, config: Config, bits: int | None = None) -> Quantiz
     return quantize(rows, CODEBOOKS[config.codebook], bits or config.bits, config.scale)
 
 
+def _decoder_bytes(config: Config, widths: list[int], opset: int) -> int:
+    """Bytes of the decoder functions a model with every one of these widths would carry."""
+    functions: dict[str, int] = {}
+    for bits in widths:
+        q = quantize(np.ones((1, 8), np.float32), CODEBOOKS[config.codebook], bits, config.scale)
+        for f in FORMATS[config.format].decoders(q, opset):
+            functions[f.name] = f.ByteSize()
+    return sum(functions.values())
+
+
 def candidate_widths(target_bits: float) -> list[int]:
     """The widths the allocation chooses from: around the target, within 2..8."""
     return list(range(max(2, math.floor(target_bits) - 2), min(8, math.ceil(target_bits) + 3) + 1))
@@ -177,7 +187,15 @@ def _quantize_all(
         }
         t = time.perf_counter()
         chosen, notes = refine.choose_widths(
-            model, weights, widths, candidates, layers, data, config.target_bits, progress
+            model,
+            weights,
+            widths,
+            candidates,
+            layers,
+            data,
+            config.target_bits,
+            progress,
+            reserve=lambda used: _decoder_bytes(config, sorted(used), rewrite.default_opset(model)),
         )
         report.seconds["allocation"] = time.perf_counter() - t
         wider = [(w, chosen[w.name]) for w in weights if chosen[w.name] not in candidates[w.name]]

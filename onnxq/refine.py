@@ -18,6 +18,7 @@ import onnx
 
 from onnxq import allocate, bias, calibrate, sensitivity
 from onnxq.calibrate import LayerSpec, LayerStats
+from onnxq.errors import OnnxqError
 from onnxq.gptq import gptq_codes
 from onnxq.quantize import QuantizedTensor, with_codes
 from onnxq.select import Weight
@@ -133,8 +134,12 @@ def choose_widths(
     data: Data,
     target_bits: float,
     progress: Callable[[int, int, str], None] | None = None,
+    reserve: Callable[[set[int]], float] = lambda used: 0.0,
 ) -> tuple[dict[str, int], list[str]]:
     """Bits per weight, from widths, within target_bits on average (indices, parameters, decoder node).
+
+    reserve(widths allowed) is taken off the budget too: the decoder functions,
+    which the model carries once per width it uses.
 
     candidates holds each weight quantized at some of the widths (at least the
     reference, round(target_bits)); above the widest of them, a layer's error is
@@ -179,15 +184,30 @@ def choose_widths(
         if progress:
             progress(i + 1, len(measurable), f"sensitivity {w.name}")
     curves = sensitivity.noise_curves(measured, errors, reference)
-    chosen = allocate.allocate(
-        {w.name: costs[w.name] for w in measurable}, {w.name: curves[w.name] for w in measurable}, budget
-    )
+    chosen = _allocate_within(costs, curves, measurable, widths, budget, reserve)
     chosen.update({w.name: fixed_width for w in fixed})
     notes.append(
         f"bits chosen by measured sensitivity on {min(PROBE_SAMPLES, data.samples)} {data.mode} samples "
         f"(each tensor measured at {reference} bits, scaled by its layer's output error)"
     )
     return chosen, notes
+
+
+def _allocate_within(costs, curves, measurable, widths, budget, reserve) -> dict[str, int]:
+    """Allocate over all widths, reserving every width's decoder; if that cannot fit, drop the widest."""
+    names = [w.name for w in measurable]
+    for top in range(len(widths), 0, -1):
+        allowed = widths[:top]
+        try:
+            return allocate.allocate(
+                {n: {b: costs[n][b] for b in allowed} for n in names},
+                {n: {b: curves[n][b] for b in allowed} for n in names},
+                budget - reserve(set(allowed)),
+            )
+        except OnnxqError:
+            if top == 1:
+                raise
+    return {}
 
 
 def _fit_batch(model: onnx.ModelProto, data: Data, feeds: list[dict]) -> list[dict]:
