@@ -27,6 +27,7 @@ from onnxq.validate import compare_models
 
 GRANULARITIES = ("tensor", "channel")
 ROUNDINGS = ("nearest", "gptq")
+GPTQ_BEFORE_ALLOCATION = True
 MIN_TARGET_BITS = 2.0
 MIN_OPSET = 11  # BitShift, the unpacking op, needs opset 11
 Progress = Callable[[int, int, str], None]
@@ -185,6 +186,15 @@ def _quantize_all(
             w.name: dict(zip(exact, flat[i * len(exact) : (i + 1) * len(exact)]))
             for i, w in enumerate(weights)
         }
+        if config.resolved_rounding() == "gptq" and GPTQ_BEFORE_ALLOCATION:
+            # Measure what will be stored: sensitivity and errors of the GPTQ codes.
+            t = time.perf_counter()
+            for w in weights:
+                for b, q in candidates[w.name].items():
+                    candidates[w.name][b], rounding_done[f"{w.name}@{b}"] = refine.round_with_gptq(
+                        w, q, layers.get(w.name, [])
+                    )
+            report.seconds["gptq"] = time.perf_counter() - t
         t = time.perf_counter()
         chosen, notes = refine.choose_widths(
             model,
@@ -213,15 +223,19 @@ def _quantize_all(
     rounding = config.resolved_rounding()
     t = time.perf_counter()
     for i, (w, q) in enumerate(zip(weights, quantized)):
-        how = "nearest"
-        if rounding == "gptq":
-            q, how = refine.round_with_gptq(w, q, layers.get(w.name, []))
-            quantized[i] = q
-            if progress:
-                progress(i + 1, len(weights), f"gptq {w.name}")
+        how = rounding_done.pop(f"{w.name}@{q.bits}", None)
+        if how is None:
+            how = "nearest"
+            if rounding == "gptq":
+                q, how = refine.round_with_gptq(w, q, layers.get(w.name, []))
+                quantized[i] = q
+                if progress:
+                    progress(i + 1, len(weights), f"gptq {w.name}")
         rounding_done[w.name] = how
+    for key in [k for k in rounding_done if "@" in k]:
+        del rounding_done[key]
     if rounding == "gptq":
-        report.seconds["gptq"] = time.perf_counter() - t
+        report.seconds["gptq"] = report.seconds.get("gptq", 0.0) + time.perf_counter() - t
     if config.resolved_bias_correction():
         for w, q in zip(weights, quantized):
             biases_done[w.name] = refine.correct_biases(model, w, q, layers.get(w.name, []))
