@@ -21,7 +21,7 @@ from onnxq.errors import OnnxqError, WeightError
 from onnxq.quantize import SCALES, QuantizedTensor, quantize
 from onnxq.report import Bytes, Report, SkipReport, WeightReport
 from onnxq.select import FLOAT_TYPES, find_weights, iter_graphs
-from onnxq.storage import CODEBOOK_SUFFIXES, FORMATS, INDICES_SUFFIX
+from onnxq.storage import CODEBOOK_ATTRIBUTES, CODEBOOK_SUFFIXES, FORMATS, INDICES_SUFFIX
 from onnxq.storage.fold import DOMAIN
 from onnxq.validate import compare_models
 
@@ -110,14 +110,16 @@ class Config:
                 raise OnnxqError(f"--exclude {pattern!r} is not a valid regular expression: {exc}") from None
 
 
-def _quantize_weight(weight, config: Config, bits: int | None = None) -> QuantizedTensor:
+def _quantize_weight(weight, config: Config, bits: int | None = None, layers=None) -> QuantizedTensor:
+    """layers: per weight name, its layers' input statistics (auto then ranks by output error)."""
     if not np.all(np.isfinite(weight.array)):
         raise WeightError(
             f"weight {weight.name!r} contains NaN or Inf; fix the model, or leave the tensor "
             f"in float with --exclude '^{re.escape(weight.name)}$'"
         )
     rows = rewrite.group_rows(weight, config.granularity, config.group_size)
-    return quantize(rows, CODEBOOKS[config.codebook], bits or config.bits, config.scale)
+    error = refine.output_error(weight, (layers or {}).get(weight.name, []))  # None: |dW|^2
+    return quantize(rows, CODEBOOKS[config.codebook], bits or config.bits, config.scale, error)
 
 
 def _decoder_bytes(config: Config, widths: list[int], opset: int) -> int:
@@ -169,7 +171,7 @@ def _quantize_all(
         if progress:
             progress(0, len(jobs), stage)
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            for i, q in enumerate(pool.map(lambda job: _quantize_weight(job[0], config, job[1]), jobs)):
+            for i, q in enumerate(pool.map(lambda j: _quantize_weight(j[0], config, j[1], layers), jobs)):
                 out.append(q)
                 if progress:
                     progress(i + 1, len(jobs), f"{stage} {jobs[i][0].name}")  # type: ignore[attr-defined]
@@ -251,7 +253,7 @@ def _byte_breakdown(model: onnx.ModelProto) -> Bytes:
                     continue
                 size = len(attr.t.raw_data) or attr.t.ByteSize()
                 if node.domain == DOMAIN:
-                    if attr.name == "ranges":  # the decoder's parameter ranges
+                    if attr.name in CODEBOOK_ATTRIBUTES:  # parameter ranges, fitted tables
                         out.codebooks += size
                 elif attr.t.data_type in FLOAT_TYPES:
                     out.float_tensors += size
@@ -331,7 +333,7 @@ def compress_model(
                 codebook=q.codebook,
                 elements=int(weight.array.size),
                 index_bytes=index_bytes,
-                codebook_bytes=int(q.params.nbytes + q.ranges.nbytes),
+                codebook_bytes=q.codebook_bytes,
                 correlation=q.correlation,
                 sqnr_db=q.sqnr_db,
                 rounding=rounding_done.get(weight.name, "nearest"),

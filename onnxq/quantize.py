@@ -8,7 +8,9 @@ sum w*y / sum y^2). The level of code k in group g is then
 
 Each group's parameters share one uint16 on per-tensor grids: 6 bits of
 ln(x0) and 10 of ln(s) (a linear codebook needs only ln(s*x0), which gets all
-16). Scale code 0 marks an all-zero group. Every weight then takes the code of
+16). Scale code 0 marks an all-zero group. A fitted codebook (kmeans) has one
+table t per tensor instead of x0: offset_k = ln t_k, stored with the tensor, and
+ln(s) gets all 16 bits. Every weight then takes the code of
 its nearest stored level; the graph rebuilds these levels with the same
 float32 operations, so they match to within the 1-2 ulp by which onnxruntime's
 Exp differs from numpy's. (Measured on EfficientNet-Lite0 at 5 bits: 8 + 8
@@ -17,6 +19,7 @@ bits lost 5 points of agreement against exact parameters, 6 + 10 bits none.)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -45,10 +48,17 @@ class QuantizedTensor:
     dequantized: np.ndarray  # (groups, n) float32, what the graph rebuilds
     correlation: float  # corr(w, w_q) over the whole tensor
     sqnr_db: float  # 10 log10(sum w^2 / sum (w - w_q)^2)
+    tensor_offset: bool = False  # offset is this tensor's own (a fitted table), not its codebook's
 
     @property
     def groups(self) -> int:
         return int(self.codes.shape[0])
+
+    @property
+    def codebook_bytes(self) -> int:
+        """What the file stores besides the indices: parameters, ranges, and an own offset table."""
+        own = self.offset.nbytes if self.tensor_offset else 0
+        return int(self.params.nbytes + self.ranges.nbytes + own)
 
     def level_table(self) -> np.ndarray:
         """(groups, 2^bits) float32 levels, computed in the graph's order of operations."""
@@ -151,13 +161,27 @@ def nearest_codes(w: np.ndarray, table: np.ndarray, bits: int) -> np.ndarray:
     return (signed + zero_code(bits)).astype(np.uint8)
 
 
-def quantize(w: np.ndarray, codebook: Codebook, bits: int, scale: str) -> QuantizedTensor:
-    """Quantize each row of w (groups, n) to its own b-bit codebook."""
+def quantize(
+    w: np.ndarray,
+    codebook: Codebook,
+    bits: int,
+    scale: str,
+    error: Callable[[QuantizedTensor], float] | None = None,
+) -> QuantizedTensor:
+    """Quantize each row of w (groups, n) to its own b-bit codebook.
+
+    error ranks the candidates of a choosing codebook (auto); None means the
+    weight-space squared error sum (w - w_q)^2.
+    """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}")
     w64 = np.asarray(w, dtype=np.float64)
     if not np.all(np.isfinite(w64)):
         raise ValueError("weights contain NaN or Inf")
+    if codebook.candidates():
+        return _least_error(w64, codebook.candidates(), bits, scale, error)
+    if codebook.fitted:
+        return _quantize_fitted(w64, codebook, bits, scale)
     peak = np.abs(w64).max(axis=1)
     live = peak > 0
     norm = np.where(live, peak, 1.0)
@@ -195,7 +219,12 @@ def quantize(w: np.ndarray, codebook: Codebook, bits: int, scale: str) -> Quanti
         step_codes, step_rng = _encode(a[0] * log_x0 + log_s, live, 16, zero_code=True)
         params = step_codes.astype(np.uint16)
         ranges = step_rng[None, :]
+    return _nearest(w64, codebook, bits, params, ranges, (slope, offset, sign), live)
 
+
+def _nearest(w64, codebook, bits, params, ranges, tables, live, tensor_offset=False) -> QuantizedTensor:
+    """Every weight at its nearest stored level (zero in dead groups)."""
+    slope, offset, sign = tables
     table = level_table(params, ranges, slope, offset, sign)
     codes = nearest_codes(w64, table, bits)
     codes[~live] = zero_code(bits)
@@ -211,8 +240,33 @@ def quantize(w: np.ndarray, codebook: Codebook, bits: int, scale: str) -> Quanti
         dequantized=np.zeros(0, np.float32),
         correlation=0.0,
         sqnr_db=0.0,
+        tensor_offset=tensor_offset,
     )
     return with_codes(q, w64, codes)
+
+
+def _quantize_fitted(w64: np.ndarray, codebook: Codebook, bits: int, scale: str) -> QuantizedTensor:
+    """A fitted codebook: its per-tensor table as offset_k = ln t_k, and ln(s) on 16 bits."""
+    t, s = codebook.fit(np.abs(w64), bits, scale)
+    sign, index = code_layout(bits)
+    log_t = np.log(t)
+    offset = np.where(index >= 0, log_t[np.maximum(index, 0)], 0.0).astype(np.float32)
+    live = s > 0
+    codes, rng = _encode(np.log(np.where(live, s, 1.0)), live, 16, zero_code=True)
+    tables = (np.zeros(sign.size, np.float32), offset, sign.astype(np.float32))
+    return _nearest(w64, codebook, bits, codes.astype(np.uint16), rng[None, :], tables, live, True)
+
+
+def _least_error(w64, candidates, bits, scale, error) -> QuantizedTensor:
+    """The candidate codebook's quantization with the least error (the first one on a tie)."""
+    best, best_error = None, np.inf
+    for codebook in candidates:
+        q = quantize(w64, codebook, bits, scale)
+        e = error(q) if error is not None else float(np.sum((w64 - q.dequantized) ** 2))
+        if best is None or e < best_error:
+            best, best_error = q, e
+    assert best is not None
+    return best
 
 
 def with_codes(q: QuantizedTensor, w: np.ndarray, codes: np.ndarray) -> QuantizedTensor:

@@ -221,7 +221,16 @@ def _fit_batch(model: onnx.ModelProto, data: Data, feeds: list[dict]) -> list[di
 
 def cost_bytes(q: QuantizedTensor, bits: int | None = None) -> float:
     """What a weight adds to the file at q's width (or bits): indices, parameters, decoder node."""
-    return -(-q.codes.size // 8) * (bits or q.bits) + q.params.nbytes + q.ranges.nbytes + DECODER_BYTES
+    return -(-q.codes.size // 8) * (bits or q.bits) + q.codebook_bytes + DECODER_BYTES
+
+
+def output_error(weight: Weight, layers: list[Layer]) -> Callable[[QuantizedTensor], float] | None:
+    """q -> tr(dW H dW^T) over the layers that read the weight, or None without statistics that fit."""
+    rows = float_rows(weight)
+    hs = [layer.stats.hessian for layer in layers]
+    if not hs or any(h.shape[1:] != (rows.shape[1],) * 2 or rows.shape[0] % h.shape[0] for h in hs):
+        return None
+    return lambda q: sensitivity.layer_error(to_rows(weight, q.dequantized) - rows, hs)
 
 
 def round_with_gptq(weight: Weight, q: QuantizedTensor, layers: list[Layer]) -> tuple[QuantizedTensor, str]:

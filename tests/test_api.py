@@ -44,7 +44,7 @@ def test_readme_examples(tiny, tiny_path, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"codebook": "kmeans"}, "--codebook must be one of linear, exponential; got 'kmeans'"),
+        ({"codebook": "lloyd"}, "--codebook must be one of linear, exponential, kmeans, auto; got 'lloyd'"),
         ({"granularity": "row"}, "--granularity must be one of tensor, channel"),
         ({"scale": "max"}, "--scale must be one of variance, lsq"),
         ({"format": "zip"}, "--format must be one of fold"),

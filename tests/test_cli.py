@@ -203,7 +203,7 @@ def test_min_agreement_not_met_exits_3(tiny_path, tmp_path):
         (["--bits", "0"], "--bits"),
         (["--bits", "9"], "--bits"),
         (["--bits", "five"], "--bits"),
-        (["--codebook", "kmeans"], "linear, exponential"),
+        (["--codebook", "lloyd"], "kmeans, auto"),
         (["--granularity", "row"], "tensor, channel"),
         (["--scale", "max"], "variance, lsq"),
         (["--format", "zip"], "fold"),

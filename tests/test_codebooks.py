@@ -14,6 +14,8 @@ from onnxq.quantize import quantize
 
 BITS = list(range(1, 9))
 CODEBOOK_BITS = [(name, bits) for name in CODEBOOKS for bits in BITS]
+# The log-linear families, whose x0 search.py searches (not fitted, not a choice among others)
+SEARCHED = [name for name, codebook in CODEBOOKS.items() if not codebook.fitted and not codebook.candidates()]
 PROPERTY = settings(max_examples=25, deadline=None)
 
 
@@ -26,7 +28,11 @@ def weight_groups(draw) -> np.ndarray:
         hnp.arrays(np.float32, (groups, n), elements=st.floats(-1, 1, width=32, allow_subnormal=False))
     )
     scales = draw(hnp.arrays(np.float64, (groups, 1), elements=st.sampled_from([1e-4, 1e-2, 1.0, 30.0])))
-    return (values * scales).astype(np.float32)
+    w = (values * scales).astype(np.float32)
+    # Products below float32's smallest normal (1e-38 * 1e-4) would be subnormal, and decode
+    # with a few bits of precision, moving the per-tensor scale grid on every pass: flush them.
+    w[np.abs(w) < np.finfo(np.float32).tiny] = 0
+    return w
 
 
 def used_levels(table: np.ndarray, bits: int) -> np.ndarray:
@@ -39,7 +45,8 @@ def used_levels(table: np.ndarray, bits: int) -> np.ndarray:
 
 
 def test_registry_keys_are_one_lowercase_word_matching_the_codebook_name():
-    assert set(CODEBOOKS) >= {"linear", "exponential"}
+    assert set(CODEBOOKS) >= {"linear", "exponential", "kmeans", "auto"}
+    assert SEARCHED == ["linear", "exponential"]
     for key, codebook in CODEBOOKS.items():
         assert key.isalpha() and key.islower()
         assert isinstance(codebook, Codebook)
@@ -85,7 +92,7 @@ def test_exponential_magnitudes_grow_geometrically_to_one(bits):
         np.testing.assert_allclose(mags[:, 1:] / mags[:, :-1], np.repeat(q[:, None], m - 1, 1), rtol=1e-9)
 
 
-@pytest.mark.parametrize("name", CODEBOOKS)
+@pytest.mark.parametrize("name", SEARCHED)
 @pytest.mark.parametrize("bits", BITS)
 def test_magnitudes_are_log_linear_in_x0(name, bits):
     # ln g_k = a_k ln x0 + c_k is what lets the graph rebuild levels from two numbers.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from onnxq.codebooks import exponential, linear
+from onnxq.codebooks import auto, exponential, kmeans, linear
 from onnxq.codebooks.base import Codebook, code_layout, magnitude_count, zero_code
 
 CODEBOOKS: dict[str, Codebook] = {
     "linear": linear.CODEBOOK,
     "exponential": exponential.CODEBOOK,
+    "kmeans": kmeans.CODEBOOK,
+    "auto": auto.CODEBOOK,
 }
 
 __all__ = ["CODEBOOKS", "Codebook", "code_layout", "magnitude_count", "zero_code"]

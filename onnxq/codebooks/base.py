@@ -5,13 +5,18 @@ or 1 for b = 1) and, for b >= 2, a zero level. Codes are sorted by level:
 [-g_M, ..., -g_1, 0, g_1, ..., g_M], so 2M + 1 of the 2^b codes are used and
 the last code is spare (it decodes to 0). One bit is the sign alone: [-g_1, g_1].
 
-Every codebook here writes its magnitudes as ln g_k = a_k * ln(x0) + c_k, which
-lets the graph rebuild per-group levels from two numbers per group.
+Two kinds of codebook share that layout. A log-linear family writes its
+magnitudes as ln g_k = a_k * ln(x0) + c_k, which lets the graph rebuild
+per-group levels from two numbers per group, x0 being searched per group. A
+fitted codebook (fitted = True) instead fits one normalized table t_1 < ... < t_M
+to the whole tensor and a scale per group (fit). A codebook with candidates is a
+choice among others, made per tensor by the quantizer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -45,13 +50,15 @@ def zero_code(bits: int) -> int:
 
 @dataclass(frozen=True)
 class Codebook:
-    """A family of level sets, indexed by the first level x0 in (0, 1].
+    """A family of level sets, indexed by the first level x0 in (0, 1], or fitted to the data.
 
-    Subclasses give the log-linear coefficients of their magnitudes.
+    Log-linear subclasses give the coefficients of their magnitudes; fitted ones
+    set fitted and implement fit.
     """
 
     name: str
     summary: str
+    fitted: ClassVar[bool] = False  # levels fitted per tensor (fit), not searched over x0
 
     def log_coefficients(self, bits: int) -> tuple[np.ndarray, np.ndarray]:
         """(a, c) with ln g_k = a_k * ln(x0) + c_k, each of length magnitude_count(bits)."""
@@ -61,3 +68,14 @@ class Codebook:
         """Normalized magnitudes, shape (groups, M), for ln(x0) of shape (groups,)."""
         a, c = self.log_coefficients(bits)
         return np.exp(np.asarray(log_x0, dtype=np.float64)[:, None] * a[None, :] + c[None, :])
+
+    def fit(self, magnitudes: np.ndarray, bits: int, scale: str) -> tuple[np.ndarray, np.ndarray]:
+        """For a fitted codebook: the table t (M,) in (0, 1] and the scales (groups,) for |w| (groups, n).
+
+        Group g's magnitude levels are then s_g * t; a scale of 0 marks an all-zero group.
+        """
+        raise NotImplementedError(f"the {self.name} codebook is searched over x0, not fitted")
+
+    def candidates(self) -> tuple[Codebook, ...]:
+        """The codebooks this one chooses among, per tensor; () for a codebook of its own."""
+        return ()

@@ -5,7 +5,9 @@ levels[g, k] = sign_k * exp(slope_k * ln x0_g + offset_k + ln s_g) * [g is live]
 The decoder is one small model-local function per (codebook, bits), holding its
 code tables, that calls two functions every width shares (Unpack reads the bit
 width at run time); each weight adds two initializers (indices, codebook) and
-one call node whose attributes carry the shape and the parameter ranges. Every op in it is constant-foldable,
+one call node whose attributes carry the shape and the parameter ranges (and, for
+a fitted codebook such as kmeans, the tensor's own offset table, which the decoder
+reads instead of a constant of its own). Every op in it is constant-foldable,
 so onnxruntime turns each call into a float initializer when the session is
 created and inference runs at float speed.
 """
@@ -165,6 +167,7 @@ def decoders(q: QuantizedTensor, opset: int) -> list[onnx.FunctionProto]:
     # The shape and the parameter ranges are attributes of the call: cheaper than
     # two more named initializers per weight.
     b.nodes += [_ref("shape"), _ref("ranges")]
+    attributes = ["shape", "ranges"]
     count = b.add("ReduceProd", ["shape"], "count", keepdims=1)
     bits = b.const("bits", np.array([q.bits], np.int64))
     codes = b.add(UNPACK, ["indices", bits, count], "codes", domain=DOMAIN)
@@ -175,7 +178,13 @@ def decoders(q: QuantizedTensor, opset: int) -> list[onnx.FunctionProto]:
         axis=0,
     )
     codes2 = b.add("Reshape", [codes, rows], "codes2")
-    tables = [b.const(name, getattr(q, name)) for name in ("sign", "slope", "offset")]
+    tables = [b.const(name, getattr(q, name)) for name in ("sign", "slope")]
+    if q.tensor_offset:  # a fitted table differs per tensor: the call carries it
+        b.nodes.append(_ref("offset"))
+        attributes.append("offset")
+        tables.append("offset")
+    else:
+        tables.append(b.const("offset", q.offset))
     p = q.ranges.shape[0]
     table = b.add(LEVELS[p], ["params", "ranges", *tables], "table", domain=DOMAIN)
     gathered = b.add("GatherElements", [table, codes2], "gathered", axis=1)
@@ -188,7 +197,7 @@ def decoders(q: QuantizedTensor, opset: int) -> list[onnx.FunctionProto]:
         ["weight"],
         b.nodes,
         imports,
-        attributes=["shape", "ranges"],
+        attributes=attributes,
     )
     return [call, unpack_function(opset), levels_function(p, opset)]
 
@@ -201,12 +210,13 @@ def encode(
         numpy_helper.from_array(pack_bits(q.codes.ravel(), q.bits), f"{name}.onnxq.indices"),
         numpy_helper.from_array(q.params, f"{name}.onnxq.codebook"),
     ]
+    attrs = {
+        "shape": numpy_helper.from_array(np.array(shape, np.int64)),
+        "ranges": numpy_helper.from_array(q.ranges.astype(np.float32)),
+    }
+    if q.tensor_offset:
+        attrs["offset"] = numpy_helper.from_array(q.offset.astype(np.float32))
     node = helper.make_node(
-        function_name(q.codebook, q.bits),
-        [t.name for t in inits],
-        [output],
-        domain=DOMAIN,
-        shape=numpy_helper.from_array(np.array(shape, np.int64)),
-        ranges=numpy_helper.from_array(q.ranges.astype(np.float32)),
+        function_name(q.codebook, q.bits), [t.name for t in inits], [output], domain=DOMAIN, **attrs
     )
     return inits, node
