@@ -10,6 +10,7 @@ Plain --bits without calibration, GPTQ or bias correction needs none of this.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -149,7 +150,8 @@ def choose_widths(
     notes = []
     computed = sorted(next(iter(candidates.values())))
     reference = max(computed[0], min(computed[-1], round(target_bits)))
-    costs = {w.name: {b: cost_bytes(candidates[w.name][reference], b) for b in widths} for w in weights}
+    every = list(range(2, 9))
+    costs = {w.name: {b: cost_bytes(candidates[w.name][reference], b) for b in every} for w in weights}
     budget = target_bits * sum(w.array.size for w in weights) / 8
     main = {t.name for t in model.graph.initializer}
     measurable = [w for w in weights if w.name in main and w.graph is model.graph]
@@ -170,9 +172,11 @@ def choose_widths(
             b: sensitivity.layer_error(to_rows(w, q.dequantized) - rows, hs)
             for b, q in candidates[w.name].items()
         }
-        for b in widths:
+        for b in every:  # outside the computed widths: 6 dB per bit
             if b > computed[-1]:
                 e[b] = e[computed[-1]] * 4.0 ** (computed[-1] - b)
+            elif b < computed[0]:
+                e[b] = e[computed[0]] * 4.0 ** (computed[0] - b)
         errors[w.name] = e
     feeds = list(calibrate.iter_batches({n: a[:PROBE_SAMPLES] for n, a in data.arrays.items()}, 1))
     feeds = _fit_batch(model, data, feeds)
@@ -194,20 +198,35 @@ def choose_widths(
 
 
 def _allocate_within(costs, curves, measurable, widths, budget, reserve) -> dict[str, int]:
-    """Allocate over all widths, reserving every width's decoder; if that cannot fit, drop the widest."""
+    """The least-noise allocation whose tensors plus the decoders of the widths it uses fit.
+
+    The decoders' bytes depend on which set of widths is used, so every subset of
+    the widths is solved with its own reserve, and the best kept (a few dozen
+    knapsacks of milliseconds each). When no subset fits (a small model), the
+    tensors may go down to 2 bits.
+    """
     names = [w.name for w in measurable]
-    for top in range(len(widths), 0, -1):
-        allowed = widths[:top]
-        try:
-            return allocate.allocate(
-                {n: {b: costs[n][b] for b in allowed} for n in names},
-                {n: {b: curves[n][b] for b in allowed} for n in names},
-                budget - reserve(set(allowed)),
-            )
-        except OnnxqError:
-            if top == 1:
-                raise
-    return {}
+    for pool in (widths, list(range(2, widths[-1] + 1))):
+        best: tuple[float, dict[str, int]] | None = None
+        for size in range(1, len(pool) + 1):
+            for allowed in itertools.combinations(pool, size):
+                try:
+                    chosen = allocate.allocate(
+                        {n: {b: costs[n][b] for b in allowed} for n in names},
+                        {n: {b: curves[n][b] for b in allowed} for n in names},
+                        budget - reserve(set(allowed)),
+                    )
+                except OnnxqError:
+                    continue
+                noise = sum(curves[n][b] for n, b in chosen.items())
+                if best is None or noise < best[0]:
+                    best = (noise, chosen)
+        if best is not None:
+            return best[1]
+    raise OnnxqError(
+        f"--target-bits leaves {budget / 1024:.1f} KiB for the weights, too little even at 2 bits "
+        "with their decoders; raise --target-bits"
+    )
 
 
 def _fit_batch(model: onnx.ModelProto, data: Data, feeds: list[dict]) -> list[dict]:

