@@ -43,10 +43,13 @@ def test_two_bits_is_the_same_for_both_codebooks():
 
 
 def test_tables_markdown_lists_every_bits_and_codebook():
-    rows = paper_tables.table_rows(n=500, seed=0, points=201, bits=[2, 3])
-    text = paper_tables.render_tables(rows, "python tools/paper_tables.py tables", "abc1234", 1.0)
+    rows = paper_tables.table_rows(n=500, seed=0, points=201, bits=[2, 3], seeds=2)
+    text = paper_tables.render_tables(rows, "python tools/paper_tables.py tables", "abc1234", 1.0, 2)
     assert "onnxq at commit abc1234" in text and "python tools/paper_tables.py tables" in text
-    header = "| bits | codebook | C search | x0 search | C brute | x0 brute | search - brute | ALGORITHM.md |"
+    header = (
+        "| bits | codebook | C search | x0 search | C brute | x0 brute | search - brute | ALGORITHM.md "
+        "| C search, seeds 0-1 |"
+    )
     assert text.count(header) == 2  # one table per distribution
     assert sum(line.startswith("| 3 | exponential |") for line in text.splitlines()) == 2
 
@@ -143,3 +146,13 @@ def test_the_shared_sample_splits_100_and_900():
     assert (len(calibration), len(evaluation)) == (100, 900)
     assert not {p for p, _ in calibration} & {p for p, _ in evaluation}
     assert np.all(np.array([c for _, c in calibration]) % 10 == 0)
+
+
+def test_seed_0_reproduces_the_algorithm_md_table():
+    """10,000 numbers per distribution, seed 0: ALGORITHM.md's table within one unit of its last digit."""
+    samples = paper_tables.draw_all(10_000, seed=0)
+    for (distribution, codebook), by_bits in paper_tables.REFERENCE.items():
+        for bits, expected in by_bits.items():
+            found = paper_tables.search_maximum(samples[distribution], CODEBOOKS[codebook], bits)
+            unit = 10.0 ** -len(str(expected).split(".")[1])
+            assert abs(found.correlation - expected) <= unit, (distribution, codebook, bits)
