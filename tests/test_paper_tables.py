@@ -79,6 +79,9 @@ def fake_row(method, drop, ratio, **extra):
         "ratio": ratio,
         "bits_per_weight": 4.1,
         "seconds": 12.0,
+        "rounding": "nearest",
+        "bias_correction": False,
+        "data": None,
     }
     return row | extra
 
@@ -106,6 +109,12 @@ def test_report_renders_one_table_per_model_and_the_levers(results):
     assert levers and levers[0].endswith("| - | - |")  # not measured at 4 or 5 bits
     assert next(line for line in lines if line.startswith("| plain |")).endswith("| 30.0 | - |")
     assert "python tools/paper_tables.py sweep --models tiny" in text and "abc1234" in text
+    detail = [line for line in lines if line.startswith("| 4 | exponential | channel | plain |")]
+    expected = (
+        "| 4 | exponential | channel | plain | nearest, no data | 0.5000 | 0.8000 | 30.0 "
+        "| 0.900 | 7.30 | 4.10 | 12 | abc1234 |"
+    )
+    assert detail == [expected]
 
 
 def test_sweep_skips_configs_already_in_the_results(results, tmp_path, capsys):

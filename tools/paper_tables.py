@@ -459,18 +459,28 @@ def model_table(model: str, rows: dict[tuple, dict], methods: list[str]) -> list
     return markdown_table(header, ["---:", "---", "---"] + ["---:"] * (len(header) - 3), body)
 
 
+def _levers_used(row: dict) -> str:
+    """What actually ran: rounding, bias correction, and which data (if any)."""
+    if "error" in row:
+        return "-"
+    data = row.get("data")
+    bias = " + bias" if row.get("bias_correction") else ""
+    return f"{row.get('rounding', '?')}{bias}, {data.split(' ')[0] if data else 'no data'}"
+
+
 def detail_table(model: str, rows: dict[tuple, dict]) -> list[str]:
     """Every measured field of every row of one model."""
-    header = ["bits", "codebook", "granularity", "method", "top-1", "float", "drop", "agree", "ratio"]
-    header += ["bits/weight", "s", "commit"]
+    header = ["bits", "codebook", "granularity", "method", "ran", "top-1", "float", "drop", "agree"]
+    header += ["ratio", "bits/weight", "s", "commit"]
     body = []
     for key, r in sorted(rows.items(), key=lambda kv: (kv[0][1:4], list(METHODS).index(kv[0][4]))):
         if key[0] != model:
             continue
         fields = [("top1", ".4f"), ("float_top1", ".4f"), ("drop_points", ".1f"), ("agreement", ".3f")]
         fields += [("ratio", ".2f"), ("bits_per_weight", ".2f"), ("seconds", ".0f")]
-        body.append([str(key[1]), key[2], key[3], key[4], *(_cell(r, f, s) for f, s in fields), r["commit"]])
-    return markdown_table(header, ["---:", "---", "---", "---"] + ["---:"] * 7 + ["---"], body)
+        cells = [str(key[1]), key[2], key[3], key[4], _levers_used(r)]
+        body.append([*cells, *(_cell(r, f, s) for f, s in fields), r["commit"]])
+    return markdown_table(header, ["---:", "---", "---", "---", "---"] + ["---:"] * 7 + ["---"], body)
 
 
 def levers_table(rows: dict[tuple, dict], models: list[str]) -> list[str]:
@@ -498,8 +508,9 @@ def render_report(rows: dict[tuple, dict], command: str) -> str:
     out = [
         "## Paper sweep: the levers on the shared models",
         "",
-        f"onnxq at commit(s) {', '.join(commits)}. The rows came from these commands, run from the",
-        "repository root (a later run skips configs already in the results file):",
+        f"onnxq at commit(s) {', '.join(commits)}. The rows came from the sweep command(s) below,",
+        "run from the repository root (a later run skips configs already in the results file),",
+        "and the last command rendered this section:",
         "",
         "```",
         *sweeps,
@@ -511,11 +522,15 @@ def render_report(rows: dict[tuple, dict], command: str) -> str:
         "--exclude-every 10`). **drop** = float top-1 minus compressed top-1, in points",
         "(one image is 0.11 points); **agree** = top-1 agreement with the float model;",
         "**ratio** = input file bytes / output file bytes; **s** = wall seconds of",
-        f"`onnxq.compress` (validation off), {seconds / 60:.0f} minutes in all. The machine has 2",
-        "cores and other measurements ran beside this one, so the seconds are noisy.",
+        f"`onnxq.compress` (validation off; {seconds / 60:.1f} minutes over all rows, scoring not",
+        "included). The machine has 2 cores and other measurements ran beside this one, so the",
+        "seconds are noisy: read them as magnitudes. **ran** = the rounding, bias correction and",
+        "data the pipeline actually used (mixed-datafree resolves the pipeline's own defaults).",
         "Float top-1 on the 900: " + ", ".join(f"{m} {t:.4f}" for m, t in sorted(floats.items())) + ".",
         "",
-        "Methods: " + "; ".join(f"**{m}**: {METHODS[m].summary}" for m in methods) + ".",
+        "Methods:",
+        "",
+        *(f"- **{m}**: {METHODS[m].summary}" for m in methods),
         "",
         "### Each lever alone and combined (top-1 drop in points, exponential, per channel)",
         "",
