@@ -498,11 +498,26 @@ def levers_table(rows: dict[tuple, dict], models: list[str]) -> list[str]:
     return markdown_table(header, ["---", "---"] + ["---:"] * (len(header) - 2), body)
 
 
-def render_report(rows: dict[tuple, dict], command: str) -> str:
+def library_note(commits: list[str]) -> str:
+    """Whether onnxq/ itself differs between the commits the rows were measured at."""
+    if len(commits) < 2 or any(c.endswith("-dirty") for c in commits):
+        return ""
+    for other in commits[1:]:
+        diff = subprocess.run(
+            ["git", "-C", str(ROOT), "diff", "--quiet", commits[0], other, "--", "onnxq"], check=False
+        )
+        if diff.returncode == 1:
+            return f"onnxq/ differs between {commits[0]} and {other}: compare their rows with care."
+        if diff.returncode:
+            return ""
+    return f"onnxq/ is the same at {', '.join(commits)}."
+
+
+def render_report(rows: dict[tuple, dict], command: str, note: str = "") -> str:
     models = sorted({k[0] for k in rows})
     methods = [m for m in METHODS if any(k[4] == m for k in rows)]
-    commits = sorted({r["commit"] for r in rows.values()})
-    sweeps = sorted({r["command"] for r in rows.values()})
+    commits = list(dict.fromkeys(r["commit"] for r in rows.values()))
+    sweeps = list(dict.fromkeys(r["command"] for r in rows.values()))
     seconds = sum(r.get("seconds", 0.0) for r in rows.values())
     floats = {k[0]: r["float_top1"] for k, r in rows.items() if "float_top1" in r}
     out = [
@@ -510,7 +525,7 @@ def render_report(rows: dict[tuple, dict], command: str) -> str:
         "",
         f"onnxq at commit(s) {', '.join(commits)}. The rows came from the sweep command(s) below,",
         "run from the repository root (a later run skips configs already in the results file),",
-        "and the last command rendered this section:",
+        "and the last command rendered this section." + (f" {note}" if note else ""),
         "",
         "```",
         *sweeps,
@@ -546,7 +561,8 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> None:
     rows = read_rows(args.results)
     if not rows:
         raise SystemExit(f"error: no results in {args.results}; run the sweep subcommand first")
-    text = render_report(rows, command_line(argv))
+    commits = list(dict.fromkeys(r["commit"] for r in rows.values()))
+    text = render_report(rows, command_line(argv), library_note(commits))
     print(text)
     if args.markdown:
         write_section(args.markdown, "sweep", text)
