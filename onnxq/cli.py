@@ -15,6 +15,7 @@ from rich.table import Table
 from onnxq import __version__
 from onnxq.api import GRANULARITIES, ROUNDINGS, Config, compress
 from onnxq.codebooks import CODEBOOKS
+from onnxq.decompress import decompress
 from onnxq.errors import OnnxqError
 from onnxq.quantize import SCALES
 from onnxq.report import Report
@@ -208,6 +209,30 @@ def compress_cmd(
     render(result)
     if not result:
         raise typer.Exit(EXIT_VALIDATION)
+
+
+@app.command("decompress")
+def decompress_cmd(
+    src: Annotated[Path, typer.Argument(help="A model written by onnxq compress.")],
+    dst: Annotated[Path, typer.Argument(help="Where to write the plain float model.")],
+    validate: Annotated[bool, typer.Option(help="Check that both models give the same outputs.")] = True,
+    samples: Annotated[int, typer.Option(min=1, help="Random validation runs.")] = 4,
+) -> None:
+    """Write a plain float model whose weights are the compressed model's decoded values."""
+    try:
+        count = decompress(src, dst)
+        out.print(f"decoded {count} weights; wrote {dst} ({dst.stat().st_size:,} bytes)", markup=False)
+        if validate:
+            result = compare_models(src, dst, None, {}, samples, 0, None, None)
+            worst = max((o.relative_l2_error for o in result.outputs), default=0.0)
+            render_validation(result)
+            if worst > 1e-5:
+                out.print(
+                    f"FAILED: outputs differ by {worst:.3g} (relative L2), more than 1e-5", markup=False
+                )
+                raise typer.Exit(EXIT_VALIDATION)
+    except OnnxqError as exc:
+        fail(exc)
 
 
 @app.command("validate")

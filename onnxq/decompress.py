@@ -1,0 +1,117 @@
+"""decompress: model with onnxq decoders -> plain float model whose weights are the decoded values.
+
+Every weight onnxq stored is rebuilt by onnxruntime itself, running just the
+nodes onnxq added (the decoder call and the Transpose / Cast after it) in a
+model of their own; the result replaces them as a float initializer, and the
+onnxq functions, initializers and domain go. Everything else, such as the
+corrected biases, is kept as it is.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxq.errors import OnnxqError
+from onnxq.select import iter_graphs
+from onnxq.storage.fold import DOMAIN
+from onnxq.validate import ORT_ERRORS, session
+
+MARK = ".onnxq."  # every tensor onnxq adds has this in its name
+
+
+def _added_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes that rebuild stored weights: every input is an onnxq initializer, or made by such a node."""
+    stored = {t.name for t in graph.initializer if MARK in t.name}
+    made: set[str] = set()
+    added: dict[int, onnx.NodeProto] = {}
+    changed = True
+    while changed:
+        changed = False
+        for n in graph.node:
+            inputs = [i for i in n.input if i]
+            if id(n) in added or not inputs or not all(i in stored or i in made for i in inputs):
+                continue
+            added[id(n)] = n
+            made.update(n.output)
+            changed = True
+    return list(added.values())
+
+
+def decompress(src, dst) -> int:
+    """decompress_model from file to file, written atomically; how many weights were decoded."""
+    from onnxq import io
+
+    dst_path = io.check_output_path(src, dst)
+    model, _ = io.read_model(src)
+    out, count = decompress_model(model)
+    tmp = io.write_temp(out, dst_path)
+    try:
+        io.commit(tmp, dst_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
+def decompress_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """The float model, and how many weights were decoded."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    decoded = 0
+    for graph in iter_graphs(out.graph):
+        added = _added_nodes(graph)
+        if not added:
+            continue
+        produced = {o for n in added for o in n.output}
+        weights = [o for o in produced if MARK not in o]
+        values = _evaluate(out, graph, added, weights)
+        for n in added:
+            graph.node.remove(n)
+        kept = [t for t in graph.initializer if not (MARK in t.name and _only_decoders_read(graph, t.name))]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        inputs = [i for i in graph.input if not (MARK in i.name and _only_decoders_read(graph, i.name))]
+        del graph.input[:]
+        graph.input.extend(inputs)
+        graph.initializer.extend(numpy_helper.from_array(values[name], name) for name in weights)
+        decoded += len(weights)
+    if decoded == 0 and any(f.domain == DOMAIN for f in out.functions):
+        raise OnnxqError("the onnxq decoders in this model are not called; nothing to decompress")
+    if decoded == 0:
+        raise OnnxqError(
+            "this model has no onnxq decoder calls to decompress (models below IR version 8 "
+            "get their decoders inlined and cannot be decompressed)"
+        )
+    kept_functions = [f for f in out.functions if f.domain != DOMAIN]
+    del out.functions[:]
+    out.functions.extend(kept_functions)
+    imports = [i for i in out.opset_import if i.domain != DOMAIN]
+    del out.opset_import[:]
+    out.opset_import.extend(imports)
+    onnx.checker.check_model(out, full_check=True)
+    return out, decoded
+
+
+def _only_decoders_read(graph: onnx.GraphProto, name: str) -> bool:
+    return not any(name in n.input for n in graph.node)
+
+
+def _evaluate(model: onnx.ModelProto, graph: onnx.GraphProto, nodes, outputs: list[str]) -> dict:
+    """Run just these nodes (with the graph's initializers they read) and return the outputs."""
+    needed = {i for n in nodes for i in n.input if i}
+    inits = [t for t in graph.initializer if t.name in needed]
+    sub = helper.make_graph(
+        list(nodes),
+        "decode",
+        [],
+        [onnx.ValueInfoProto(name=name) for name in outputs],
+        inits,
+    )
+    tiny = helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    tiny.functions.extend(f for f in model.functions if f.domain == DOMAIN)
+    try:
+        result = session(tiny.SerializeToString()).run(outputs, {})
+    except ORT_ERRORS as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise OnnxqError(f"onnxruntime could not decode the weights: {first}") from None
+    return dict(zip(outputs, result))
