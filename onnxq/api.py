@@ -256,7 +256,7 @@ def _quantize_all(
 
 
 def _byte_breakdown(model: onnx.ModelProto) -> Bytes:
-    out = Bytes(total=model.ByteSize())
+    out = Bytes(total=io.model_bytes(model))
     for graph in iter_graphs(model.graph):
         for node in graph.node:
             for attr in node.attribute:
@@ -304,7 +304,7 @@ def compress_model(
     times: dict[str, float] = {}
     start = time.perf_counter()
     model = copy.deepcopy(model)
-    report = Report(config=_config_dict(config), input_bytes=model.ByteSize())
+    report = Report(config=_config_dict(config), input_bytes=io.model_bytes(model))
     weights, skips = find_weights(model, config.min_elements, config.exclude)
     opset = rewrite.default_opset(model)
     if weights and opset < MIN_OPSET:
@@ -352,7 +352,8 @@ def compress_model(
             )
         )
     try:
-        onnx.checker.check_model(model, full_check=True)
+        if io.model_bytes(model) < io.PROTOBUF_LIMIT:  # bigger ones are checked once written
+            onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:  # a bug in onnxq, not in the input
         raise RuntimeError(f"onnxq produced an invalid model: {exc}") from exc
     report.output = _byte_breakdown(model)
@@ -407,16 +408,20 @@ def compress(
     report.seconds["load"] = load_seconds
     report.input_bytes = input_bytes
     t = time.perf_counter()
+    big = io.model_bytes(out) >= io.PROTOBUF_LIMIT
     tmp = io.write_temp(out, dst_path)
     try:
-        report.output.settle(tmp.stat().st_size)
+        if big:
+            io.check_written(tmp)
+            report.notes.append(f"the output is over 2 GB: its tensors are in {io.data_file(dst_path).name}")
+        report.output.settle(io.written_size(tmp, dst_path))
         report.seconds["save"] = time.perf_counter() - t
         if config.validate and report.weights:
             # Validate before the rename: an error here leaves no output behind.
             validate_into(report, Path(src), tmp, config)
         io.commit(tmp, dst_path)
     finally:
-        tmp.unlink(missing_ok=True)
+        io.discard(tmp, dst_path)
     return report
 
 

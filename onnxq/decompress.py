@@ -12,6 +12,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxq import io
 from onnxq.errors import OnnxqError
 from onnxq.select import iter_graphs
 from onnxq.storage.fold import DOMAIN
@@ -40,16 +41,17 @@ def _added_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 
 def decompress(src, dst) -> int:
     """decompress_model from file to file, written atomically; how many weights were decoded."""
-    from onnxq import io
-
     dst_path = io.check_output_path(src, dst)
     model, _ = io.read_model(src)
     out, count = decompress_model(model)
+    big = io.model_bytes(out) >= io.PROTOBUF_LIMIT
     tmp = io.write_temp(out, dst_path)
     try:
+        if big:
+            io.check_written(tmp)
         io.commit(tmp, dst_path)
     finally:
-        tmp.unlink(missing_ok=True)
+        io.discard(tmp, dst_path)
     return count
 
 
@@ -88,7 +90,8 @@ def decompress_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     imports = [i for i in out.opset_import if i.domain != DOMAIN]
     del out.opset_import[:]
     out.opset_import.extend(imports)
-    onnx.checker.check_model(out, full_check=True)
+    if io.model_bytes(out) < io.PROTOBUF_LIMIT:  # bigger ones are checked once written
+        onnx.checker.check_model(out, full_check=True)
     return out, decoded
 
 

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 from onnx.external_data_helper import uses_external_data
 
 from onnxq.errors import ModelLoadError, OnnxqError
@@ -66,7 +66,8 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read the external data of {path}: {exc}") from None
     try:
-        onnx.checker.check_model(model)
+        # By path: the checker cannot take a model of 2 GB or more in memory.
+        onnx.checker.check_model(str(path) if data_files else model)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise ModelLoadError(f"{path} is not a valid ONNX model: {first}") from None
@@ -85,17 +86,78 @@ def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst_path
 
 
+PROTOBUF_LIMIT = 2**31 - 2**26  # 2 GiB, less a margin for the graph itself
+INLINE_BYTES = 1024  # smaller tensors stay inline: onnxruntime failed on externalized shape tensors
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    """The serialized size, or an estimate from the tensors when protobuf cannot serialize it."""
+    try:
+        return model.ByteSize()
+    except EncodeError:
+        return sum(len(t.raw_data) or t.ByteSize() for t in _external_tensors(model))
+
+
+def data_file(dst: str | os.PathLike) -> Path:
+    """Where the external data of an output too big for one protobuf goes: beside it."""
+    dst = Path(dst)
+    return dst.parent / f"{dst.name}.data"
+
+
 def write_temp(model: onnx.ModelProto, dst: str | os.PathLike) -> Path:
-    """Write the model to a hidden temporary file beside dst, and return its path."""
+    """Write the model to a hidden temporary file beside dst, and return its path.
+
+    A model over protobuf's 2 GB limit keeps its tensors of INLINE_BYTES or more in
+    data_file(dst), written now under its final name (discard removes it).
+    """
     dst = Path(dst)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
+        if model_bytes(model) < PROTOBUF_LIMIT:
+            Path(tmp).write_bytes(model.SerializeToString())
+        else:
+            data_file(dst).unlink(missing_ok=True)
+            onnx.save_model(
+                model,
+                tmp,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_file(dst).name,
+                size_threshold=INLINE_BYTES,
+            )
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        discard(Path(tmp), dst)
         raise
     return Path(tmp)
+
+
+def _external(tmp: Path) -> bool:
+    return any(
+        uses_external_data(t) for t in _external_tensors(onnx.load(str(tmp), load_external_data=False))
+    )
+
+
+def written_size(tmp: Path, dst: str | os.PathLike) -> int:
+    """Bytes of a temporary output, with its external data if it has any."""
+    return tmp.stat().st_size + (data_file(dst).stat().st_size if _external(tmp) else 0)
+
+
+def check_written(tmp: Path) -> None:
+    """onnx's checker on a written output (by path, which works beyond 2 GB)."""
+    try:
+        onnx.checker.check_model(str(tmp), full_check=True)
+    except onnx.checker.ValidationError as exc:  # a bug in onnxq, not in the input
+        raise RuntimeError(f"onnxq produced an invalid model: {exc}") from exc
+
+
+def discard(tmp: Path, dst: str | os.PathLike) -> None:
+    """Remove a temporary output and the external data written for it, if any."""
+    if tmp.exists():
+        external = _external(tmp)
+        tmp.unlink()
+        if external:
+            data_file(dst).unlink(missing_ok=True)
 
 
 def commit(tmp: Path, dst: str | os.PathLike) -> None:

@@ -179,3 +179,17 @@ def test_ratio_counts_external_data(tmp_path, tiny):
     on_disk = path.stat().st_size + (tmp_path / "m" / "model.bin").stat().st_size
     assert report.input_bytes == on_disk
     assert report.ratio == pytest.approx(on_disk / (tmp_path / "out.onnx").stat().st_size)
+
+
+def test_an_output_over_the_protobuf_limit_goes_to_external_data_and_discard_removes_both(
+    tmp_path, monkeypatch, tiny
+):
+    from onnxq import io
+
+    monkeypatch.setattr(io, "PROTOBUF_LIMIT", 1000)  # the tiny model counts as huge
+    dst = tmp_path / "out.onnx"
+    tmp = io.write_temp(tiny[0], dst)
+    assert io.data_file(dst).exists() and io.written_size(tmp, dst) > tmp.stat().st_size
+    io.check_written(tmp)
+    io.discard(tmp, dst)
+    assert list(tmp_path.iterdir()) == []
