@@ -326,7 +326,7 @@ def compress_model(
     times["quantize"] = time.perf_counter() - start
 
     fmt = FORMATS[config.format]
-    rewrite.replace_weights(model, list(zip(weights, quantized)), fmt)
+    report.notes.extend(rewrite.replace_weights(model, list(zip(weights, quantized)), fmt, config.group_size))
     if weights and model.ir_version < 8:
         model = rewrite.inline_decoders(model)
         report.notes.append(

@@ -9,6 +9,7 @@ corrected biases, is kept as it is.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -16,6 +17,7 @@ from onnxq import io
 from onnxq.errors import OnnxqError
 from onnxq.select import iter_graphs
 from onnxq.storage.fold import DOMAIN
+from onnxq.storage.matmulnbits import MS_DOMAIN
 from onnxq.validate import ORT_ERRORS, session
 
 MARK = ".onnxq."  # every tensor onnxq adds has this in its name
@@ -61,20 +63,17 @@ def decompress_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     out.CopyFrom(model)
     decoded = 0
     for graph in iter_graphs(out.graph):
+        decoded += _unfuse_matmulnbits(graph)
         added = _added_nodes(graph)
         if not added:
+            _drop_unread(graph)
             continue
         produced = {o for n in added for o in n.output}
         weights = [o for o in produced if MARK not in o]
         values = _evaluate(out, graph, added, weights)
         for n in added:
             graph.node.remove(n)
-        kept = [t for t in graph.initializer if not (MARK in t.name and _only_decoders_read(graph, t.name))]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-        inputs = [i for i in graph.input if not (MARK in i.name and _only_decoders_read(graph, i.name))]
-        del graph.input[:]
-        graph.input.extend(inputs)
+        _drop_unread(graph)
         graph.initializer.extend(numpy_helper.from_array(values[name], name) for name in weights)
         decoded += len(weights)
     if decoded == 0 and any(f.domain == DOMAIN for f in out.functions):
@@ -87,7 +86,10 @@ def decompress_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     kept_functions = [f for f in out.functions if f.domain != DOMAIN]
     del out.functions[:]
     out.functions.extend(kept_functions)
-    imports = [i for i in out.opset_import if i.domain != DOMAIN]
+    used = {n.domain for g in iter_graphs(out.graph) for n in g.node}
+    imports = [
+        i for i in out.opset_import if i.domain != DOMAIN and (i.domain != MS_DOMAIN or MS_DOMAIN in used)
+    ]
     del out.opset_import[:]
     out.opset_import.extend(imports)
     if io.model_bytes(out) < io.PROTOBUF_LIMIT:  # bigger ones are checked once written
@@ -95,8 +97,41 @@ def decompress_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     return out, decoded
 
 
-def _only_decoders_read(graph: onnx.GraphProto, name: str) -> bool:
-    return not any(name in n.input for n in graph.node)
+def _drop_unread(graph: onnx.GraphProto) -> None:
+    """Remove onnxq's initializers (and IR < 4 inputs) that no node reads any more."""
+    read = {i for n in graph.node for i in n.input}
+    kept = [t for t in graph.initializer if MARK not in t.name or t.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    inputs = [i for i in graph.input if MARK not in i.name or i.name in read]
+    del graph.input[:]
+    graph.input.extend(inputs)
+
+
+def _unfuse_matmulnbits(graph: onnx.GraphProto) -> int:
+    """MatMulNBits nodes onnxq wrote -> MatMul with the dequantized float weight; how many."""
+    inits = {t.name: t for t in graph.initializer}
+    count = 0
+    for i, node in enumerate(list(graph.node)):
+        if node.op_type != "MatMulNBits" or node.domain != MS_DOMAIN or MARK not in node.input[1]:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        k, n, bits, block = attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"]
+        packed = numpy_helper.to_array(inits[node.input[1]]).reshape(n, -1)
+        scales = numpy_helper.to_array(inits[node.input[2]]).reshape(n, -1)
+        per_byte = 8 // bits
+        q = np.stack([(packed >> (bits * j)) & ((1 << bits) - 1) for j in range(per_byte)], axis=2).reshape(
+            n, -1
+        )
+        w = (q[:, :k].astype(np.float32) - (1 << (bits - 1))) * np.repeat(scales, block, axis=1)[:, :k]
+        name = node.input[1].removesuffix(".onnxq.indices")
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T), name))
+        graph.node.insert(
+            i, helper.make_node("MatMul", [node.input[0], name], list(node.output), name=node.name)
+        )
+        graph.node.remove(node)
+        count += 1
+    return count
 
 
 def _evaluate(model: onnx.ModelProto, graph: onnx.GraphProto, nodes, outputs: list[str]) -> dict:

@@ -33,13 +33,28 @@ def grouped_shape(weight: Weight, groups: int) -> tuple[tuple[int, ...], list[in
     return moved, perm
 
 
-def replace_weights(model: onnx.ModelProto, items: list[tuple[Weight, QuantizedTensor]], fmt) -> None:
-    """Swap every weight for its decoder call, and add the decoder functions."""
+def replace_weights(
+    model: onnx.ModelProto, items: list[tuple[Weight, QuantizedTensor]], fmt, block: int | None = None
+) -> list[str]:
+    """Swap every weight for its decoder call, and add the decoder functions.
+
+    A format with replace_consumer (matmulnbits) replaces the weight's consumers
+    instead, where it can; the notes say where it could not.
+    """
     opset = default_opset(model)
     functions = {f.name: f for f in model.functions}
     replaced: dict[int, tuple[onnx.GraphProto, set[str]]] = {}
+    fallbacks: dict[str, list[str]] = {}
+    extra_domains: set[str] = set()
     for weight, q in items:
         graph = weight.graph
+        if hasattr(fmt, "replace_consumer"):
+            why = _replace_consumers(graph, weight, q, fmt, block)
+            if why is None:
+                replaced.setdefault(id(graph), (graph, set()))[1].add(weight.name)
+                extra_domains.add(fmt.MS_DOMAIN)
+                continue
+            fallbacks.setdefault(why, []).append(weight.name)
         shape, perm = grouped_shape(weight, q.groups)
         name = weight.name
         dtype = onnx.helper.np_dtype_to_tensor_dtype(weight.array.dtype)
@@ -76,8 +91,33 @@ def replace_weights(model: onnx.ModelProto, items: list[tuple[Weight, QuantizedT
         graph.input.extend(kept_inputs)
     del model.functions[:]
     model.functions.extend(functions.values())
-    if items and not any(i.domain == DOMAIN for i in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    domains = extra_domains | ({DOMAIN} if any(f.domain == DOMAIN for f in functions.values()) else set())
+    for domain in sorted(domains):
+        if not any(i.domain == domain for i in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(domain, 1))
+    return [
+        f"{len(names)} weights stored as fold instead of {fmt.NAME}: {why} (e.g. {names[0]})"
+        for why, names in fallbacks.items()
+    ]
+
+
+def _replace_consumers(graph: onnx.GraphProto, weight: Weight, q: QuantizedTensor, fmt, block) -> str | None:
+    """Replace every node that reads the weight by the format's node; why not, if any cannot be."""
+    if weight.constant_node is not None:
+        return "the weight is a Constant node"
+    consumers = [n for n in graph.node if weight.name in n.input]
+    results = [fmt.replace_consumer(q, weight, n, block) for n in consumers]
+    why = next((r for r in results if isinstance(r, str)), None)
+    if why is not None or not consumers:
+        return why or "nothing reads it"
+    added: set[str] = set()
+    for old, (inits, new) in zip(consumers, results):
+        graph.node.insert(list(graph.node).index(old), new)
+        graph.node.remove(old)
+        fresh = [t for t in inits if t.name not in added]
+        graph.initializer.extend(fresh)
+        added.update(t.name for t in fresh)
+    return None
 
 
 def inline_decoders(model: onnx.ModelProto) -> onnx.ModelProto:

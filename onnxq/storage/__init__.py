@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from onnxq.storage import fold
+from onnxq.storage import fold, matmulnbits
 
 FORMATS: dict[str, ModuleType] = {
     "fold": fold,
+    "matmulnbits": matmulnbits,
 }
 
 # What each initializer suffix holds, for the report's byte breakdown.
 INDICES_SUFFIX = ".onnxq.indices"
-CODEBOOK_SUFFIXES = (".onnxq.codebook",)
+CODEBOOK_SUFFIXES = (".onnxq.codebook", ".onnxq.scale")
 CODEBOOK_ATTRIBUTES = ("ranges", "offset")  # tensor attributes of a decoder call that hold levels
 
 __all__ = ["CODEBOOK_ATTRIBUTES", "CODEBOOK_SUFFIXES", "FORMATS", "INDICES_SUFFIX"]
