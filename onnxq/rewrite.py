@@ -2,7 +2,7 @@
 
 model' = model with every weight w replaced by fmt.encode(quantize(w)); the
 decoder functions are added once, and the model's opset is kept (only the
-"onnxq" domain of the local functions is added).
+"onnxq" domain of the local functions is added, if the format has any).
 """
 
 from __future__ import annotations
@@ -40,7 +40,11 @@ def replace_weights(model: onnx.ModelProto, items: list[tuple[Weight, QuantizedT
     replaced: dict[int, tuple[onnx.GraphProto, set[str]]] = {}
     for weight, q in items:
         graph = weight.graph
-        shape, perm = grouped_shape(weight, q.groups)
+        if fmt.CHANNEL_FIRST:
+            shape, perm = grouped_shape(weight, q.groups)
+            axis = 0
+        else:
+            shape, perm, axis = tuple(weight.array.shape), None, weight.axis
         name = weight.name
         dtype = onnx.helper.np_dtype_to_tensor_dtype(weight.array.dtype)
         tail: list[onnx.NodeProto] = []
@@ -51,7 +55,7 @@ def replace_weights(model: onnx.ModelProto, items: list[tuple[Weight, QuantizedT
         if perm is not None:
             tail.insert(0, helper.make_node("Transpose", [f"{name}.onnxq.grouped"], [out], perm=perm))
             out = f"{name}.onnxq.grouped"
-        inits, call = fmt.encode(q, name, out, shape)
+        inits, call = fmt.encode(q, name, out, shape, axis)
         if weight.constant_node is not None:
             graph.node.remove(weight.constant_node)
         else:
@@ -76,7 +80,9 @@ def replace_weights(model: onnx.ModelProto, items: list[tuple[Weight, QuantizedT
         graph.input.extend(kept_inputs)
     del model.functions[:]
     model.functions.extend(functions.values())
-    if items and not any(i.domain == DOMAIN for i in model.opset_import):
+    if any(f.domain == DOMAIN for f in model.functions) and not any(
+        i.domain == DOMAIN for i in model.opset_import
+    ):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
 
 
