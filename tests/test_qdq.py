@@ -223,3 +223,26 @@ def test_default_session_options_use_approximate_matmulnbits():
     exact = session(out).run(None, feeds)[0]
     error = np.abs(default.run(None, feeds)[0] - exact).max() / np.abs(exact).max()
     assert error < 2e-2
+
+
+def test_cli_block_size_is_group_size(tmp_path):
+    model, _ = mm_model()
+    src, dst = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, src)
+    args = [
+        "compress",
+        src,
+        dst,
+        "--format",
+        "qdq",
+        "--codebook",
+        "linear",
+        "--bits",
+        "4",
+        "--block-size",
+        "32",
+    ]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.stderr
+    (node,) = [n for n in onnx.load(dst).graph.node if n.op_type == "DequantizeLinear"]
+    assert {a.name: a.i for a in node.attribute} == {"axis": 0, "block_size": 32}
