@@ -29,7 +29,6 @@ GRANULARITIES = ("tensor", "channel")
 ROUNDINGS = ("nearest", "gptq")
 GPTQ_BEFORE_ALLOCATION = True
 MIN_TARGET_BITS = 2.0
-MIN_OPSET = 11  # BitShift, the unpacking op, needs opset 11
 Progress = Callable[[int, int, str], None]
 
 
@@ -88,6 +87,14 @@ class Config:
             if getattr(self, key) not in valid:
                 names = ", ".join(v for v in valid if v is not None)
                 raise OnnxqError(f"--{key} must be one of {names}; got {getattr(self, key)!r}")
+        fmt = FORMATS[self.format]
+        widths = [self.bits] if self.target_bits is None else candidate_widths(self.target_bits)
+        reasons = [fmt.supports(self.codebook, b) for b in widths]
+        reason = reasons[0] if all(reasons) else None  # with --target-bits, one usable width will do
+        if reason:
+            able = [n for n, f in FORMATS.items() if f.supports(self.codebook, widths[0]) is None]
+            fix = f"use --format {' or '.join(able)} for" if able else "no format stores"
+            raise OnnxqError(f"{reason}; {fix} --codebook {self.codebook}")
         if not 1 <= self.bits <= 8:
             raise OnnxqError(f"--bits must be between 1 and 8; got {self.bits}")
         if self.target_bits is not None and not MIN_TARGET_BITS <= self.target_bits <= 8:
@@ -280,17 +287,27 @@ def _byte_breakdown(model: onnx.ModelProto) -> Bytes:
     return out
 
 
-def _upgrade_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+def required_opset(config: Config) -> int:
+    """The default-domain opset the format needs for every width the config may use."""
+    widths = candidate_widths(config.target_bits) if config.target_bits is not None else [config.bits]
+    fmt = FORMATS[config.format]
+    return max(fmt.min_opset(b, config.granularity, config.group_size) for b in widths)
+
+
+def _upgrade_opset(model: onnx.ModelProto, opset: int, target: int) -> onnx.ModelProto:
+    """The model at opset target, and at the IR version that opset needs if its own is older."""
     import onnx.version_converter
 
     try:
-        upgraded = onnx.version_converter.convert_version(model, MIN_OPSET)
+        upgraded = onnx.version_converter.convert_version(model, target)
+        ir = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", target)])
+        upgraded.ir_version = max(upgraded.ir_version, ir)
         onnx.checker.check_model(upgraded)
     except Exception as exc:  # noqa: BLE001 (the converter raises anything; we explain)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise OnnxqError(
-            f"the model uses opset {opset} and onnx could not upgrade it to {MIN_OPSET} ({first}); "
-            f"convert it to opset {MIN_OPSET} or newer first"
+            f"the model uses opset {opset} and onnx could not upgrade it to {target} ({first}); "
+            f"convert it to opset {target} or newer first"
         ) from None
     return upgraded
 
@@ -306,13 +323,31 @@ def compress_model(
     model = copy.deepcopy(model)
     report = Report(config=_config_dict(config), input_bytes=io.model_bytes(model))
     weights, skips = find_weights(model, config.min_elements, config.exclude)
-    opset = rewrite.default_opset(model)
-    if weights and opset < MIN_OPSET:
-        model = _upgrade_opset(model, opset)
+    fmt = FORMATS[config.format]
+    opset, target = rewrite.default_opset(model), required_opset(config)
+    if weights and opset < target:
+        ir = model.ir_version
+        model = _upgrade_opset(model, opset, target)
         report.notes.append(
-            f"upgraded the default opset from {opset} to {MIN_OPSET}: the decoder's BitShift needs it"
+            f"upgraded the default opset from {opset} to {target}: --format {config.format} "
+            f"at these widths needs it"
+            + (f" (and the IR version from {ir} to {model.ir_version})" if model.ir_version != ir else "")
         )
         weights, skips = find_weights(model, config.min_elements, config.exclude)
+    if config.group_size:
+        problems = [
+            (w.name, why)
+            for w in weights
+            if rewrite.block_size(w, config.group_size)
+            and (why := fmt.weight_problem(tuple(w.array.shape), w.axis, config.group_size))
+        ]
+        if problems:
+            name, why = problems[0]
+            raise OnnxqError(
+                f"--format {config.format} --group-size {config.group_size}: {len(problems)} tensors "
+                f"cannot be stored, e.g. {name!r}: {why}; leave them in float with --exclude, "
+                "or drop --group-size"
+            )
     report.skipped = [SkipReport(s.name, list(s.shape), s.reason) for s in skips]
     if not weights:
         report.notes.append("no compressible weights found: the model is written unchanged")
@@ -325,15 +360,14 @@ def compress_model(
     report.notes.extend(widths_notes)
     times["quantize"] = time.perf_counter() - start
 
-    fmt = FORMATS[config.format]
+    report.notes.extend(fmt.notes({q.bits for q in quantized}))
     report.notes.extend(rewrite.replace_weights(model, list(zip(weights, quantized)), fmt, config.group_size))
-    if weights and model.ir_version < 8:
+    if model.functions and model.ir_version < 8:
         model = rewrite.inline_decoders(model)
         report.notes.append(
             f"IR version {model.ir_version} has no local functions: the decoders were inlined"
         )
     for weight, q in zip(weights, quantized):
-        index_bytes = -(-q.codes.size // 8) * q.bits
         report.weights.append(
             WeightReport(
                 name=weight.name,
@@ -343,8 +377,8 @@ def compress_model(
                 bits=q.bits,
                 codebook=q.codebook,
                 elements=int(weight.array.size),
-                index_bytes=index_bytes,
-                codebook_bytes=q.codebook_bytes,
+                index_bytes=fmt.index_bytes(q),
+                codebook_bytes=fmt.codebook_bytes(q),
                 correlation=q.correlation,
                 sqnr_db=q.sqnr_db,
                 rounding=rounding_done.get(weight.name, "nearest"),

@@ -139,9 +139,12 @@ def compress_cmd(
     group_size: Annotated[
         int | None,
         typer.Option(
+            "--group-size",
+            "--block-size",
             min=2,
             help="Per-block parameters: cut each output channel's weights into blocks of this many "
-            "(input dimensions); tensors it does not divide stay per channel.",
+            "(input dimensions); tensors it does not divide stay per channel. With --format qdq, "
+            "DequantizeLinear's block_size.",
         ),
     ] = None,
     bias_correction: Annotated[

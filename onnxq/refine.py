@@ -178,8 +178,7 @@ def choose_widths(
             elif b < computed[0]:
                 e[b] = e[computed[0]] * 4.0 ** (computed[0] - b)
         errors[w.name] = e
-    feeds = list(calibrate.iter_batches({n: a[:PROBE_SAMPLES] for n, a in data.arrays.items()}, 1))
-    feeds = _fit_batch(model, data, feeds)
+    feeds = probe_feeds(model, data)
     probe = sensitivity.Probe(model, [w.name for w in measurable], feeds)
     measured = {}
     for i, w in enumerate(measurable):
@@ -229,13 +228,24 @@ def _allocate_within(costs, curves, measurable, widths, budget, reserve) -> dict
     )
 
 
-def _fit_batch(model: onnx.ModelProto, data: Data, feeds: list[dict]) -> list[dict]:
-    """Single-sample feeds, merged into one batch when the model's batch axis is free."""
-    first = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
-    fixed = bool(first) and first[0].HasField("dim_value")
-    if fixed or not feeds:
-        return feeds
-    return [{n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]}]
+def probe_feeds(model: onnx.ModelProto, data: Data) -> list[dict[str, np.ndarray]]:
+    """About PROBE_SAMPLES samples as feeds: one batch if the batch axis is free, else runs of its size.
+
+    An input whose first dimension is fixed to d takes d rows of the data per run
+    (the calibration module's convention); the runs stop at PROBE_SAMPLES of them.
+    """
+    inits = {t.name for t in model.graph.initializer}
+    firsts = {}
+    for inp in model.graph.input:
+        if inp.name not in inits:
+            dims = inp.type.tensor_type.shape.dim
+            firsts[inp.name] = dims[0].dim_value if len(dims) and dims[0].HasField("dim_value") else None
+    if all(d is None for d in firsts.values()):
+        return [{n: a[:PROBE_SAMPLES] for n, a in data.arrays.items()}]
+    runs = min(PROBE_SAMPLES, min(len(data.arrays[n]) // (d or 1) for n, d in firsts.items()))
+    return [
+        {n: data.arrays[n][r * (d or 1) : (r + 1) * (d or 1)] for n, d in firsts.items()} for r in range(runs)
+    ]
 
 
 def cost_bytes(q: QuantizedTensor, bits: int | None = None) -> float:

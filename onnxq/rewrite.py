@@ -2,7 +2,7 @@
 
 model' = model with every weight w replaced by fmt.encode(quantize(w)); the
 decoder functions are added once, and the model's opset is kept (only the
-"onnxq" domain of the local functions is added).
+"onnxq" domain of the local functions is added, if the format has any).
 """
 
 from __future__ import annotations
@@ -55,7 +55,11 @@ def replace_weights(
                 extra_domains.add(fmt.MS_DOMAIN)
                 continue
             fallbacks.setdefault(why, []).append(weight.name)
-        shape, perm = grouped_shape(weight, q.groups)
+        if fmt.CHANNEL_FIRST:
+            shape, perm = grouped_shape(weight, q.groups)
+            axis = 0
+        else:
+            shape, perm, axis = tuple(weight.array.shape), None, weight.axis
         name = weight.name
         dtype = onnx.helper.np_dtype_to_tensor_dtype(weight.array.dtype)
         tail: list[onnx.NodeProto] = []
@@ -66,7 +70,7 @@ def replace_weights(
         if perm is not None:
             tail.insert(0, helper.make_node("Transpose", [f"{name}.onnxq.grouped"], [out], perm=perm))
             out = f"{name}.onnxq.grouped"
-        inits, call = fmt.encode(q, name, out, shape)
+        inits, call = fmt.encode(q, name, out, shape, axis)
         if weight.constant_node is not None:
             graph.node.remove(weight.constant_node)
         else:

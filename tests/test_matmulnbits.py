@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxq
 from onnxq.decompress import decompress_model
+from onnxq.errors import OnnxqError
 
 
 def stack(seed: int = 0, width: int = 96, depth: int = 3) -> tuple[onnx.ModelProto, dict]:
@@ -19,8 +20,12 @@ def stack(seed: int = 0, width: int = 96, depth: int = 3) -> tuple[onnx.ModelPro
     nodes = [helper.make_node("Gather", ["emb", "ids"], ["h0"])]
     for i in range(depth):
         inits += [
-            numpy_helper.from_array((rng.standard_normal((width, 2 * width)) * 0.1).astype(np.float32), f"up{i}"),
-            numpy_helper.from_array((rng.standard_normal((2 * width, width)) * 0.1).astype(np.float32), f"down{i}"),
+            numpy_helper.from_array(
+                (rng.standard_normal((width, 2 * width)) * 0.1).astype(np.float32), f"up{i}"
+            ),
+            numpy_helper.from_array(
+                (rng.standard_normal((2 * width, width)) * 0.1).astype(np.float32), f"down{i}"
+            ),
             numpy_helper.from_array(rng.standard_normal(2 * width).astype(np.float32) * 0.1, f"bias{i}"),
         ]
         nodes += [
@@ -48,7 +53,7 @@ def relative_error(a, b) -> float:
 @pytest.mark.parametrize("group_size", [None, 32])
 def test_matmuls_become_matmulnbits_and_match_fold(bits, group_size):
     model, feeds = stack()
-    config = dict(bits=bits, codebook="linear", group_size=group_size)
+    config = {"bits": bits, "codebook": "linear", "group_size": group_size}
     nbits, report = onnxq.compress_model(model, onnxq.Config(format="matmulnbits", **config))
     fold, _ = onnxq.compress_model(model, onnxq.Config(format="fold", **config))
     counts = op_counts(nbits)
@@ -60,11 +65,25 @@ def test_matmuls_become_matmulnbits_and_match_fold(bits, group_size):
     assert blob.data_type == TensorProto.UINT8 and len(blob.raw_data) == 2 * 96 * 96 * bits // 8
 
 
-def test_other_codebooks_and_widths_fall_back_to_fold_and_say_so():
-    model, feeds = stack()
-    out, report = onnxq.compress_model(model, onnxq.Config(format="matmulnbits", bits=5))
-    assert op_counts(out)["MatMulNBits"] == 0
-    assert any("stored as fold instead of matmulnbits" in n and "linear levels" in n for n in report.notes)
+def test_a_codebook_or_width_no_matmul_can_take_is_an_error_naming_what_can():
+    model, _ = stack()
+    with pytest.raises(OnnxqError, match="linear levels.*use --format fold for --codebook exponential"):
+        onnxq.compress_model(model, onnxq.Config(format="matmulnbits", bits=4))
+    with pytest.raises(OnnxqError, match="2, 4, 8 bits, not 5"):
+        onnxq.compress_model(model, onnxq.Config(format="matmulnbits", bits=5, codebook="linear"))
+
+
+def test_with_target_bits_the_widths_without_kernels_fall_back_to_fold(tmp_path):
+    model, feeds = stack(width=256)
+    calib = tmp_path / "ids.npz"
+    np.savez(calib, ids=np.random.default_rng(0).integers(0, 500, (8, 2, 7)))
+    out, report = onnxq.compress_model(
+        model, onnxq.Config(format="matmulnbits", target_bits=4.0, codebook="linear", min_elements=1)
+    )
+    widths = {w.name: w.bits for w in report.weights if w.name != "emb"}
+    nbits = sum(1 for b in widths.values() if b in (2, 4, 8))
+    assert op_counts(out)["MatMulNBits"] == nbits
+    assert op_counts(out)["MatMul"] == len(widths) - nbits
     onnx.checker.check_model(out, full_check=True)
     run(out, feeds)
 

@@ -1,17 +1,22 @@
 """The storage-format registry: a new format is one file plus one line here.
 
-A format module has NAME, SUMMARY, decoders(q, opset) -> [FunctionProto] (the called one first) and
-encode(q, name, output, shape) -> (initializers, call node).
+A format module has NAME, SUMMARY, decoders(q, opset) -> [FunctionProto] (the called one first),
+encode(q, name, output, shape, axis) -> (initializers, call node), and what the pipeline asks it:
+CHANNEL_FIRST (encode gets the channel-first shape, and rewrite transposes back; else the
+weight's own shape and channel axis), supports(codebook, bits) -> why not | None,
+min_opset(bits, granularity, group_size), weight_problem(shape, axis, group_size) -> why not | None,
+notes(widths) -> report notes, index_bytes(q) and codebook_bytes(q).
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from onnxq.storage import fold, matmulnbits
+from onnxq.storage import fold, matmulnbits, qdq
 
 FORMATS: dict[str, ModuleType] = {
     "fold": fold,
+    "qdq": qdq,
     "matmulnbits": matmulnbits,
 }
 

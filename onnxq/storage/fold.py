@@ -24,6 +24,34 @@ from onnxq.quantize import SPLIT, QuantizedTensor
 DOMAIN = "onnxq"
 NAME = "fold"
 SUMMARY = "packed b-bit indices, rebuilt by standard ops that onnxruntime folds into constants"
+CHANNEL_FIRST = True  # the decoder builds the weight channel-first; rewrite transposes it back
+MIN_OPSET = 11  # BitShift, the unpacking op, needs opset 11
+
+
+def supports(codebook: str, bits: int) -> str | None:
+    """None: fold stores every codebook at every width."""
+    return None
+
+
+def min_opset(bits: int, granularity: str, group_size: int | None) -> int:
+    return MIN_OPSET
+
+
+def notes(widths: set[int]) -> list[str]:
+    return []
+
+
+def index_bytes(q: QuantizedTensor) -> int:
+    return -(-q.codes.size // 8) * q.bits  # b planes of ceil(n / 8) bytes
+
+
+def codebook_bytes(q: QuantizedTensor) -> int:
+    return q.codebook_bytes
+
+
+def weight_problem(shape: tuple[int, ...], axis: int, group_size: int) -> str | None:
+    """None: fold stores any grouping of the rows."""
+    return None
 
 
 def function_name(codebook: str, bits: int) -> str:
@@ -203,9 +231,12 @@ def decoders(q: QuantizedTensor, opset: int) -> list[onnx.FunctionProto]:
 
 
 def encode(
-    q: QuantizedTensor, name: str, output: str, shape: tuple[int, ...]
+    q: QuantizedTensor, name: str, output: str, shape: tuple[int, ...], axis: int = 0
 ) -> tuple[list[onnx.TensorProto], onnx.NodeProto]:
-    """Initializers named after weight `name`, and the call node that builds `output`."""
+    """Initializers named after weight `name`, and the call node that builds `output`.
+
+    shape is channel-first (CHANNEL_FIRST), so axis is always 0 here.
+    """
     inits = [
         numpy_helper.from_array(pack_bits(q.codes.ravel(), q.bits), f"{name}.onnxq.indices"),
         numpy_helper.from_array(q.params, f"{name}.onnxq.codebook"),

@@ -26,8 +26,15 @@ MS_DOMAIN = "com.microsoft"
 BITS = (2, 4, 8)
 BLOCK = 128  # per-channel scales are repeated over blocks of up to this many inputs
 
-decoders = fold.decoders  # the fallback for weights MatMulNBits cannot take
+# The fallback for weights MatMulNBits cannot take (Conv, Gather, ...) is fold, hooks and all.
+CHANNEL_FIRST = fold.CHANNEL_FIRST
+decoders = fold.decoders
 encode = fold.encode
+min_opset = fold.min_opset
+weight_problem = fold.weight_problem
+notes = fold.notes
+index_bytes = fold.index_bytes
+codebook_bytes = fold.codebook_bytes
 
 
 def _block_for(k: int) -> int:
@@ -36,7 +43,11 @@ def _block_for(k: int) -> int:
 
 
 def supports(codebook: str, bits: int) -> str | None:
-    """Why a weight quantized so cannot become MatMulNBits, or None if it can."""
+    """Why weights quantized so cannot become MatMulNBits, or None if they can.
+
+    Asked of --bits (an error: no MatMul could use the format) and of each width
+    --target-bits picks (that weight falls back to fold).
+    """
     if codebook != "linear":
         return f"MatMulNBits needs linear levels, not {codebook}"
     if bits not in BITS:

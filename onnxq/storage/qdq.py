@@ -1,0 +1,156 @@
+"""qdq: linear levels as signed integers k, read by one standard DequantizeLinear.
+
+w = DequantizeLinear(k, step, axis) = k * step, with k in -M..M (M = 2^(b-1) - 1;
+one bit is k = +-1) stored as INT2 (1-2 bits, opset 25), INT4 (3-4 bits, opset 21)
+or INT8 (5-8 bits), and step = g_1 of the linear codebook's level table: one
+float32 per tensor, per output channel (axis) or per block of --group-size along
+the weight's single input axis (block_size, opset 21). The zero point is omitted
+(0). No local functions: any runtime with DequantizeLinear reads it, and
+onnxruntime keeps the integers in memory (it never constant-folds
+DequantizeLinear; a MatMul fed by it becomes MatMulNBits).
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxq.codebooks import magnitude_count
+from onnxq.errors import OnnxqError
+from onnxq.quantize import QuantizedTensor
+
+NAME = "qdq"
+SUMMARY = "signed integer levels (int2/int4/int8) and a float step, read by DequantizeLinear"
+CHANNEL_FIRST = False  # the weight keeps its own layout; DequantizeLinear's axis names the channel
+CODEBOOKS = ("linear",)  # levels k * step are all DequantizeLinear can express
+
+# bits -> (element type, numpy dtype, bits per stored integer, opset DequantizeLinear needs for it)
+_INT2 = (TensorProto.INT2, ml_dtypes.int2, 2, 25)
+_INT4 = (TensorProto.INT4, ml_dtypes.int4, 4, 21)
+_INT8 = (TensorProto.INT8, np.int8, 8, 10)
+PER_AXIS_OPSET = 13
+BLOCKED_OPSET = 21
+
+
+def _element(bits: int):
+    return _INT2 if bits <= 2 else _INT4 if bits <= 4 else _INT8
+
+
+def stored_bits(bits: int) -> int:
+    """Bits each weight takes on disk at this width (the next native integer type up)."""
+    return _element(bits)[2]
+
+
+def supports(codebook: str, bits: int) -> str | None:
+    """None if this format stores the codebook at this width, else why not."""
+    if codebook in CODEBOOKS:
+        return None
+    return "--format qdq stores only --codebook linear levels (k * step, read by DequantizeLinear)"
+
+
+def min_opset(bits: int, granularity: str, group_size: int | None) -> int:
+    """The default-domain opset DequantizeLinear needs for this width and granularity."""
+    need = _element(bits)[3]
+    if granularity == "channel":
+        need = max(need, BLOCKED_OPSET if group_size else PER_AXIS_OPSET)
+    return need
+
+
+def notes(widths: set[int]) -> list[str]:
+    """What the report should say about how these widths are stored."""
+    out = []
+    for bits in sorted(widths):
+        element, _, stored, _ = _element(bits)
+        if stored != bits:
+            name = TensorProto.DataType.Name(element)
+            out.append(f"{bits}-bit linear levels stored as {name} ({stored} bits per weight on disk)")
+    return out
+
+
+def index_bytes(q: QuantizedTensor) -> int:
+    return -(-q.codes.size * stored_bits(q.bits) // 8)
+
+
+def codebook_bytes(q: QuantizedTensor) -> int:
+    return 4 * q.groups  # one float32 step per group
+
+
+def block_axis(shape: tuple[int, ...], axis: int) -> int | None:
+    """The weight's one input axis (all others but the channel axis are 1), or None.
+
+    Blocks of the flattened input dimensions map to DequantizeLinear's block_size
+    only when that flattening is a single axis: 2-D Gemm/MatMul weights, Conv with
+    a 1x1 kernel.
+    """
+    inputs = [d for d in range(len(shape)) if d != axis and shape[d] > 1]
+    return inputs[0] if len(inputs) == 1 else None
+
+
+def weight_problem(shape: tuple[int, ...], axis: int, group_size: int) -> str | None:
+    """Why this weight's blocks of group_size cannot be stored, or None."""
+    if block_axis(shape, axis) is None:
+        dims = "x".join(map(str, shape))
+        return (
+            f"blocks of {group_size} run across several input axes of a {dims} weight, which "
+            "DequantizeLinear's block_size cannot express (only 2-D weights and 1x1 convolutions)"
+        )
+    return None
+
+
+def decoders(q: QuantizedTensor, opset: int) -> list[onnx.FunctionProto]:
+    """None: DequantizeLinear is a standard op."""
+    return []
+
+
+def _levels(q: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
+    """k per code (the spare code decodes to 0, as in fold) and the step per group."""
+    m = magnitude_count(q.bits)
+    table = q.level_table()
+    if q.bits == 1:
+        return np.array([-1, 1], np.int8), table[:, 1]
+    k = np.zeros(1 << q.bits, np.int8)
+    k[: 2 * m + 1] = np.arange(-m, m + 1)
+    return k, table[:, m + 1]
+
+
+def encode(
+    q: QuantizedTensor, name: str, output: str, shape: tuple[int, ...], axis: int = 0
+) -> tuple[list[onnx.TensorProto], onnx.NodeProto]:
+    """Initializers named after weight `name`, and the DequantizeLinear that builds `output`.
+
+    shape is the weight's own shape and axis its output-channel axis; q's rows are
+    the whole tensor, one channel each, or blocks of one channel (channel-major).
+    """
+    element, dtype, _, _ = _element(q.bits)
+    k, step = _levels(q)
+    values = k[q.codes]
+    attrs: dict[str, int] = {}
+    if q.groups == 1:
+        codes = values.reshape(shape)
+        scale = step.reshape(())
+    else:
+        moved = (shape[axis], *shape[:axis], *shape[axis + 1 :])
+        codes = np.moveaxis(values.reshape(moved), 0, axis)
+        attrs["axis"] = axis
+        if q.groups == shape[axis]:
+            scale = step
+        else:
+            blocks = block_axis(shape, axis)
+            if blocks is None:
+                raise OnnxqError(f"weight {name!r}: {weight_problem(shape, axis, q.codes.shape[1])}")
+            per_channel = step.reshape(shape[axis], -1)
+            scale_shape = [1] * len(shape)
+            scale_shape[axis], scale_shape[blocks] = per_channel.shape
+            scale = (per_channel if axis < blocks else per_channel.T).reshape(scale_shape)
+            attrs["axis"] = blocks
+            attrs["block_size"] = int(q.codes.shape[1])
+    inits = [
+        numpy_helper.from_array(np.ascontiguousarray(codes).astype(dtype), f"{name}.onnxq.indices"),
+        numpy_helper.from_array(np.ascontiguousarray(scale, np.float32), f"{name}.onnxq.scale"),
+    ]
+    assert inits[0].data_type == element
+    node = helper.make_node("DequantizeLinear", [t.name for t in inits], [output], name=output)
+    node.attribute.extend(helper.make_attribute(key, v) for key, v in attrs.items())
+    return inits, node
