@@ -3,7 +3,7 @@
     python tools/paper_tables.py tables [--n 10000] [--seed 0] [--points 20001]
     python tools/paper_tables.py sweep [--models ...] [--bits 4 5] [--codebooks exponential]
                                        [--granularities channel] [--methods plain mixed]
-    python tools/paper_tables.py report [--results /tmp/onnxq_sweep.jsonl]
+    python tools/paper_tables.py report [--results /tmp/onnxq_sweep.jsonl] [--section sweep] [--note TEXT]
 
 Malsagov et al., "Exponential discretization of weights of neural network
 connections in pre-trained neural networks", arXiv 2002.00623.
@@ -20,7 +20,11 @@ with onnxq.compress and scored on the evaluation split of the ImageNet sample
 calibration data). One JSON line per config is appended to --results; configs
 already there are skipped, so an interrupted sweep resumes.
 
-report: render --results into Markdown tables.
+report: render --results into Markdown tables. When the results hold the methods
+mixed and mixed-datafree at 4 and 5 bits (exponential, per channel), the section starts
+with the accuracy issue's "done means" table: each model against its targets. --section
+names the marked section to write, so the renderings of several results files can
+stand side by side.
 
 tables and report replace their own marked section of --markdown
 (<!-- paper_tables:NAME:begin --> ... <!-- paper_tables:NAME:end -->), or append
@@ -196,7 +200,7 @@ def render_tables(rows: list[dict], command: str, commit: str, seconds: float, s
     n_direct = max(abs(r["direct"] - r["search"].correlation) for r in rows)
     worst = min(r["search"].correlation - r["brute"].correlation for r in rows)
     out = [
-        "## The paper's Tables 1-2: maximal correlation of discretized random numbers",
+        f"## The paper's Tables 1-2 at onnxq {commit}: maximal correlation of discretized random numbers",
         "",
         f"onnxq at commit {commit}. Command, from the repository root ({seconds:.0f} s):",
         "",
@@ -483,7 +487,7 @@ def detail_table(model: str, rows: dict[tuple, dict]) -> list[str]:
     return markdown_table(header, ["---:", "---", "---", "---", "---"] + ["---:"] * 7 + ["---"], body)
 
 
-def levers_table(rows: dict[tuple, dict], models: list[str]) -> list[str]:
+def levers_table(rows: dict[tuple, dict], models: list[str], methods: list[str]) -> list[str]:
     """Each lever alone and combined: top-1 drop at 4 and 5 bits, exponential, channel."""
     header = ["method", "what it does"] + [f"{m} {b} bits" for m in models for b in LEVER_BITS]
     body = [
@@ -494,8 +498,67 @@ def levers_table(rows: dict[tuple, dict], models: list[str]) -> list[str]:
             for b in LEVER_BITS
         ]
         for name, method in METHODS.items()
+        if name in methods
     ]
     return markdown_table(header, ["---", "---"] + ["---:"] * (len(header) - 2), body)
+
+
+# The accuracy issue's "done means": (setting, method, bits, max top-1 drop in points, min ratio)
+DONE_MEANS = [
+    ("--target-bits 5 --calibration", "mixed", 5, 1.0, 6.0),
+    ("--target-bits 4 --calibration", "mixed", 4, 2.0, 7.5),
+    ("--target-bits 5, no calibration", "mixed-datafree", 5, 3.0, 6.0),
+]
+
+
+def done_verdict(row: dict | None, max_drop: float, min_ratio: float) -> str:
+    if row is None:
+        return "-"
+    if "error" in row:
+        return "failed"
+    missed = [
+        what
+        for what, ok in (
+            ("drop", row["drop_points"] <= max_drop + 1e-9),  # 9 of 900 images is 1.0 points, not 1.0000001
+            ("ratio", row["ratio"] >= min_ratio),
+        )
+        if not ok
+    ]
+    return "met" if not missed else "**missed** (" + ", ".join(missed) + ")"
+
+
+def done_table(rows: dict[tuple, dict], models: list[str]) -> list[str]:
+    """Per model and setting: drop, ratio, bits per weight and seconds against the targets."""
+    header = [
+        "model",
+        "setting",
+        "top-1 drop, pts",
+        "max drop",
+        "ratio",
+        "min ratio",
+        "bits/weight",
+        "compress s",
+        "targets",
+    ]
+    body = []
+    for model in models:
+        for setting, method, bits, max_drop, min_ratio in DONE_MEANS:
+            r = rows.get((model, bits, "exponential", "channel", method))
+            body.append(
+                [model, f"`{setting}`", _cell(r, "drop_points", ".1f"), f"<= {max_drop:.1f}"]
+                + [_cell(r, "ratio", ".2f") + ("x" if r and "error" not in r else ""), f">= {min_ratio:.1f}x"]
+                + [_cell(r, "bits_per_weight", ".2f"), _cell(r, "seconds", ".0f")]
+                + [done_verdict(r, max_drop, min_ratio)]
+            )
+    return markdown_table(header, ["---", "---"] + ["---:"] * 6 + ["---"], body)
+
+
+def has_done_rows(rows: dict[tuple, dict]) -> bool:
+    return any(
+        (k[1], k[2], k[3], k[4]) == (b, "exponential", "channel", m)
+        for k in rows
+        for _, m, b, *_ in DONE_MEANS
+    )
 
 
 def library_note(commits: list[str]) -> str:
@@ -521,7 +584,7 @@ def render_report(rows: dict[tuple, dict], command: str, note: str = "") -> str:
     seconds = sum(r.get("seconds", 0.0) for r in rows.values())
     floats = {k[0]: r["float_top1"] for k, r in rows.items() if "float_top1" in r}
     out = [
-        "## Paper sweep: the levers on the shared models",
+        f"## Paper sweep at onnxq {', '.join(commits)}: the levers on the shared models",
         "",
         f"onnxq at commit(s) {', '.join(commits)}. The rows came from the sweep command(s) below,",
         "run from the repository root (a later run skips configs already in the results file),",
@@ -547,9 +610,35 @@ def render_report(rows: dict[tuple, dict], command: str, note: str = "") -> str:
         "",
         *(f"- **{m}**: {METHODS[m].summary}" for m in methods),
         "",
+    ]
+    if has_done_rows(rows):
+        out += [
+            "### Done means: the accuracy issue's targets",
+            "",
+            "Exponential codebook, per channel. **top-1 drop** on the 900 evaluation images, in points",
+            "vs the float model; **ratio** = input file bytes / output file bytes; **compress s** as",
+            "**s** above (validation off). A setting meets its targets when its drop is at most",
+            "**max drop** and its ratio at least **min ratio**. The same settings from the command line:",
+            "",
+            "```",
+            "onnxq compress MODEL.onnx OUT.onnx --target-bits 5 --calibration CALIB.npz",
+            "onnxq compress MODEL.onnx OUT.onnx --target-bits 4 --calibration CALIB.npz",
+            "onnxq compress MODEL.onnx OUT.onnx --target-bits 5",
+            "```",
+            "",
+            "where CALIB.npz holds the 100 calibration images (`python tools/make_calibration.py",
+            "CALIB.npz --model MODEL.onnx --every 10`; the sweep builds the same file under",
+            f"{CALIBRATION_DIR}). With calibration data the pipeline uses GPTQ rounding and bias",
+            "correction; without it, nearest rounding, no bias correction, and synthetic inputs",
+            "for the width allocation.",
+            "",
+            *done_table(rows, models),
+            "",
+        ]
+    out += [
         "### Each lever alone and combined (top-1 drop in points, exponential, per channel)",
         "",
-        *levers_table(rows, models),
+        *levers_table(rows, models, methods),
     ]
     for model in models:
         out += ["", f"### {model}: top-1 drop in points", "", *model_table(model, rows, methods)]
@@ -562,11 +651,12 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> None:
     if not rows:
         raise SystemExit(f"error: no results in {args.results}; run the sweep subcommand first")
     commits = list(dict.fromkeys(r["commit"] for r in rows.values()))
-    text = render_report(rows, command_line(argv), library_note(commits))
+    note = " ".join(n for n in (library_note(commits), args.note) if n)
+    text = render_report(rows, command_line(argv), note)
     print(text)
     if args.markdown:
-        write_section(args.markdown, "sweep", text)
-        print(f"wrote the sweep section of {args.markdown}", file=sys.stderr)
+        write_section(args.markdown, args.section, text)
+        print(f"wrote the {args.section} section of {args.markdown}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------
@@ -600,6 +690,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(run=cmd_sweep)
 
     report = sub.add_parser("report", help="render the sweep's results file as Markdown")
+    report.add_argument(
+        "--section", default="sweep", help="the marked section of --markdown to write (default: %(default)s)"
+    )
+    report.add_argument("--note", default="", help="a sentence to add to the section's provenance")
     report.set_defaults(run=cmd_report)
 
     for p in (sweep, report):
