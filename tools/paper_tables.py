@@ -487,7 +487,7 @@ def detail_table(model: str, rows: dict[tuple, dict]) -> list[str]:
     return markdown_table(header, ["---:", "---", "---", "---", "---"] + ["---:"] * 7 + ["---"], body)
 
 
-def levers_table(rows: dict[tuple, dict], models: list[str], methods: list[str]) -> list[str]:
+def levers_table(rows: dict[tuple, dict], models: list[str]) -> list[str]:
     """Each lever alone and combined: top-1 drop at 4 and 5 bits, exponential, channel."""
     header = ["method", "what it does"] + [f"{m} {b} bits" for m in models for b in LEVER_BITS]
     body = [
@@ -498,7 +498,6 @@ def levers_table(rows: dict[tuple, dict], models: list[str], methods: list[str])
             for b in LEVER_BITS
         ]
         for name, method in METHODS.items()
-        if name in methods
     ]
     return markdown_table(header, ["---", "---"] + ["---:"] * (len(header) - 2), body)
 
@@ -638,7 +637,7 @@ def render_report(rows: dict[tuple, dict], command: str, note: str = "") -> str:
     out += [
         "### Each lever alone and combined (top-1 drop in points, exponential, per channel)",
         "",
-        *levers_table(rows, models, methods),
+        *levers_table(rows, models),
     ]
     for model in models:
         out += ["", f"### {model}: top-1 drop in points", "", *model_table(model, rows, methods)]
