@@ -25,7 +25,7 @@ def test_bench_model_measures_every_format_and_renders_the_table(tmp_path):
     assert sorted(names) == sorted(["float", *onnxq.FORMATS])
     assert results.measurements[0].variant.name == "float"
     for m in results.measurements:
-        assert m.bytes > 0 and m.session_ms > 0 and set(m.latency_ms) == {1, 8}
+        assert m.bytes > 0 and m.session_ms > 0 and set(m.latency_ms) == set(m.latency_cpu_ms) == {1, 8}
         # VmHWM bounds every RSS the child read; a tiny session may not raise RSS at all.
         assert m.baseline_rss_mb > 0 and 0 < m.rss_session_mb <= m.peak_rss_mb
         assert m.session_cpu_ms > 0 and 0 < m.trimmed_rss_mb <= m.peak_rss_mb + 1  # counters are approximate
@@ -44,9 +44,8 @@ def test_bench_model_measures_every_format_and_renders_the_table(tmp_path):
 
 def measurement(name: str, session_ms: float, b1_ms: float, weights: int = 0) -> bench.Measurement:
     variant = bench.Variant("efficientnet_lite0", name, Path(f"{name}.onnx"), weights=weights)
-    return bench.Measurement(
-        variant, 1000, session_ms, session_ms, {1: b1_ms, 8: 8 * b1_ms}, 100.0, 120.0, 50.0
-    )
+    latency = {1: b1_ms, 8: 8 * b1_ms}
+    return bench.Measurement(variant, 1000, session_ms, session_ms, latency, 100.0, 120.0, 50.0, latency)
 
 
 def test_checks_use_the_fold_row_against_float():

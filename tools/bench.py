@@ -56,7 +56,7 @@ MB = 1 << 20
 
 
 def table_columns(batches: tuple[int, ...] = (1, 8)) -> list[str]:
-    latency = [c for b in batches for c in (f"b{b} ms", f"b{b} / float")]
+    latency = [c for b in batches for c in (f"b{b} ms", f"b{b} / float", f"b{b} CPU / float")]
     return [
         *["model", "variant", "codebook", "bytes", "size / float", "session ms", "session / float"],
         "session CPU ms",
@@ -88,10 +88,11 @@ class Measurement:
     bytes: int
     session_ms: float
     session_cpu_ms: float
-    latency_ms: dict[int, float]  # batch -> median
+    latency_ms: dict[int, float]  # batch -> median wall time
     rss_session_mb: float
     peak_rss_mb: float
     baseline_rss_mb: float  # the child's RSS before creating the session
+    latency_cpu_ms: dict[int, float] = field(default_factory=dict)  # batch -> median CPU time
     trimmed_rss_mb: float = float("nan")  # after the session, once malloc_trim returned freed heap
 
 
@@ -257,22 +258,28 @@ def time_sessions(paths: list[Path], repeats: int) -> list[tuple[float, float]]:
     return [(statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for t in times]
 
 
-def time_runs(paths: list[Path], feeds: dict[str, np.ndarray], iterations: int, warmup: int) -> list[float]:
-    """Median ms per run of each path on the same feeds, interleaved one run at a time."""
+def time_runs(
+    paths: list[Path], feeds: dict[str, np.ndarray], iterations: int, warmup: int
+) -> list[tuple[float, float]]:
+    """Median wall and CPU ms per run of each path on the same feeds, interleaved one run at a time.
+
+    With one intra-op thread onnxruntime runs on the calling thread, so that thread's CPU
+    time is the run's, and waiting for the CPU behind other jobs does not count.
+    """
     sessions = [
         ort.InferenceSession(str(p), session_options(), providers=["CPUExecutionProvider"]) for p in paths
     ]
     for session in sessions:
         for _ in range(warmup):
             session.run(None, feeds)
-    times: list[list[float]] = [[] for _ in paths]
+    times: list[list[tuple[float, float]]] = [[] for _ in paths]
     order = list(range(len(paths)))
     for it in range(iterations):
         for i in rotated(order, it):
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.thread_time()
             sessions[i].run(None, feeds)
-            times[i].append(1000 * (time.perf_counter() - start))
-    return [statistics.median(t) for t in times]
+            times[i].append((1000 * (time.perf_counter() - wall), 1000 * (time.thread_time() - cpu)))
+    return [(statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for t in times]
 
 
 def proc_status_mb(key: str) -> float:
@@ -322,7 +329,7 @@ def bench_model(
     *,
     batches: tuple[int, ...] = (1, 8),
     seq: int = 32,
-    iterations: int = 100,
+    iterations: int = 200,
     warmup: int = 3,
     session_repeats: int = 11,
 ) -> Results:
@@ -336,8 +343,8 @@ def bench_model(
     for batch in batches:
         log(f"{model}: batch {batch}, {iterations} interleaved iterations")
         feeds = make_feeds(src, batch, seq)
-        for m, t in zip(ms, time_runs(paths, feeds, iterations, warmup), strict=True):
-            m.latency_ms[batch] = t
+        for m, (wall, cpu) in zip(ms, time_runs(paths, feeds, iterations, warmup), strict=True):
+            m.latency_ms[batch], m.latency_cpu_ms[batch] = wall, cpu
     feeds_path = tmp / f"{model}.feeds.npz"
     np.savez(feeds_path, **make_feeds(src, 1, seq))
     log(f"{model}: memory, one fresh process per variant")
@@ -370,6 +377,7 @@ def render_table(measurements: list[Measurement], batches: tuple[int, ...] = (1,
         cells += [f"{m.session_ms:.1f}", f"{m.session_ms / f.session_ms:.2f}", f"{m.session_cpu_ms:.1f}"]
         for b in batches:
             cells += [f"{m.latency_ms[b]:.2f}", f"{m.latency_ms[b] / f.latency_ms[b]:.3f}"]
+            cells.append(f"{m.latency_cpu_ms[b] / f.latency_cpu_ms[b]:.3f}")
         cells += [
             f"{m.rss_session_mb:.1f}",
             f"{m.rss_session_mb / f.rss_session_mb:.2f}",
@@ -394,6 +402,7 @@ def derive_checks(measurements: list[Measurement], bits: int) -> list[Check]:
             f"{CHECK_FORMAT} on {CHECK_MODEL} at {bits} bits, median batch-1 latency / float",
             fold.latency_ms[1] / base.latency_ms[1],
             MAX_LATENCY_RATIO,
+            f"wall time; in CPU time {fold.latency_cpu_ms[1] / base.latency_cpu_ms[1]:.3f}",
         ),
         Check(
             f"{CHECK_FORMAT} on {CHECK_MODEL} at {bits} bits, session creation overhead, ms per million weights",
@@ -449,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--formats", nargs="+", choices=list(onnxq.FORMATS), default=list(onnxq.FORMATS))
     parser.add_argument("--bits", type=int, default=5)
-    parser.add_argument("--iterations", type=int, default=100, help="timed runs per variant and batch")
+    parser.add_argument("--iterations", type=int, default=200, help="timed runs per variant and batch")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--session-repeats", type=int, default=11)
     parser.add_argument("--seq", type=int, default=32, help="sequence length of the stack's token ids")
@@ -537,7 +546,9 @@ intra_op_num_threads = inter_op_num_threads = 1 and the default optimization lev
 **session ms**: median wall time of {repeats} fresh sessions, interleaved; **session CPU
 ms**: the median CPU time of the same sessions, which other jobs on the machine inflate
 less. **b1 ms**, **b8 ms**: median of {iterations} runs at batch 1 and 8 after {warmup} warmup
-runs, one session per variant, the variants interleaved in one process.
+runs, one session per variant, the variants interleaved in one process; **b1 CPU / float**,
+**b8 CPU / float**: the same ratio in the running thread's CPU time (onnxruntime runs on
+the calling thread with one intra-op thread), which excludes time spent waiting for a core.
 **RSS after session**: VmRSS of a fresh process (one per variant) right after creating the
 session; **RSS trimmed**: the same after glibc's `malloc_trim(0)` returned the heap the
 session had freed; **peak RSS**: that process's VmHWM after one run at batch 1. All three
