@@ -66,3 +66,12 @@ def test_write_section_replaces_only_the_marked_block(tmp_path):
     text = results.read_text()
     assert text.startswith("# Results\n\nkept\n")
     assert f"{bench.BEGIN}\nsecond\n{bench.END}" in text and "first" not in text
+
+
+def test_a_format_that_cannot_compress_is_skipped_with_its_reasons(tmp_path):
+    src = bench.build_stack(tmp_path / "tiny.onnx", vocab=64, dim=16, hidden=32, blocks=1)
+    results = bench.compress_variants("tiny", src, ["nosuchformat"], 5, tmp_path)
+    assert [m.variant.name for m in results.measurements] == ["float"]
+    (skip,) = results.skips
+    assert skip.name == "nosuchformat"
+    assert all(f"{codebook}: " in skip.reason for codebook in bench.CODEBOOK_ORDER)
