@@ -180,18 +180,23 @@ def choose_widths(
         errors[w.name] = e
     feeds = probe_feeds(model, data)
     probe = sensitivity.Probe(model, [w.name for w in measurable], feeds)
-    measured = {}
+    # Measured at the reference width and at the narrowest: the gain from layer error
+    # to output noise changes at low widths, where extrapolating it misjudged tensors.
+    probed = sorted({reference, computed[0]})
+    measured: dict[str, dict[int, float]] = {}
     for i, w in enumerate(measurable):
-        value = to_weight(w, to_rows(w, candidates[w.name][reference].dequantized))
-        measured[w.name] = probe.noise(w.name, value)
+        measured[w.name] = {
+            b: probe.noise(w.name, to_weight(w, to_rows(w, candidates[w.name][b].dequantized)))
+            for b in probed
+        }
         if progress:
             progress(i + 1, len(measurable), f"sensitivity {w.name}")
-    curves = sensitivity.noise_curves(measured, errors, reference)
+    curves = sensitivity.noise_curves(measured, errors)
     chosen = _allocate_within(costs, curves, measurable, widths, budget, reserve)
     chosen.update({w.name: fixed_width for w in fixed})
     notes.append(
         f"bits chosen by measured sensitivity on {min(PROBE_SAMPLES, data.samples)} {data.mode} samples "
-        f"(each tensor measured at {reference} bits, scaled by its layer's output error)"
+        f"(each tensor measured at {' and '.join(map(str, probed))} bits, scaled by its layer's output error)"
     )
     return chosen, notes
 

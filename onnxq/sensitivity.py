@@ -74,12 +74,26 @@ def layer_error(delta_rows: np.ndarray, hessians: Sequence[np.ndarray]) -> float
 
 
 def noise_curves(
-    measured: dict[str, float], errors: dict[str, dict[int, float]], reference: int
+    measured: dict[str, dict[int, float]], errors: dict[str, dict[int, float]]
 ) -> dict[str, dict[int, float]]:
-    """noise_t(b) = measured_t * e_t(b) / e_t(reference), for every tensor and width."""
+    """noise_t(b) = gain_t(b) * e_t(b), gain = measured noise / layer error at the measured widths.
+
+    Between two measured widths the gain is interpolated geometrically; beyond
+    them it stays at the nearest one's.
+    """
     curves = {}
     for name, per_width in errors.items():
-        base = per_width[reference]
-        gain = measured[name] / base if base > 0 else 0.0
-        curves[name] = {b: gain * e for b, e in per_width.items()}
+        gains = {b: (m / per_width[b] if per_width[b] > 0 else 0.0) for b, m in measured[name].items()}
+        known = sorted(gains)
+        curve = {}
+        for b, e in per_width.items():
+            lo = max((k for k in known if k <= b), default=known[0])
+            hi = min((k for k in known if k >= b), default=known[-1])
+            if lo == hi or gains[lo] <= 0 or gains[hi] <= 0:
+                gain = gains[lo if b <= lo else hi] if lo == hi else max(gains[lo], gains[hi])
+            else:
+                t = (b - lo) / (hi - lo)
+                gain = gains[lo] ** (1 - t) * gains[hi] ** t
+            curve[b] = gain * e
+        curves[name] = curve
     return curves

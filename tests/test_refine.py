@@ -163,4 +163,5 @@ def test_target_bits_out_of_range_is_refused(cnn_path, tmp_path, target):
 def test_candidate_widths_surround_the_target():
     assert candidate_widths(5.0) == [4, 5, 6, 7, 8]
     assert candidate_widths(4.0) == [3, 4, 5, 6, 7]
+    assert candidate_widths(5.0, calibrated=False) == [3, 4, 5, 6, 7, 8]
     assert candidate_widths(2.5) == [2, 3, 4, 5, 6]
