@@ -66,6 +66,14 @@ def notes(widths: set[int]) -> list[str]:
         if stored != bits:
             name = TensorProto.DataType.Name(element)
             out.append(f"{bits}-bit linear levels stored as {name} ({stored} bits per weight on disk)")
+    if widths & {1, 2}:
+        # Seen with onnxruntime 1.32 (tests/test_decompress.py): the weights decode right,
+        # but its DequantizeLinear + MatMul -> MatMulNBits rewrite gets INT2 wrong.
+        out.append(
+            "INT2 weights feeding MatMul: onnxruntime 1.32 rewrites DequantizeLinear + MatMul into "
+            "MatMulNBits and computes wrong outputs; run with the session option "
+            "session.disable_quant_qdq=1, or use 3 bits or more"
+        )
     return out
 
 
