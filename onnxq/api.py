@@ -27,7 +27,6 @@ from onnxq.validate import compare_models
 
 GRANULARITIES = ("tensor", "channel")
 ROUNDINGS = ("nearest", "gptq")
-GPTQ_BEFORE_ALLOCATION = True
 MIN_TARGET_BITS = 2.0
 Progress = Callable[[int, int, str], None]
 
@@ -210,7 +209,7 @@ def _quantize_all(
             w.name: dict(zip(exact, flat[i * len(exact) : (i + 1) * len(exact)]))
             for i, w in enumerate(weights)
         }
-        if config.resolved_rounding() == "gptq" and GPTQ_BEFORE_ALLOCATION:
+        if config.resolved_rounding() == "gptq":
             # Measure what will be stored: sensitivity and errors of the GPTQ codes.
             t = time.perf_counter()
             for w in weights:

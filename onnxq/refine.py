@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -47,14 +47,6 @@ class Data:
 class Layer:
     spec: LayerSpec
     stats: LayerStats
-
-
-@dataclass
-class Outcome:
-    quantized: list[QuantizedTensor]
-    rounding: dict[str, str] = field(default_factory=dict)  # weight -> "gptq" / "nearest (why)"
-    biases: dict[str, list[str]] = field(default_factory=dict)  # weight -> what bias correction did
-    notes: list[str] = field(default_factory=list)
 
 
 def load_data(model: onnx.ModelProto, path: str | None, samples: int | None, seed: int, dims) -> Data:
