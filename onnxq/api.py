@@ -392,11 +392,7 @@ def compress_model(
                 bias_correction=biases_done.get(weight.name, []),
             )
         )
-    try:
-        if io.model_bytes(model) < io.PROTOBUF_LIMIT:  # bigger ones are checked once written
-            onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:  # a bug in onnxq, not in the input
-        raise RuntimeError(f"onnxq produced an invalid model: {exc}") from exc
+    io.check_built(model)
     report.output = _byte_breakdown(model)
     times["rewrite"] = time.perf_counter() - start - times["quantize"]
     report.seconds = {**times, **report.seconds}
@@ -449,11 +445,9 @@ def compress(
     report.seconds["load"] = load_seconds
     report.input_bytes = input_bytes
     t = time.perf_counter()
-    big = io.model_bytes(out) >= io.PROTOBUF_LIMIT
     tmp = io.write_temp(out, dst_path)
     try:
-        if big:
-            io.check_written(tmp)
+        if io.has_external_data(tmp):
             report.notes.append(f"the output is over 2 GB: its tensors are in {io.data_file(dst_path).name}")
         report.output.settle(io.written_size(tmp, dst_path))
         report.seconds["save"] = time.perf_counter() - t

@@ -46,11 +46,8 @@ def decompress(src, dst) -> int:
     dst_path = io.check_output_path(src, dst)
     model, _ = io.read_model(src)
     out, count = decompress_model(model)
-    big = io.model_bytes(out) >= io.PROTOBUF_LIMIT
     tmp = io.write_temp(out, dst_path)
     try:
-        if big:
-            io.check_written(tmp)
         io.commit(tmp, dst_path)
     finally:
         io.discard(tmp, dst_path)
@@ -92,8 +89,7 @@ def decompress_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     ]
     del out.opset_import[:]
     out.opset_import.extend(imports)
-    if io.model_bytes(out) < io.PROTOBUF_LIMIT:  # bigger ones are checked once written
-        onnx.checker.check_model(out, full_check=True)
+    io.check_built(out)
     return out, decoded
 
 

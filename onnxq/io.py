@@ -108,7 +108,8 @@ def write_temp(model: onnx.ModelProto, dst: str | os.PathLike) -> Path:
     """Write the model to a hidden temporary file beside dst, and return its path.
 
     A model over protobuf's 2 GB limit keeps its tensors of INLINE_BYTES or more in
-    data_file(dst), written now under its final name (discard removes it).
+    data_file(dst), written now under its final name (discard removes it), and is
+    checked here, by path, since check_built could not take it in memory.
     """
     dst = Path(dst)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
@@ -126,13 +127,15 @@ def write_temp(model: onnx.ModelProto, dst: str | os.PathLike) -> Path:
                 location=data_file(dst).name,
                 size_threshold=INLINE_BYTES,
             )
+            check_written(Path(tmp))
     except BaseException:
         discard(Path(tmp), dst)
         raise
     return Path(tmp)
 
 
-def _external(tmp: Path) -> bool:
+def has_external_data(tmp: Path) -> bool:
+    """Whether a written model keeps tensors in an external data file."""
     return any(
         uses_external_data(t) for t in _external_tensors(onnx.load(str(tmp), load_external_data=False))
     )
@@ -140,7 +143,17 @@ def _external(tmp: Path) -> bool:
 
 def written_size(tmp: Path, dst: str | os.PathLike) -> int:
     """Bytes of a temporary output, with its external data if it has any."""
-    return tmp.stat().st_size + (data_file(dst).stat().st_size if _external(tmp) else 0)
+    return tmp.stat().st_size + (data_file(dst).stat().st_size if has_external_data(tmp) else 0)
+
+
+def check_built(model: onnx.ModelProto) -> None:
+    """onnx's full check of a model onnxq built; one over the protobuf limit is checked
+    by write_temp once written instead."""
+    if model_bytes(model) < PROTOBUF_LIMIT:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except onnx.checker.ValidationError as exc:  # a bug in onnxq, not in the input
+            raise RuntimeError(f"onnxq produced an invalid model: {exc}") from exc
 
 
 def check_written(tmp: Path) -> None:
@@ -154,7 +167,7 @@ def check_written(tmp: Path) -> None:
 def discard(tmp: Path, dst: str | os.PathLike) -> None:
     """Remove a temporary output and the external data written for it, if any."""
     if tmp.exists():
-        external = _external(tmp)
+        external = has_external_data(tmp)
         tmp.unlink()
         if external:
             data_file(dst).unlink(missing_ok=True)
