@@ -47,6 +47,17 @@ def choose_preprocess(
     )
 
 
+def add_preprocess_arguments(parser: argparse.ArgumentParser, label_offset_help: str) -> None:
+    """The image folder and preprocessing flags that choose_preprocess reads."""
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="default: %(default)s")
+    parser.add_argument(
+        "--preset", help="a shared model name whose preprocessing to use, e.g. efficientnet_lite0"
+    )
+    parser.add_argument("--crop", type=int)
+    parser.add_argument("--normalization", choices=sorted(NORMALIZATIONS))
+    parser.add_argument("--label-offset", type=int, help=label_offset_help)
+
+
 @functools.lru_cache(maxsize=4)
 def load_images(
     folder: Path, prep: Preprocess, limit: int | None = None, exclude_every: int | None = None
@@ -120,13 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("model", type=Path)
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="default: %(default)s")
-    parser.add_argument(
-        "--preset", help="a shared model name whose preprocessing to use, e.g. efficientnet_lite0"
-    )
-    parser.add_argument("--crop", type=int)
-    parser.add_argument("--normalization", choices=sorted(NORMALIZATIONS))
-    parser.add_argument("--label-offset", type=int, help="1 for 1001-class models (index 0 = background)")
+    add_preprocess_arguments(parser, "1 for 1001-class models (index 0 = background)")
     parser.add_argument("--reference", type=Path, help="float model: also report top-1 agreement with it")
     parser.add_argument("--limit", type=int, help="only the first N images")
     parser.add_argument(

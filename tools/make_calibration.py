@@ -21,8 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import imagenet
-from imagenet import NORMALIZATIONS
-from imagenet_eval import DEFAULT_IMAGES, choose_preprocess
+from imagenet_eval import add_preprocess_arguments, choose_preprocess
 
 
 def model_input_name(model: Path) -> str:
@@ -58,13 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model", type=Path, help="its file name picks the preset; its input names the array"
     )
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="default: %(default)s")
-    parser.add_argument(
-        "--preset", help="a shared model name whose preprocessing to use, e.g. efficientnet_lite0"
-    )
-    parser.add_argument("--crop", type=int)
-    parser.add_argument("--normalization", choices=sorted(NORMALIZATIONS))
-    parser.add_argument("--label-offset", type=int, help="accepted for parity with imagenet_eval.py; unused")
+    add_preprocess_arguments(parser, "accepted for parity with imagenet_eval.py; unused")
     parser.add_argument(
         "--every",
         type=int,
