@@ -55,6 +55,7 @@ class Config:
     rounding: str | None = None  # nearest or gptq; None: gptq with calibration data, else nearest
     bias_correction: bool | None = None  # None: on with calibration data, else off
     group_size: int | None = None  # per-block parameters along the input dimensions; None: per channel
+    packed_rows: bool = True  # large Gather tables keep their rows packed (fold.replace_consumer)
 
     def resolved_rounding(self) -> str:
         if self.rounding is not None:
@@ -368,7 +369,11 @@ def compress_model(
     times["quantize"] = time.perf_counter() - start
 
     report.notes.extend(fmt.notes({q.bits for q in quantized}))
-    report.notes.extend(rewrite.replace_weights(model, list(zip(weights, quantized)), fmt, config.group_size))
+    report.notes.extend(
+        rewrite.replace_weights(
+            model, list(zip(weights, quantized)), fmt, config.group_size, config.packed_rows
+        )
+    )
     if model.functions and model.ir_version < 8:
         model = rewrite.inline_decoders(model)
         report.notes.append(

@@ -147,6 +147,15 @@ def compress_cmd(
             "DequantizeLinear's block_size.",
         ),
     ] = None,
+    packed_rows: Annotated[
+        bool,
+        typer.Option(
+            "--packed-rows/--no-packed-rows",
+            help="Keep the rows of large embedding tables (Gather data) packed in memory and unpack "
+            "only the rows gathered, at run time; --no-packed-rows folds the whole table at session "
+            "creation instead.",
+        ),
+    ] = True,
     bias_correction: Annotated[
         bool | None,
         typer.Option(
@@ -188,6 +197,7 @@ def compress_cmd(
         rounding=rounding,
         bias_correction=bias_correction,
         group_size=group_size,
+        packed_rows=packed_rows,
     )
     try:
         with Progress(

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 from onnxq import io
 from onnxq.errors import OnnxqError
 from onnxq.select import iter_graphs
-from onnxq.storage.fold import DOMAIN
+from onnxq.storage.fold import DOMAIN, ROWS_PREFIX
 from onnxq.storage.matmulnbits import MS_DOMAIN
 from onnxq.validate import ORT_ERRORS, session
 
@@ -61,6 +61,7 @@ def decompress_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     decoded = 0
     for graph in iter_graphs(out.graph):
         decoded += _unfuse_matmulnbits(graph)
+        decoded += _unfuse_row_gathers(out, graph)
         added = _added_nodes(graph)
         if not added:
             _drop_unread(graph)
@@ -104,36 +105,77 @@ def _drop_unread(graph: onnx.GraphProto) -> None:
     graph.input.extend(inputs)
 
 
+def _low_first(packed: np.ndarray, bits: int, rows: int) -> np.ndarray:
+    """(rows, bytes) packed least significant bits first -> (rows, values) uint8."""
+    packed = packed.reshape(rows, -1)
+    per_byte = 8 // bits
+    return np.stack([(packed >> (bits * j)) & ((1 << bits) - 1) for j in range(per_byte)], axis=2).reshape(
+        rows, -1
+    )
+
+
 def _unfuse_matmulnbits(graph: onnx.GraphProto) -> int:
-    """MatMulNBits nodes onnxq wrote -> MatMul with the dequantized float weight; how many."""
+    """MatMulNBits / GatherBlockQuantized nodes onnxq wrote -> MatMul / Gather of the float weight."""
     inits = {t.name: t for t in graph.initializer}
     count = 0
     for i, node in enumerate(list(graph.node)):
-        if node.op_type != "MatMulNBits" or node.domain != MS_DOMAIN or MARK not in node.input[1]:
+        if node.domain != MS_DOMAIN or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
+            continue
+        packed_name = node.input[1] if node.op_type == "MatMulNBits" else node.input[0]
+        if MARK not in packed_name:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        k, n, bits, block = attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"]
-        packed = numpy_helper.to_array(inits[node.input[1]]).reshape(n, -1)
-        scales = numpy_helper.to_array(inits[node.input[2]]).reshape(n, -1)
-        per_byte = 8 // bits
-        q = np.stack([(packed >> (bits * j)) & ((1 << bits) - 1) for j in range(per_byte)], axis=2).reshape(
-            n, -1
-        )
-        w = (q[:, :k].astype(np.float32) - (1 << (bits - 1))) * np.repeat(scales, block, axis=1)[:, :k]
-        name = node.input[1].removesuffix(".onnxq.indices")
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T), name))
-        graph.node.insert(
-            i, helper.make_node("MatMul", [node.input[0], name], list(node.output), name=node.name)
-        )
+        bits, block = attrs["bits"], attrs["block_size"]
+        packed = numpy_helper.to_array(inits[packed_name])
+        name = packed_name.removesuffix(".onnxq.indices")
+        if node.op_type == "MatMulNBits":
+            k, n = attrs["K"], attrs["N"]
+            scales = numpy_helper.to_array(inits[node.input[2]]).reshape(n, -1)
+            q = _low_first(packed, bits, n)[:, :k]
+            w = (q.astype(np.float32) - (1 << (bits - 1))) * np.repeat(scales, block, axis=1)[:, :k]
+            weight, new = np.ascontiguousarray(w.T), helper.make_node("MatMul", [node.input[0], name], [])
+        else:
+            v = packed.shape[0]
+            scales = numpy_helper.to_array(inits[node.input[2]]).reshape(v, -1)
+            q = _low_first(packed, bits, v)
+            d = q.shape[1]
+            weight = (q.astype(np.float32) - (1 << (bits - 1))) * np.repeat(scales, block, axis=1)[:, :d]
+            new = helper.make_node("Gather", [name, node.input[1]], [], axis=0)
+        new.output.extend(node.output)
+        if node.name:
+            new.name = node.name
+        graph.initializer.append(numpy_helper.from_array(weight, name))
+        graph.node.insert(i, new)
         graph.node.remove(node)
         count += 1
     return count
 
 
-def _evaluate(model: onnx.ModelProto, graph: onnx.GraphProto, nodes, outputs: list[str]) -> dict:
-    """Run just these nodes (with the graph's initializers they read) and return the outputs."""
+def _unfuse_row_gathers(model: onnx.ModelProto, graph: onnx.GraphProto) -> int:
+    """fold's GatherRows calls -> Gather of the decoded table (the call run on every row)."""
+    count = 0
+    for i, node in enumerate(list(graph.node)):
+        if node.domain != DOMAIN or not node.op_type.startswith(ROWS_PREFIX):
+            continue
+        name = node.input[0].removesuffix(".onnxq.indices")
+        rows = next(t for t in graph.initializer if t.name == node.input[0]).dims[0]
+        every = onnx.NodeProto()
+        every.CopyFrom(node)
+        every.input[2] = f"{name}.onnxq.rows"
+        every.output[:] = [name]
+        ids = numpy_helper.from_array(np.arange(rows, dtype=np.int64), f"{name}.onnxq.rows")
+        table = _evaluate(model, graph, [every], [name], [ids])[name]
+        graph.initializer.append(numpy_helper.from_array(table, name))
+        graph.node.insert(i, helper.make_node("Gather", [name, node.input[2]], list(node.output), axis=0))
+        graph.node.remove(node)
+        count += 1
+    return count
+
+
+def _evaluate(model: onnx.ModelProto, graph: onnx.GraphProto, nodes, outputs: list[str], extra=()) -> dict:
+    """Run just these nodes (with the graph's initializers they read, and extra) and return the outputs."""
     needed = {i for n in nodes for i in n.input if i}
-    inits = [t for t in graph.initializer if t.name in needed]
+    inits = [t for t in graph.initializer if t.name in needed] + list(extra)
     sub = helper.make_graph(
         list(nodes),
         "decode",

@@ -45,3 +45,19 @@ def unpack_bits(blob: np.ndarray, bits: int, count: int) -> np.ndarray:
         if planes.size
         else np.zeros(0, np.uint8)
     )
+
+
+def pack_rows(codes: np.ndarray, bits: int) -> np.ndarray:
+    """pack_bits of every row of a 2-D array of codes: shape (rows, ceil(n/8) * bits).
+
+    Each row is a blob of its own, so a Gather of rows gathers whole blobs.
+    """
+    _check(bits)
+    codes = np.asarray(codes)
+    if codes.size and (codes.min() < 0 or codes.max() >= 1 << bits):
+        raise ValueError(f"codes must lie in [0, {1 << bits})")
+    rows, n = codes.shape
+    padded = np.zeros((rows, -(-n // 8) * 8), dtype=np.uint8)
+    padded[:, :n] = codes
+    planes = [np.packbits((padded >> (bits - 1 - j)) & 1, axis=1) for j in range(bits)]
+    return np.concatenate(planes, axis=1)

@@ -13,6 +13,7 @@ from onnx import helper
 
 from onnxq.quantize import QuantizedTensor
 from onnxq.select import Weight
+from onnxq.storage import fold
 from onnxq.storage.fold import DOMAIN
 
 
@@ -34,7 +35,11 @@ def grouped_shape(weight: Weight, groups: int) -> tuple[tuple[int, ...], list[in
 
 
 def replace_weights(
-    model: onnx.ModelProto, items: list[tuple[Weight, QuantizedTensor]], fmt, block: int | None = None
+    model: onnx.ModelProto,
+    items: list[tuple[Weight, QuantizedTensor]],
+    fmt,
+    block: int | None = None,
+    packed_rows: bool = True,
 ) -> list[str]:
     """Swap every weight for its decoder call, and add the decoder functions.
 
@@ -45,16 +50,23 @@ def replace_weights(
     functions = {f.name: f for f in model.functions}
     replaced: dict[int, tuple[onnx.GraphProto, set[str]]] = {}
     fallbacks: dict[str, list[str]] = {}
+    packed: list[str] = []  # Gather tables whose rows stay packed
     extra_domains: set[str] = set()
     for weight, q in items:
         graph = weight.graph
         if hasattr(fmt, "replace_consumer"):
-            why = _replace_consumers(graph, weight, q, fmt, block)
-            if why is None:
+            result = _replace_consumers(graph, weight, q, fmt, block, opset, packed_rows)
+            if isinstance(result, tuple):
                 replaced.setdefault(id(graph), (graph, set()))[1].add(weight.name)
-                extra_domains.add(fmt.MS_DOMAIN)
+                new_nodes, called = result
+                extra_domains.update(n.domain for n in new_nodes)
+                if any(n.op_type.startswith(fold.ROWS_PREFIX) for n in new_nodes):
+                    packed.append(weight.name)
+                for function in called:
+                    functions.setdefault(function.name, function)
                 continue
-            fallbacks.setdefault(why, []).append(weight.name)
+            if result is not None:
+                fallbacks.setdefault(result, []).append(weight.name)
         if fmt.CHANNEL_FIRST:
             shape, perm = grouped_shape(weight, q.groups)
             axis = 0
@@ -99,29 +111,44 @@ def replace_weights(
     for domain in sorted(domains):
         if not any(i.domain == domain for i in model.opset_import):
             model.opset_import.append(helper.make_opsetid(domain, 1))
-    return [
+    notes = [
         f"{len(names)} weights stored as fold instead of {fmt.NAME}: {why} (e.g. {names[0]})"
         for why, names in fallbacks.items()
     ]
+    if packed:
+        notes.append(
+            f"{len(packed)} embedding tables keep their rows packed in memory; only the gathered "
+            f"rows are unpacked, at run time (e.g. {packed[0]}; --no-packed-rows folds them whole)"
+        )
+    return notes
 
 
-def _replace_consumers(graph: onnx.GraphProto, weight: Weight, q: QuantizedTensor, fmt, block) -> str | None:
-    """Replace every node that reads the weight by the format's node; why not, if any cannot be."""
+def _replace_consumers(
+    graph: onnx.GraphProto, weight: Weight, q: QuantizedTensor, fmt, block, opset, packed_rows
+):
+    """Replace every node that reads the weight by the format's node.
+
+    Returns (the new nodes, the functions they call) when they were replaced; else
+    why not (a fallback the report notes), or None when the format simply stores
+    this weight whole.
+    """
     if weight.constant_node is not None:
-        return "the weight is a Constant node"
+        return "the weight is a Constant node" if fmt is not fold else None
     consumers = [n for n in graph.node if weight.name in n.input]
-    results = [fmt.replace_consumer(q, weight, n, block) for n in consumers]
-    why = next((r for r in results if isinstance(r, str)), None)
-    if why is not None or not consumers:
-        return why or "nothing reads it"
+    results = [fmt.replace_consumer(q, weight, n, block, opset, packed_rows) for n in consumers]
+    if not consumers or not all(isinstance(r, tuple) for r in results):
+        why = next((r for r in results if isinstance(r, str)), None)
+        return why if consumers or fmt is fold else "nothing reads it"
     added: set[str] = set()
-    for old, (inits, new) in zip(consumers, results):
+    functions: list[onnx.FunctionProto] = []
+    for old, (inits, new, called) in zip(consumers, results):  # type: ignore[misc]
         graph.node.insert(list(graph.node).index(old), new)
         graph.node.remove(old)
         fresh = [t for t in inits if t.name not in added]
         graph.initializer.extend(fresh)
         added.update(t.name for t in fresh)
-    return None
+        functions.extend(called)
+    return [new for _, new, _ in results], functions
 
 
 def inline_decoders(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -3,9 +3,10 @@
     python tools/bench.py [--models efficientnet_lite0 ...] [--formats fold ...] [--bits 5] [--write]
 
 For the float model and every storage format in onnxq.FORMATS (or --formats), on the
-shared models and on a transformer-like stack built in code (an embedding Gather and
+shared models, on a transformer-like stack built in code (an embedding Gather and
 blocks of MatMul, Add, Relu, MatMul, Add and a residual Add, token ids of shape
-(batch, seq)):
+(batch, seq)) and on a 50k x 512 embedding table alone (where fold keeps a large
+table's rows packed, it is also measured with the table folded whole, --no-packed-rows):
 
 - file bytes, and the ratio to float;
 - session creation: the median of --session-repeats fresh sessions, the variants
@@ -51,6 +52,8 @@ RESULTS = ROOT / "docs" / "RESULTS.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 DEFAULT_MODELS = ["efficientnet_lite0", "mobilenet_v2_1.0_224"]
 STACK = "transformer_stack"
+EMBEDDING = "embedding_50k"  # a 50k x 512 table alone: packed rows against the folded table
+WHOLE = "fold, tables folded"  # fold with --no-packed-rows, measured beside fold where it differs
 CODEBOOK_ORDER = ("exponential", "linear")  # the first one a format accepts runs
 MB = 1 << 20
 
@@ -178,6 +181,26 @@ def build_stack(
     return path
 
 
+def build_embedding(path: Path, vocab: int = 50_000, dim: int = 512, seed: int = 0) -> Path:
+    """Write a model that is one Gather(table, tokens) from a float table of vocab x dim."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    table = (rng.standard_normal((vocab, dim)) * 0.02).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["embed", "tokens"], ["vectors"])],
+        "embedding",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["batch", "seq", dim])],
+        [numpy_helper.from_array(table, "embed")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
 def make_feeds(path: Path, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded inputs: the first symbolic dimension is the batch, any other is seq.
 
@@ -229,6 +252,10 @@ def compress_variants(model: str, src: Path, formats: list[str], bits: int, tmp:
                 continue
             log(f"{model}: {name} ran with the {codebook} codebook ({report.ratio:.2f}x smaller)")
             variants.append(Variant(model, name, dst, codebook, report.compressed_elements))
+            if name == "fold" and any("rows packed" in n for n in report.notes):
+                whole = tmp / f"{model}.fold-whole.onnx"
+                onnxq.compress(src, whole, bits=bits, codebook=codebook, validate=False, packed_rows=False)
+                variants.append(Variant(model, WHOLE, whole, codebook, report.compressed_elements))
             break
         else:
             reason = "; ".join(reasons)
@@ -451,10 +478,19 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--models", nargs="+", default=DEFAULT_MODELS, help="names in the shared models, or paths"
+        "--models",
+        nargs="*",
+        default=DEFAULT_MODELS,
+        help="names in the shared models, or paths (none: only the built models)",
     )
     parser.add_argument(
         "--stack", action=argparse.BooleanOptionalAction, default=True, help="the built stack"
+    )
+    parser.add_argument(
+        "--embedding",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the built 50k x 512 embedding table",
     )
     parser.add_argument("--formats", nargs="+", choices=list(onnxq.FORMATS), default=list(onnxq.FORMATS))
     parser.add_argument("--bits", type=int, default=5)
@@ -476,6 +512,8 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(tmp_name)
         if args.stack:
             models.append((STACK, build_stack(tmp / f"{STACK}.onnx")))
+        if args.embedding:
+            models.append((EMBEDDING, build_embedding(tmp / f"{EMBEDDING}.onnx")))
         for name, path in models:
             r = bench_model(
                 name,
@@ -525,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
         log(f"wrote {RESULTS}")
 
 
-SECTION = """\
+SECTION_TEMPLATE = """\
 ## Runtime: file size, session creation, latency and memory
 
 onnxq at commit {commit}, onnxruntime {ort} (CPU), {date}. Command, from the
@@ -557,12 +595,17 @@ session). The peak is VmHWM, not `ru_maxrss`: Linux carries `ru_maxrss` across `
 from the process that spawned the child, so the child reported the benchmark's own peak. Every "/ float" is the variant's figure over the float model's.
 **{stack}**: an 8000 x 256 embedding Gather, then 4 blocks of MatMul 256x1024, Add, Relu,
 MatMul 1024x256, Add and a residual Add, token ids of shape (batch, {seq}); seeded
-random weights, built by the script.
+random weights, built by the script. **{embedding}**: one Gather from a 50,000 x 512 float
+table, the same token ids. **{whole}**: fold with `--no-packed-rows`, the table folded whole
+at session creation, beside fold's default of packed rows unpacked per lookup.
 
 {table}
 
 {notes}
-""".replace("{stack}", STACK)
+"""
+SECTION = (
+    SECTION_TEMPLATE.replace("{stack}", STACK).replace("{embedding}", EMBEDDING).replace("{whole}", WHOLE)
+)
 
 
 if __name__ == "__main__":

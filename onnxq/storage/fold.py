@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq.packing import pack_bits
+from onnxq.packing import pack_bits, pack_rows
 from onnxq.quantize import SPLIT, QuantizedTensor
 
 DOMAIN = "onnxq"
@@ -58,6 +58,7 @@ def function_name(codebook: str, bits: int) -> str:
     return f"Decode_{codebook}_{bits}"
 
 
+ROWS_MIN_ELEMENTS = 1 << 20  # a Gather table this large keeps its rows packed (see replace_consumer)
 UNPACK = "Unpack"  # (indices, bits, count) -> codes: any width, shared by every decoder
 LEVELS = {1: "Levels1", 2: "Levels2"}  # (params, ranges, sign, slope, offset) -> (groups, 2^b) levels
 
@@ -251,3 +252,130 @@ def encode(
         function_name(q.codebook, q.bits), [t.name for t in inits], [output], domain=DOMAIN, **attrs
     )
     return inits, node
+
+
+ROWS_PREFIX = "GatherRows_"
+
+
+def rows_function_name(codebook: str, bits: int) -> str:
+    return f"{ROWS_PREFIX}{codebook}_{bits}"
+
+
+def rows_function(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
+    """Gather(table, ids) from a table whose rows stay packed: only the gathered rows are unpacked.
+
+    indices (V, b * D8) holds pack_rows(codes, b), params (V, r) each row's r
+    groups; the call's shape attribute is the table's (V, D). Gather the packed
+    rows and their parameters, unpack the rows as Unpack does, look their codes
+    up in their own levels, and shape the result like Gather's: ids.shape + (D,).
+    """
+    b = _Body()
+    b.nodes += [_ref("shape"), _ref("ranges")]
+    attributes = ["shape", "ranges"]
+    bits = q.bits
+    rows = b.add("Gather", ["indices", "ids"], "rows", axis=0)  # (*ids, b * D8)
+    width = b.add(
+        "Slice",
+        ["shape", b.const("one", np.array([1], np.int64)), b.const("two", np.array([2], np.int64))],
+        "width",
+    )
+    planes = b.const("planes", np.array([bits], np.int64))
+    n8 = b.add(
+        "Div",
+        [b.add("Slice", [b.add("Shape", ["indices"], "ishape"), "one", "two"], "ibytes"), planes],
+        "n8",
+    )
+    cube = b.add("Concat", [b.const("m1", np.array([-1], np.int64)), planes, n8, "one"], "cube", axis=0)
+    grid = b.add("Reshape", [rows, cube], "grid")  # (N, b, D8, 1)
+    high = b.add("BitShift", [grid, b.const("lefts", np.arange(8, dtype=np.uint8))], "high", direction="LEFT")
+    bit = b.add("BitShift", [high, b.const("seven", np.array([7], np.uint8))], "bit", direction="RIGHT")
+    keep = b.const("keep", np.array([0, 0, -1], np.int64))
+    flat = b.add("Cast", [b.add("Reshape", [bit, keep], "flat8")], "flat", to=TensorProto.INT32)
+    weights = b.const("weights", (1 << np.arange(bits - 1, -1, -1)).astype(np.int32)[None, :])
+    summed = b.add("MatMul", [weights, flat], "summed")  # (N, 1, 8 * D8)
+    codes = b.add(
+        "Slice",
+        [
+            b.add("Reshape", [summed, b.const("rowsof", np.array([0, -1], np.int64))], "all"),
+            b.const("zero", np.array([0], np.int64)),
+            width,
+            "one",
+        ],
+        "codes",
+    )  # (N, D)
+    params = b.add(
+        "Reshape",
+        [b.add("Gather", ["params", "ids"], "prows", axis=0), b.const("m1b", np.array([-1], np.int64))],
+        "pflat",
+    )  # (N * r,)
+    per_group = b.add("Concat", [b.add("Shape", [params], "groups"), "m1"], "per_group", axis=0)
+    codes2 = b.add("Reshape", [codes, per_group], "codes2")  # (N * r, D / r)
+    tables = [b.const(name, getattr(q, name)) for name in ("sign", "slope")]
+    if q.tensor_offset:
+        b.nodes.append(_ref("offset"))
+        attributes.append("offset")
+        tables.append("offset")
+    else:
+        tables.append(b.const("offset", q.offset))
+    table = b.add(LEVELS[q.ranges.shape[0]], [params, "ranges", *tables], "table", domain=DOMAIN)
+    gathered = b.add("GatherElements", [table, codes2], "gathered", axis=1)
+    out_shape = b.add("Concat", [b.add("Shape", ["ids"], "idshape"), width], "oshape", axis=0)
+    b.add("Reshape", [gathered, out_shape], "output")
+    imports = [helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)]
+    call = helper.make_function(
+        DOMAIN,
+        rows_function_name(q.codebook, q.bits),
+        ["indices", "params", "ids"],
+        ["output"],
+        b.nodes,
+        imports,
+        attributes=attributes,
+    )
+    return call
+
+
+def replace_consumer(
+    q: QuantizedTensor, weight, node: onnx.NodeProto, block: int | None, opset: int, packed_rows: bool = True
+):
+    """A Gather of a large 2-D float table: the call that gathers packed rows, or None.
+
+    Returns (initializers, node, functions it calls) for a Gather(table, ids) on axis 0 of a
+    float32 table of at least ROWS_MIN_ELEMENTS with per-row levels (and packed_rows),
+    else None: the table is then stored whole and folded at session creation, as
+    every other weight.
+    Measured on a 50k x 512 table at 5 bits (tools/bench.py): see the README.
+    """
+    if (
+        not packed_rows
+        or node.op_type != "Gather"
+        or node.domain not in ("", "ai.onnx")
+        or list(node.input).index(weight.name) != 0
+        or any(a.name == "axis" and a.i != 0 for a in node.attribute)
+        or weight.array.ndim != 2
+        or weight.array.dtype != np.float32
+        or weight.array.size < ROWS_MIN_ELEMENTS
+        or q.groups % weight.array.shape[0] != 0
+    ):
+        return None
+    v, d = weight.array.shape
+    codes = q.codes.reshape(v, d)
+    name = weight.name
+    inits = [
+        numpy_helper.from_array(pack_rows(codes, q.bits), f"{name}.onnxq.indices"),
+        numpy_helper.from_array(q.params.reshape(v, -1), f"{name}.onnxq.codebook"),
+    ]
+    attrs = {
+        "shape": numpy_helper.from_array(np.array([v, d], np.int64)),
+        "ranges": numpy_helper.from_array(q.ranges.astype(np.float32)),
+    }
+    if q.tensor_offset:
+        attrs["offset"] = numpy_helper.from_array(q.offset.astype(np.float32))
+    call = helper.make_node(
+        rows_function_name(q.codebook, q.bits),
+        [inits[0].name, inits[1].name, node.input[1]],
+        list(node.output),
+        name=node.name or None,
+        domain=DOMAIN,
+        **attrs,
+    )
+    return inits, call, [rows_function(q, opset), levels_function(q.ranges.shape[0], opset)]

@@ -1,13 +1,15 @@
-"""matmulnbits: a MatMul whose constant B has linear levels becomes com.microsoft.MatMulNBits.
+"""matmulnbits: MatMul weights become com.microsoft.MatMulNBits, embedding tables GatherBlockQuantized.
 
 Y = A @ W with W[k, n] = (q[n, k] - 2^(b-1)) * scale[n, k // block]. A linear codebook's
 code c stands for (c - M) * step with M = 2^(b-1) - 1, so onnxq stores q = c + 1 and
 onnxruntime's default zero point 2^(b-1) gives back c - M exactly. q is packed per
 row and block, least significant bits first (two 4-bit values per byte, the first in
 the low nibble). The weights stay packed in memory and the kernel unpacks them on
-the fly (accuracy_level 0: exact float arithmetic). Other weights (Conv, Gather,
-widths other than 2, 4 and 8, other codebooks) fall back to `fold`, and the report
-says which.
+the fly (accuracy_level 0: exact float arithmetic). A Gather of a table's rows
+becomes GatherBlockQuantized(packed table, ids, scales), packed and zero-pointed the
+same way per row, which unpacks only the rows it gathers. Other weights (Conv,
+widths other than 2, 4 and 8, other codebooks) fall back to `fold` (a large table
+keeping its rows packed, as fold stores it), and the report says which.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from onnxq.quantize import QuantizedTensor
 from onnxq.storage import fold
 
 NAME = "matmulnbits"
-SUMMARY = "MatMul weights as com.microsoft.MatMulNBits (linear, 2/4/8 bits); other weights as fold"
+SUMMARY = (
+    "MatMul weights as com.microsoft.MatMulNBits and embedding tables as GatherBlockQuantized "
+    "(linear, 2/4/8 bits); other weights as fold"
+)
 MS_DOMAIN = "com.microsoft"
 BITS = (2, 4, 8)
 BLOCK = 128  # per-channel scales are repeated over blocks of up to this many inputs
@@ -56,10 +61,20 @@ def supports(codebook: str, bits: int) -> str | None:
 
 
 def replace_consumer(
-    q: QuantizedTensor, weight, node: onnx.NodeProto, block: int | None
-) -> tuple[list[onnx.TensorProto], onnx.NodeProto] | str:
-    """The initializers and the MatMulNBits node that replace node, or why not."""
+    q: QuantizedTensor, weight, node: onnx.NodeProto, block: int | None, opset: int, packed_rows: bool = True
+) -> tuple[list[onnx.TensorProto], onnx.NodeProto, list] | str:
+    """The initializers, the node that replaces node and the functions it calls, or why not.
+
+    A MatMul becomes MatMulNBits and a Gather of rows GatherBlockQuantized; a Gather
+    GatherBlockQuantized cannot take keeps its rows packed as fold does, if it can.
+    """
     why = supports(q.codebook, q.bits)
+    if node.op_type == "Gather" and node.domain in ("", "ai.onnx"):
+        why = why or _gather_problem(q, weight, node)
+        if why:
+            rows = fold.replace_consumer(q, weight, node, block, opset, packed_rows)
+            return rows if rows is not None else why
+        return _gather_block_quantized(q, weight, node, block)
     if why:
         return why
     if (
@@ -74,33 +89,21 @@ def replace_consumer(
     block = block or _block_for(k)
     if block < 16 or block & (block - 1):
         return f"MatMulNBits needs a block size that is a power of two of at least 16, not {block}"
-    m = magnitude_count(q.bits)
-    table = q.level_table()
-    steps = table[:, m + 1].astype(np.float32)  # level of code M + 1 = one step, per group
-    if q.codes.shape[0] == 1 and n != 1:  # tensor granularity: one step, codes in W's own (k, n) order
+    if q.codes.shape[0] == 1 and n != 1:  # tensor granularity: codes in W's own (k, n) order
         codes = q.codes.astype(np.int64).reshape(k, n).T
-        steps = np.full((n, 1), steps[0], np.float32)
     else:  # groups are rows (n), or blocks along k
         codes = q.codes.astype(np.int64).reshape(n, k)
-        steps = steps.reshape(n, -1)
-    blocks = -(-k // block)
-    if steps.shape[1] == 1:
-        scales = np.repeat(steps, blocks, axis=1)
-    elif steps.shape[1] * (k // steps.shape[1]) == k and k // steps.shape[1] == block:
-        scales = steps
-    else:
-        return f"per-block levels of {k // steps.shape[1]} inputs do not match MatMulNBits blocks of {block}"
-    stored = np.full((n, blocks * block), 1 << (q.bits - 1), dtype=np.uint8)  # padding decodes to 0
-    stored[:, :k] = codes + 1
-    per_byte = 8 // q.bits
-    grouped = stored.reshape(n, -1, per_byte)
-    packed = np.zeros(grouped.shape[:2], dtype=np.uint8)
-    for i in range(per_byte):
-        packed |= (grouped[:, :, i] << (q.bits * i)).astype(np.uint8)
+    blocked = _blocks(q, codes, block)
+    if isinstance(blocked, str):
+        return blocked
+    stored, scales = blocked
+    packed = _pack_low_first(stored, q.bits)
     name = weight.name
     inits = [
-        numpy_helper.from_array(packed.reshape(n, blocks, block * q.bits // 8), f"{name}.onnxq.indices"),
-        numpy_helper.from_array(scales.astype(np.float32).ravel(), f"{name}.onnxq.scale"),
+        numpy_helper.from_array(
+            packed.reshape(n, scales.shape[1], block * q.bits // 8), f"{name}.onnxq.indices"
+        ),
+        numpy_helper.from_array(scales.ravel(), f"{name}.onnxq.scale"),
     ]
     new = helper.make_node(
         "MatMulNBits",
@@ -114,4 +117,76 @@ def replace_consumer(
         block_size=block,
         accuracy_level=0,
     )
-    return inits, new
+    return inits, new, []
+
+
+def _gather_problem(q: QuantizedTensor, weight, node: onnx.NodeProto) -> str | None:
+    if list(node.input).index(weight.name) != 0 or any(a.name == "axis" and a.i != 0 for a in node.attribute):
+        return "GatherBlockQuantized gathers rows (axis 0) of its first input"
+    if weight.array.ndim != 2:
+        return "GatherBlockQuantized takes a 2-D table"
+    per_byte = 8 // q.bits
+    if weight.array.shape[1] % per_byte:
+        return f"GatherBlockQuantized at {q.bits} bits needs rows of a multiple of {per_byte} values"
+    return None
+
+
+def _gather_block_quantized(q: QuantizedTensor, weight, node: onnx.NodeProto, block: int | None):
+    """Gather(table, ids) -> GatherBlockQuantized(packed table, ids, scales), same zero-point trick."""
+    v, d = weight.array.shape
+    block = block or _block_for(d)
+    if block < 16 or block & (block - 1):
+        return f"GatherBlockQuantized needs a block size that is a power of two of at least 16, not {block}"
+    blocked = _blocks(q, q.codes.astype(np.int64).reshape(v, d), block)  # groups are rows, or blocks of rows
+    if isinstance(blocked, str):
+        return blocked
+    stored, scales = blocked
+    name = weight.name
+    inits = [
+        numpy_helper.from_array(_pack_low_first(stored[:, :d], q.bits), f"{name}.onnxq.indices"),
+        numpy_helper.from_array(scales, f"{name}.onnxq.scale"),
+    ]
+    new = helper.make_node(
+        "GatherBlockQuantized",
+        [inits[0].name, node.input[1], inits[1].name],
+        list(node.output),
+        name=node.name or None,
+        domain=MS_DOMAIN,
+        gather_axis=0,
+        quantize_axis=1,
+        block_size=block,
+        bits=q.bits,
+    )
+    return inits, new, []
+
+
+def _blocks(q: QuantizedTensor, codes: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray] | str:
+    """Codes (rows, k) -> stored values (rows, blocks * block) and float32 scales (rows, blocks).
+
+    A linear code c stands for (c - M) * step; stored as c + 1, the kernels' default
+    zero point 2^(b-1) = M + 1 gives c - M back. Padding stores the zero point (0).
+    """
+    rows, k = codes.shape
+    m = magnitude_count(q.bits)
+    steps = q.level_table()[:, m + 1].astype(np.float32)  # level of code M + 1 = one step, per group
+    steps = np.full((rows, 1), steps[0], np.float32) if steps.size == 1 else steps.reshape(rows, -1)
+    blocks = -(-k // block)
+    if steps.shape[1] == 1:
+        scales = np.repeat(steps, blocks, axis=1)
+    elif steps.shape[1] * (k // steps.shape[1]) == k and k // steps.shape[1] == block:
+        scales = steps
+    else:
+        return f"per-block levels of {k // steps.shape[1]} values do not match the kernel's blocks of {block}"
+    stored = np.full((rows, blocks * block), 1 << (q.bits - 1), dtype=np.uint8)
+    stored[:, :k] = codes + 1
+    return stored, scales.astype(np.float32)
+
+
+def _pack_low_first(stored: np.ndarray, bits: int) -> np.ndarray:
+    """(rows, n) values of b bits -> (rows, n * b / 8) bytes, the first value in the low bits."""
+    per_byte = 8 // bits
+    grouped = stored.reshape(stored.shape[0], -1, per_byte)
+    packed = np.zeros(grouped.shape[:2], dtype=np.uint8)
+    for i in range(per_byte):
+        packed |= (grouped[:, :, i] << (bits * i)).astype(np.uint8)
+    return packed
