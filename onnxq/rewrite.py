@@ -52,6 +52,7 @@ def replace_weights(
     fallbacks: dict[str, list[str]] = {}
     packed: list[str] = []  # Gather tables whose rows stay packed
     extra_domains: set[str] = set()
+    batches: dict[tuple, tuple[onnx.GraphProto, list]] = {}  # (graph, codebook, bits) -> weights
     for weight, q in items:
         graph = weight.graph
         if hasattr(fmt, "replace_consumer"):
@@ -82,21 +83,30 @@ def replace_weights(
         if perm is not None:
             tail.insert(0, helper.make_node("Transpose", [f"{name}.onnxq.grouped"], [out], perm=perm))
             out = f"{name}.onnxq.grouped"
-        inits, call = fmt.encode(q, name, out, shape, axis)
         if weight.constant_node is not None:
             graph.node.remove(weight.constant_node)
         else:
             replaced.setdefault(id(graph), (graph, set()))[1].add(name)
-        graph.initializer.extend(inits)
-        if model.ir_version < 4:  # before IR 4, every initializer is also a graph input
-            graph.input.extend(
-                helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits
-            )
-        for node in reversed([call, *tail]):
-            graph.node.insert(0, node)
+        if hasattr(fmt, "encode_batch"):
+            key = (id(graph), *fmt.batch_key(q))
+            batches.setdefault(key, (graph, []))[1].append((q, out, shape, tail))
+            continue
+        inits, call = fmt.encode(q, name, out, shape, axis)
+        _insert(model, graph, inits, [call, *tail])
         if call.op_type not in functions:
             for function in fmt.decoders(q, opset):
                 functions.setdefault(function.name, function)
+    for (_, codebook, bits), (graph, batch) in batches.items():
+        name = fmt.function_name(codebook, bits)
+        name = next(
+            f"{name}_{i}" if i else name
+            for i in range(len(functions) + 1)
+            if (f"{name}_{i}" if i else name) not in functions
+        )
+        inits, call, called = fmt.encode_batch([(q, out, shape) for q, out, shape, _ in batch], opset, name)
+        _insert(model, graph, inits, [call, *(node for *_, tail in batch for node in tail)])
+        for function in called:
+            functions[function.name] = function
     for graph, names in replaced.values():
         # One pass per graph: rebuilding the list per weight would copy every tensor each time.
         kept = [t for t in graph.initializer if t.name not in names]
@@ -121,6 +131,15 @@ def replace_weights(
             f"rows are unpacked, at run time (e.g. {packed[0]}; --no-packed-rows folds them whole)"
         )
     return notes
+
+
+def _insert(model: onnx.ModelProto, graph: onnx.GraphProto, inits, nodes: list[onnx.NodeProto]) -> None:
+    """Add a decoder's initializers and nodes to the graph, the nodes first (they make the weights)."""
+    graph.initializer.extend(inits)
+    if model.ir_version < 4:  # before IR 4, every initializer is also a graph input
+        graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits)
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
 
 
 def _replace_consumers(

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 from conftest import (
     WEIGHT_NAMES,
+    control_flow_model,
     default_opset,
     float_tensor_names,
     make_model,
@@ -30,9 +31,10 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxq
 from onnxq import rewrite
 from onnxq.codebooks import CODEBOOKS
+from onnxq.decompress import decompress_model
 from onnxq.packing import packed_size, unpack_bits
 from onnxq.quantize import quantize
-from onnxq.select import find_weights
+from onnxq.select import find_weights, iter_graphs
 from onnxq.storage import FORMATS, INDICES_SUFFIX
 from onnxq.storage.fold import DOMAIN
 
@@ -102,7 +104,7 @@ def test_unpacking_is_bit_exact(bits, codebook, granularity, rng):
 
     # The stored blob is exactly ceil(n/8)*b bytes and unpacks to the codes.
     (blob,) = [t for t in out.graph.initializer if t.name.endswith(INDICES_SUFFIX)]
-    assert blob.name == f"W{INDICES_SUFFIX}"
+    assert blob.name == f"Decode_{q.codebook}_{bits}{INDICES_SUFFIX}"
     assert blob.data_type == TensorProto.UINT8
     packed = numpy_helper.to_array(blob)
     assert packed.size == packed_size(w.size, bits)
@@ -150,22 +152,19 @@ def test_onnxruntime_folds_the_decoders_into_constants(tiny, tmp_path):
     assert counts["Conv"] == 1 and counts["Gemm"] == 2
 
 
-def test_one_decoder_function_per_codebook_and_bits_over_two_shared_ones(tiny):
+def test_one_call_decodes_every_weight_of_a_codebook_and_width(tiny):
     out, _ = compress(tiny[0], 4, "linear", "channel")
-    assert [(f.domain, f.name) for f in out.functions] == [
-        (DOMAIN, "Decode_linear_4"),
-        (DOMAIN, "Unpack"),
-        (DOMAIN, "Levels1"),
-    ]
-    calls = [n for n in out.graph.node if n.domain == DOMAIN]
-    assert len(calls) == len(WEIGHT_NAMES)
-    # Standard ops only, apart from the calls to the shared functions.
-    ops = {(n.domain, n.op_type) for f in out.functions for n in f.node}
-    assert {op for domain, op in ops if domain == DOMAIN} == {"Unpack", "Levels1"}
-    assert {domain for domain, _ in ops} <= {"", "ai.onnx", DOMAIN}
+    assert [(f.domain, f.name) for f in out.functions] == [(DOMAIN, "Decode_linear_4")]
+    (call,) = [n for n in out.graph.node if n.domain == DOMAIN]
+    assert len(call.output) == len(WEIGHT_NAMES)
+    names = [t.name for t in out.graph.initializer if ".onnxq." in t.name]
+    suffixes = ("indices", "codebook", "ranges")
+    assert sorted(names) == sorted(f"Decode_linear_4.onnxq.{s}" for s in suffixes)
+    # Standard ops only: the function calls nothing else.
+    assert {n.domain for f in out.functions for n in f.node} <= {"", "ai.onnx"}
 
 
-def test_mixed_widths_share_the_unpacking(rng, tmp_path):
+def test_mixed_widths_get_a_call_each(rng, tmp_path):
     model, feeds = tiny_model()
     weights, _ = find_weights(model, 1)
     items = [
@@ -174,12 +173,37 @@ def test_mixed_widths_share_the_unpacking(rng, tmp_path):
     ]
     rewrite.replace_weights(model, items, FORMATS["fold"])
     names = sorted(f.name for f in model.functions)
-    assert names == sorted({f"Decode_exponential_{q.bits}" for _, q in items} | {"Unpack", "Levels2"})
+    assert names == sorted({f"Decode_exponential_{q.bits}" for _, q in items})
     onnx.checker.check_model(model, full_check=True)
     decoded = run(with_outputs(model, [w.name for w, _ in items]), feeds)
     for (w, q), got in zip(items, decoded):
         rows = rewrite.group_rows(onnx_weight(got, w), "channel")
         np.testing.assert_array_max_ulp(rows, q.dequantized, maxulp=MAX_ULP)
+
+
+def test_weights_in_a_subgraph_get_their_own_call(rng):
+    model, feeds = control_flow_model()
+    out, report = onnxq.compress_model(model, onnxq.Config(bits=5, min_elements=1))
+    onnx.checker.check_model(out, full_check=True)
+    names = [f.name for f in out.functions]
+    assert len(names) == len(set(names)) >= 3, names  # main graph, then branch, else branch, loop body
+    # Each subgraph's weights decode to their quantized values: the outputs equal those
+    # of the model whose weights are the dequantized ones (decompress checks its own).
+    refs = reference_weights(model, 5, "exponential", min_elements=1)
+    assert {w.name for w in report.weights} == set(refs)
+    floats, count = decompress_model(out)
+    assert count == len(refs)
+    for got, want in zip(run(out, feeds), run(floats, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    decoded = {t.name: numpy_helper.to_array(t) for g in iter_graphs(floats.graph) for t in g.initializer}
+    decoded |= {
+        n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+        for g in iter_graphs(floats.graph)
+        for n in g.node
+        if n.op_type == "Constant"
+    }
+    for name, (want, _) in refs.items():
+        np.testing.assert_array_max_ulp(decoded[name], want, maxulp=MAX_ULP)
 
 
 def onnx_weight(value, weight):

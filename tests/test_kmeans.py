@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import matmul_model, run, tiny_model, with_outputs
+from conftest import matmul_model, reference_weights, run, tiny_model, with_outputs
 from hypothesis import given
 from hypothesis import strategies as st
 from onnx import numpy_helper
@@ -119,9 +119,11 @@ def test_the_kmeans_table_travels_with_the_call_and_decodes_to_the_levels(bits, 
     out, report = onnxq.compress_model(model, onnxq.Config(bits=bits, codebook="kmeans", min_elements=1))
     q = quantize(w.T.copy(), KMEANS, bits, "lsq")  # MatMul B: one group per column
     (call,) = [n for n in out.graph.node if n.domain == DOMAIN]
-    offset = next(numpy_helper.to_array(a.t) for a in call.attribute if a.name == "offset")
-    assert offset.dtype == np.float32 and offset.shape == (1 << bits,)
-    np.testing.assert_array_equal(offset, q.offset)
+    (table,) = [t for t in out.graph.initializer if t.name == call.input[3]]
+    assert table.name.endswith(".onnxq.offsets")
+    offset = numpy_helper.to_array(table)
+    assert offset.dtype == np.float32 and offset.shape == (1, 1 << bits)  # a row per weight of the call
+    np.testing.assert_array_equal(offset[0], q.offset)
     decoded = run(with_outputs(out, ["W"]), feeds)[0]
     np.testing.assert_array_max_ulp(decoded.T, q.dequantized, maxulp=MAX_ULP)
     # The per-tensor table is counted as codebook bytes, in the weight and in the file.
@@ -130,13 +132,19 @@ def test_the_kmeans_table_travels_with_the_call_and_decodes_to_the_levels(bits, 
     assert report.output.codebooks >= weight.codebook_bytes
 
 
-def test_the_kmeans_decoder_reads_its_table_from_the_call(tiny):
-    out, _ = onnxq.compress_model(tiny[0], onnxq.Config(bits=4, codebook="kmeans"))
+def test_the_kmeans_decoder_reads_each_weights_table_from_the_call(tiny):
+    model, feeds = tiny
+    out, report = onnxq.compress_model(model, onnxq.Config(bits=4, codebook="kmeans"))
     (decoder,) = [f for f in out.functions if f.name == "Decode_kmeans_4"]
-    assert list(decoder.attribute) == ["shape", "ranges", "offset"]
-    calls = [n for n in out.graph.node if n.domain == DOMAIN]
-    assert calls and all({a.name for a in n.attribute} == {"shape", "ranges", "offset"} for n in calls)
+    assert list(decoder.input) == ["indices", "params", "ranges", "offsets"]
+    (call,) = [n for n in out.graph.node if n.domain == DOMAIN]
+    (table,) = [t for t in out.graph.initializer if t.name == call.input[3]]
+    assert list(table.dims) == [len(report.weights), 16]
     onnx.checker.check_model(out, full_check=True)
+    refs = reference_weights(model, 4, "kmeans", "channel")
+    decoded = run(with_outputs(out, list(refs)), feeds)
+    for (name, (want, _)), got in zip(refs.items(), decoded):
+        np.testing.assert_array_max_ulp(got, want, maxulp=MAX_ULP)
 
 
 # ---------------------------------------------------------------------------

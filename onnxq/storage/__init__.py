@@ -22,7 +22,7 @@ FORMATS: dict[str, ModuleType] = {
 
 # What each initializer suffix holds, for the report's byte breakdown.
 INDICES_SUFFIX = ".onnxq.indices"
-CODEBOOK_SUFFIXES = (".onnxq.codebook", ".onnxq.scale")
+CODEBOOK_SUFFIXES = (".onnxq.codebook", ".onnxq.scale", ".onnxq.ranges", ".onnxq.offsets")
 CODEBOOK_ATTRIBUTES = ("ranges", "offset")  # tensor attributes of a decoder call that hold levels
 
 __all__ = ["CODEBOOK_ATTRIBUTES", "CODEBOOK_SUFFIXES", "FORMATS", "INDICES_SUFFIX"]

@@ -34,7 +34,9 @@ BLOCK = 128  # per-channel scales are repeated over blocks of up to this many in
 # The fallback for weights MatMulNBits cannot take (Conv, Gather, ...) is fold, hooks and all.
 CHANNEL_FIRST = fold.CHANNEL_FIRST
 decoders = fold.decoders
-encode = fold.encode
+encode_batch = fold.encode_batch
+batch_key = fold.batch_key
+function_name = fold.function_name
 min_opset = fold.min_opset
 weight_problem = fold.weight_problem
 notes = fold.notes
