@@ -75,3 +75,23 @@ def test_a_format_that_cannot_compress_is_skipped_with_its_reasons(tmp_path):
     (skip,) = results.skips
     assert skip.name == "nosuchformat"
     assert all(f"{codebook}: " in skip.reason for codebook in bench.CODEBOOK_ORDER)
+
+
+def test_format_bits_set_one_formats_width(tmp_path):
+    src = bench.build_stack(tmp_path / "tiny.onnx", vocab=64, dim=16, hidden=32, blocks=1)
+    results = bench.compress_variants("tiny", src, ["fold", "matmulnbits"], 5, tmp_path, {"matmulnbits": 4})
+    widths = {m.variant.name: m.variant.bits for m in results.measurements}
+    assert widths == {"float": None, "fold": 5, "matmulnbits": 4}
+    assert not results.skips
+
+
+def test_a_table_with_packed_rows_is_also_measured_folded_whole(tmp_path, monkeypatch):
+    from onnxq.storage import fold
+
+    monkeypatch.setattr(fold, "ROWS_MIN_ELEMENTS", 1000)
+    src = bench.build_embedding(tmp_path / "emb.onnx", vocab=100, dim=32)
+    results = bench.compress_variants("emb", src, ["fold"], 5, tmp_path)
+    names = [m.variant.name for m in results.measurements]
+    assert names == ["float", "fold", bench.WHOLE]
+    packed, whole = results.measurements[1:]
+    assert packed.variant.path != whole.variant.path and whole.variant.bits == 5

@@ -1,6 +1,7 @@
 """Runtime cost of onnxq's storage formats: file size, session creation, latency and memory.
 
-    python tools/bench.py [--models efficientnet_lite0 ...] [--formats fold ...] [--bits 5] [--write]
+    python tools/bench.py [--models efficientnet_lite0 ...] [--formats fold ...] [--bits 5]
+                          [--format-bits matmulnbits=4 ...] [--write]
 
 For the float model and every storage format in onnxq.FORMATS (or --formats), on the
 shared models, on a transformer-like stack built in code (an embedding Gather and
@@ -61,7 +62,7 @@ MB = 1 << 20
 def table_columns(batches: tuple[int, ...] = (1, 8)) -> list[str]:
     latency = [c for b in batches for c in (f"b{b} ms", f"b{b} / float", f"b{b} CPU / float")]
     return [
-        *["model", "variant", "codebook", "bytes", "size / float", "session ms", "session / float"],
+        *["model", "variant", "codebook", "bits", "bytes", "size / float", "session ms", "session / float"],
         "session CPU ms",
         *latency,
         *["RSS after session MB", "RSS / float", "RSS trimmed MB", "peak RSS MB", "peak / float"],
@@ -83,6 +84,7 @@ class Variant:
     path: Path
     codebook: str = "-"
     weights: int = 0  # compressed weights
+    bits: int | None = None
 
 
 @dataclass
@@ -235,27 +237,33 @@ def make_feeds(path: Path, batch: int, seq: int, seed: int = 0) -> dict[str, np.
     return feeds
 
 
-def compress_variants(model: str, src: Path, formats: list[str], bits: int, tmp: Path) -> Results:
-    """The float model and one compressed file per format that accepts it, with the skips."""
+def compress_variants(
+    model: str, src: Path, formats: list[str], bits: int, tmp: Path, format_bits: dict[str, int] | None = None
+) -> Results:
+    """The float model and one compressed file per format that accepts it, with the skips.
+
+    format_bits: a width per format, instead of bits.
+    """
     import onnxq
 
     out = Results()
     variants = [Variant(model, "float", src)]
     for name in formats:
+        width = (format_bits or {}).get(name, bits)
         dst = tmp / f"{model}.{name}.onnx"
         reasons = []
         for codebook in CODEBOOK_ORDER:
             try:
-                report = onnxq.compress(src, dst, bits=bits, format=name, codebook=codebook, validate=False)
+                report = onnxq.compress(src, dst, bits=width, format=name, codebook=codebook, validate=False)
             except onnxq.OnnxqError as exc:
                 reasons.append(f"{codebook}: {exc}")
                 continue
             log(f"{model}: {name} ran with the {codebook} codebook ({report.ratio:.2f}x smaller)")
-            variants.append(Variant(model, name, dst, codebook, report.compressed_elements))
+            variants.append(Variant(model, name, dst, codebook, report.compressed_elements, width))
             if name == "fold" and any("rows packed" in n for n in report.notes):
                 whole = tmp / f"{model}.fold-whole.onnx"
-                onnxq.compress(src, whole, bits=bits, codebook=codebook, validate=False, packed_rows=False)
-                variants.append(Variant(model, WHOLE, whole, codebook, report.compressed_elements))
+                onnxq.compress(src, whole, bits=width, codebook=codebook, validate=False, packed_rows=False)
+                variants.append(Variant(model, WHOLE, whole, codebook, report.compressed_elements, width))
             break
         else:
             reason = "; ".join(reasons)
@@ -354,6 +362,7 @@ def bench_model(
     bits: int,
     tmp: Path,
     *,
+    format_bits: dict[str, int] | None = None,
     batches: tuple[int, ...] = (1, 8),
     seq: int = 32,
     iterations: int = 200,
@@ -361,7 +370,7 @@ def bench_model(
     session_repeats: int = 11,
 ) -> Results:
     """Compress src in each format and measure the float model and every compressed file."""
-    results = compress_variants(model, src, formats, bits, tmp)
+    results = compress_variants(model, src, formats, bits, tmp, format_bits)
     ms = results.measurements
     paths = [m.variant.path for m in ms]
     log(f"{model}: session creation x{session_repeats}")
@@ -398,6 +407,7 @@ def render_table(measurements: list[Measurement], batches: tuple[int, ...] = (1,
             m.variant.model,
             m.variant.name,
             m.variant.codebook,
+            str(m.variant.bits) if m.variant.bits else "-",
             f"{m.bytes:,}",
             f"{m.bytes / f.bytes:.3f}",
         ]
@@ -494,6 +504,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--formats", nargs="+", choices=list(onnxq.FORMATS), default=list(onnxq.FORMATS))
     parser.add_argument("--bits", type=int, default=5)
+    parser.add_argument(
+        "--format-bits",
+        nargs="*",
+        default=[],
+        metavar="FORMAT=BITS",
+        help="a width for one format instead of --bits, e.g. matmulnbits=4",
+    )
     parser.add_argument("--iterations", type=int, default=200, help="timed runs per variant and batch")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--session-repeats", type=int, default=11)
@@ -504,6 +521,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     models = resolve_models(args.models)
+    try:
+        format_bits = {k: int(v) for k, v in (item.split("=", 1) for item in args.format_bits)}
+    except ValueError:
+        parser.error("--format-bits takes FORMAT=BITS, e.g. matmulnbits=4")
     load_start, started = os.getloadavg(), time.perf_counter()
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     commit = git_commit()
@@ -521,6 +542,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.formats,
                 args.bits,
                 tmp,
+                format_bits=format_bits,
                 seq=args.seq,
                 iterations=args.iterations,
                 warmup=args.warmup,
@@ -578,8 +600,9 @@ machine has 2 cores and other jobs ran beside this one; the variants of a model 
 interleaved run by run, so their ratios share the same conditions, but the absolute
 milliseconds are noisy.
 
-Every compressed file is at {bits} bits, per channel, with the first codebook the format
-accepts (exponential, else linear; column **codebook**), validation off. Sessions use
+Every compressed file is at {bits} bits unless the command's --format-bits says otherwise
+(column **bits**), per channel, with the first codebook the format accepts (exponential,
+else linear; column **codebook**), validation off. Sessions use
 intra_op_num_threads = inter_op_num_threads = 1 and the default optimization level.
 **session ms**: median wall time of {repeats} fresh sessions, interleaved; **session CPU
 ms**: the median CPU time of the same sessions, which other jobs on the machine inflate
