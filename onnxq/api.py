@@ -230,6 +230,7 @@ def _quantize_all(
             config.target_bits,
             progress,
             reserve=_decoder_bytes(config, rewrite.default_opset(model)),
+            fmt=FORMATS[config.format],
         )
         report.seconds["allocation"] = time.perf_counter() - t
         wider = [(w, chosen[w.name]) for w in weights if chosen[w.name] not in candidates[w.name]]

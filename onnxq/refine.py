@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -128,11 +128,13 @@ def choose_widths(
     target_bits: float,
     progress: Callable[[int, int, str], None] | None = None,
     reserve: Callable[[set[int]], float] = lambda used: 0.0,
+    fmt=None,
 ) -> tuple[dict[str, int], list[str]]:
     """Bits per weight, from widths, within target_bits on average (indices, parameters, decoder node).
 
     reserve(widths allowed) is taken off the budget too: the decoder functions,
-    which the model carries once per width it uses.
+    which the model carries once per width it uses. fmt (a storage format) says
+    what a width costs on disk: qdq stores 3 bits as 4, for example.
 
     candidates holds each weight quantized at some of the widths (at least the
     reference, round(target_bits)); above the widest of them, a layer's error is
@@ -143,7 +145,7 @@ def choose_widths(
     computed = sorted(next(iter(candidates.values())))
     reference = max(computed[0], min(computed[-1], round(target_bits)))
     every = list(range(2, 9))
-    costs = {w.name: {b: cost_bytes(candidates[w.name][reference], b) for b in every} for w in weights}
+    costs = {w.name: {b: cost_bytes(candidates[w.name][reference], b, fmt) for b in every} for w in weights}
     budget = target_bits * sum(w.array.size for w in weights) / 8
     main = {t.name for t in model.graph.initializer}
     measurable = [w for w in weights if w.name in main and w.graph is model.graph]
@@ -245,9 +247,15 @@ def probe_feeds(model: onnx.ModelProto, data: Data) -> list[dict[str, np.ndarray
     ]
 
 
-def cost_bytes(q: QuantizedTensor, bits: int | None = None) -> float:
-    """What a weight adds to the file at q's width (or bits): indices, parameters, decoder node."""
-    return -(-q.codes.size // 8) * (bits or q.bits) + q.codebook_bytes + DECODER_BYTES
+def cost_bytes(q: QuantizedTensor, bits: int | None = None, fmt=None) -> float:
+    """What a weight adds to the file at q's width (or bits): indices, parameters, decoder node.
+
+    With a storage format, its own index and parameter bytes (default: b bits per weight).
+    """
+    at = replace(q, bits=bits or q.bits)
+    if fmt is None:
+        return -(-q.codes.size // 8) * at.bits + q.codebook_bytes + DECODER_BYTES
+    return fmt.index_bytes(at) + fmt.codebook_bytes(q) + DECODER_BYTES
 
 
 def output_error(weight: Weight, layers: list[Layer]) -> Callable[[QuantizedTensor], float] | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -246,3 +248,27 @@ def test_cli_block_size_is_group_size(tmp_path):
     assert result.exit_code == 0, result.stderr
     (node,) = [n for n in onnx.load(dst).graph.node if n.op_type == "DequantizeLinear"]
     assert {a.name: a.i for a in node.attribute} == {"axis": 0, "block_size": 32}
+
+
+def test_target_bits_budgets_the_stored_widths():
+    # qdq stores 3 bits as INT4 and 5-7 as INT8: at the same cost, the wider width has less
+    # error, so the allocation only ever picks 2, 4 or 8, and the stored bytes fit the budget.
+    rng = np.random.default_rng(SEED)
+    sizes = [48, 96, 64, 32]
+    inits = [
+        numpy_helper.from_array(randn(rng, k, n) * np.exp(rng.normal(0, 1, n)).astype(np.float32), f"w{i}")
+        for i, (k, n) in enumerate(itertools.pairwise(sizes))
+    ]
+    nodes = [
+        helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"h{i + 1}"], name=f"mm{i}")
+        for i in range(len(inits))
+    ]
+    model = make_model(nodes, [value("h0", [2, sizes[0]])], [value(f"h{len(inits)}", [2, sizes[-1]])], inits)
+    target = 4.0
+    _, report = onnxq.compress_model(
+        model, onnxq.Config(format="qdq", codebook="linear", target_bits=target, validate=False)
+    )
+    widths = {w.bits for w in report.weights}
+    assert widths <= {2, 4, 8}, widths
+    stored = sum(w.index_bytes + w.codebook_bytes for w in report.weights)
+    assert stored <= target * sum(w.elements for w in report.weights) / 8
