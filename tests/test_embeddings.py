@@ -175,3 +175,15 @@ def test_a_table_gather_block_quantized_cannot_take_keeps_packed_rows_and_says_s
     whole, _ = onnxq.compress_model(model, onnxq.Config(bits=2, codebook="linear", packed_rows=False))
     ids = np.arange(VOCAB, dtype=np.int64)
     np.testing.assert_array_equal(lookups(nbits, ids), lookups(whole, ids))
+
+
+def test_packed_rows_in_an_old_ir_version_are_inlined():
+    model = embedding([2, 5])
+    model.ir_version = 7
+    packed, report = onnxq.compress_model(model, onnxq.Config(bits=5, validate=False))
+    whole, _ = onnxq.compress_model(model, onnxq.Config(bits=5, validate=False, packed_rows=False))
+    assert packed.ir_version == 7 and not packed.functions
+    assert any("inlined" in n for n in report.notes)
+    assert any(n.op_type == "Gather" and n.input[0] == "table.onnxq.indices" for n in packed.graph.node)
+    ids = np.arange(-VOCAB, VOCAB, dtype=np.int64)
+    np.testing.assert_array_equal(lookups(packed, ids), lookups(whole, ids))
