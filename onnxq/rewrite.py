@@ -1,8 +1,11 @@
 """Replace each chosen weight by its storage format's decoder call, in place.
 
-model' = model with every weight w replaced by fmt.encode(quantize(w)); the
-decoder functions are added once, and the model's opset is kept (only the
-"onnxq" domain of the local functions is added, if the format has any).
+model' = model with every weight w replaced by fmt.encode(quantize(w)), or, for a
+format with encode_batch (fold), with one call per graph and batch_key that
+rebuilds all such weights; the decoder functions are added once, and the model's
+opset is kept (only the "onnxq" domain of the local functions is added, if the
+format has any). A format with replace_consumer may replace the weight's readers
+instead (MatMulNBits, GatherBlockQuantized, fold's packed embedding rows).
 """
 
 from __future__ import annotations
@@ -97,12 +100,11 @@ def replace_weights(
             for function in fmt.decoders(q, opset):
                 functions.setdefault(function.name, function)
     for (_, codebook, bits), (graph, batch) in batches.items():
-        name = fmt.function_name(codebook, bits)
-        name = next(
-            f"{name}_{i}" if i else name
-            for i in range(len(functions) + 1)
-            if (f"{name}_{i}" if i else name) not in functions
-        )
+        name = base = fmt.function_name(codebook, bits)
+        suffix = 0
+        while name in functions:  # a batch of the same kind in another graph
+            suffix += 1
+            name = f"{base}_{suffix}"
         inits, call, called = fmt.encode_batch([(q, out, shape) for q, out, shape, _ in batch], opset, name)
         _insert(model, graph, inits, [call, *(node for *_, tail in batch for node in tail)])
         for function in called:
