@@ -55,7 +55,7 @@ def replace_weights(
     fallbacks: dict[str, list[str]] = {}
     packed: list[str] = []  # Gather tables whose rows stay packed
     extra_domains: set[str] = set()
-    batches: dict[tuple, tuple[onnx.GraphProto, list]] = {}  # (graph, codebook, bits) -> weights
+    batches: dict[tuple, tuple[onnx.GraphProto, list[list]]] = {}  # (graph, codebook, bits) -> chunks
     for weight, q in items:
         graph = weight.graph
         if hasattr(fmt, "replace_consumer"):
@@ -91,24 +91,19 @@ def replace_weights(
         else:
             replaced.setdefault(id(graph), (graph, set()))[1].add(name)
         if hasattr(fmt, "encode_batch"):
-            key = (id(graph), *fmt.batch_key(q))
-            batches.setdefault(key, (graph, []))[1].append((q, out, shape, tail))
+            chunks = batches.setdefault((id(graph), *fmt.batch_key(q)), (graph, [[]]))[1]
+            if chunks[-1] and sum(p.codes.size for p, *_ in chunks[-1]) + q.codes.size > fmt.BATCH_WEIGHTS:
+                chunks.append([])
+            chunks[-1].append((q, out, shape, tail))
             continue
         inits, call = fmt.encode(q, name, out, shape, axis)
         _insert(model, graph, inits, [call, *tail])
         if call.op_type not in functions:
             for function in fmt.decoders(q, opset):
                 functions.setdefault(function.name, function)
-    for (_, codebook, bits), (graph, batch) in batches.items():
-        name = base = fmt.function_name(codebook, bits)
-        suffix = 0
-        while name in functions:  # a batch of the same kind in another graph
-            suffix += 1
-            name = f"{base}_{suffix}"
-        inits, call, called = fmt.encode_batch([(q, out, shape) for q, out, shape, _ in batch], opset, name)
-        _insert(model, graph, inits, [call, *(node for *_, tail in batch for node in tail)])
-        for function in called:
-            functions[function.name] = function
+    for (_, codebook, bits), (graph, chunks) in batches.items():
+        for batch in chunks:
+            _insert_batch(model, graph, fmt, functions, codebook, bits, batch, opset)
     for graph, names in replaced.values():
         # One pass per graph: rebuilding the list per weight would copy every tensor each time.
         kept = [t for t in graph.initializer if t.name not in names]
@@ -133,6 +128,19 @@ def replace_weights(
             f"rows are unpacked, at run time (e.g. {packed[0]}; --no-packed-rows folds them whole)"
         )
     return notes
+
+
+def _insert_batch(model, graph, fmt, functions, codebook: str, bits: int, batch: list, opset: int) -> None:
+    """One decoder call for a batch of weights (q, output, shape, tail nodes), under a fresh name."""
+    name = base = fmt.function_name(codebook, bits)
+    suffix = 0
+    while name in functions:  # another batch of the same kind: a larger one, or in another graph
+        suffix += 1
+        name = f"{base}_{suffix}"
+    inits, call, called = fmt.encode_batch([(q, out, shape) for q, out, shape, _ in batch], opset, name)
+    _insert(model, graph, inits, [call, *(node for *_, tail in batch for node in tail)])
+    for function in called:
+        functions[function.name] = function
 
 
 def _insert(model: onnx.ModelProto, graph: onnx.GraphProto, inits, nodes: list[onnx.NodeProto]) -> None:

@@ -311,3 +311,22 @@ def test_session_loads_in_onnxruntime_without_custom_ops(tiny):
     sess = session(out)
     assert [i.name for i in sess.get_inputs()] == ["x", "ids"]
     assert [o.name for o in sess.get_outputs()] == ["y", "e"]
+
+
+def test_a_batch_stops_at_batch_weights(tiny, monkeypatch):
+    from onnxq.storage import fold
+
+    model, feeds = tiny
+    whole, _ = compress(model, 5, "exponential", "channel")
+    monkeypatch.setattr(fold, "BATCH_WEIGHTS", 600)  # the tiny model's weights hold a few hundred each
+    split, report = compress(model, 5, "exponential", "channel")
+    names = [f.name for f in split.functions]
+    assert len(names) > 1 and names[0] == "Decode_exponential_5" and names[1] == "Decode_exponential_5_1"
+    elements = {w.name: w.elements for w in report.weights}
+    calls = [n for n in split.graph.node if n.domain == DOMAIN]
+    assert len(calls) == len(names)
+    for call in calls:
+        held = [elements[o.split(".onnxq.")[0]] for o in call.output]
+        assert len(held) == 1 or sum(held) <= 600, held
+    for got, want in zip(run(split, feeds), run(whole, feeds)):
+        np.testing.assert_array_equal(got, want)

@@ -62,6 +62,11 @@ def function_name(codebook: str, bits: int) -> str:
     return f"Decode_{codebook}_{bits}"
 
 
+# At most this many weights per call, unless one weight alone is larger: onnxruntime
+# does not fold a node whose output exceeds 1 GiB (the bit lookup makes 8 bytes per
+# weight), and the fold's transient memory grows with the batch. Splitting Lite0's
+# 4.6M weights in two cost 48 ms of session creation (141 against 93 ms) and no memory.
+BATCH_WEIGHTS = 1 << 24
 ROWS_MIN_ELEMENTS = 1 << 20  # a Gather table this large keeps its rows packed (see replace_consumer)
 LEVELS = {1: "Levels1", 2: "Levels2"}  # (params, ranges, sign, slope, offset) -> (groups, 2^b) levels
 

@@ -35,6 +35,7 @@ BLOCK = 128  # per-channel scales are repeated over blocks of up to this many in
 CHANNEL_FIRST = fold.CHANNEL_FIRST
 decoders = fold.decoders
 encode_batch = fold.encode_batch
+BATCH_WEIGHTS = fold.BATCH_WEIGHTS
 batch_key = fold.batch_key
 function_name = fold.function_name
 min_opset = fold.min_opset
