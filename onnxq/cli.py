@@ -115,7 +115,7 @@ def compress_cmd(
     target_bits: Annotated[
         float | None,
         typer.Option(
-            help="Average bits per weight (indices, codebooks and decoder node counted); "
+            help="Average bits per weight (indices, codebooks and each weight's share of the decoder counted); "
             "chooses a width per tensor by measured sensitivity. Overrides --bits."
         ),
     ] = None,

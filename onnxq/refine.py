@@ -130,7 +130,7 @@ def choose_widths(
     reserve: Callable[[set[int]], float] = lambda used: 0.0,
     fmt=None,
 ) -> tuple[dict[str, int], list[str]]:
-    """Bits per weight, from widths, within target_bits on average (indices, parameters, decoder node).
+    """Bits per weight, from widths, within target_bits on average (indices, parameters, decoder share).
 
     reserve(widths allowed) is taken off the budget too: the decoder functions,
     which the model carries once per width it uses. fmt (a storage format) says
@@ -248,7 +248,7 @@ def probe_feeds(model: onnx.ModelProto, data: Data) -> list[dict[str, np.ndarray
 
 
 def cost_bytes(q: QuantizedTensor, bits: int | None = None, fmt=None) -> float:
-    """What a weight adds to the file at q's width (or bits): indices, parameters, decoder node.
+    """What a weight adds to the file at q's width (or bits): indices, parameters, its decoder share.
 
     With a storage format, its own index and parameter bytes (default: b bits per weight).
     """
