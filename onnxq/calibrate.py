@@ -57,10 +57,13 @@ class LayerStats:
         return f"LayerStats(mean{self.mean.shape}, hessian{self.hessian.shape}, count={self.count})"
 
 
-def load_calibration(path: str | Path, input_names: Sequence[str]) -> dict[str, np.ndarray]:
+def load_calibration(
+    path: str | Path, input_names: Sequence[str], units: dict[str, int] | None = None
+) -> dict[str, np.ndarray]:
     """Calibration samples from an npz keyed by input name, samples along axis 0.
 
-    With one graph input, a single array under any key is fine.
+    With one graph input, a single array under any key is fine. units: rows of
+    axis 0 per sample, per input (see sample_count).
     """
     path = Path(path)
     if not path.is_file():
@@ -80,16 +83,36 @@ def load_calibration(path: str | Path, input_names: Sequence[str]) -> dict[str, 
             f"{path} lacks inputs {missing}; the model expects {names}, the file has {sorted(data)}"
         )
     data = {n: data[n] for n in names}
-    sample_count(data, str(path))
+    sample_count(data, str(path), units)
     return data
 
 
-def sample_count(data: dict[str, np.ndarray], source: str = "the calibration data") -> int:
-    """The common length of axis 0, or OnnxqError saying what disagrees."""
+def input_units(model: onnx.ModelProto) -> dict[str, int]:
+    """Rows of axis 0 per sample, per fed input: its fixed first dimension, else 1.
+
+    An input whose first dimension is fixed to d (a fixed batch, or a fixed-length
+    vector such as token ids) takes d rows of the data per sample and per run.
+    """
+    _, firsts = _graph_inputs(model)
+    return {n: d or 1 for n, d in firsts.items()}
+
+
+def sample_count(
+    data: dict[str, np.ndarray], source: str = "the calibration data", units: dict[str, int] | None = None
+) -> int:
+    """The common number of samples (rows of axis 0 over units), or OnnxqError saying what disagrees."""
     scalars = [n for n, a in data.items() if not a.ndim]
     if scalars:
         raise OnnxqError(f"{source}: {scalars} have no sample axis; stack samples along axis 0")
-    counts = {n: a.shape[0] for n, a in data.items()}
+    units = units or {}
+    ragged = {n: units[n] for n, a in data.items() if a.shape[0] % units.get(n, 1)}
+    if ragged:
+        name, unit = next(iter(ragged.items()))
+        raise OnnxqError(
+            f"{source}: the model takes {unit} rows of {name!r} per run; give a multiple of {unit}, "
+            f"not {data[name].shape[0]}"
+        )
+    counts = {n: a.shape[0] // units.get(n, 1) for n, a in data.items()}
     if len(set(counts.values())) > 1:
         raise OnnxqError(f"{source}: inputs have different sample counts {counts}; give each as many")
     if not counts or 0 in counts.values():
@@ -113,12 +136,18 @@ def synthetic_calibration(
     return {n: np.concatenate([np.atleast_1d(f[n]) for f in feeds]) for n in feeds[0]}
 
 
-def iter_batches(data: dict[str, np.ndarray], batch: int) -> Iterator[dict[str, np.ndarray]]:
-    """Consecutive slices of at most batch samples along axis 0 (views, not copies)."""
+def iter_batches(
+    data: dict[str, np.ndarray], batch: int, units: dict[str, int] | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive slices of at most batch samples along axis 0 (views, not copies).
+
+    A sample is units[n] rows of input n (default 1).
+    """
     if batch < 1:
         raise OnnxqError(f"the batch size must be at least 1, not {batch}")
-    for start in range(0, sample_count(data), batch):
-        yield {n: a[start : start + batch] for n, a in data.items()}
+    units = units or {}
+    for start in range(0, sample_count(data, units=units), batch):
+        yield {n: a[start * units.get(n, 1) : (start + batch) * units.get(n, 1)] for n, a in data.items()}
 
 
 def layer_specs(model: onnx.ModelProto, weights: Sequence[Weight]) -> tuple[list[LayerSpec], list[Skip]]:
@@ -213,17 +242,15 @@ def _layer_inputs(
     if missing:
         raise OnnxqError(f"the calibration data lacks inputs {missing}; its keys are {sorted(data)}")
     data = {n: np.asarray(data[n]).astype(dtypes[n], copy=False) for n in dtypes}
-    total = sample_count(data)
-    fixed = [f for f in firsts.values() if f is not None]
-    pinned = len(fixed) == len(firsts) and len(set(fixed)) == 1
-    run = fixed[0] if pinned else batch
-    if pinned and total % run:
-        raise OnnxqError(f"the model takes {run} samples per run; give a multiple of {run}, not {total}")
+    units = {n: d or 1 for n, d in firsts.items()}
+    total = sample_count(data, units=units)
+    # An input with a fixed first dimension takes one sample per run; else samples batch.
+    run = 1 if any(d is not None for d in firsts.values()) else batch
     fetch = sorted({s.activation for s in layers} - set(dtypes))
     sess = session(_with_outputs(model, fetch).SerializeToString(), spin=False) if fetch else None
     pending: dict[str, list[np.ndarray]] = {s.key: [] for s in layers}
     waiting = 0
-    for feed in iter_batches(data, run):
+    for feed in iter_batches(data, run, units):
         values = dict(feed)
         if sess is not None:
             try:
@@ -233,7 +260,7 @@ def _layer_inputs(
                 raise OnnxqError(f"onnxruntime failed on the calibration data: {first}") from None
         for s in layers:
             pending[s.key].append(_rows_first(s, values[s.activation]))
-        size = len(next(iter(feed.values())))
+        size = sample_count(feed, units=units)
         waiting, total = waiting + size, total - size
         if waiting >= batch or total == 0:
             yield {

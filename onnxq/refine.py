@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -34,10 +34,11 @@ class Data:
     mode: str  # "calibration" or "synthetic"
     source: str  # the npz path, or a description of the synthetic inputs
     arrays: dict[str, np.ndarray]
+    units: dict[str, int] = field(default_factory=dict)  # rows per sample, per input (calibrate.input_units)
 
     @property
     def samples(self) -> int:
-        return calibrate.sample_count(self.arrays)
+        return calibrate.sample_count(self.arrays, units=self.units)
 
     def describe(self) -> str:
         return f"{self.mode} ({self.source}, {self.samples} samples)"
@@ -53,14 +54,15 @@ def load_data(model: onnx.ModelProto, path: str | None, samples: int | None, see
     """The calibration npz, or synthetic standard-normal inputs when there is none."""
     inits = {t.name for t in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in inits]
+    units = calibrate.input_units(model)
     if path is not None:
-        arrays = calibrate.load_calibration(path, names)
+        arrays = calibrate.load_calibration(path, names, units)
         if samples is not None:
-            arrays = {n: a[:samples] for n, a in arrays.items()}
-        return Data("calibration", path, arrays)
+            arrays = {n: a[: samples * units.get(n, 1)] for n, a in arrays.items()}
+        return Data("calibration", path, arrays, units)
     count = samples or SYNTHETIC_SAMPLES
     arrays = calibrate.synthetic_calibration(model, count, seed, dims)
-    return Data("synthetic", "standard normal inputs, no calibration data", arrays)
+    return Data("synthetic", "standard normal inputs, no calibration data", arrays, units)
 
 
 def layer_statistics(model: onnx.ModelProto, weights: list[Weight], data: Data) -> dict[str, list[Layer]]:

@@ -15,15 +15,18 @@ import conftest
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS, control_flow_model, make_model, randn, run, value
+from conftest import MODELS, control_flow_model, make_model, randn, run, tiny_model, value
 from onnx import helper, numpy_helper
 
+import onnxq
 from onnxq.calibrate import (
     LayerSpec,
     collect_layer_stats,
+    input_units,
     iter_batches,
     layer_specs,
     load_calibration,
+    sample_count,
     synthetic_calibration,
 )
 from onnxq.errors import OnnxqError
@@ -382,3 +385,42 @@ def test_every_conv_and_gemm_of_a_real_model():
         assert h.shape == (spec.groups, spec.columns, spec.columns)
         assert np.all(np.diagonal(h, axis1=1, axis2=2) >= 0)
         assert np.array_equal(h, h.transpose(0, 2, 1))
+
+
+def test_an_input_with_a_fixed_first_dimension_takes_that_many_rows_per_sample():
+    data = {"x": np.arange(5 * 3).reshape(5, 3), "ids": np.arange(5 * 6)}
+    units = {"x": 1, "ids": 6}
+    assert sample_count(data, units=units) == 5
+    batches = list(iter_batches(data, 2, units))
+    assert [len(b["x"]) for b in batches] == [2, 2, 1]
+    assert [len(b["ids"]) for b in batches] == [12, 12, 6]
+    np.testing.assert_array_equal(batches[1]["ids"], np.arange(12, 24))
+    with pytest.raises(OnnxqError, match="takes 6 rows of 'ids' per run; give a multiple of 6, not 29"):
+        sample_count({"x": data["x"], "ids": np.arange(29)}, units=units)
+
+
+def test_data_free_statistics_for_inputs_with_different_fixed_first_dimensions():
+    model, _ = tiny_model()  # x is (1, 3, 8, 8) and ids (6,): a sample is 1 image and 6 ids
+    units = input_units(model)
+    assert units == {"x": 1, "ids": 6}
+    data = synthetic_calibration(model, 4)
+    assert sample_count(data, units=units) == 4
+    weights, _ = find_weights(model, 1)
+    specs, _ = layer_specs(model, weights)
+    stats = collect_layer_stats(model, specs, data)
+    assert stats and all(s.count > 0 for s in stats.values())
+
+
+def test_calibration_files_give_fixed_length_inputs_their_rows_per_sample(tmp_path, rng):
+    model, _ = tiny_model()
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=randn(rng, 5, 3, 8, 8), ids=rng.integers(0, 40, 30))
+    data = load_calibration(path, ["x", "ids"], input_units(model))
+    assert sample_count(data, units=input_units(model)) == 5
+    # GPTQ and bias correction run on it, one sample (1 image and 6 ids) per run.
+    _, report = onnxq.compress_model(model, onnxq.Config(bits=5, calibration=str(path), validate=False))
+    assert report.calibration.startswith("calibration")
+    assert {w.rounding for w in report.weights} >= {"gptq"}
+    np.savez(path, x=randn(rng, 5, 3, 8, 8), ids=rng.integers(0, 40, 29))
+    with pytest.raises(OnnxqError, match="multiple of 6"):
+        load_calibration(path, ["x", "ids"], input_units(model))
