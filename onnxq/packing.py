@@ -25,14 +25,7 @@ def packed_size(count: int, bits: int) -> int:
 
 def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
     """Pack a 1-D array of codes in [0, 2^bits) into a uint8 blob."""
-    _check(bits)
-    codes = np.asarray(codes).ravel()
-    if codes.size and (codes.min() < 0 or codes.max() >= 1 << bits):
-        raise ValueError(f"codes must lie in [0, {1 << bits})")
-    padded = np.zeros(-(-codes.size // 8) * 8, dtype=np.uint8)
-    padded[: codes.size] = codes
-    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint8)[:, None]
-    return np.packbits((padded[None, :] >> shifts) & 1, axis=1).ravel()
+    return pack_rows(np.asarray(codes).reshape(1, -1), bits).ravel()
 
 
 def unpack_bits(blob: np.ndarray, bits: int, count: int) -> np.ndarray:
