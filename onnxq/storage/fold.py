@@ -68,7 +68,6 @@ def function_name(codebook: str, bits: int) -> str:
 # 4.6M weights in two cost 48 ms of session creation (141 against 93 ms) and no memory.
 BATCH_WEIGHTS = 1 << 24
 ROWS_MIN_ELEMENTS = 1 << 20  # a Gather table this large keeps its rows packed (see replace_consumer)
-LEVELS = {1: "Levels1", 2: "Levels2"}  # (params, ranges, sign, slope, offset) -> (groups, 2^b) levels
 
 
 def _ref(name: str) -> onnx.NodeProto:
@@ -102,53 +101,50 @@ class _Body:
         return name
 
 
-def levels_function(count: int, opset: int) -> onnx.FunctionProto:
-    """levels[g, k] = sign_k * exp(slope_k * ln x0_g + offset_k + ln s_g) * live_g (quantize.level_table).
+def _level_table(b: _Body, params: str, ranges: str, offset: str | None, q: QuantizedTensor) -> str:
+    """Nodes for levels[g, k] = sign_k * exp(slope_k * ln x0_g + offset_k + ln s_g) * live_g.
 
-    count is how many parameters share each uint16: 2 (x0 and s) or 1 (the step).
+    params: (G,) uint16 parameter codes; ranges: (G or 1, 2P) rows of ranges[p, 0],
+    ranges[p, 1] (value = ranges[p, 0] + code * ranges[p, 1]); offset: a (G or 1, 2^b)
+    tensor of fitted tables, or None for q's codebook's own. The float32 operations
+    follow quantize.level_table's order, so the graph and numpy agree.
     """
-    b = _Body()
-    pf = b.add(
+
+    def column(i: int) -> str:
+        return b.add(
+            "Slice",
+            [
+                ranges,
+                b.const(f"c{i}b", np.array([i], np.int64)),
+                b.const(f"c{i}e", np.array([i + 1], np.int64)),
+                b.const(f"c{i}a", np.array([1], np.int64)),
+            ],
+            f"col{i}",
+        )  # (G or 1, 1)
+
+    pcol = b.add(
         "Reshape",
-        [
-            b.add("Cast", ["params"], "pf0", to=TensorProto.FLOAT),
-            b.const("colshape", np.array([-1, 1], np.int64)),
-        ],
-        "pf",
+        [b.add("Cast", [params], "pf", to=TensorProto.FLOAT), b.const("pshape", np.array([-1, 1], np.int64))],
+        "pcol",
     )
-
-    def cell(row: int, col: int) -> str:
-        """ranges[row, col], as a (1, 1) tensor."""
-        begin = b.const(f"r{row}c{col}b", np.array([row, col], np.int64))
-        end = b.const(f"r{row}c{col}e", np.array([row + 1, col + 1], np.int64))
-        return b.add("Slice", ["ranges", begin, end], f"r{row}c{col}")
-
-    def value(code: str, i: int) -> str:
-        return b.add("Add", [b.add("Mul", [code, cell(i, 1)], f"c{i}s"), cell(i, 0)], f"v{i}")
-
     one = b.const("onef", np.array(1.0, np.float32))
-    if count == 2:
+    if offset is None:
+        offset = b.const("offset", q.offset[None, :])
+    if q.ranges.shape[0] == 2:
         split = b.const("split", np.array(SPLIT, np.float32))
-        hi = b.add("Floor", [b.add("Div", [pf, split], "pdiv")], "phi")
-        lo = b.add("Sub", [pf, b.add("Mul", [hi, split], "phis")], "plo")
-        exponent = b.add(
-            "Add",
-            [b.add("Add", [b.add("Mul", ["slope", value(hi, 0)], "e0"), "offset"], "e1"), value(lo, 1)],
-            "e",
-        )
+        hi = b.add("Floor", [b.add("Div", [pcol, split], "pdiv")], "phi")
+        lo = b.add("Sub", [pcol, b.add("Mul", [hi, split], "phis")], "plo")
+        v0 = b.add("Add", [b.add("Mul", [hi, column(1)], "v0s"), column(0)], "v0")
+        v1 = b.add("Add", [b.add("Mul", [lo, column(3)], "v1s"), column(2)], "v1")
+        slope = b.const("slope", q.slope[None, :])
+        exponent = b.add("Add", [b.add("Add", [b.add("Mul", [slope, v0], "e0"), offset], "e1"), v1], "e")
         live = b.add("Min", [lo, one], "live")
     else:
-        exponent = b.add("Add", ["offset", value(pf, 0)], "e")
-        live = b.add("Min", [pf, one], "live")
-    b.add("Mul", [b.add("Mul", ["sign", b.add("Exp", [exponent], "mag")], "sl"), live], "table")
-    return helper.make_function(
-        DOMAIN,
-        LEVELS[count],
-        ["params", "ranges", "sign", "slope", "offset"],
-        ["table"],
-        b.nodes,
-        [helper.make_opsetid("", opset)],
-    )
+        v0 = b.add("Add", [b.add("Mul", [pcol, column(1)], "v0s"), column(0)], "v0")
+        exponent = b.add("Add", [offset, v0], "e")
+        live = b.add("Min", [pcol, one], "live")
+    sign = b.const("sign", q.sign[None, :])
+    return b.add("Mul", [b.add("Mul", [sign, b.add("Exp", [exponent], "mag")], "sl"), live], "table")
 
 
 def batch_key(q: QuantizedTensor) -> tuple[str, int]:
@@ -188,7 +184,7 @@ def encode_batch(
     of weights.
     """
     q0 = items[0][0]
-    bits, p, fitted = q0.bits, q0.ranges.shape[0], q0.tensor_offset
+    bits, fitted = q0.bits, q0.tensor_offset
     codes = np.concatenate([q.codes.ravel() for q, _, _ in items])
     groups = [q.groups for q, _, _ in items]
     counts = [q.codes.size for q, _, _ in items]
@@ -241,7 +237,6 @@ def encode_batch(
     )  # int32 codes, then the padding up to a multiple of 8
 
     # Every group's levels: its parameter codes on its weight's ranges.
-    params = b.add("Cast", ["params"], "pf", to=TensorProto.FLOAT)
     if len(items) == 1:
         rows = "ranges"  # (1, 2P) broadcasts over the groups
         offset = "offsets" if fitted else None
@@ -272,37 +267,7 @@ def encode_batch(
         rows = b.add("Gather", ["ranges", owner], "rows", axis=0)  # (G, 2P)
         offset = b.add("Gather", ["offsets", owner], "goffset", axis=0) if fitted else None
 
-    def column_of(i: int) -> str:
-        return b.add(
-            "Slice",
-            [
-                rows,
-                b.const(f"c{i}b", np.array([i], np.int64)),
-                b.const(f"c{i}e", np.array([i + 1], np.int64)),
-                b.const(f"c{i}a", np.array([1], np.int64)),
-            ],
-            f"col{i}",
-        )  # (G or 1, 1)
-
-    pcol = b.add("Reshape", [params, "col"], "pcol")
-    one = b.const("onef", np.array(1.0, np.float32))
-    if offset is None:
-        offset = b.const("offset", q0.offset[None, :])
-    if p == 2:
-        split = b.const("split", np.array(SPLIT, np.float32))
-        hi = b.add("Floor", [b.add("Div", [pcol, split], "pdiv")], "phi")
-        lo = b.add("Sub", [pcol, b.add("Mul", [hi, split], "phis")], "plo")
-        v0 = b.add("Add", [b.add("Mul", [hi, column_of(1)], "v0s"), column_of(0)], "v0")
-        v1 = b.add("Add", [b.add("Mul", [lo, column_of(3)], "v1s"), column_of(2)], "v1")
-        slope = b.const("slope", q0.slope[None, :])
-        exponent = b.add("Add", [b.add("Add", [b.add("Mul", [slope, v0], "e0"), offset], "e1"), v1], "e")
-        live = b.add("Min", [lo, one], "live")
-    else:
-        v0 = b.add("Add", [b.add("Mul", [pcol, column_of(1)], "v0s"), column_of(0)], "v0")
-        exponent = b.add("Add", [offset, v0], "e")
-        live = b.add("Min", [pcol, one], "live")
-    sign = b.const("sign", q0.sign[None, :])
-    table = b.add("Mul", [b.add("Mul", [sign, b.add("Exp", [exponent], "mag")], "sl"), live], "table")
+    table = _level_table(b, "params", rows, offset, q0)
 
     outputs = [f"w{i}" for i in range(len(items))]
     padding = 8 * -(-codes.size // 8) - codes.size
@@ -383,25 +348,21 @@ def rows_function(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
     )  # (N * r,)
     per_group = b.add("Concat", [b.add("Shape", [params], "groups"), "m1"], "per_group", axis=0)
     codes2 = b.add("Reshape", [codes, per_group], "codes2")  # (N * r, D / r)
-    tables = [b.const(name, getattr(q, name)) for name in ("sign", "slope")]
     if q.tensor_offset:
         b.nodes.append(_ref("offset"))
         attributes.append("offset")
-        tables.append("offset")
-    else:
-        tables.append(b.const("offset", q.offset))
-    table = b.add(LEVELS[q.ranges.shape[0]], [params, "ranges", *tables], "table", domain=DOMAIN)
+    ranges = b.add("Reshape", ["ranges", b.const("rshape", np.array([1, -1], np.int64))], "range_row")
+    table = _level_table(b, params, ranges, "offset" if q.tensor_offset else None, q)
     gathered = b.add("GatherElements", [table, codes2], "gathered", axis=1)
     out_shape = b.add("Concat", [b.add("Shape", ["ids"], "idshape"), width], "oshape", axis=0)
     b.add("Reshape", [gathered, out_shape], "output")
-    imports = [helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)]
     call = helper.make_function(
         DOMAIN,
         rows_function_name(q.codebook, q.bits),
         ["indices", "params", "ids"],
         ["output"],
         b.nodes,
-        imports,
+        [helper.make_opsetid("", opset)],
         attributes=attributes,
     )
     return call
@@ -451,4 +412,4 @@ def replace_consumer(
         domain=DOMAIN,
         **attrs,
     )
-    return inits, call, [rows_function(q, opset), levels_function(q.ranges.shape[0], opset)]
+    return inits, call, [rows_function(q, opset)]
