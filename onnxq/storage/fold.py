@@ -101,12 +101,13 @@ class _Body:
         return name
 
 
-def _level_table(b: _Body, params: str, ranges: str, offset: str | None, q: QuantizedTensor) -> str:
+def _level_table(b: _Body, params: str, ranges: str, offset: str | None, q: QuantizedTensor, col: str) -> str:
     """Nodes for levels[g, k] = sign_k * exp(slope_k * ln x0_g + offset_k + ln s_g) * live_g.
 
     params: (G,) uint16 parameter codes; ranges: (G or 1, 2P) rows of ranges[p, 0],
     ranges[p, 1] (value = ranges[p, 0] + code * ranges[p, 1]); offset: a (G or 1, 2^b)
-    tensor of fitted tables, or None for q's codebook's own. The float32 operations
+    tensor of fitted tables, or None for q's codebook's own; col: a constant [-1, 1] of the
+    body. The float32 operations
     follow quantize.level_table's order, so the graph and numpy agree.
     """
 
@@ -124,7 +125,7 @@ def _level_table(b: _Body, params: str, ranges: str, offset: str | None, q: Quan
 
     pcol = b.add(
         "Reshape",
-        [b.add("Cast", [params], "pf", to=TensorProto.FLOAT), b.const("pshape", np.array([-1, 1], np.int64))],
+        [b.add("Cast", [params], "pf", to=TensorProto.FLOAT), col],
         "pcol",
     )
     one = b.const("onef", np.array(1.0, np.float32))
@@ -267,7 +268,7 @@ def encode_batch(
         rows = b.add("Gather", ["ranges", owner], "rows", axis=0)  # (G, 2P)
         offset = b.add("Gather", ["offsets", owner], "goffset", axis=0) if fitted else None
 
-    table = _level_table(b, "params", rows, offset, q0)
+    table = _level_table(b, "params", rows, offset, q0, "col")
 
     outputs = [f"w{i}" for i in range(len(items))]
     padding = 8 * -(-codes.size // 8) - codes.size
@@ -352,7 +353,8 @@ def rows_function(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
         b.nodes.append(_ref("offset"))
         attributes.append("offset")
     ranges = b.add("Reshape", ["ranges", b.const("rshape", np.array([1, -1], np.int64))], "range_row")
-    table = _level_table(b, params, ranges, "offset" if q.tensor_offset else None, q)
+    col = b.const("col", np.array([-1, 1], np.int64))
+    table = _level_table(b, params, ranges, "offset" if q.tensor_offset else None, q, col)
     gathered = b.add("GatherElements", [table, codes2], "gathered", axis=1)
     out_shape = b.add("Concat", [b.add("Shape", ["ids"], "idshape"), width], "oshape", axis=0)
     b.add("Reshape", [gathered, out_shape], "output")
