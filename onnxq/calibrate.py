@@ -97,6 +97,15 @@ def input_units(model: onnx.ModelProto) -> dict[str, int]:
     return {n: d or 1 for n, d in firsts.items()}
 
 
+def model_batch(model: onnx.ModelProto, batch: int) -> int:
+    """Samples per run of the model: batch if every input's first dimension is free, else 1.
+
+    An input with a fixed first dimension takes exactly one sample (input_units rows) per run.
+    """
+    _, firsts = _graph_inputs(model)
+    return batch if all(d is None for d in firsts.values()) else 1
+
+
 def sample_count(
     data: dict[str, np.ndarray], source: str = "the calibration data", units: dict[str, int] | None = None
 ) -> int:
@@ -237,15 +246,14 @@ def _layer_inputs(
     model: onnx.ModelProto, layers: Sequence[LayerSpec], data: dict[str, np.ndarray], batch: int
 ) -> Iterator[dict[str, np.ndarray]]:
     """Each layer's input, samples first (see _rows_first), for about `batch` samples at a time."""
-    dtypes, firsts = _graph_inputs(model)
+    dtypes, _ = _graph_inputs(model)
     missing = [n for n in dtypes if n not in data]
     if missing:
         raise OnnxqError(f"the calibration data lacks inputs {missing}; its keys are {sorted(data)}")
     data = {n: np.asarray(data[n]).astype(dtypes[n], copy=False) for n in dtypes}
-    units = {n: d or 1 for n, d in firsts.items()}
+    units = input_units(model)
     total = sample_count(data, units=units)
-    # An input with a fixed first dimension takes one sample per run; else samples batch.
-    run = 1 if any(d is not None for d in firsts.values()) else batch
+    run = model_batch(model, batch)
     fetch = sorted({s.activation for s in layers} - set(dtypes))
     sess = session(_with_outputs(model, fetch).SerializeToString(), spin=False) if fetch else None
     pending: dict[str, list[np.ndarray]] = {s.key: [] for s in layers}

@@ -23,6 +23,7 @@ from onnxq.errors import OnnxqError
 from onnxq.gptq import gptq_codes
 from onnxq.quantize import QuantizedTensor, with_codes
 from onnxq.select import Weight
+from onnxq.storage import fold
 
 DECODER_BYTES = 310  # measured graph bytes per compressed weight (its nodes and constants in the batch call)
 SYNTHETIC_SAMPLES = 32
@@ -52,11 +53,9 @@ class Layer:
 
 def load_data(model: onnx.ModelProto, path: str | None, samples: int | None, seed: int, dims) -> Data:
     """The calibration npz, or synthetic standard-normal inputs when there is none."""
-    inits = {t.name for t in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in inits]
     units = calibrate.input_units(model)
     if path is not None:
-        arrays = calibrate.load_calibration(path, names, units)
+        arrays = calibrate.load_calibration(path, list(units), units)
         if samples is not None:
             arrays = {n: a[: samples * units.get(n, 1)] for n, a in arrays.items()}
         return Data("calibration", path, arrays, units)
@@ -130,7 +129,7 @@ def choose_widths(
     target_bits: float,
     progress: Callable[[int, int, str], None] | None = None,
     reserve: Callable[[set[int]], float] = lambda used: 0.0,
-    fmt=None,
+    fmt=fold,
 ) -> tuple[dict[str, int], list[str]]:
     """Bits per weight, from widths, within target_bits on average (indices, parameters, decoder share).
 
@@ -230,34 +229,20 @@ def _allocate_within(costs, curves, measurable, widths, budget, reserve) -> dict
 
 
 def probe_feeds(model: onnx.ModelProto, data: Data) -> list[dict[str, np.ndarray]]:
-    """About PROBE_SAMPLES samples as feeds: one batch if the batch axis is free, else runs of its size.
+    """About PROBE_SAMPLES samples as feeds: one batch if the batch axis is free, else a run per sample.
 
-    An input whose first dimension is fixed to d takes d rows of the data per run
-    (the calibration module's convention); the runs stop at PROBE_SAMPLES of them.
+    The runs are those calibration makes (calibrate.model_batch): a sample is data.units rows
+    of each input.
     """
-    inits = {t.name for t in model.graph.initializer}
-    firsts = {}
-    for inp in model.graph.input:
-        if inp.name not in inits:
-            dims = inp.type.tensor_type.shape.dim
-            firsts[inp.name] = dims[0].dim_value if len(dims) and dims[0].HasField("dim_value") else None
-    if all(d is None for d in firsts.values()):
-        return [{n: a[:PROBE_SAMPLES] for n, a in data.arrays.items()}]
-    runs = min(PROBE_SAMPLES, min(len(data.arrays[n]) // (d or 1) for n, d in firsts.items()))
-    return [
-        {n: data.arrays[n][r * (d or 1) : (r + 1) * (d or 1)] for n, d in firsts.items()} for r in range(runs)
-    ]
+    batch = calibrate.model_batch(model, PROBE_SAMPLES)
+    runs = calibrate.iter_batches(data.arrays, batch, data.units)
+    return list(itertools.islice(runs, -(-PROBE_SAMPLES // batch)))
 
 
-def cost_bytes(q: QuantizedTensor, bits: int | None = None, fmt=None) -> float:
-    """What a weight adds to the file at q's width (or bits): indices, parameters, its decoder share.
-
-    With a storage format, its own index and parameter bytes (default: b bits per weight).
-    """
-    at = replace(q, bits=bits or q.bits)
-    if fmt is None:
-        return -(-q.codes.size // 8) * at.bits + q.codebook_bytes + DECODER_BYTES
-    return fmt.index_bytes(at) + fmt.codebook_bytes(q) + DECODER_BYTES
+def cost_bytes(q: QuantizedTensor, bits: int | None = None, fmt=fold) -> float:
+    """What a weight adds to the file at q's width (or bits) in a storage format (default fold):
+    its indices, its parameters and its share of the decoder."""
+    return fmt.index_bytes(replace(q, bits=bits or q.bits)) + fmt.codebook_bytes(q) + DECODER_BYTES
 
 
 def output_error(weight: Weight, layers: list[Layer]) -> Callable[[QuantizedTensor], float] | None:
