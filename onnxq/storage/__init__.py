@@ -1,11 +1,16 @@
 """The storage-format registry: a new format is one file plus one line here.
 
-A format module has NAME, SUMMARY, decoders(q, opset) -> [FunctionProto] (the called one first),
-encode(q, name, output, shape, axis) -> (initializers, call node), and what the pipeline asks it:
-CHANNEL_FIRST (encode gets the channel-first shape, and rewrite transposes back; else the
-weight's own shape and channel axis), supports(codebook, bits) -> why not | None,
-min_opset(bits, granularity, group_size), weight_problem(shape, axis, group_size) -> why not | None,
-notes(widths) -> report notes, index_bytes(q) and codebook_bytes(q).
+A format module has NAME, SUMMARY, decoders(q, opset) -> [FunctionProto] (what a width's
+decoder costs), and either encode(q, name, output, shape, axis) -> (initializers, node) per
+weight, or encode_batch([(q, output, shape)], opset, name) -> (initializers, call, functions)
+with batch_key(q), function_name(codebook, bits) and BATCH_WEIGHTS, for one call per batch
+(fold). Optionally replace_consumer(q, weight, node, block, opset, packed_rows) -> (initializers,
+node, functions) | why not | None replaces the weight's readers instead (matmulnbits, fold's
+packed embedding rows). And what the pipeline asks it: CHANNEL_FIRST (encode gets the
+channel-first shape, and rewrite transposes back; else the weight's own shape and channel
+axis), supports(codebook, bits) -> why not | None, min_opset(bits, granularity, group_size),
+weight_problem(shape, axis, group_size) -> why not | None, notes(widths) -> report notes,
+index_bytes(q) and codebook_bytes(q).
 """
 
 from __future__ import annotations
