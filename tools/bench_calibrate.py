@@ -16,7 +16,14 @@ from pathlib import Path
 
 import onnx
 
-from onnxq.calibrate import collect_layer_stats, layer_specs, load_calibration, synthetic_calibration
+from onnxq.calibrate import (
+    collect_layer_stats,
+    input_units,
+    layer_specs,
+    load_calibration,
+    sample_count,
+    synthetic_calibration,
+)
 from onnxq.select import find_weights
 
 
@@ -32,13 +39,16 @@ def main(argv: list[str] | None = None) -> None:
 
     model = onnx.load(args.model)
     specs, skips = layer_specs(model, find_weights(model, 0)[0])
-    inits = {t.name for t in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in inits]
-    data = load_calibration(args.data, names) if args.data else synthetic_calibration(model, args.samples)
+    units = input_units(model)
+    data = (
+        load_calibration(args.data, list(units), units)
+        if args.data
+        else synthetic_calibration(model, args.samples)
+    )
     wall, cpu = time.perf_counter(), time.process_time()
     stats = collect_layer_stats(model, specs, data, args.batch)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    samples = len(next(iter(data.values())))
+    samples = sample_count(data, units=units)
     print(
         f"{args.model.name}: {len(stats)} layers ({len(skips)} uses skipped), {samples} samples, "
         f"batch {args.batch}: {wall:.2f} s wall, {cpu:.2f} s CPU"
