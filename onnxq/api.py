@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxq import io, refine, rewrite
+from onnxq import constfold, io, refine, rewrite
 from onnxq.codebooks import CODEBOOKS
 from onnxq.errors import OnnxqError, WeightError
 from onnxq.quantize import SCALES, QuantizedTensor, quantize
@@ -56,6 +56,7 @@ class Config:
     bias_correction: bool | None = None  # None: on with calibration data, else off
     group_size: int | None = None  # per-block parameters along the input dimensions; None: per channel
     packed_rows: bool = True  # large Gather tables keep their rows packed (fold.replace_consumer)
+    fold_constants: bool = True  # nodes computing small constants become their values (constfold)
 
     def resolved_rounding(self) -> str:
         if self.rounding is not None:
@@ -331,6 +332,8 @@ def compress_model(
     start = time.perf_counter()
     model = copy.deepcopy(model)
     report = Report(config=_config_dict(config), input_bytes=io.model_bytes(model))
+    if config.fold_constants and (folded := constfold.fold_constants(model)).nodes:
+        report.notes.append(folded.note())
     weights, skips = find_weights(model, config.min_elements, config.exclude)
     fmt = FORMATS[config.format]
     opset, target = rewrite.default_opset(model), required_opset(config)

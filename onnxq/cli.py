@@ -156,6 +156,15 @@ def compress_cmd(
             "creation instead.",
         ),
     ] = True,
+    fold_constants: Annotated[
+        bool,
+        typer.Option(
+            "--fold-constants/--no-fold-constants",
+            help="Replace the nodes that compute small constants (pad sizes, shapes, axes) by their "
+            "values, as onnxruntime does at session creation; --no-fold-constants keeps the graph's "
+            "other nodes as they are.",
+        ),
+    ] = True,
     bias_correction: Annotated[
         bool | None,
         typer.Option(
@@ -198,6 +207,7 @@ def compress_cmd(
         bias_correction=bias_correction,
         group_size=group_size,
         packed_rows=packed_rows,
+        fold_constants=fold_constants,
     )
     try:
         with Progress(

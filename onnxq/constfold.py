@@ -1,0 +1,165 @@
+"""Constant folding: a node whose inputs are all constants becomes the small tensor it computes.
+
+Exporters leave whole subgraphs that compute pad sizes, shapes and axes from
+constants (PyTorch's static padding is nine nodes per Pad). onnxruntime folds
+them when a session is created; folding them in the file as well makes it
+smaller and leaves the runtime the same graph. Only the main graph is folded,
+and a tensor is written only when it is at most MAX_BYTES: a node that computes
+a large constant (a ConstantOfShape of a big shape, a transposed weight) stays,
+since its result would cost more bytes than the nodes. Values come from onnx's
+reference evaluator, so this module needs no runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxq.select import iter_graphs
+
+MAX_BYTES = 256  # a folded tensor's size at most: a shape, pads, axes or a scalar
+# Ops whose result is not a function of their inputs, or that hold graphs.
+NOT_FOLDED = {
+    "Constant",
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "Dropout",
+    "If",
+    "Loop",
+    "Scan",
+}
+
+
+@dataclass
+class Folded:
+    """What fold_constants did."""
+
+    nodes: int = 0  # nodes removed, Constant nodes left without consumers included
+    tensors: int = 0  # tensors written in their place
+
+    def note(self) -> str:
+        return (
+            f"folded {self.nodes} nodes that compute constants (shapes, pads, axes) into "
+            f"{self.tensors} small tensors; --no-fold-constants keeps them"
+        )
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto | onnx.TensorProto]:
+    out: dict[str, onnx.NodeProto | onnx.TensorProto] = {t.name: t for t in graph.initializer}
+    inputs = {i.name for i in graph.input}
+    for name in inputs:  # an initializer that is also a graph input can be overridden
+        out.pop(name, None)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            out[node.output[0]] = node
+    return out
+
+
+def _foldable(graph: onnx.GraphProto, constants) -> list[int]:
+    """Positions of the nodes whose every input is a constant or an earlier foldable node's output."""
+    known = set(constants)
+    nodes = []
+    for position, node in enumerate(graph.node):  # a valid graph is in topological order
+        if node.domain not in ("", "ai.onnx") or node.op_type in NOT_FOLDED:
+            continue
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue
+        if node.input and all(not i or i in known for i in node.input):
+            nodes.append(position)
+            known.update(o for o in node.output if o)
+    return nodes
+
+
+def _used_names(model: onnx.ModelProto, skip: set[int]) -> set[str]:
+    """Every name read by a node, in any graph, but the main graph's nodes at skip; and its outputs."""
+    used = {o.name for o in model.graph.output}
+    for position, node in enumerate(model.graph.node):
+        if position not in skip:
+            used.update(node.input)
+    for graph in list(iter_graphs(model.graph))[1:]:
+        for node in graph.node:
+            used.update(node.input)
+    return used
+
+
+def _evaluate(graph: onnx.GraphProto, nodes, constants, opsets) -> dict[str, np.ndarray] | None:
+    """Every output of nodes, or None when the reference evaluator cannot run them."""
+    from onnx.reference import ReferenceEvaluator
+
+    needed = {i for n in nodes for i in n.input if i} - {o for n in nodes for o in n.output}
+    sub = onnx.helper.make_graph(
+        [c for name, c in constants.items() if name in needed and isinstance(c, onnx.NodeProto)]
+        + list(nodes),
+        "fold",
+        [],
+        [onnx.helper.make_empty_tensor_value_info(o) for n in nodes for o in n.output if o],
+        [c for name, c in constants.items() if name in needed and isinstance(c, onnx.TensorProto)],
+    )
+    model = onnx.helper.make_model(sub, opset_imports=opsets)
+    try:
+        values = ReferenceEvaluator(model).run(None, {})
+    except Exception:  # noqa: BLE001 (an op the evaluator lacks: leave the graph as it is)
+        return None
+    names = [o.name for o in sub.output]
+    if not all(isinstance(v, np.ndarray) for v in values):
+        return None
+    return dict(zip(names, values))
+
+
+def fold_constants(model: onnx.ModelProto) -> Folded:
+    """Replace the main graph's constant-computing nodes by their small results, in place."""
+    graph = model.graph
+    constants = _constants(graph)
+    positions = _foldable(graph, constants)
+    nodes = [graph.node[p] for p in positions]
+    if not nodes:
+        return Folded()
+    values = _evaluate(graph, nodes, constants, list(model.opset_import))
+    if values is None:
+        return Folded()
+    # Keep in the graph each node whose result is needed outside and too large, until stable.
+    folded = dict(zip(positions, nodes))
+    outputs = {o.name for o in graph.output}  # their nodes stay: an output should not be an initializer
+    while True:
+        used = _used_names(model, set(folded))
+        big = [
+            key
+            for key, n in folded.items()
+            if any(o in outputs or (o in used and values[o].nbytes > MAX_BYTES) for o in n.output if o)
+        ]
+        if not big:
+            break
+        for key in big:
+            del folded[key]
+    if not folded:
+        return Folded()
+    used = _used_names(model, set(folded))
+    new = [
+        numpy_helper.from_array(np.asarray(values[o]), o)
+        for n in folded.values()
+        for o in n.output
+        if o in used
+    ]
+    # Constant nodes and initializers that only the folded nodes read go too.
+    dead = {name for name in constants if name not in used} & {i for n in folded.values() for i in n.input}
+    gone = set(folded) | {
+        p for p, n in enumerate(graph.node) if n.op_type == "Constant" and n.output[0] in dead
+    }
+    for p in sorted(gone, reverse=True):
+        del graph.node[p]
+    for p in reversed(range(len(graph.initializer))):
+        if graph.initializer[p].name in dead:
+            del graph.initializer[p]
+    if model.ir_version >= 4:
+        graph.initializer.extend(new)
+    else:  # before IR 4 an initializer must also be a graph input: write Constant nodes
+        for position, t in enumerate(new):
+            graph.node.insert(position, onnx.helper.make_node("Constant", [], [t.name], value=t))
+    return Folded(nodes=len(gone), tensors=len(new))

@@ -1,0 +1,137 @@
+"""Constant folding: the graph computes the same outputs with fewer nodes, and large constants stay nodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from conftest import SEED, check_op_type_count, make_model, randn, run, value
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxq
+from onnxq.constfold import MAX_BYTES, fold_constants
+
+
+def _const(name: str, array) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(array), name))
+
+
+def padded_conv_model(ir_version: int = 8) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """PyTorch's static padding: pads computed from constants by nine nodes, then Pad and Conv."""
+    rng = np.random.default_rng(SEED)
+    nodes = [
+        _const("p", np.array([1, 2, 0, 1], np.int64)),
+        _const("n", np.array([4], np.int64)),
+        helper.make_node(
+            "ConstantOfShape", ["n"], ["z"], value=numpy_helper.from_array(np.zeros(1, np.int64))
+        ),
+        helper.make_node("Concat", ["p", "z"], ["pz"], axis=0),
+        _const("shape", np.array([-1, 2], np.int64)),
+        helper.make_node("Reshape", ["pz", "shape"], ["pairs"]),
+        _const("start", np.array([-1], np.int64)),
+        _const("end", np.array([np.iinfo(np.int64).min], np.int64)),
+        _const("axis", np.array([0], np.int64)),
+        _const("step", np.array([-1], np.int64)),
+        helper.make_node("Slice", ["pairs", "start", "end", "axis", "step"], ["flipped"]),
+        helper.make_node("Transpose", ["flipped"], ["t"], perm=[1, 0]),
+        _const("flat", np.array([-1], np.int64)),
+        helper.make_node("Reshape", ["t", "flat"], ["pads64"]),
+        helper.make_node("Cast", ["pads64"], ["pads"], to=TensorProto.INT64),
+        _const("zero", np.array(0.0, np.float32)),
+        helper.make_node("Pad", ["x", "pads", "zero"], ["xp"]),
+        helper.make_node("Conv", ["xp", "W"], ["y"]),
+    ]
+    w = numpy_helper.from_array(randn(rng, 8, 3, 3, 3), "W")
+    inputs = [value("x", [1, 3, 9, 9])] + ([value("W", [8, 3, 3, 3])] if ir_version < 4 else [])
+    model = make_model(nodes, inputs, [value("y", [1, 8, 8, 10])], [w], ir_version=ir_version)
+    return model, {"x": randn(rng, 1, 3, 9, 9)}
+
+
+def test_folding_keeps_the_outputs_bit_for_bit_and_drops_the_padding_nodes():
+    model, feeds = padded_conv_model()
+    before = run(model, feeds)[0]
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    result = fold_constants(folded)
+    onnx.checker.check_model(folded, full_check=True)
+    assert (result.nodes, result.tensors) == (15, 1)
+    check_op_type_count(folded, Constant=1, Pad=1, Conv=1, Slice=0, Reshape=0, ConstantOfShape=0)
+    pads = next(t for t in folded.graph.initializer if t.name == "pads")
+    assert numpy_helper.to_array(pads).tolist() == [0, 0, 0, 1, 0, 0, 1, 2]
+    np.testing.assert_array_equal(run(folded, feeds)[0], before)
+    assert folded.ByteSize() < model.ByteSize()
+
+
+def test_before_ir_4_the_values_become_constant_nodes():
+    model, feeds = padded_conv_model(ir_version=3)
+    before = run(model, feeds)[0]
+    result = fold_constants(model)
+    onnx.checker.check_model(model, full_check=True)
+    assert result.tensors == 1
+    assert "pads" not in {t.name for t in model.graph.initializer}
+    check_op_type_count(model, Constant=2, Pad=1, Conv=1)
+    np.testing.assert_array_equal(run(model, feeds)[0], before)
+
+
+def test_a_large_result_a_graph_output_and_a_random_node_stay_nodes():
+    n = MAX_BYTES // 4 + 1  # one float more than MAX_BYTES
+    nodes = [
+        _const("size", np.array([n], np.int64)),
+        helper.make_node(
+            "ConstantOfShape", ["size"], ["ones"], value=numpy_helper.from_array(np.ones(1, np.float32))
+        ),
+        helper.make_node("Add", ["x", "ones"], ["y"]),
+        _const("two", np.array([2.0], np.float32)),
+        helper.make_node("Mul", ["two", "two"], ["four"]),  # a graph output itself
+        helper.make_node("RandomUniform", [], ["noise"], shape=[1], seed=1.0),
+        helper.make_node("Identity", ["noise"], ["noisy"]),
+    ]
+    model = make_model(nodes, [value("x", [n])], [value("y", [n]), value("four", [1]), value("noisy", [1])])
+    assert fold_constants(model).nodes == 0
+    check_op_type_count(model, ConstantOfShape=1, Mul=1, RandomUniform=1, Identity=1)
+
+
+def test_a_constant_read_by_a_node_that_stays_is_kept():
+    nodes = [
+        _const("k", np.array([3.0], np.float32)),
+        helper.make_node("Neg", ["k"], ["minus"]),
+        helper.make_node("Add", ["x", "k"], ["a"]),
+        helper.make_node("Mul", ["a", "minus"], ["y"]),
+    ]
+    model = make_model(nodes, [value("x", [2])], [value("y", [2])])
+    feeds = {"x": np.array([1.0, -2.0], np.float32)}
+    before = run(model, feeds)[0]
+    assert fold_constants(model).nodes == 1
+    check_op_type_count(model, Constant=1, Neg=0, Add=1, Mul=1)
+    np.testing.assert_array_equal(run(model, feeds)[0], before)
+
+
+def test_a_value_read_only_inside_a_subgraph_is_written():
+    body_out = helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])
+    then = helper.make_graph([helper.make_node("Identity", ["half"], ["b"])], "then", [], [body_out])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["b"])], "else", [], [body_out])
+    nodes = [
+        _const("one", np.array([1.0], np.float32)),
+        helper.make_node("Div", ["one", "one"], ["unit"]),
+        helper.make_node("Mul", ["unit", "unit"], ["sq"]),
+        _const("two", np.array([2.0], np.float32)),
+        helper.make_node("Div", ["sq", "two"], ["half"]),
+        helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other),
+    ]
+    model = make_model(nodes, [value("c", [], TensorProto.BOOL), value("x", [1])], [value("y", [1])])
+    feeds = {"c": np.array(True), "x": np.array([5.0], np.float32)}
+    assert fold_constants(model).tensors == 1
+    assert {t.name for t in model.graph.initializer} == {"half"}
+    check_op_type_count(model, Div=0, Mul=0, Constant=0, If=1)
+    assert run(model, feeds)[0].tolist() == [0.5]
+
+
+def test_compress_folds_by_default_says_so_and_can_be_told_not_to():
+    model, feeds = padded_conv_model()
+    config = {"bits": 8, "min_elements": 16, "validate": False}
+    out, report = onnxq.compress_model(model, onnxq.Config(**config))
+    kept, kept_report = onnxq.compress_model(model, onnxq.Config(fold_constants=False, **config))
+    assert any(n.startswith("folded 15 nodes") for n in report.notes)
+    assert not any(n.startswith("folded") for n in kept_report.notes)
+    assert len(kept.graph.node) - len(out.graph.node) == 15
+    assert report.output.total < kept_report.output.total
+    np.testing.assert_array_equal(run(out, feeds)[0], run(kept, feeds)[0])
