@@ -91,8 +91,9 @@ def maximize_correlation(
     # alone can settle on a lesser spike.
     step = grid[1] - grid[0]
     fine = np.linspace(-1.0, 1.0, FINE_POINTS) * step
+    centre = best_x.copy()  # the grid stays put while best_x moves
     for offset in fine:
-        x = np.clip(best_x + offset, LOG_X0_MIN, 0.0)
+        x = np.clip(centre + offset, LOG_X0_MIN, 0.0)
         c = corr(x)
         better = c > best_c
         best_x = np.where(better, x, best_x)

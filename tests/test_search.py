@@ -15,7 +15,7 @@ SIZES = (64, 256, 1000)
 DISTRIBUTIONS = ("gaussian", "laplace")
 SEARCH_BITS = (3, 4, 5, 6)
 REQUIRED_GAP = 1e-6  # what the search should achieve
-MET_GAP = 1e-3  # what it does achieve (see the measured worst gap in the summary)
+MET_GAP = 2e-5  # what it does achieve: 1.05e-5 measured (the summary shows it); 1.9e-4 with the fine-grid bug
 
 
 def magnitudes(dist: str, n: int) -> np.ndarray:
@@ -111,9 +111,9 @@ def test_search_is_within_tolerance_of_brute_force(gaps, record_property):
 
 @pytest.mark.xfail(
     strict=False,
-    reason="the coarse grid + golden-section search can settle on a lesser peak of the jagged "
-    "correlation: the measured worst gap to a 20001-point brute force is 1.9e-4 (gaussian, n=64, "
-    "exponential, 4 bits; 16 of 48 cases above 1e-6), far above the required 1e-6",
+    reason="the coarse grid + golden-section search can settle on a lesser spike of the jagged "
+    "correlation: the measured worst gap to a 20001-point brute force is 1.05e-5 (gaussian, n=256, "
+    "exponential, 5 bits; 4 of 48 cases above 1e-6), above the required 1e-6",
 )
 def test_search_is_within_1e6_of_brute_force(gaps):
     bad = [(r["dist"], r["n"], r["codebook"], r["bits"], r["gap"]) for r in gaps if r["gap"] > REQUIRED_GAP]
