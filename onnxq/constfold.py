@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from onnxq.select import iter_graphs
 
 MAX_BYTES = 256  # a folded tensor's size at most: a shape, pads, axes or a scalar
+MAX_EVALUATED = 1 << 16  # elements of any evaluated tensor, so that folding costs no memory
 # Ops whose result is not a function of their inputs, or that hold graphs.
 NOT_FOLDED = {
     "Constant",
@@ -62,12 +63,33 @@ def _constants(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto | onnx.Tensor
     return out
 
 
-def _foldable(graph: onnx.GraphProto, constants) -> list[int]:
-    """Positions of the nodes whose every input is a constant or an earlier foldable node's output."""
-    known = set(constants)
+def _output_sizes(model: onnx.ModelProto) -> dict[str, int]:
+    """Elements of each main-graph tensor whose shape inference (with constants propagated) knows it."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 (a model shape inference cannot read: fold nothing)
+        return {}
+    sizes = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        if info.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            sizes[info.name] = int(np.prod([d.dim_value for d in dims]))
+    return sizes
+
+
+def _foldable(graph: onnx.GraphProto, constants, sizes: dict[str, int] | None) -> list[int]:
+    """Positions of the nodes whose every input is a constant or an earlier foldable node's output.
+
+    With sizes, every output's size must be known and small, so that evaluating them costs little.
+    """
+    known = {name for name, c in constants.items() if _elements(c) <= MAX_EVALUATED}
     nodes = []
     for position, node in enumerate(graph.node):  # a valid graph is in topological order
         if node.domain not in ("", "ai.onnx") or node.op_type in NOT_FOLDED:
+            continue
+        if sizes is not None and not all(
+            sizes.get(o, MAX_EVALUATED + 1) <= MAX_EVALUATED for o in node.output if o
+        ):
             continue
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             continue
@@ -75,6 +97,15 @@ def _foldable(graph: onnx.GraphProto, constants) -> list[int]:
             nodes.append(position)
             known.update(o for o in node.output if o)
     return nodes
+
+
+def _elements(constant: onnx.NodeProto | onnx.TensorProto) -> int:
+    if isinstance(constant, onnx.TensorProto):
+        return int(np.prod(constant.dims))
+    attr = constant.attribute[0]
+    if attr.name == "value":
+        return int(np.prod(attr.t.dims))
+    return max(len(attr.floats), len(attr.ints), len(attr.strings), 1)
 
 
 def _used_names(model: onnx.ModelProto, skip: set[int]) -> set[str]:
@@ -117,7 +148,9 @@ def fold_constants(model: onnx.ModelProto) -> Folded:
     """Replace the main graph's constant-computing nodes by their small results, in place."""
     graph = model.graph
     constants = _constants(graph)
-    positions = _foldable(graph, constants)
+    if not _foldable(graph, constants, None):  # the common case, without shape inference
+        return Folded()
+    positions = _foldable(graph, constants, _output_sizes(model))
     nodes = [graph.node[p] for p in positions]
     if not nodes:
         return Folded()

@@ -8,7 +8,7 @@ from conftest import SEED, check_op_type_count, make_model, randn, run, value
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxq
-from onnxq.constfold import MAX_BYTES, fold_constants
+from onnxq.constfold import MAX_BYTES, MAX_EVALUATED, fold_constants
 
 
 def _const(name: str, array) -> onnx.NodeProto:
@@ -135,3 +135,24 @@ def test_compress_folds_by_default_says_so_and_can_be_told_not_to():
     assert len(kept.graph.node) - len(out.graph.node) == 15
     assert report.output.total < kept_report.output.total
     np.testing.assert_array_equal(run(out, feeds)[0], run(kept, feeds)[0])
+
+
+def test_a_large_intermediate_is_never_evaluated(monkeypatch):
+    """ConstantOfShape of 2^17 ones then summed: the sum is small, but computing it is not done."""
+    from onnxq import constfold
+
+    def fail(*args):
+        raise AssertionError("evaluated")
+
+    monkeypatch.setattr(constfold, "_evaluate", fail)
+    nodes = [
+        _const("size", np.array([MAX_EVALUATED + 1], np.int64)),
+        helper.make_node(
+            "ConstantOfShape", ["size"], ["ones"], value=numpy_helper.from_array(np.ones(1, np.float32))
+        ),
+        helper.make_node("ReduceSum", ["ones"], ["total"], keepdims=0),
+        helper.make_node("Add", ["x", "total"], ["y"]),
+    ]
+    model = make_model(nodes, [value("x", [1])], [value("y", [1])])
+    assert fold_constants(model).nodes == 0
+    check_op_type_count(model, ConstantOfShape=1, ReduceSum=1)
