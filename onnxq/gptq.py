@@ -8,8 +8,9 @@ With U = chol(H^-1) (upper), that is W[:, j] -= (e_i / U[i, i]) * U[i, j].
 The levels are fixed beforehand (each row's codebook from quantize.py), so the
 storage is unchanged: only the choice of code per weight moves. Columns are
 visited in order of decreasing H[i, i] ("act order"), H is damped by a fraction
-of its mean diagonal, and inputs that are never active get H[i, i] = 1 (their
-weights cannot matter, so they round to nearest). Everything is deterministic.
+of its mean diagonal (damping_for: more when few input columns were seen), and
+inputs that are never active get H[i, i] = 1 (their weights cannot matter, so
+they round to nearest). Everything is deterministic.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 from onnxq.codebooks import magnitude_count
 from onnxq.quantize import QuantizedTensor, with_codes
 
-DAMPING = 0.01  # of the mean diagonal, as in the GPTQ paper
+DAMPING = 0.01  # of the mean diagonal, as in the GPTQ paper: the least, for an H seen through many columns
+SAMPLE_DAMPING = 1.0  # times K / N: K inputs per row, N input columns seen (see damping_for)
 BLOCK = 128  # columns updated lazily together
 
 
@@ -28,6 +30,24 @@ def _upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
     inv = np.linalg.inv(h)
     inv = 0.5 * (inv + np.swapaxes(inv, 1, 2))
     return np.swapaxes(np.linalg.cholesky(inv), 1, 2)
+
+
+def damping_for(columns: int, count: int) -> float:
+    """The damping of a K x K H (K = columns) averaged over count input columns: DAMPING, or
+    SAMPLE_DAMPING * K / count when that is more.
+
+    An H averaged over few columns has small eigenvalues that are sampling noise, and GPTQ
+    moves rounding error into them: the codes fit the calibration inputs and not others.
+    MobileNetV2's classifier (K = 1280, one column per calibration image) at DAMPING and 3
+    bits had 80 times less output noise than nearest rounding on the calibration images.
+    With this rule, --target-bits 4 --calibration on the 900 evaluation images: mean KL to
+    the float model 0.056, not 0.080, on MobileNetV2 (top-1 lost 1.6 points, not 3.0);
+    0.055, not 0.067, on EfficientNet-Lite2 (1.7, not 2.0); 0.057, not 0.070, on
+    EfficientNet-Lite0 (2.1, not 1.8: three images, within the split's noise). A uniform
+    damping of 0.1 or 0.3 did as well on KL but also moves the well-sampled layers.
+    Convolutions over large feature maps see thousands of columns per input and keep DAMPING.
+    """
+    return max(DAMPING, SAMPLE_DAMPING * columns / max(count, 1))
 
 
 def prepare_hessian(h: np.ndarray, damping: float = DAMPING) -> np.ndarray:
@@ -73,7 +93,12 @@ class Nearest:
 
 
 def round_groups(
-    w: np.ndarray, h: np.ndarray, table: np.ndarray, bits: int, block: int | None = None
+    w: np.ndarray,
+    h: np.ndarray,
+    table: np.ndarray,
+    bits: int,
+    block: int | None = None,
+    damping: float = DAMPING,
 ) -> np.ndarray:
     """Codes for w (G, R, K) given H (G, K, K) and per-row levels table (G*R, 2^bits).
 
@@ -83,7 +108,7 @@ def round_groups(
     """
     g, r, k = w.shape
     w = np.array(w, dtype=np.float64, copy=True)
-    h = prepare_hessian(h)
+    h = prepare_hessian(h, damping)
     if block is None:
         order = np.argsort(-np.einsum("gii->gi", h), axis=1, kind="stable")  # act order, per group
     else:
@@ -114,7 +139,9 @@ def round_groups(
     return np.take_along_axis(codes, inverse[:, None, :], axis=2)
 
 
-def gptq_codes(q: QuantizedTensor, rows: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+def gptq_codes(
+    q: QuantizedTensor, rows: np.ndarray, hessian: np.ndarray, damping: float = DAMPING
+) -> np.ndarray:
     """Codes (O, K) for weight rows (O, K) on q's levels, given H (G, K, K) of the layer's input.
 
     Rows are split into G consecutive groups of O / G rows that share an H (a
@@ -132,7 +159,9 @@ def gptq_codes(q: QuantizedTensor, rows: np.ndarray, hessian: np.ndarray) -> np.
         block = q.codes.shape[1]
         if table.shape[0] * block != o * k:
             raise ValueError(f"{table.shape[0]} level tables do not fit weight rows of shape {rows.shape}")
-    codes = round_groups(rows.reshape(g, o // g, k), hessian, np.ascontiguousarray(table), q.bits, block)
+    codes = round_groups(
+        rows.reshape(g, o // g, k), hessian, np.ascontiguousarray(table), q.bits, block, damping
+    )
     return codes.reshape(o, k)
 
 

@@ -20,7 +20,7 @@ import onnx
 from onnxq import allocate, bias, calibrate, sensitivity
 from onnxq.calibrate import LayerSpec, LayerStats
 from onnxq.errors import OnnxqError
-from onnxq.gptq import gptq_codes
+from onnxq.gptq import damping_for, gptq_codes
 from onnxq.quantize import QuantizedTensor, with_codes
 from onnxq.select import Weight
 from onnxq.storage import fold
@@ -262,7 +262,8 @@ def round_with_gptq(weight: Weight, q: QuantizedTensor, layers: list[Layer]) -> 
     rows = float_rows(weight)
     if h.shape[1] != rows.shape[1] or rows.shape[0] % h.shape[0]:
         return q, "nearest (the weight's layout does not match its layer's input)"
-    codes = gptq_codes(q, rows, h)  # a single level table (tensor granularity) serves every row
+    # A single level table (tensor granularity) serves every row; H's columns seen set the damping.
+    codes = gptq_codes(q, rows, h, damping_for(h.shape[1], sum(layer.stats.count for layer in layers)))
     layout = q.codes.shape
     return with_codes(q, from_rows(weight, rows, layout), from_rows(weight, codes, layout)), "gptq"
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxq.codebooks import CODEBOOKS
-from onnxq.gptq import Nearest, gptq, prepare_hessian
+from onnxq.gptq import DAMPING, Nearest, damping_for, gptq, gptq_codes, prepare_hessian
 from onnxq.quantize import nearest_codes, quantize
 
 
@@ -106,6 +106,30 @@ def test_damping_raises_the_diagonal_and_revives_dead_inputs():
     h = np.diag([4.0, 0.0, 2.0])[None]
     d = np.diag(prepare_hessian(h)[0])
     assert d[1] > 0 and d[0] > 4.0 and d[2] > 2.0
+
+
+def test_damping_grows_when_fewer_columns_than_inputs_were_seen():
+    assert damping_for(9, 100 * 112 * 112) == DAMPING  # a depthwise conv over a large map
+    assert damping_for(1280, 100) > damping_for(1280, 1000) > DAMPING  # a classifier, per image
+    assert damping_for(40, 0) > DAMPING
+
+
+def test_with_few_samples_the_grown_damping_fits_unseen_inputs_better():
+    rng = np.random.default_rng(0)
+    cols = 60
+    mix = rng.standard_normal((cols, cols)) * 0.5 + np.eye(cols)
+    seen, unseen = (rng.standard_normal((n, cols)) @ mix for n in (20, 4000))
+    h_seen = (seen.T @ seen / len(seen))[None]
+    h_unseen = (unseen.T @ unseen / len(unseen))[None]
+    w = rng.standard_normal((16, cols))
+    q = quantize(w, CODEBOOKS["exponential"], 3, "lsq")
+    table = q.level_table()
+
+    def unseen_error(damping: float) -> float:
+        codes = gptq_codes(q, w, h_seen, damping)
+        return output_error(w, np.take_along_axis(table, codes.astype(np.int64), axis=1), h_unseen)
+
+    assert unseen_error(damping_for(cols, len(seen))) < unseen_error(DAMPING)
 
 
 def test_a_hessian_of_the_wrong_shape_is_refused():
