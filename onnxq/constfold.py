@@ -173,8 +173,7 @@ def fold_constants(model: onnx.ModelProto) -> Folded:
             del folded[key]
     if not folded:
         return Folded()
-    used = _used_names(model, set(folded))
-    new = [
+    new = [  # used is that of the final folded set: the loop ends with nothing dropped
         numpy_helper.from_array(np.asarray(values[o]), o)
         for n in folded.values()
         for o in n.output
