@@ -158,16 +158,16 @@ def _replace_consumers(
     """Replace every node that reads the weight by the format's node.
 
     Returns (the new nodes, the functions they call) when they were replaced; else
-    why not (a fallback the report notes), or None when the format simply stores
-    this weight whole.
+    why not (a fallback the report notes), or None when storing the weight whole is
+    the format's own way for it (fmt.REPLACES_READERS false, as in fold).
     """
     if weight.constant_node is not None:
-        return "the weight is a Constant node" if fmt is not fold else None
+        return "the weight is a Constant node" if fmt.REPLACES_READERS else None
     consumers = [n for n in graph.node if weight.name in n.input]
     results = [fmt.replace_consumer(q, weight, n, block, opset, packed_rows) for n in consumers]
     if not consumers or not all(isinstance(r, tuple) for r in results):
         why = next((r for r in results if isinstance(r, str)), None)
-        return why if consumers or fmt is fold else "nothing reads it"
+        return why if consumers or not fmt.REPLACES_READERS else "nothing reads it"
     added: set[str] = set()
     functions: list[onnx.FunctionProto] = []
     for old, (inits, new, called) in zip(consumers, results):  # type: ignore[misc]

@@ -29,6 +29,7 @@ DOMAIN = "onnxq"
 NAME = "fold"
 SUMMARY = "packed b-bit indices, rebuilt by standard ops that onnxruntime folds into constants"
 CHANNEL_FIRST = True  # the decoder builds the weight channel-first; rewrite transposes it back
+REPLACES_READERS = False  # a weight's readers are replaced only for packed rows; storing it whole is the rule
 MIN_OPSET = 11  # BitShift, the unpacking op, needs opset 11
 
 

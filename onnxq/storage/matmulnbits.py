@@ -33,6 +33,7 @@ BLOCK = 128  # per-channel scales are repeated over blocks of up to this many in
 
 # The fallback for weights MatMulNBits cannot take (Conv, Gather, ...) is fold, hooks and all.
 CHANNEL_FIRST = fold.CHANNEL_FIRST
+REPLACES_READERS = True  # a weight whose readers cannot be replaced falls back to fold, and is noted
 decoders = fold.decoders
 encode_batch = fold.encode_batch
 BATCH_WEIGHTS = fold.BATCH_WEIGHTS
