@@ -322,6 +322,9 @@ def _upgrade_opset(model: onnx.ModelProto, opset: int, target: int) -> onnx.Mode
     return upgraded
 
 
+NO_WEIGHTS = "no compressible weights found: no weight is quantized"
+
+
 def compress_model(
     model: onnx.ModelProto, config: Config | None = None, progress: Progress | None = None
 ) -> tuple[onnx.ModelProto, Report]:
@@ -332,8 +335,8 @@ def compress_model(
     start = time.perf_counter()
     model = copy.deepcopy(model)
     report = Report(config=_config_dict(config), input_bytes=io.model_bytes(model))
-    if config.fold_constants and (folded := constfold.fold_constants(model)).nodes:
-        report.notes.append(folded.note())
+    if config.fold_constants:
+        report.notes.extend(constfold.simplify(model).notes())
     weights, skips = find_weights(model, config.min_elements, config.exclude)
     fmt = FORMATS[config.format]
     opset, target = rewrite.default_opset(model), required_opset(config)
@@ -362,7 +365,7 @@ def compress_model(
             )
     report.skipped = [SkipReport(s.name, list(s.shape), s.reason) for s in skips]
     if not weights:
-        report.notes.append("no compressible weights found: the model is written unchanged")
+        report.notes.append(NO_WEIGHTS)
 
     rounding_done: dict[str, str] = {}
     biases_done: dict[str, list[str]] = {}

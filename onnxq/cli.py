@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from onnxq import __version__
-from onnxq.api import GRANULARITIES, ROUNDINGS, Config, compress
+from onnxq.api import GRANULARITIES, NO_WEIGHTS, ROUNDINGS, Config, compress
 from onnxq.codebooks import CODEBOOKS
 from onnxq.decompress import decompress
 from onnxq.errors import OnnxqError
@@ -332,11 +332,10 @@ def render(report: Report) -> None:
                 reason, str(len(names)), ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
             )
         out.print(skipped)
-    if not d["weights"]:
-        # The note says the same; the warning stands in for it.
-        typer.echo("warning: no compressible weights found; the model was written unchanged", err=True)
-    else:
-        for note in d["notes"]:
+    for note in d["notes"]:
+        if note == NO_WEIGHTS:  # a warning, on stderr
+            typer.echo(f"warning: {note}", err=True)
+        else:
             out.print(f"note: {note}", markup=False, highlight=False)
     total = b["total"] or 1
     out.print(

@@ -8,6 +8,10 @@ and a tensor is written only when it is at most MAX_BYTES: a node that computes
 a large constant (a ConstantOfShape of a big shape, a transposed weight) stays,
 since its result would cost more bytes than the nodes. Values come from onnx's
 reference evaluator, so this module needs no runtime.
+
+Then small constants with equal values are shared (share_constants): exporters
+write a Constant node per use (a Clip's 0 and 6 in every block), each with two
+long names. onnxruntime shares them too when it creates a session.
 """
 
 from __future__ import annotations
@@ -44,12 +48,22 @@ class Folded:
 
     nodes: int = 0  # nodes removed, Constant nodes left without consumers included
     tensors: int = 0  # tensors written in their place
+    shared: int = 0  # small constants replaced by an equal one (share_constants)
+    kept: int = 0  # the distinct values those were equal to
 
-    def note(self) -> str:
-        return (
-            f"folded {self.nodes} nodes that compute constants (shapes, pads, axes) into "
-            f"{self.tensors} small tensors; --no-fold-constants keeps them"
-        )
+    def notes(self) -> list[str]:
+        out = []
+        if self.nodes:
+            out.append(
+                f"folded {self.nodes} nodes that compute constants (shapes, pads, axes) into "
+                f"{self.tensors} small tensors; --no-fold-constants keeps them"
+            )
+        if self.shared:
+            out.append(
+                f"shared {self.shared} small constants that repeat {self.kept} values; "
+                f"--no-fold-constants keeps them"
+            )
+        return out
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto | onnx.TensorProto]:
@@ -195,3 +209,80 @@ def fold_constants(model: onnx.ModelProto) -> Folded:
         for position, t in enumerate(new):
             graph.node.insert(position, onnx.helper.make_node("Constant", [], [t.name], value=t))
     return Folded(nodes=len(gone), tensors=len(new))
+
+
+def simplify(model: onnx.ModelProto) -> Folded:
+    """fold_constants, then share_constants: what --fold-constants does, in place."""
+    folded = fold_constants(model)
+    folded.shared, folded.kept = share_constants(model)
+    return folded
+
+
+def _value(constant: onnx.NodeProto | onnx.TensorProto) -> onnx.TensorProto | None:
+    """A constant's tensor, if it is a plain dense one stored in the file."""
+    if isinstance(constant, onnx.NodeProto):
+        attr = constant.attribute[0] if len(constant.attribute) == 1 else None
+        if attr is None or attr.name != "value":
+            return None
+        constant = attr.t
+    return constant if constant.data_location != onnx.TensorProto.EXTERNAL else None
+
+
+def share_constants(model: onnx.ModelProto) -> tuple[int, int]:
+    """Make the main graph's readers of equal small constants read one of them, in place.
+
+    Returns (constants replaced, distinct values kept). A constant read inside a
+    subgraph, or that is a graph output, keeps its name. The kept value becomes
+    an initializer (a Constant node first in the graph before IR 4), so every
+    reader comes after it.
+    """
+    graph = model.graph
+    protected = {o.name for o in graph.output}
+    for sub in list(iter_graphs(graph))[1:]:
+        for node in sub.node:
+            protected.update(node.input)
+    first: dict[tuple, str] = {}  # (type, dims, bytes) -> the name kept
+    rename: dict[str, str] = {}
+    for name, constant in _constants(graph).items():
+        tensor = _value(constant)
+        if tensor is None or name in protected:
+            continue
+        array = numpy_helper.to_array(tensor)
+        if array.nbytes > MAX_BYTES or array.dtype == object:
+            continue
+        key = (tensor.data_type, tuple(tensor.dims), array.tobytes())
+        if key in first:
+            rename[name] = first[key]
+        else:
+            first[key] = name
+    if not rename:
+        return 0, 0
+    kept = set(rename.values())
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    tensors: list[onnx.TensorProto] = []  # the kept Constant nodes' values, in graph order
+    for p in reversed(range(len(graph.node))):
+        node = graph.node[p]
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.output[0] in kept:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            tensors.insert(0, tensor)
+        if node.output[0] in kept or node.output[0] in rename:
+            del graph.node[p]
+    for p in reversed(range(len(graph.initializer))):
+        if graph.initializer[p].name in rename:
+            del graph.initializer[p]
+    for p in reversed(range(len(graph.value_info))):
+        if graph.value_info[p].name in rename:
+            del graph.value_info[p]
+    if model.ir_version >= 4:
+        graph.initializer.extend(tensors)
+    else:  # before IR 4 an initializer must also be a graph input: Constant nodes, first
+        for position, tensor in enumerate(tensors):
+            graph.node.insert(position, onnx.helper.make_node("Constant", [], [tensor.name], value=tensor))
+    return len(rename), len(kept)
