@@ -18,7 +18,7 @@ import onnx
 from onnxq import constfold, io, refine, rewrite
 from onnxq.codebooks import CODEBOOKS
 from onnxq.errors import OnnxqError, WeightError
-from onnxq.quantize import SCALES, QuantizedTensor, quantize
+from onnxq.quantize import SCALES, SEARCHES, QuantizedTensor, quantize
 from onnxq.report import Bytes, Report, SkipReport, WeightReport
 from onnxq.select import FLOAT_TYPES, find_weights, iter_graphs
 from onnxq.storage import CODEBOOK_ATTRIBUTES, CODEBOOK_SUFFIXES, FORMATS, INDICES_SUFFIX
@@ -39,6 +39,7 @@ class Config:
     codebook: str = "exponential"
     granularity: str = "channel"
     scale: str = "lsq"
+    search: str = "fast"  # how x0 is found: fast, or exact (proven within 1e-6; quantize.SEARCHES)
     format: str = "fold"
     min_elements: int = 128
     exclude: tuple[str, ...] = ()
@@ -81,6 +82,7 @@ class Config:
             "codebook": CODEBOOKS,
             "granularity": GRANULARITIES,
             "scale": SCALES,
+            "search": SEARCHES,
             "format": FORMATS,
             "rounding": (*ROUNDINGS, None),
         }
@@ -127,7 +129,7 @@ def _quantize_weight(weight, config: Config, bits: int | None = None, layers=Non
         )
     rows = rewrite.group_rows(weight, config.granularity, config.group_size)
     error = refine.output_error(weight, (layers or {}).get(weight.name, []))  # None: |dW|^2
-    return quantize(rows, CODEBOOKS[config.codebook], bits or config.bits, config.scale, error)
+    return quantize(rows, CODEBOOKS[config.codebook], bits or config.bits, config.scale, error, config.search)
 
 
 def _decoder_bytes(config: Config, opset: int) -> Callable[[set[int]], int]:

@@ -200,14 +200,8 @@ def fold_constants(model: onnx.ModelProto) -> Folded:
     }
     for p in sorted(gone, reverse=True):
         del graph.node[p]
-    for p in reversed(range(len(graph.initializer))):
-        if graph.initializer[p].name in dead:
-            del graph.initializer[p]
-    if model.ir_version >= 4:
-        graph.initializer.extend(new)
-    else:  # before IR 4 an initializer must also be a graph input: write Constant nodes
-        for position, t in enumerate(new):
-            graph.node.insert(position, onnx.helper.make_node("Constant", [], [t.name], value=t))
+    _drop_named(graph.initializer, dead)
+    _add_constants(model, new)
     return Folded(nodes=len(gone), tensors=len(new))
 
 
@@ -274,15 +268,25 @@ def share_constants(model: onnx.ModelProto) -> tuple[int, int]:
             tensors.insert(0, tensor)
         if node.output[0] in kept or node.output[0] in rename:
             del graph.node[p]
-    for p in reversed(range(len(graph.initializer))):
-        if graph.initializer[p].name in rename:
-            del graph.initializer[p]
-    for p in reversed(range(len(graph.value_info))):
-        if graph.value_info[p].name in rename:
-            del graph.value_info[p]
-    if model.ir_version >= 4:
-        graph.initializer.extend(tensors)
-    else:  # before IR 4 an initializer must also be a graph input: Constant nodes, first
-        for position, tensor in enumerate(tensors):
-            graph.node.insert(position, onnx.helper.make_node("Constant", [], [tensor.name], value=tensor))
+    _drop_named(graph.initializer, set(rename))
+    _drop_named(graph.value_info, set(rename))
+    _add_constants(model, tensors)
     return len(rename), len(kept)
+
+
+def _drop_named(items, names: set[str]) -> None:
+    """Delete the entries of a repeated field (initializers, value infos) whose name is in names."""
+    for p in reversed(range(len(items))):
+        if items[p].name in names:
+            del items[p]
+
+
+def _add_constants(model: onnx.ModelProto, tensors: list[onnx.TensorProto]) -> None:
+    """Add named tensors to the main graph: initializers, or from IR 3 down Constant nodes first."""
+    if model.ir_version >= 4:
+        model.graph.initializer.extend(tensors)
+    else:  # before IR 4 an initializer must also be a graph input
+        for position, tensor in enumerate(tensors):
+            model.graph.node.insert(
+                position, onnx.helper.make_node("Constant", [], [tensor.name], value=tensor)
+            )

@@ -24,10 +24,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from onnxq import search_exact
 from onnxq.codebooks import Codebook, code_layout, magnitude_count, zero_code
 from onnxq.search import SortedGroups, bin_index, level_magnitudes, maximize_correlation
 
 SCALES = ("variance", "lsq")
+# How x0 is chosen: the fast grid and golden-section search, or a branch and bound
+# that proves the maximum to within 1e-6 (search.py, search_exact.py).
+SEARCHES = {"fast": maximize_correlation, "exact": search_exact.maximize_correlation}
 X0_BITS = 6  # ln(x0): codes 0..63; each group takes the one that correlates best
 SCALE_BITS = 10  # ln(s): codes 1..1023, and 0 for an all-zero group
 SPLIT = float(1 << SCALE_BITS)  # params = x0_code * SPLIT + scale_code
@@ -167,19 +171,22 @@ def quantize(
     bits: int,
     scale: str,
     error: Callable[[QuantizedTensor], float] | None = None,
+    search: str = "fast",
 ) -> QuantizedTensor:
     """Quantize each row of w (groups, n) to its own b-bit codebook.
 
     error ranks the candidates of a choosing codebook (auto); None means the
-    weight-space squared error sum (w - w_q)^2.
+    weight-space squared error sum (w - w_q)^2. search names how x0 is found (SEARCHES).
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}")
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {tuple(SEARCHES)}")
     w64 = np.asarray(w, dtype=np.float64)
     if not np.all(np.isfinite(w64)):
         raise ValueError("weights contain NaN or Inf")
     if codebook.candidates():
-        return _least_error(w64, codebook.candidates(), bits, scale, error)
+        return _least_error(w64, codebook.candidates(), bits, scale, error, search)
     if codebook.fitted:
         return _quantize_fitted(w64, codebook, bits, scale)
     peak = np.abs(w64).max(axis=1)
@@ -187,7 +194,7 @@ def quantize(
     norm = np.where(live, peak, 1.0)
     u = np.abs(w64) / norm[:, None]
     groups = SortedGroups(u)
-    log_x0, _ = maximize_correlation(groups, codebook, bits)
+    log_x0, _ = SEARCHES[search](groups, codebook, bits)
 
     slope, offset, sign = _code_coefficients(codebook, bits)
     a, _c = codebook.log_coefficients(bits)
@@ -257,11 +264,11 @@ def _quantize_fitted(w64: np.ndarray, codebook: Codebook, bits: int, scale: str)
     return _nearest(w64, codebook, bits, codes.astype(np.uint16), rng[None, :], tables, live, True)
 
 
-def _least_error(w64, candidates, bits, scale, error) -> QuantizedTensor:
+def _least_error(w64, candidates, bits, scale, error, search) -> QuantizedTensor:
     """The candidate codebook's quantization with the least error (the first one on a tie)."""
     best, best_error = None, np.inf
     for codebook in candidates:
-        q = quantize(w64, codebook, bits, scale)
+        q = quantize(w64, codebook, bits, scale, search=search)
         e = error(q) if error is not None else float(np.sum((w64 - q.dequantized) ** 2))
         if best is None or e < best_error:
             best, best_error = q, e

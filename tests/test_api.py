@@ -47,6 +47,7 @@ def test_readme_examples(tiny, tiny_path, tmp_path, monkeypatch):
         ({"codebook": "lloyd"}, "--codebook must be one of linear, exponential, kmeans, auto; got 'lloyd'"),
         ({"granularity": "row"}, "--granularity must be one of tensor, channel"),
         ({"scale": "max"}, "--scale must be one of variance, lsq"),
+        ({"search": "grid"}, "--search must be one of fast, exact"),
         ({"format": "zip"}, "--format must be one of fold"),
         ({"bits": 0}, "--bits must be between 1 and 8; got 0"),
         ({"bits": 9}, "--bits must be between 1 and 8; got 9"),
@@ -99,6 +100,22 @@ def test_compress_is_deterministic(tiny_path, tmp_path):
     onnxq.compress(tiny_path, tmp_path / "a.onnx", validate=False)
     onnxq.compress(tiny_path, tmp_path / "b.onnx", validate=False)
     assert sha256(tmp_path / "a.onnx") == sha256(tmp_path / "b.onnx")
+
+
+@pytest.mark.parametrize("codebook", ["exponential", "linear", "auto"])
+def test_exact_search_compresses_like_the_fast_one(codebook, tiny_path, tmp_path):
+    fast_report = onnxq.compress(tiny_path, tmp_path / "fast.onnx", bits=4, codebook=codebook, samples=2)
+    report = onnxq.compress(
+        tiny_path, tmp_path / "exact.onnx", bits=4, codebook=codebook, samples=2, search="exact"
+    )
+    assert report.config["search"] == "exact" and fast_report.config["search"] == "fast"
+    assert report.validation is not None and bool(report.validation)
+    assert report.validation.outputs[0].sqnr_db > 5.0
+    assert [w.name for w in report.weights] == [w.name for w in fast_report.weights]
+    # The exact search finds each group's x0 at least as good; the stored x0 grid then moves both a little.
+    for e, f in zip(report.weights, fast_report.weights):
+        assert e.correlation >= f.correlation - 1e-3, (e.name, e.correlation, f.correlation)
+    onnx.checker.check_model(onnx.load(tmp_path / "exact.onnx"), full_check=True)
 
 
 def test_no_validation_when_asked(tiny_path, tmp_path):

@@ -103,6 +103,8 @@ def test_options_reach_the_library(tiny_path, tmp_path, monkeypatch):
         "tensor",
         "--scale",
         "variance",
+        "--search",
+        "exact",
         "--min-elements",
         "10",
         "--exclude",
@@ -124,11 +126,12 @@ def test_options_reach_the_library(tiny_path, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.stderr
     c = seen["config"]
     assert seen["src"] == tiny_path and seen["dst"] == tmp_path / "out.onnx"
-    assert (c.bits, c.codebook, c.granularity, c.scale, c.format) == (
+    assert (c.bits, c.codebook, c.granularity, c.scale, c.search, c.format) == (
         3,
         "linear",
         "tensor",
         "variance",
+        "exact",
         "fold",
     )
     assert c.min_elements == 10 and c.exclude == ("^emb", "conv")
@@ -206,6 +209,7 @@ def test_min_agreement_not_met_exits_3(tiny_path, tmp_path):
         (["--codebook", "lloyd"], "kmeans, auto"),
         (["--granularity", "row"], "tensor, channel"),
         (["--scale", "max"], "variance, lsq"),
+        (["--search", "grid"], "fast, exact"),
         (["--format", "zip"], "fold"),
         (["--min-elements", "0"], "--min-elements"),
         (["--samples", "0"], "--samples"),
