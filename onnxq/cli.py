@@ -91,7 +91,7 @@ def compress_cmd(
         typer.Option(
             callback=_choice("search", SEARCHES),
             help="How x0 is found: fast (grid and golden section), or exact (branch and bound, "
-            "proven within 1e-6 of the maximum correlation, about 3.5x slower).",
+            "proven within 1e-6 of the maximum correlation; about twice the compress time).",
         ),
     ] = "fast",
     fmt: Annotated[
