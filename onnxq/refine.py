@@ -180,10 +180,8 @@ def choose_widths(
     probed = sorted({reference, computed[0]})
     measured: dict[str, dict[int, float]] = {}
     for i, w in enumerate(measurable):
-        measured[w.name] = {
-            b: probe.noise(w.name, to_weight(w, to_rows(w, candidates[w.name][b].dequantized)))
-            for b in probed
-        }
+        values = [to_weight(w, to_rows(w, candidates[w.name][b].dequantized)) for b in probed]
+        measured[w.name] = dict(zip(probed, probe.noise(w.name, values)))
         if progress:
             progress(i + 1, len(measurable), f"sensitivity {w.name}")
     curves = sensitivity.noise_curves(measured, errors)
