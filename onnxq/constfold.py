@@ -44,7 +44,7 @@ NOT_FOLDED = {
 
 @dataclass
 class Folded:
-    """What fold_constants did."""
+    """What fold_constants did, and share_constants (simplify does both)."""
 
     nodes: int = 0  # nodes removed, Constant nodes left without consumers included
     tensors: int = 0  # tensors written in their place
@@ -239,7 +239,8 @@ def share_constants(model: onnx.ModelProto) -> tuple[int, int]:
     rename: dict[str, str] = {}
     for name, constant in _constants(graph).items():
         tensor = _value(constant)
-        if tensor is None or name in protected:
+        # Every element takes a byte at least: decode no weight just to find it is large.
+        if tensor is None or name in protected or _elements(constant) > MAX_BYTES:
             continue
         array = numpy_helper.to_array(tensor)
         if array.nbytes > MAX_BYTES or array.dtype == object:
