@@ -43,8 +43,8 @@ def damping_for(columns: int, count: int) -> float:
     With this rule, at --target-bits 4 --calibration, the mean KL divergence to the float
     model on the 900 evaluation images fell on all three shared models (MobileNetV2 0.080 to
     0.056, EfficientNet-Lite2 0.067 to 0.055, Lite0 0.070 to 0.057; measured at 57bcb93 with
-    this rule added), while top-1 moved within the split's noise (docs/RESULTS.md). A uniform damping of 0.1
-    or 0.3 did as well on KL but also moves the well-sampled layers.
+    this rule added), while top-1 moved within the split's noise (docs/RESULTS.md). A uniform
+    damping of 0.1 or 0.3 did as well on KL but also moves the well-sampled layers.
     Convolutions over large feature maps see thousands of columns per input and keep DAMPING.
     """
     return max(DAMPING, SAMPLE_DAMPING * columns / max(count, 1))
