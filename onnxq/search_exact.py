@@ -38,10 +38,12 @@ a peak the bound is negative curvature, so it is tight to O(h^3) there; the
 crossings' slack is O(h^2), which sets how far brackets are halved. For the
 linear codebook C_j is constant (a_k = 1), and the bound is its ends' values.
 
-Each group's magnitudes are sorted once with their prefix sums; then counting
-and summing the magnitudes above each midpoint costs O(M log n) per point,
-and N, D and their derivatives follow by summation by parts. Every group's
-brackets are processed at once.
+Each group's magnitudes are sorted once with their prefix sums; counting and
+summing the magnitudes above each midpoint is then a binary search, needed at
+a bracket's midpoint only where a magnitude lies between the midpoints of its
+ends (elsewhere the count is theirs). N, D and their derivatives follow from
+each level's count and sum. Groups are searched a slice at a time, each
+slice's brackets at once.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from onnxq.search import LOG_X0_MIN, SortedGroups, level_magnitudes
 START_POINTS = 33  # the first brackets are 1/2 wide in ln(x0)
 TOLERANCE = 9e-7  # in ln C: a bracket whose bound is within this of the best is dropped
 MAX_ROUNDS = 64  # halvings: 2^-64 of a bracket is below float resolution
+SLICE_VALUES = 1 << 17  # points x levels searched at once (see maximize_correlation)
 
 
 @dataclass
@@ -80,37 +83,46 @@ class _Ends:
         )
 
 
-def _join(first: _Ends, first_keep: np.ndarray, second: _Ends, second_keep: np.ndarray) -> _Ends:
-    """The kept ends of first, then the kept ends of second."""
+def _interleave(first: _Ends, second: _Ends) -> _Ends:
+    """first[0], second[0], first[1], ...: the ends of each bracket's two halves, in order of t."""
+
+    def mix(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
+        both = np.stack([x, y], axis=axis + 1)
+        return both.reshape(*x.shape[:axis], -1, *x.shape[axis + 1 :])
+
     return _Ends(
-        np.concatenate([first.group[first_keep], second.group[second_keep]]),
-        np.concatenate([first.t[first_keep], second.t[second_keep]]),
-        np.concatenate([first.levels[first_keep], second.levels[second_keep]]),
-        np.concatenate([first.counts[first_keep], second.counts[second_keep]]),
-        np.concatenate([first.sums[first_keep], second.sums[second_keep]]),
-        np.concatenate([first.shape[:, first_keep], second.shape[:, second_keep]], axis=1),
+        mix(first.group, second.group, 0),
+        mix(first.t, second.t, 0),
+        mix(first.levels, second.levels, 0),
+        mix(first.counts, second.counts, 0),
+        mix(first.sums, second.sums, 0),
+        mix(first.shape, second.shape, 1),
     )
 
 
-def _basis(levels: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """(6, P, M): the steps v_k - v_{k-1} (v_0 = 0) of v = L, aL, a^2 L, L^2, 2a L^2, 4a^2 L^2."""
-    sq = levels * levels
-    v = np.empty((6, *levels.shape))
-    np.multiply(levels, 1.0, out=v[0])
-    np.multiply(levels, a, out=v[1])
-    np.multiply(levels, a * a, out=v[2])
-    np.multiply(sq, 1.0, out=v[3])
-    np.multiply(sq, 2.0 * a, out=v[4])
-    np.multiply(sq, 4.0 * a * a, out=v[5])
-    v[:, :, 1:] -= v[:, :, :-1]  # numpy buffers the overlapping operands
-    return v
+def _midpoints(levels: np.ndarray) -> np.ndarray:
+    """(P, M): the midpoint below each level (the lowest level's is with 0)."""
+    mids = 0.5 * levels
+    mids[:, 1:] += 0.5 * levels[:, :-1]
+    return mids
 
 
-def _moments(basis: np.ndarray, counts: np.ndarray, sums: np.ndarray) -> np.ndarray:
-    """(6, P): N, N', N'', D, D', D'' in t for the assignment (counts, sums), levels from basis."""
-    return np.concatenate(
-        [np.einsum("kpm,pm->kp", basis[:3], sums), np.einsum("kpm,pm->kp", basis[3:], counts)]
-    )
+def _moments(counts: np.ndarray, sums: np.ndarray, levels: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """(6, P): N, N', N'', D, D', D'' in t for the assignment (counts, sums) at these levels.
+
+    Level k holds the magnitudes between its midpoint and the next: n_k of them, summing to s_k.
+    N = sum s_k L_k and D = sum n_k L_k^2, and L_k grows as e^(a_k t).
+    """
+    bin_sums = sums.copy()
+    bin_sums[:, :-1] -= sums[:, 1:]
+    bin_counts = counts.copy()
+    bin_counts[:, :-1] -= counts[:, 1:]
+    n = bin_sums * levels
+    d = bin_counts * levels * levels
+    # einsum's own loop: a BLAS matmul here may start threads, which stall when the cores are busy.
+    by_n = [np.einsum("pm,m->p", n, w) for w in (np.ones_like(a), a, a * a)]
+    by_d = [np.einsum("pm,m->p", d, w) for w in (np.ones_like(a), 2.0 * a, 4.0 * a * a)]
+    return np.stack(by_n + by_d)
 
 
 def _shape(moments: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
@@ -126,16 +138,30 @@ def _shape(moments: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
 
 
 def _evaluate(
-    groups: SortedGroups, a: np.ndarray, c: np.ndarray, group: np.ndarray, t: np.ndarray
-) -> tuple[_Ends, np.ndarray]:
-    """The points (group, t) as bracket ends, and their basis."""
+    groups: SortedGroups,
+    a: np.ndarray,
+    c: np.ndarray,
+    group: np.ndarray,
+    t: np.ndarray,
+    brackets: tuple[_Ends, _Ends] | None = None,
+) -> _Ends:
+    """The points (group, t) as bracket ends; each inside brackets' point of the same index, if given."""
     levels = np.exp(t[:, None] * a + c)
-    mids = 0.5 * levels
-    mids[:, 1:] += 0.5 * levels[:, :-1]
-    counts, sums = groups.above(mids, group)
-    basis = _basis(levels, a)
-    shape = _shape(_moments(basis, counts, sums), groups.sumsq[group])
-    return _Ends(group, t, levels, counts, sums, shape), basis
+    mids = _midpoints(levels)
+    if brackets is None:
+        counts, sums = groups.above(mids, group)
+    else:
+        # A count can only differ from both ends' where a magnitude lies between their midpoints:
+        # search just those (binary searches cost ~100 elementwise operations each).
+        lo, hi = brackets
+        outside = (mids < _midpoints(lo.levels)) | (mids > _midpoints(hi.levels))
+        where = np.flatnonzero((lo.counts != hi.counts) | outside)
+        counts, sums = lo.counts.copy(), lo.sums.copy()
+        found_counts, found_sums = groups.above(mids.ravel()[where, None], group[where // mids.shape[1]])
+        counts.ravel()[where] = found_counts[:, 0]
+        sums.ravel()[where] = found_sums[:, 0]
+    moments = _moments(counts, sums, levels, a)
+    return _Ends(group, t, levels, counts, sums, _shape(moments, groups.sumsq[group]))
 
 
 def _peak(
@@ -148,18 +174,18 @@ def _peak(
     """
     gap = l0 - l1 + d1 * h - 0.5 * kappa * h * h  # (q0 - q1)(0)
     rate = d0 - d1 + kappa * h  # its slope
+    concave = kappa < 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        cross = np.where(rate != 0, -gap / rate, 0.0)
-        concave = kappa < 0
-        v0 = np.where(concave, -d0 / kappa, 0.0)
-        v1 = np.where(concave, h - d1 / kappa, 0.0)
-        best = np.full(l0.shape, -np.inf)
-        for x in (np.zeros_like(h), h, cross, v0, v1):
-            x = np.clip(np.nan_to_num(x), 0.0, h)
-            q0 = l0 + d0 * x + 0.5 * kappa * x * x
-            q1 = l1 + d1 * (x - h) + 0.5 * kappa * (x - h) ** 2
-            best = np.maximum(best, np.minimum(q0, q1))
-    return best
+        inner = np.stack(
+            [-gap / rate, np.where(concave, -d0 / kappa, 0.0), np.where(concave, h - d1 / kappa, 0.0)]
+        )
+    # fmax and fmin take a NaN crossing (parallel envelopes) to 0, an end already tried.
+    x = np.concatenate(
+        [np.zeros((1, *l0.shape)), np.broadcast_to(h, (1, *l0.shape)), np.fmin(np.fmax(inner, 0.0), h)]
+    )
+    q0 = l0 + d0 * x + 0.5 * kappa * x * x
+    q1 = l1 + d1 * (x - h) + 0.5 * kappa * (x - h) ** 2
+    return np.minimum(q0, q1).max(axis=0)
 
 
 def _curvature(own: np.ndarray, other: np.ndarray, h: np.ndarray, spread: float) -> np.ndarray:
@@ -180,8 +206,7 @@ def _upper_bound(
         below[:, 1:] = lo.levels[:, :-1]
         step_max = hi.levels - below  # >= L_k - L_{k-1} anywhere on the bracket
         lo_mid = 0.5 * (lo.levels + below)
-        hi_mid = 0.5 * hi.levels
-        hi_mid[:, 1:] += 0.5 * hi.levels[:, :-1]
+        hi_mid = _midpoints(hi.levels)
         hi_rate = 0.5 * a * hi.levels  # d m_k / dt at hi.t, the most over the bracket
         hi_rate[:, 1:] += 0.5 * (a[:-1] * hi.levels[:, :-1])
         crossed = lo.counts - hi.counts
@@ -198,18 +223,60 @@ def _upper_bound(
         ramp_lo = eta_lo / h
         kappa_lo = _curvature(lo.shape, lo_at_hi, h, spread)
         kappa_hi = _curvature(hi.shape, hi_at_lo, h, spread)
+        # Each end's assignment, bounded twice: with its largest slack, and with the slack's ramp.
         l0, d0, l1, d1 = lo.shape[0], lo.shape[1], lo_at_hi[0], lo_at_hi[1]
-        from_lo = np.minimum(
-            _peak(l0, d0, l1, d1, h, kappa_lo) + np.log1p(eta_lo),
-            _peak(l0, d0 + ramp_lo, l1 + eta_lo, d1 + ramp_lo, h, kappa_lo),
+        m0, e0, m1, e1 = hi_at_lo[0], hi_at_lo[1], hi.shape[0], hi.shape[1]
+        peaks = _peak(
+            np.stack([l0, l0, m0, m0 + ramp_hi * h]),
+            np.stack([d0, d0 + ramp_lo, e0, e0 - ramp_hi]),
+            np.stack([l1, l1 + eta_lo, m1, m1]),
+            np.stack([d1, d1 + ramp_lo, e1, e1 - ramp_hi]),
+            h,
+            np.stack([kappa_lo, kappa_lo, kappa_hi, kappa_hi]),
         )
-        l0, d0, l1, d1 = hi_at_lo[0], hi_at_lo[1], hi.shape[0], hi.shape[1]
-        from_hi = np.minimum(
-            _peak(l0, d0, l1, d1, h, kappa_hi) + np.log1p(eta_hi),
-            _peak(l0 + ramp_hi * h, d0 - ramp_hi, l1, d1 - ramp_hi, h, kappa_hi),
-        )
+        from_lo = np.minimum(peaks[0] + np.log1p(eta_lo), peaks[1])
+        from_hi = np.minimum(peaks[2] + np.log1p(eta_hi), peaks[3])
         bound = np.maximum(from_lo, from_hi)
     return np.where(np.isnan(bound), np.inf, bound)
+
+
+def _search(groups: SortedGroups, first: int, stop: int, a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """ln(x0) maximising the correlation of groups first..stop-1, to within TOLERANCE in ln C."""
+    g = stop - first
+    spread = float(np.ptp(a))
+    sumsq = groups.sumsq
+    # Points stay sorted by group, then t: the searches then walk the sorted magnitudes in order.
+    grid = np.linspace(LOG_X0_MIN, 0.0, START_POINTS)
+    pts = _evaluate(groups, a, c, np.repeat(np.arange(first, stop), START_POINTS), np.tile(grid, g))
+    scores = pts.shape[0].reshape(g, START_POINTS)
+    best_i = scores.argmax(axis=1)
+    best_t = grid[best_i]
+    best = scores[np.arange(g), best_i]
+
+    def cross(ends: _Ends, other: _Ends) -> np.ndarray:
+        """The shape of ends' assignments at the other end of their brackets."""
+        if spread == 0:  # every level scales with x0: a fixed assignment's C is constant
+            return ends.shape
+        return _shape(_moments(ends.counts, ends.sums, other.levels, a), sumsq[ends.group])
+
+    def prune(lo: _Ends, hi: _Ends) -> tuple[_Ends, _Ends]:
+        """The brackets [lo, hi] whose bound is above their group's best C by more than TOLERANCE."""
+        bound = _upper_bound(lo, hi, cross(lo, hi), cross(hi, lo), a, spread)
+        keep = bound > best[lo.group - first] + TOLERANCE
+        return lo.take(keep), hi.take(keep)
+
+    starts = np.flatnonzero(sumsq[first:stop] > 0)[:, None] * START_POINTS + np.arange(START_POINTS)
+    lo, hi = prune(pts.take(starts[:, :-1].ravel()), pts.take(starts[:, 1:].ravel()))
+    for _ in range(MAX_ROUNDS):
+        if not lo.t.size:
+            break
+        mid = _evaluate(groups, a, c, lo.group, 0.5 * (lo.t + hi.t), (lo, hi))
+        local = mid.group - first
+        np.maximum.at(best, local, mid.shape[0])
+        won = mid.shape[0] == best[local]
+        best_t[local[won]] = mid.t[won]
+        lo, hi = prune(_interleave(lo, mid), _interleave(mid, hi))
+    return best_t
 
 
 def maximize_correlation(
@@ -217,48 +284,13 @@ def maximize_correlation(
 ) -> tuple[np.ndarray, np.ndarray]:
     """ln(x0) maximising the correlation of each group, and that correlation."""
     g = groups.groups
-    if bits == 1:  # one level: every magnitude maps to it, whatever x0
-        best_t = np.zeros(g)
-        return best_t, groups.correlation(level_magnitudes(codebook, best_t, bits))
-    a, c = codebook.log_coefficients(bits)
-    spread = float(np.ptp(a))
-    sumsq = groups.sumsq
-    grid = np.linspace(LOG_X0_MIN, 0.0, START_POINTS)
-    pts, basis = _evaluate(groups, a, c, np.repeat(np.arange(g), START_POINTS), np.tile(grid, g))
-    scores = pts.shape[0].reshape(g, START_POINTS)
-    best_i = scores.argmax(axis=1)
-    best_t = grid[best_i]
-    best = scores[np.arange(g), best_i]
-
-    def cross(ends: _Ends, at_basis: np.ndarray) -> np.ndarray:
-        """The shape of ends' assignments at the other end of their brackets."""
-        if spread == 0:  # every level scales with x0: a fixed assignment's C is constant
-            return ends.shape
-        return _shape(_moments(at_basis, ends.counts, ends.sums), sumsq[ends.group])
-
-    first = np.flatnonzero(sumsq > 0)[:, None] * START_POINTS + np.arange(START_POINTS)
-    lo_i, hi_i = first[:, :-1].ravel(), first[:, 1:].ravel()
-    lo, hi = pts.take(lo_i), pts.take(hi_i)
-    if spread:
-        lo_at_hi, hi_at_lo = cross(lo, basis[:, hi_i]), cross(hi, basis[:, lo_i])
-    else:
-        lo_at_hi, hi_at_lo = lo.shape, hi.shape
-    bound = _upper_bound(lo, hi, lo_at_hi, hi_at_lo, a, spread)
-    keep = bound > best[lo.group] + TOLERANCE
-    lo, hi = lo.take(keep), hi.take(keep)
-    for _ in range(MAX_ROUNDS):
-        if not lo.t.size:
-            break
-        mid, mid_basis = _evaluate(groups, a, c, lo.group, 0.5 * (lo.t + hi.t))
-        np.maximum.at(best, mid.group, mid.shape[0])
-        won = mid.shape[0] == best[mid.group]
-        best_t[mid.group[won]] = mid.t[won]
-        lo_basis = hi_basis = mid_basis  # unused when spread == 0
-        if spread:
-            lo_basis, hi_basis = _basis(lo.levels, a), _basis(hi.levels, a)
-        left = _upper_bound(lo, mid, cross(lo, mid_basis), cross(mid, lo_basis), a, spread)
-        right = _upper_bound(mid, hi, cross(mid, hi_basis), cross(hi, mid_basis), a, spread)
-        limit = best[lo.group] + TOLERANCE
-        keep_left, keep_right = left > limit, right > limit
-        lo, hi = _join(lo, keep_left, mid, keep_right), _join(mid, keep_left, hi, keep_right)
+    best_t = np.zeros(g)
+    if bits > 1:  # with one level every magnitude maps to it, whatever x0
+        a, c = codebook.log_coefficients(bits)
+        # A slice of groups at a time: with all at once the first rounds' arrays reach ~100 MB, and
+        # the allocator hands that back to the system and faults it in again for every tensor.
+        step = max(1, SLICE_VALUES // (START_POINTS * a.size))
+        for first in range(0, g, step):
+            stop = min(g, first + step)
+            best_t[first:stop] = _search(groups, first, stop, a, c)
     return best_t, groups.correlation(level_magnitudes(codebook, best_t, bits))
