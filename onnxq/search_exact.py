@@ -82,21 +82,29 @@ class _Ends:
             self.shape[:, index],
         )
 
+    def at(self, levels: np.ndarray) -> _Assignment:
+        """These points' assignments, at other levels."""
+        return self.group, self.counts, self.sums, levels
+
+
+_Assignment = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # group, counts, sums, levels
+
+
+def _mix(x: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
+    """x[0], y[0], x[1], y[1], ... along axis."""
+    both = np.stack([x, y], axis=axis + 1)
+    return both.reshape(*x.shape[:axis], -1, *x.shape[axis + 1 :])
+
 
 def _interleave(first: _Ends, second: _Ends) -> _Ends:
     """first[0], second[0], first[1], ...: the ends of each bracket's two halves, in order of t."""
-
-    def mix(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
-        both = np.stack([x, y], axis=axis + 1)
-        return both.reshape(*x.shape[:axis], -1, *x.shape[axis + 1 :])
-
     return _Ends(
-        mix(first.group, second.group, 0),
-        mix(first.t, second.t, 0),
-        mix(first.levels, second.levels, 0),
-        mix(first.counts, second.counts, 0),
-        mix(first.sums, second.sums, 0),
-        mix(first.shape, second.shape, 1),
+        _mix(first.group, second.group),
+        _mix(first.t, second.t),
+        _mix(first.levels, second.levels),
+        _mix(first.counts, second.counts),
+        _mix(first.sums, second.sums),
+        _mix(first.shape, second.shape, 1),
     )
 
 
@@ -137,31 +145,33 @@ def _shape(moments: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
     return np.stack([log_c, slope, var_n, var_d, n0])
 
 
-def _evaluate(
+def _locate(
     groups: SortedGroups,
     a: np.ndarray,
     c: np.ndarray,
     group: np.ndarray,
     t: np.ndarray,
     brackets: tuple[_Ends, _Ends] | None = None,
-) -> _Ends:
-    """The points (group, t) as bracket ends; each inside brackets' point of the same index, if given."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The levels at points (group, t) and the counts and sums of magnitudes at or above their midpoints.
+
+    Each point lies inside the bracket of the same index, if brackets are given.
+    """
     levels = np.exp(t[:, None] * a + c)
     mids = _midpoints(levels)
     if brackets is None:
         counts, sums = groups.above(mids, group)
-    else:
-        # A count can only differ from both ends' where a magnitude lies between their midpoints:
-        # search just those (binary searches cost ~100 elementwise operations each).
-        lo, hi = brackets
-        outside = (mids < _midpoints(lo.levels)) | (mids > _midpoints(hi.levels))
-        where = np.flatnonzero((lo.counts != hi.counts) | outside)
-        counts, sums = lo.counts.copy(), lo.sums.copy()
-        found_counts, found_sums = groups.above(mids.ravel()[where, None], group[where // mids.shape[1]])
-        counts.ravel()[where] = found_counts[:, 0]
-        sums.ravel()[where] = found_sums[:, 0]
-    moments = _moments(counts, sums, levels, a)
-    return _Ends(group, t, levels, counts, sums, _shape(moments, groups.sumsq[group]))
+        return levels, counts, sums
+    # A count can only differ from both ends' where a magnitude lies between their midpoints:
+    # search just those (binary searches cost ~100 elementwise operations each).
+    lo, hi = brackets
+    outside = (mids < _midpoints(lo.levels)) | (mids > _midpoints(hi.levels))
+    where = np.flatnonzero((lo.counts != hi.counts) | outside)
+    counts, sums = lo.counts.copy(), lo.sums.copy()
+    found_counts, found_sums = groups.above(mids.ravel()[where, None], group[where // mids.shape[1]])
+    counts.ravel()[where] = found_counts[:, 0]
+    sums.ravel()[where] = found_sums[:, 0]
+    return levels, counts, sums
 
 
 def _peak(
@@ -245,37 +255,62 @@ def _search(groups: SortedGroups, first: int, stop: int, a: np.ndarray, c: np.nd
     g = stop - first
     spread = float(np.ptp(a))
     sumsq = groups.sumsq
+
+    def shapes(*assignments: _Assignment) -> list[np.ndarray]:
+        """The shape of each assignment at its levels: in one pass, as numpy's cost per call
+        outweighs the arithmetic on a slice."""
+        group, counts, sums, levels = (np.concatenate(x) for x in zip(*assignments))
+        shape = _shape(_moments(counts, sums, levels, a), sumsq[group])
+        return np.split(shape, np.cumsum([x[0].size for x in assignments[:-1]]), axis=1)
+
+    def prune(lo: _Ends, hi: _Ends, lo_at_hi: np.ndarray, hi_at_lo: np.ndarray) -> tuple[_Ends, _Ends]:
+        """The brackets [lo, hi] whose bound is above their group's best C by more than TOLERANCE."""
+        bound = _upper_bound(lo, hi, lo_at_hi, hi_at_lo, a, spread)
+        keep = bound > best[lo.group - first] + TOLERANCE
+        return lo.take(keep), hi.take(keep)
+
     # Points stay sorted by group, then t: the searches then walk the sorted magnitudes in order.
     grid = np.linspace(LOG_X0_MIN, 0.0, START_POINTS)
-    pts = _evaluate(groups, a, c, np.repeat(np.arange(first, stop), START_POINTS), np.tile(grid, g))
+    group, t = np.repeat(np.arange(first, stop), START_POINTS), np.tile(grid, g)
+    levels, counts, sums = _locate(groups, a, c, group, t)
+    pts = _Ends(group, t, levels, counts, sums, *shapes((group, counts, sums, levels)))
     scores = pts.shape[0].reshape(g, START_POINTS)
     best_i = scores.argmax(axis=1)
     best_t = grid[best_i]
     best = scores[np.arange(g), best_i]
-
-    def cross(ends: _Ends, other: _Ends) -> np.ndarray:
-        """The shape of ends' assignments at the other end of their brackets."""
-        if spread == 0:  # every level scales with x0: a fixed assignment's C is constant
-            return ends.shape
-        return _shape(_moments(ends.counts, ends.sums, other.levels, a), sumsq[ends.group])
-
-    def prune(lo: _Ends, hi: _Ends) -> tuple[_Ends, _Ends]:
-        """The brackets [lo, hi] whose bound is above their group's best C by more than TOLERANCE."""
-        bound = _upper_bound(lo, hi, cross(lo, hi), cross(hi, lo), a, spread)
-        keep = bound > best[lo.group - first] + TOLERANCE
-        return lo.take(keep), hi.take(keep)
-
     starts = np.flatnonzero(sumsq[first:stop] > 0)[:, None] * START_POINTS + np.arange(START_POINTS)
-    lo, hi = prune(pts.take(starts[:, :-1].ravel()), pts.take(starts[:, 1:].ravel()))
+    lo, hi = pts.take(starts[:, :-1].ravel()), pts.take(starts[:, 1:].ravel())
+    if spread:
+        lo_at_hi, hi_at_lo = shapes(lo.at(hi.levels), hi.at(lo.levels))
+    else:  # every level scales with x0: a fixed assignment's C is constant
+        lo_at_hi, hi_at_lo = lo.shape, hi.shape
+    lo, hi = prune(lo, hi, lo_at_hi, hi_at_lo)
     for _ in range(MAX_ROUNDS):
         if not lo.t.size:
             break
-        mid = _evaluate(groups, a, c, lo.group, 0.5 * (lo.t + hi.t), (lo, hi))
+        t = 0.5 * (lo.t + hi.t)
+        levels, counts, sums = _locate(groups, a, c, lo.group, t, (lo, hi))
+        if spread:  # mid's own shape, and the shapes across both halves of each bracket
+            own, lo_at_mid, mid_at_hi, mid_at_lo, hi_at_mid = shapes(
+                (lo.group, counts, sums, levels),
+                lo.at(levels),
+                (lo.group, counts, sums, hi.levels),
+                (lo.group, counts, sums, lo.levels),
+                hi.at(levels),
+            )
+        else:
+            (own,) = shapes((lo.group, counts, sums, levels))
+        mid = _Ends(lo.group, t, levels, counts, sums, own)
         local = mid.group - first
         np.maximum.at(best, local, mid.shape[0])
         won = mid.shape[0] == best[local]
         best_t[local[won]] = mid.t[won]
-        lo, hi = prune(_interleave(lo, mid), _interleave(mid, hi))
+        lo, hi = _interleave(lo, mid), _interleave(mid, hi)
+        if spread:
+            lo_at_hi, hi_at_lo = _mix(lo_at_mid, mid_at_hi, 1), _mix(mid_at_lo, hi_at_mid, 1)
+        else:
+            lo_at_hi, hi_at_lo = lo.shape, hi.shape
+        lo, hi = prune(lo, hi, lo_at_hi, hi_at_lo)
     return best_t
 
 
