@@ -59,6 +59,7 @@ START_POINTS = 33  # the first brackets are 1/2 wide in ln(x0)
 TOLERANCE = 9e-7  # in ln C: a bracket whose bound is within this of the best is dropped
 MAX_ROUNDS = 64  # halvings: 2^-64 of a bracket is below float resolution
 SLICE_VALUES = 1 << 17  # points x levels searched at once (see maximize_correlation)
+PRODUCT_VALUES = 1 << 15  # matrix values per product (see _moments)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class _Ends:
     group: np.ndarray  # (P,)
     t: np.ndarray  # (P,)
     levels: np.ndarray  # (P, M) the magnitude levels at t
+    mids: np.ndarray  # (P, M) the midpoint below each level (the lowest level's is with 0)
     counts: np.ndarray  # (P, M) how many magnitudes are at or above each midpoint
     sums: np.ndarray  # (P, M) their sum
     shape: np.ndarray  # (5, P) see _shape, for this point's own assignment
@@ -77,17 +79,11 @@ class _Ends:
             self.group[index],
             self.t[index],
             self.levels[index],
+            self.mids[index],
             self.counts[index],
             self.sums[index],
             self.shape[:, index],
         )
-
-    def at(self, levels: np.ndarray) -> _Assignment:
-        """These points' assignments, at other levels."""
-        return self.group, self.counts, self.sums, levels
-
-
-_Assignment = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # group, counts, sums, levels
 
 
 def _mix(x: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -102,6 +98,7 @@ def _interleave(first: _Ends, second: _Ends) -> _Ends:
         _mix(first.group, second.group),
         _mix(first.t, second.t),
         _mix(first.levels, second.levels),
+        _mix(first.mids, second.mids),
         _mix(first.counts, second.counts),
         _mix(first.sums, second.sums),
         _mix(first.shape, second.shape, 1),
@@ -115,22 +112,40 @@ def _midpoints(levels: np.ndarray) -> np.ndarray:
     return mids
 
 
-def _moments(counts: np.ndarray, sums: np.ndarray, levels: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """(6, P): N, N', N'', D, D', D'' in t for the assignment (counts, sums) at these levels.
+def _bins(counts: np.ndarray, sums: np.ndarray) -> np.ndarray:
+    """(2, P, M): the sum and count of the magnitudes each level takes (from its midpoint to the next)."""
+    bins = np.empty((2, *sums.shape))
+    np.subtract(sums[:, :-1], sums[:, 1:], out=bins[0, :, :-1])
+    np.subtract(counts[:, :-1], counts[:, 1:], out=bins[1, :, :-1])
+    bins[0, :, -1] = sums[:, -1]
+    bins[1, :, -1] = counts[:, -1]
+    return bins
 
-    Level k holds the magnitudes between its midpoint and the next: n_k of them, summing to s_k.
-    N = sum s_k L_k and D = sum n_k L_k^2, and L_k grows as e^(a_k t).
-    """
-    bin_sums = sums.copy()
-    bin_sums[:, :-1] -= sums[:, 1:]
-    bin_counts = counts.copy()
-    bin_counts[:, :-1] -= counts[:, 1:]
-    n = bin_sums * levels
-    d = bin_counts * levels * levels
-    # einsum's own loop: a BLAS matmul here may start threads, which stall when the cores are busy.
-    by_n = [np.einsum("pm,m->p", n, w) for w in (np.ones_like(a), a, a * a)]
-    by_d = [np.einsum("pm,m->p", d, w) for w in (np.ones_like(a), 2.0 * a, 4.0 * a * a)]
-    return np.stack(by_n + by_d)
+
+def _exponents(a: np.ndarray) -> np.ndarray:
+    """(2M, 6): [bin sums * L, bin counts * L^2] times this is N, N', N'', D, D', D'' (L_k ~ e^(a_k t))."""
+    m = a.size
+    weights = np.zeros((2 * m, 6))
+    weights[:m, :3] = a[:, None] ** np.arange(3)
+    weights[m:, 3:] = (2.0 * a[:, None]) ** np.arange(3)
+    return weights
+
+
+def _moments(blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]], exponents: np.ndarray) -> np.ndarray:
+    """(6, P): N, N', N'', D, D', D'' for each block (bins, levels, levels^2) of assignments, in turn."""
+    m = exponents.shape[0] // 2
+    values = np.empty((sum(len(levels) for _, levels, _ in blocks), 2 * m))
+    row = 0
+    for bins, levels, squares in blocks:
+        block = values[row : row + len(levels)]
+        np.multiply(bins[0], levels, out=block[:, :m])
+        np.multiply(bins[1], squares, out=block[:, m:])
+        row += len(levels)
+    # Products of a few rows at a time: OpenBLAS runs those on one thread. Its threads wait for a
+    # core when other processes keep them busy, which made the product 100x slower.
+    rows = max(1, PRODUCT_VALUES // (2 * m))
+    products = [values[i : i + rows] @ exponents for i in range(0, len(values), rows)]
+    return np.concatenate(products).T
 
 
 def _shape(moments: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
@@ -152,8 +167,8 @@ def _locate(
     group: np.ndarray,
     t: np.ndarray,
     brackets: tuple[_Ends, _Ends] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The levels at points (group, t) and the counts and sums of magnitudes at or above their midpoints.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Levels and midpoints at points (group, t), and the count and sum of magnitudes at or above each.
 
     Each point lies inside the bracket of the same index, if brackets are given.
     """
@@ -161,17 +176,16 @@ def _locate(
     mids = _midpoints(levels)
     if brackets is None:
         counts, sums = groups.above(mids, group)
-        return levels, counts, sums
+        return levels, mids, counts, sums
     # A count can only differ from both ends' where a magnitude lies between their midpoints:
     # search just those (binary searches cost ~100 elementwise operations each).
     lo, hi = brackets
-    outside = (mids < _midpoints(lo.levels)) | (mids > _midpoints(hi.levels))
-    where = np.flatnonzero((lo.counts != hi.counts) | outside)
+    where = np.flatnonzero((lo.counts != hi.counts) | (mids < lo.mids) | (mids > hi.mids))
     counts, sums = lo.counts.copy(), lo.sums.copy()
     found_counts, found_sums = groups.above(mids.ravel()[where, None], group[where // mids.shape[1]])
     counts.ravel()[where] = found_counts[:, 0]
     sums.ravel()[where] = found_sums[:, 0]
-    return levels, counts, sums
+    return levels, mids, counts, sums
 
 
 def _peak(
@@ -186,16 +200,16 @@ def _peak(
     rate = d0 - d1 + kappa * h  # its slope
     concave = kappa < 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        inner = np.stack(
+        x = np.stack(
             [-gap / rate, np.where(concave, -d0 / kappa, 0.0), np.where(concave, h - d1 / kappa, 0.0)]
         )
-    # fmax and fmin take a NaN crossing (parallel envelopes) to 0, an end already tried.
-    x = np.concatenate(
-        [np.zeros((1, *l0.shape)), np.broadcast_to(h, (1, *l0.shape)), np.fmin(np.fmax(inner, 0.0), h)]
-    )
+    x = np.fmin(np.fmax(x, 0.0), h)  # a NaN crossing (parallel envelopes) goes to 0, an end
     q0 = l0 + d0 * x + 0.5 * kappa * x * x
     q1 = l1 + d1 * (x - h) + 0.5 * kappa * (x - h) ** 2
-    return np.minimum(q0, q1).max(axis=0)
+    at_ends = np.maximum(
+        np.minimum(l0, l1 - d1 * h + 0.5 * kappa * (h * h)), np.minimum(l0 + d0 * h + 0.5 * kappa * h * h, l1)
+    )
+    return np.maximum(np.minimum(q0, q1).max(axis=0), at_ends)
 
 
 def _curvature(own: np.ndarray, other: np.ndarray, h: np.ndarray, spread: float) -> np.ndarray:
@@ -212,22 +226,22 @@ def _upper_bound(
     """An upper bound of ln C over each bracket [lo.t, hi.t] (see the module docstring)."""
     h = hi.t - lo.t
     with np.errstate(invalid="ignore", divide="ignore"):
-        below = np.zeros_like(lo.levels)  # L_{k-1} at lo.t
-        below[:, 1:] = lo.levels[:, :-1]
-        step_max = hi.levels - below  # >= L_k - L_{k-1} anywhere on the bracket
-        lo_mid = 0.5 * (lo.levels + below)
-        hi_mid = _midpoints(hi.levels)
+        step_max = hi.levels.copy()  # >= L_k - L_{k-1} anywhere on the bracket
+        step_max[:, 1:] -= lo.levels[:, :-1]
         hi_rate = 0.5 * a * hi.levels  # d m_k / dt at hi.t, the most over the bracket
         hi_rate[:, 1:] += 0.5 * (a[:-1] * hi.levels[:, :-1])
         crossed = lo.counts - hi.counts
         crossed_sum = lo.sums - hi.sums
-        eta_lo = (
-            np.maximum(np.einsum("ij,ij->i", step_max, hi_mid * crossed - crossed_sum), 0.0) / lo.shape[4]
-        )
-        slack_hi = step_max * np.maximum(crossed_sum - lo_mid * crossed, 0.0)
+        slack_lo = hi.mids * crossed
+        slack_lo -= crossed_sum
+        eta_lo = np.maximum(np.einsum("ij,ij->i", step_max, slack_lo), 0.0) / lo.shape[4]
+        slack_hi = lo.mids * crossed
+        np.subtract(crossed_sum, slack_hi, out=slack_hi)
+        np.maximum(slack_hi, 0.0, out=slack_hi)
+        slack_hi *= step_max
         eta_hi = slack_hi.sum(axis=1) / hi_at_lo[4]
         # (u - m_k(t))+ is convex in m_k, and m_k(hi.t) - m_k(t) <= m_k'(hi.t) (hi.t - t).
-        rise = hi_mid - lo_mid
+        rise = hi.mids - lo.mids
         rate = np.divide(hi_rate, rise, out=np.zeros_like(rise), where=rise > 0)
         ramp_hi = np.einsum("ij,ij->i", slack_hi, rate) / hi_at_lo[4]
         ramp_lo = eta_lo / h
@@ -254,14 +268,16 @@ def _search(groups: SortedGroups, first: int, stop: int, a: np.ndarray, c: np.nd
     """ln(x0) maximising the correlation of groups first..stop-1, to within TOLERANCE in ln C."""
     g = stop - first
     spread = float(np.ptp(a))
+    exponents = _exponents(a)
     sumsq = groups.sumsq
 
-    def shapes(*assignments: _Assignment) -> list[np.ndarray]:
-        """The shape of each assignment at its levels: in one pass, as numpy's cost per call
-        outweighs the arithmetic on a slice."""
-        group, counts, sums, levels = (np.concatenate(x) for x in zip(*assignments))
-        shape = _shape(_moments(counts, sums, levels, a), sumsq[group])
-        return np.split(shape, np.cumsum([x[0].size for x in assignments[:-1]]), axis=1)
+    def shapes(group: np.ndarray, *blocks: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[np.ndarray]:
+        """The shape of each block (bins, levels, levels^2) of assignments of these groups' points.
+
+        One pass for all, as numpy's cost per call outweighs the arithmetic on most rounds.
+        """
+        shape = _shape(_moments(list(blocks), exponents), np.tile(sumsq[group], len(blocks)))
+        return np.split(shape, len(blocks), axis=1)
 
     def prune(lo: _Ends, hi: _Ends, lo_at_hi: np.ndarray, hi_at_lo: np.ndarray) -> tuple[_Ends, _Ends]:
         """The brackets [lo, hi] whose bound is above their group's best C by more than TOLERANCE."""
@@ -272,16 +288,21 @@ def _search(groups: SortedGroups, first: int, stop: int, a: np.ndarray, c: np.nd
     # Points stay sorted by group, then t: the searches then walk the sorted magnitudes in order.
     grid = np.linspace(LOG_X0_MIN, 0.0, START_POINTS)
     group, t = np.repeat(np.arange(first, stop), START_POINTS), np.tile(grid, g)
-    levels, counts, sums = _locate(groups, a, c, group, t)
-    pts = _Ends(group, t, levels, counts, sums, *shapes((group, counts, sums, levels)))
-    scores = pts.shape[0].reshape(g, START_POINTS)
+    levels, mids, counts, sums = _locate(groups, a, c, group, t)
+    (own,) = shapes(group, (_bins(counts, sums), levels, levels * levels))
+    pts = _Ends(group, t, levels, mids, counts, sums, own)
+    scores = own[0].reshape(g, START_POINTS)
     best_i = scores.argmax(axis=1)
     best_t = grid[best_i]
     best = scores[np.arange(g), best_i]
     starts = np.flatnonzero(sumsq[first:stop] > 0)[:, None] * START_POINTS + np.arange(START_POINTS)
     lo, hi = pts.take(starts[:, :-1].ravel()), pts.take(starts[:, 1:].ravel())
     if spread:
-        lo_at_hi, hi_at_lo = shapes(lo.at(hi.levels), hi.at(lo.levels))
+        lo_at_hi, hi_at_lo = shapes(
+            lo.group,
+            (_bins(lo.counts, lo.sums), hi.levels, hi.levels * hi.levels),
+            (_bins(hi.counts, hi.sums), lo.levels, lo.levels * lo.levels),
+        )
     else:  # every level scales with x0: a fixed assignment's C is constant
         lo_at_hi, hi_at_lo = lo.shape, hi.shape
     lo, hi = prune(lo, hi, lo_at_hi, hi_at_lo)
@@ -289,22 +310,24 @@ def _search(groups: SortedGroups, first: int, stop: int, a: np.ndarray, c: np.nd
         if not lo.t.size:
             break
         t = 0.5 * (lo.t + hi.t)
-        levels, counts, sums = _locate(groups, a, c, lo.group, t, (lo, hi))
+        levels, mids, counts, sums = _locate(groups, a, c, lo.group, t, (lo, hi))
+        bins, squares = _bins(counts, sums), levels * levels
         if spread:  # mid's own shape, and the shapes across both halves of each bracket
             own, lo_at_mid, mid_at_hi, mid_at_lo, hi_at_mid = shapes(
-                (lo.group, counts, sums, levels),
-                lo.at(levels),
-                (lo.group, counts, sums, hi.levels),
-                (lo.group, counts, sums, lo.levels),
-                hi.at(levels),
+                lo.group,
+                (bins, levels, squares),
+                (_bins(lo.counts, lo.sums), levels, squares),
+                (bins, hi.levels, hi.levels * hi.levels),
+                (bins, lo.levels, lo.levels * lo.levels),
+                (_bins(hi.counts, hi.sums), levels, squares),
             )
         else:
-            (own,) = shapes((lo.group, counts, sums, levels))
-        mid = _Ends(lo.group, t, levels, counts, sums, own)
+            (own,) = shapes(lo.group, (bins, levels, squares))
+        mid = _Ends(lo.group, t, levels, mids, counts, sums, own)
         local = mid.group - first
-        np.maximum.at(best, local, mid.shape[0])
-        won = mid.shape[0] == best[local]
-        best_t[local[won]] = mid.t[won]
+        np.maximum.at(best, local, own[0])
+        won = own[0] == best[local]
+        best_t[local[won]] = t[won]
         lo, hi = _interleave(lo, mid), _interleave(mid, hi)
         if spread:
             lo_at_hi, hi_at_lo = _mix(lo_at_mid, mid_at_hi, 1), _mix(mid_at_lo, hi_at_mid, 1)
