@@ -11,6 +11,8 @@ to within 1e-6, in about 3.5x the time.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from onnxq.codebooks import Codebook
@@ -34,6 +36,16 @@ class SortedGroups:
         self.cum = np.zeros((self.groups, self.n + 1))
         np.cumsum(s, axis=1, out=self.cum[:, 1:])
         self.sumsq = np.einsum("ij,ij->i", s, s)
+
+    def subset(self, first: int, stop: int) -> SortedGroups:
+        """Groups first..stop-1 alone, numbered from 0: a search then spans only their magnitudes."""
+        part = copy.copy(self)
+        part.groups = stop - first
+        part.offsets = self.offsets[first:stop]  # as before, so every comparison is the same
+        part.keys = self.keys[first * self.n : stop * self.n]
+        part.cum = self.cum[first:stop]
+        part.sumsq = self.sumsq[first:stop]
+        return part
 
     def count_below(self, thresholds: np.ndarray, group: np.ndarray | None = None) -> np.ndarray:
         """How many magnitudes of each row's group are < each threshold; shape of thresholds.

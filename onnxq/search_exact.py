@@ -86,22 +86,16 @@ class _Ends:
         )
 
 
-def _mix(x: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
-    """x[0], y[0], x[1], y[1], ... along axis."""
-    both = np.stack([x, y], axis=axis + 1)
-    return both.reshape(*x.shape[:axis], -1, *x.shape[axis + 1 :])
-
-
-def _interleave(first: _Ends, second: _Ends) -> _Ends:
-    """first[0], second[0], first[1], ...: the ends of each bracket's two halves, in order of t."""
+def _join(first: _Ends, first_keep: np.ndarray, second: _Ends, second_keep: np.ndarray) -> _Ends:
+    """The kept ends of first, then the kept ends of second."""
     return _Ends(
-        _mix(first.group, second.group),
-        _mix(first.t, second.t),
-        _mix(first.levels, second.levels),
-        _mix(first.mids, second.mids),
-        _mix(first.counts, second.counts),
-        _mix(first.sums, second.sums),
-        _mix(first.shape, second.shape, 1),
+        np.concatenate([first.group[first_keep], second.group[second_keep]]),
+        np.concatenate([first.t[first_keep], second.t[second_keep]]),
+        np.concatenate([first.levels[first_keep], second.levels[second_keep]]),
+        np.concatenate([first.mids[first_keep], second.mids[second_keep]]),
+        np.concatenate([first.counts[first_keep], second.counts[second_keep]]),
+        np.concatenate([first.sums[first_keep], second.sums[second_keep]]),
+        np.concatenate([first.shape[:, first_keep], second.shape[:, second_keep]], axis=1),
     )
 
 
@@ -220,36 +214,55 @@ def _curvature(own: np.ndarray, other: np.ndarray, h: np.ndarray, spread: float)
     return var_n - 2.0 * var_d
 
 
-def _upper_bound(
-    lo: _Ends, hi: _Ends, lo_at_hi: np.ndarray, hi_at_lo: np.ndarray, a: np.ndarray, spread: float
-) -> np.ndarray:
-    """An upper bound of ln C over each bracket [lo.t, hi.t] (see the module docstring)."""
-    h = hi.t - lo.t
+def _slack(lo: _Ends, hi: _Ends, a: np.ndarray) -> np.ndarray:
+    """(3, P): the crossings' slack in N over each bracket [lo.t, hi.t], for lo's assignment and for hi's,
+    and the rate at which hi's falls (see the module docstring); divide each by its assignment's N."""
+    step_max = hi.levels.copy()  # >= L_k - L_{k-1} anywhere on the bracket
+    step_max[:, 1:] -= lo.levels[:, :-1]
+    hi_rate = 0.5 * a * hi.levels  # d m_k / dt at hi.t, the most over the bracket
+    hi_rate[:, 1:] += 0.5 * (a[:-1] * hi.levels[:, :-1])
+    crossed = lo.counts - hi.counts
+    crossed_sum = lo.sums - hi.sums
+    slack_lo = hi.mids * crossed
+    slack_lo -= crossed_sum
+    slack_hi = lo.mids * crossed
+    np.subtract(crossed_sum, slack_hi, out=slack_hi)
+    np.maximum(slack_hi, 0.0, out=slack_hi)
+    slack_hi *= step_max
+    # (u - m_k(t))+ is convex in m_k, and m_k(hi.t) - m_k(t) <= m_k'(hi.t) (hi.t - t).
+    rise = hi.mids - lo.mids
     with np.errstate(invalid="ignore", divide="ignore"):
-        step_max = hi.levels.copy()  # >= L_k - L_{k-1} anywhere on the bracket
-        step_max[:, 1:] -= lo.levels[:, :-1]
-        hi_rate = 0.5 * a * hi.levels  # d m_k / dt at hi.t, the most over the bracket
-        hi_rate[:, 1:] += 0.5 * (a[:-1] * hi.levels[:, :-1])
-        crossed = lo.counts - hi.counts
-        crossed_sum = lo.sums - hi.sums
-        slack_lo = hi.mids * crossed
-        slack_lo -= crossed_sum
-        eta_lo = np.maximum(np.einsum("ij,ij->i", step_max, slack_lo), 0.0) / lo.shape[4]
-        slack_hi = lo.mids * crossed
-        np.subtract(crossed_sum, slack_hi, out=slack_hi)
-        np.maximum(slack_hi, 0.0, out=slack_hi)
-        slack_hi *= step_max
-        eta_hi = slack_hi.sum(axis=1) / hi_at_lo[4]
-        # (u - m_k(t))+ is convex in m_k, and m_k(hi.t) - m_k(t) <= m_k'(hi.t) (hi.t - t).
-        rise = hi.mids - lo.mids
         rate = np.divide(hi_rate, rise, out=np.zeros_like(rise), where=rise > 0)
-        ramp_hi = np.einsum("ij,ij->i", slack_hi, rate) / hi_at_lo[4]
+    return np.stack(
+        [
+            np.maximum(np.einsum("ij,ij->i", step_max, slack_lo), 0.0),
+            slack_hi.sum(axis=1),
+            np.einsum("ij,ij->i", slack_hi, rate),
+        ]
+    )
+
+
+def _upper_bound(
+    h: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    lo_at_hi: np.ndarray,
+    hi_at_lo: np.ndarray,
+    slack: np.ndarray,
+    spread: float,
+) -> np.ndarray:
+    """An upper bound of ln C over brackets of width h, from the shapes of their ends' assignments
+    at both ends and the crossings' slack (see the module docstring)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eta_lo = slack[0] / lo[4]
+        eta_hi = slack[1] / hi_at_lo[4]
+        ramp_hi = slack[2] / hi_at_lo[4]
         ramp_lo = eta_lo / h
-        kappa_lo = _curvature(lo.shape, lo_at_hi, h, spread)
-        kappa_hi = _curvature(hi.shape, hi_at_lo, h, spread)
+        kappa_lo = _curvature(lo, lo_at_hi, h, spread)
+        kappa_hi = _curvature(hi, hi_at_lo, h, spread)
         # Each end's assignment, bounded twice: with its largest slack, and with the slack's ramp.
-        l0, d0, l1, d1 = lo.shape[0], lo.shape[1], lo_at_hi[0], lo_at_hi[1]
-        m0, e0, m1, e1 = hi_at_lo[0], hi_at_lo[1], hi.shape[0], hi.shape[1]
+        l0, d0, l1, d1 = lo[0], lo[1], lo_at_hi[0], lo_at_hi[1]
+        m0, e0, m1, e1 = hi_at_lo[0], hi_at_lo[1], hi[0], hi[1]
         peaks = _peak(
             np.stack([l0, l0, m0, m0 + ramp_hi * h]),
             np.stack([d0, d0 + ramp_lo, e0, e0 - ramp_hi]),
@@ -264,9 +277,9 @@ def _upper_bound(
     return np.where(np.isnan(bound), np.inf, bound)
 
 
-def _search(groups: SortedGroups, first: int, stop: int, a: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """ln(x0) maximising the correlation of groups first..stop-1, to within TOLERANCE in ln C."""
-    g = stop - first
+def _search(groups: SortedGroups, a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """ln(x0) maximising the correlation of each group, to within TOLERANCE in ln C."""
+    g = groups.groups
     spread = float(np.ptp(a))
     exponents = _exponents(a)
     sumsq = groups.sumsq
@@ -279,15 +292,8 @@ def _search(groups: SortedGroups, first: int, stop: int, a: np.ndarray, c: np.nd
         shape = _shape(_moments(list(blocks), exponents), np.tile(sumsq[group], len(blocks)))
         return np.split(shape, len(blocks), axis=1)
 
-    def prune(lo: _Ends, hi: _Ends, lo_at_hi: np.ndarray, hi_at_lo: np.ndarray) -> tuple[_Ends, _Ends]:
-        """The brackets [lo, hi] whose bound is above their group's best C by more than TOLERANCE."""
-        bound = _upper_bound(lo, hi, lo_at_hi, hi_at_lo, a, spread)
-        keep = bound > best[lo.group - first] + TOLERANCE
-        return lo.take(keep), hi.take(keep)
-
-    # Points stay sorted by group, then t: the searches then walk the sorted magnitudes in order.
     grid = np.linspace(LOG_X0_MIN, 0.0, START_POINTS)
-    group, t = np.repeat(np.arange(first, stop), START_POINTS), np.tile(grid, g)
+    group, t = np.repeat(np.arange(g), START_POINTS), np.tile(grid, g)
     levels, mids, counts, sums = _locate(groups, a, c, group, t)
     (own,) = shapes(group, (_bins(counts, sums), levels, levels * levels))
     pts = _Ends(group, t, levels, mids, counts, sums, own)
@@ -295,7 +301,7 @@ def _search(groups: SortedGroups, first: int, stop: int, a: np.ndarray, c: np.nd
     best_i = scores.argmax(axis=1)
     best_t = grid[best_i]
     best = scores[np.arange(g), best_i]
-    starts = np.flatnonzero(sumsq[first:stop] > 0)[:, None] * START_POINTS + np.arange(START_POINTS)
+    starts = np.flatnonzero(sumsq > 0)[:, None] * START_POINTS + np.arange(START_POINTS)
     lo, hi = pts.take(starts[:, :-1].ravel()), pts.take(starts[:, 1:].ravel())
     if spread:
         lo_at_hi, hi_at_lo = shapes(
@@ -305,7 +311,9 @@ def _search(groups: SortedGroups, first: int, stop: int, a: np.ndarray, c: np.nd
         )
     else:  # every level scales with x0: a fixed assignment's C is constant
         lo_at_hi, hi_at_lo = lo.shape, hi.shape
-    lo, hi = prune(lo, hi, lo_at_hi, hi_at_lo)
+    bound = _upper_bound(hi.t - lo.t, lo.shape, hi.shape, lo_at_hi, hi_at_lo, _slack(lo, hi, a), spread)
+    keep = bound > best[lo.group] + TOLERANCE
+    lo, hi = lo.take(keep), hi.take(keep)
     for _ in range(MAX_ROUNDS):
         if not lo.t.size:
             break
@@ -323,17 +331,24 @@ def _search(groups: SortedGroups, first: int, stop: int, a: np.ndarray, c: np.nd
             )
         else:
             (own,) = shapes(lo.group, (bins, levels, squares))
+            lo_at_mid, mid_at_hi, mid_at_lo, hi_at_mid = lo.shape, own, own, hi.shape
         mid = _Ends(lo.group, t, levels, mids, counts, sums, own)
-        local = mid.group - first
-        np.maximum.at(best, local, own[0])
-        won = own[0] == best[local]
-        best_t[local[won]] = t[won]
-        lo, hi = _interleave(lo, mid), _interleave(mid, hi)
-        if spread:
-            lo_at_hi, hi_at_lo = _mix(lo_at_mid, mid_at_hi, 1), _mix(mid_at_lo, hi_at_mid, 1)
-        else:
-            lo_at_hi, hi_at_lo = lo.shape, hi.shape
-        lo, hi = prune(lo, hi, lo_at_hi, hi_at_lo)
+        np.maximum.at(best, mid.group, own[0])
+        won = own[0] == best[mid.group]
+        best_t[mid.group[won]] = t[won]
+        # Both halves of every bracket, the left ones first.
+        bound = _upper_bound(
+            np.concatenate([t - lo.t, hi.t - t]),
+            np.concatenate([lo.shape, own], axis=1),
+            np.concatenate([own, hi.shape], axis=1),
+            np.concatenate([lo_at_mid, mid_at_hi], axis=1),
+            np.concatenate([mid_at_lo, hi_at_mid], axis=1),
+            np.concatenate([_slack(lo, mid, a), _slack(mid, hi, a)], axis=1),
+            spread,
+        )
+        keep = bound > np.tile(best[mid.group], 2) + TOLERANCE
+        keep_left, keep_right = np.split(keep, 2)
+        lo, hi = _join(lo, keep_left, mid, keep_right), _join(mid, keep_left, hi, keep_right)
     return best_t
 
 
@@ -350,5 +365,5 @@ def maximize_correlation(
         step = max(1, SLICE_VALUES // (START_POINTS * a.size))
         for first in range(0, g, step):
             stop = min(g, first + step)
-            best_t[first:stop] = _search(groups, first, stop, a, c)
+            best_t[first:stop] = _search(groups.subset(first, stop), a, c)
     return best_t, groups.correlation(level_magnitudes(codebook, best_t, bits))
