@@ -86,16 +86,26 @@ class _Ends:
         )
 
 
-def _join(first: _Ends, first_keep: np.ndarray, second: _Ends, second_keep: np.ndarray) -> _Ends:
-    """The kept ends of first, then the kept ends of second."""
+def _join(first: _Ends, first_kept: np.ndarray, second: _Ends, second_kept: np.ndarray) -> _Ends:
+    """The ends of first at indices first_kept, then those of second at second_kept."""
+    size = first_kept.size
+
+    def rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        # Straight into the result: indexing and concatenating copies twice (allocating, the most
+        # of a round's copying). mode="clip" does not buffer; the indices are in range.
+        out = np.empty((size + second_kept.size, *x.shape[1:]), x.dtype)
+        np.take(x, first_kept, axis=0, out=out[:size], mode="clip")
+        np.take(y, second_kept, axis=0, out=out[size:], mode="clip")
+        return out
+
     return _Ends(
-        np.concatenate([first.group[first_keep], second.group[second_keep]]),
-        np.concatenate([first.t[first_keep], second.t[second_keep]]),
-        np.concatenate([first.levels[first_keep], second.levels[second_keep]]),
-        np.concatenate([first.mids[first_keep], second.mids[second_keep]]),
-        np.concatenate([first.counts[first_keep], second.counts[second_keep]]),
-        np.concatenate([first.sums[first_keep], second.sums[second_keep]]),
-        np.concatenate([first.shape[:, first_keep], second.shape[:, second_keep]], axis=1),
+        rows(first.group, second.group),
+        rows(first.t, second.t),
+        rows(first.levels, second.levels),
+        rows(first.mids, second.mids),
+        rows(first.counts, second.counts),
+        rows(first.sums, second.sums),
+        np.concatenate([first.shape[:, first_kept], second.shape[:, second_kept]], axis=1),
     )
 
 
@@ -312,8 +322,8 @@ def _search(groups: SortedGroups, a: np.ndarray, c: np.ndarray) -> np.ndarray:
     else:  # every level scales with x0: a fixed assignment's C is constant
         lo_at_hi, hi_at_lo = lo.shape, hi.shape
     bound = _upper_bound(hi.t - lo.t, lo.shape, hi.shape, lo_at_hi, hi_at_lo, _slack(lo, hi, a), spread)
-    keep = bound > best[lo.group] + TOLERANCE
-    lo, hi = lo.take(keep), hi.take(keep)
+    kept = np.flatnonzero(bound > best[lo.group] + TOLERANCE)
+    lo, hi = lo.take(kept), hi.take(kept)
     for _ in range(MAX_ROUNDS):
         if not lo.t.size:
             break
@@ -347,7 +357,7 @@ def _search(groups: SortedGroups, a: np.ndarray, c: np.ndarray) -> np.ndarray:
             spread,
         )
         keep = bound > np.tile(best[mid.group], 2) + TOLERANCE
-        keep_left, keep_right = np.split(keep, 2)
+        keep_left, keep_right = np.flatnonzero(keep[: t.size]), np.flatnonzero(keep[t.size :])
         lo, hi = _join(lo, keep_left, mid, keep_right), _join(mid, keep_left, hi, keep_right)
     return best_t
 
