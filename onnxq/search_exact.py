@@ -142,21 +142,22 @@ def _exponents(a: np.ndarray) -> np.ndarray:
     return np.stack([a[:, None] ** np.arange(3), (2.0 * a[:, None]) ** np.arange(3)])
 
 
+def _bins(counts: np.ndarray, sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P, M) twice: the sum and count of the magnitudes each level takes, from its midpoint to the next."""
+    return sums - _above(sums), counts - _above(counts)
+
+
 def _moments(
     blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], exponents: np.ndarray
 ) -> np.ndarray:
-    """(6, P): N, N', N'', D, D', D'' for each block of assignments (counts, sums, levels, levels^2).
-
-    A level's bin (magnitudes from its midpoint to the next) holds what is at or above its
-    midpoint less what is at or above the next one.
-    """
+    """(6, P): N, N', N'', D, D', D'' for each block (bin sums, bin counts, levels, levels^2), in turn."""
     m = exponents.shape[1]
     values = np.empty((2, sum(len(levels) for *_, levels, _ in blocks), m))
     row = 0
-    for counts, sums, levels, squares in blocks:
+    for bin_sums, bin_counts, levels, squares in blocks:
         size = len(levels)
-        np.multiply(sums - _above(sums), levels, out=values[0, row : row + size])
-        np.multiply(counts - _above(counts), squares, out=values[1, row : row + size])
+        np.multiply(bin_sums, levels, out=values[0, row : row + size])
+        np.multiply(bin_counts, squares, out=values[1, row : row + size])
         row += size
     # Products of a few rows at a time: OpenBLAS runs those on one thread. Its threads wait for a
     # core when other processes keep them busy, which made the product 100x slower.
@@ -194,15 +195,20 @@ def _locate(
     """
     levels = np.exp(t[:, None] * a + c)
     mids = _midpoints(levels)
+    m = mids.shape[1]
     if brackets is None:
-        counts, sums = groups.above(mids, group)
-        return levels, mids, counts, sums
-    # A count can only differ from both ends' where a magnitude lies between their midpoints:
-    # search just those (binary searches cost ~100 elementwise operations each).
-    lo, hi = brackets
-    where = np.flatnonzero((lo.counts != hi.counts) | (mids < lo.mids) | (mids > hi.mids))
-    counts, sums = lo.counts.copy(), lo.sums.copy()
-    found_counts, found_sums = groups.above(mids.ravel()[where, None], group[where // mids.shape[1]])
+        # All of a group's magnitudes are at or above a midpoint up to its smallest one.
+        counts = np.full(mids.shape, float(groups.n))
+        sums = np.repeat(groups.cum[group, -1:], m, axis=1)
+        search = mids > groups.cum[group, 1:2]
+    else:
+        # A count can only differ from both ends' where a magnitude lies between their midpoints:
+        # search just those (binary searches cost ~100 elementwise operations each).
+        lo, hi = brackets
+        counts, sums = lo.counts.copy(), lo.sums.copy()
+        search = (lo.counts != hi.counts) | (mids < lo.mids) | (mids > hi.mids)
+    where = np.flatnonzero(search)
+    found_counts, found_sums = groups.above(mids.ravel()[where, None], group[where // m])
     counts.ravel()[where] = found_counts[:, 0]
     sums.ravel()[where] = found_sums[:, 0]
     return levels, mids, counts, sums
@@ -311,7 +317,7 @@ def _search(groups: SortedGroups, a: np.ndarray, c: np.ndarray) -> np.ndarray:
     def shapes(
         group: np.ndarray, *blocks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     ) -> list[np.ndarray]:
-        """The shape of each block (counts, sums, levels, levels^2) of assignments of these groups' points.
+        """The shape of each block (bin sums, bin counts, levels, levels^2) of these groups' points.
 
         One pass for all, as numpy's cost per call outweighs the arithmetic on most rounds.
         """
@@ -321,7 +327,7 @@ def _search(groups: SortedGroups, a: np.ndarray, c: np.ndarray) -> np.ndarray:
     grid = np.linspace(LOG_X0_MIN, 0.0, START_POINTS)
     group, t = np.repeat(np.arange(g), START_POINTS), np.tile(grid, g)
     levels, mids, counts, sums = _locate(groups, a, c, group, t)
-    (own,) = shapes(group, (counts, sums, levels, levels * levels))
+    (own,) = shapes(group, (*_bins(counts, sums), levels, levels * levels))
     pts = _Ends(group, t, levels, mids, counts, sums, own)
     scores = own[0].reshape(g, START_POINTS)
     best_i = scores.argmax(axis=1)
@@ -332,8 +338,8 @@ def _search(groups: SortedGroups, a: np.ndarray, c: np.ndarray) -> np.ndarray:
     if spread:
         lo_at_hi, hi_at_lo = shapes(
             lo.group,
-            (lo.counts, lo.sums, hi.levels, hi.levels * hi.levels),
-            (hi.counts, hi.sums, lo.levels, lo.levels * lo.levels),
+            (*_bins(lo.counts, lo.sums), hi.levels, hi.levels * hi.levels),
+            (*_bins(hi.counts, hi.sums), lo.levels, lo.levels * lo.levels),
         )
     else:  # every level scales with x0: a fixed assignment's C is constant
         lo_at_hi, hi_at_lo = lo.shape, hi.shape
@@ -345,18 +351,18 @@ def _search(groups: SortedGroups, a: np.ndarray, c: np.ndarray) -> np.ndarray:
             break
         t = 0.5 * (lo.t + hi.t)
         levels, mids, counts, sums = _locate(groups, a, c, lo.group, t, (lo, hi))
-        squares = levels * levels
+        bins, powers = _bins(counts, sums), (levels, levels * levels)
         if spread:  # mid's own shape, and the shapes across both halves of each bracket
             own, lo_at_mid, mid_at_hi, mid_at_lo, hi_at_mid = shapes(
                 lo.group,
-                (counts, sums, levels, squares),
-                (lo.counts, lo.sums, levels, squares),
-                (counts, sums, hi.levels, hi.levels * hi.levels),
-                (counts, sums, lo.levels, lo.levels * lo.levels),
-                (hi.counts, hi.sums, levels, squares),
+                (*bins, *powers),
+                (*_bins(lo.counts, lo.sums), *powers),
+                (*bins, hi.levels, hi.levels * hi.levels),
+                (*bins, lo.levels, lo.levels * lo.levels),
+                (*_bins(hi.counts, hi.sums), *powers),
             )
         else:
-            (own,) = shapes(lo.group, (counts, sums, levels, squares))
+            (own,) = shapes(lo.group, (*bins, *powers))
             lo_at_mid, mid_at_hi, mid_at_lo, hi_at_mid = lo.shape, own, own, hi.shape
         mid = _Ends(lo.group, t, levels, mids, counts, sums, own)
         np.maximum.at(best, mid.group, own[0])
