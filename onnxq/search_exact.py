@@ -74,7 +74,7 @@ class _Ends:
     sums: np.ndarray  # (P, M) their sum
     shape: np.ndarray  # (5, P) see _shape, for this point's own assignment
 
-    def take(self, index: np.ndarray) -> _Ends:
+    def take(self, index: np.ndarray | slice) -> _Ends:
         return _Ends(
             self.group[index],
             self.t[index],
@@ -94,8 +94,8 @@ def _join(first: _Ends, first_kept: np.ndarray, second: _Ends, second_kept: np.n
         # Straight into the result: indexing and concatenating copies twice (allocating, the most
         # of a round's copying). mode="clip" does not buffer; the indices are in range.
         out = np.empty((size + second_kept.size, *x.shape[1:]), x.dtype)
-        np.take(x, first_kept, axis=0, out=out[:size], mode="clip")
-        np.take(y, second_kept, axis=0, out=out[size:], mode="clip")
+        x.take(first_kept, axis=0, out=out[:size], mode="clip")
+        y.take(second_kept, axis=0, out=out[size:], mode="clip")
         return out
 
     return _Ends(
@@ -222,7 +222,8 @@ def _peak(
     f lies under both quadratic envelopes from the ends; their difference is linear in x,
     so the largest value of the lower one is at an end, where they cross, or at a vertex.
     """
-    gap = l0 - l1 + d1 * h - 0.5 * kappa * h * h  # (q0 - q1)(0)
+    half_kappa = 0.5 * kappa
+    gap = l0 - l1 + d1 * h - half_kappa * h * h  # (q0 - q1)(0)
     rate = d0 - d1 + kappa * h  # its slope
     concave = kappa < 0
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -230,10 +231,11 @@ def _peak(
             [-gap / rate, np.where(concave, -d0 / kappa, 0.0), np.where(concave, h - d1 / kappa, 0.0)]
         )
     x = np.fmin(np.fmax(x, 0.0), h)  # a NaN crossing (parallel envelopes) goes to 0, an end
-    q0 = l0 + d0 * x + 0.5 * kappa * x * x
-    q1 = l1 + d1 * (x - h) + 0.5 * kappa * (x - h) ** 2
+    y = x - h
+    q0 = l0 + d0 * x + half_kappa * x * x
+    q1 = l1 + d1 * y + half_kappa * y**2
     at_ends = np.maximum(
-        np.minimum(l0, l1 - d1 * h + 0.5 * kappa * (h * h)), np.minimum(l0 + d0 * h + 0.5 * kappa * h * h, l1)
+        np.minimum(l0, l1 - d1 * h + half_kappa * (h * h)), np.minimum(l0 + d0 * h + half_kappa * h * h, l1)
     )
     return np.maximum(np.minimum(q0, q1).max(axis=0), at_ends)
 
@@ -321,30 +323,32 @@ def _search(groups: SortedGroups, a: np.ndarray, c: np.ndarray) -> np.ndarray:
 
         One pass for all, as numpy's cost per call outweighs the arithmetic on most rounds.
         """
-        shape = _shape(_moments(list(blocks), exponents), np.tile(sumsq[group], len(blocks)))
-        return np.split(shape, len(blocks), axis=1)
+        moments = _moments(list(blocks), exponents).reshape(6, len(blocks), -1)
+        return list(_shape(moments, sumsq[group]).swapaxes(0, 1))
 
     grid = np.linspace(LOG_X0_MIN, 0.0, START_POINTS)
     group, t = np.repeat(np.arange(g), START_POINTS), np.tile(grid, g)
     levels, mids, counts, sums = _locate(groups, a, c, group, t)
-    (own,) = shapes(group, (*_bins(counts, sums), levels, levels * levels))
+    (bin_sums, bin_counts), squares = _bins(counts, sums), levels * levels
+    (own,) = shapes(group, (bin_sums, bin_counts, levels, squares))
     pts = _Ends(group, t, levels, mids, counts, sums, own)
     scores = own[0].reshape(g, START_POINTS)
     best_i = scores.argmax(axis=1)
     best_t = grid[best_i]
     best = scores[np.arange(g), best_i]
-    starts = np.flatnonzero(sumsq > 0)[:, None] * START_POINTS + np.arange(START_POINTS)
-    lo, hi = pts.take(starts[:, :-1].ravel()), pts.take(starts[:, 1:].ravel())
+    # The first brackets join consecutive points (views: no copies); those across groups are dropped.
+    lo, hi = pts.take(slice(None, -1)), pts.take(slice(1, None))
     if spread:
         lo_at_hi, hi_at_lo = shapes(
             lo.group,
-            (*_bins(lo.counts, lo.sums), hi.levels, hi.levels * hi.levels),
-            (*_bins(hi.counts, hi.sums), lo.levels, lo.levels * lo.levels),
+            (bin_sums[:-1], bin_counts[:-1], levels[1:], squares[1:]),
+            (bin_sums[1:], bin_counts[1:], levels[:-1], squares[:-1]),
         )
     else:  # every level scales with x0: a fixed assignment's C is constant
         lo_at_hi, hi_at_lo = lo.shape, hi.shape
     bound = _upper_bound(hi.t - lo.t, lo.shape, hi.shape, lo_at_hi, hi_at_lo, _slack(lo, hi, a), spread)
-    kept = np.flatnonzero(bound > best[lo.group] + TOLERANCE)
+    keep = (bound > best[lo.group] + TOLERANCE) & (lo.group == hi.group) & (sumsq[lo.group] > 0)
+    kept = np.flatnonzero(keep)
     lo, hi = lo.take(kept), hi.take(kept)
     for _ in range(MAX_ROUNDS):
         if not lo.t.size:
