@@ -58,7 +58,7 @@ from onnxq.search import LOG_X0_MIN, SortedGroups, level_magnitudes
 START_POINTS = 33  # the first brackets are 1/2 wide in ln(x0)
 TOLERANCE = 9e-7  # in ln C: a bracket whose bound is within this of the best is dropped
 MAX_ROUNDS = 64  # halvings: 2^-64 of a bracket is below float resolution
-SLICE_VALUES = 1 << 17  # points x levels searched at once (see maximize_correlation)
+SLICE_VALUES = 1 << 18  # start points x (levels + 16) searched at once (see maximize_correlation)
 PRODUCT_VALUES = 1 << 15  # matrix values per product (see _moments)
 
 
@@ -398,7 +398,7 @@ def maximize_correlation(
         a, c = codebook.log_coefficients(bits)
         # A slice of groups at a time: with all at once the first rounds' arrays reach ~100 MB, and
         # the allocator hands that back to the system and faults it in again for every tensor.
-        step = max(1, SLICE_VALUES // (START_POINTS * a.size))
+        step = max(1, SLICE_VALUES // (START_POINTS * (a.size + 16)))  # 16: a bracket's own numbers
         for first in range(0, g, step):
             stop = min(g, first + step)
             best_t[first:stop] = _search(groups.subset(first, stop), a, c)
