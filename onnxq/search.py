@@ -6,7 +6,7 @@ boundary) instead of O(n), and every group is searched at once. A coarse grid
 over ln(x0) finds the basin, and golden-section search refines it. It can
 settle on a lesser spike of the jagged correlation (by up to 1e-5 on the
 tests, 1e-3 on a few 25-weight channels); search_exact.py proves its maximum
-to within 1e-6, in about 3.5x the time.
+to within 1e-6, in about twice the time.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """x0* = argmax over t = ln(x0) in [LOG_X0_MIN, 0] of C(t) = corr(u, round(u; levels(t))), per group, exactly.
 
 `--search exact`. search.py's grid and golden-section search is the default: it
-is about 3.5x faster, and misses by up to 1e-5 on the tests (1e-3 on a few
+is about twice as fast, and misses by up to 1e-5 on the tests (1e-3 on a few
 25-weight channels of EfficientNet-Lite0). This one proves its answer.
 
 Branch and bound over brackets [t0, t1]: each group starts from START_POINTS
@@ -160,7 +160,7 @@ def _moments(
         np.multiply(bin_counts, squares, out=values[1, row : row + size])
         row += size
     # Products of a few rows at a time: OpenBLAS runs those on one thread. Its threads wait for a
-    # core when other processes keep them busy, which made the product 100x slower.
+    # core when other processes keep them busy, which made larger products up to 100x slower.
     rows = max(1, PRODUCT_VALUES // m)
     by_sum, by_count = (
         np.concatenate([part[i : i + rows] @ weights for i in range(0, row, rows)])
