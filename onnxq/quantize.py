@@ -136,10 +136,13 @@ def _x0_grid(groups: SortedGroups, codebook: Codebook, bits: int, log_x0: np.nda
     if rng[1] == 0:
         return codes, rng
     best = np.full(log_x0.shape, -np.inf)
+    levels: np.ndarray | None = None
+    edges: np.ndarray | None = None
     for code in range(steps + 1):
-        score = groups.correlation(
-            level_magnitudes(codebook, _decode(np.full(log_x0.shape, code), rng), bits)
-        )
+        previous, levels = levels, level_magnitudes(codebook, _decode(np.full(log_x0.shape, code), rng), bits)
+        # Levels that only rise from one grid point to the next let the counts walk up.
+        rising = previous is not None and bool(np.all(levels >= previous))
+        score, edges = groups.correlation_edges(levels, start=edges if rising else None)
         better = score > best
         codes[better] = code
         best[better] = score[better]

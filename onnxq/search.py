@@ -21,6 +21,7 @@ LOG_X0_MIN = -16.0  # x0 >= 1.1e-7: far below any useful first level
 GRID_POINTS = 25  # a grid step of 2/3 in ln(x0)
 FINE_POINTS = 33  # then a step of 1/24 across the best bracket
 REFINE_STEPS = 20  # golden-section steps: the bracket shrinks by 0.618^20 ~ 7e-5
+WALK_STEPS = 4  # count_below from known counts: steps of one magnitude before a binary search
 
 
 class SortedGroups:
@@ -47,15 +48,33 @@ class SortedGroups:
         part.sumsq = self.sumsq[first:stop]
         return part
 
-    def count_below(self, thresholds: np.ndarray, group: np.ndarray | None = None) -> np.ndarray:
+    def count_below(
+        self, thresholds: np.ndarray, group: np.ndarray | None = None, start: np.ndarray | None = None
+    ) -> np.ndarray:
         """How many magnitudes of each row's group are < each threshold; shape of thresholds.
 
-        Row i belongs to group[i] (None: row i is group i).
+        Row i belongs to group[i] (None: row i is group i). start, when given, holds the
+        counts for thresholds no larger, entry by entry: the counts then walk up from
+        there, a few magnitudes at a time, and only the entries still moving after
+        WALK_STEPS are searched for.
         """
         group = np.arange(self.groups) if group is None else group
         # Magnitudes lie in [0, 1]; clipping keeps each query inside its own group.
         queries = np.minimum(thresholds, 1.5) + self.offsets[group][:, None]
-        return np.searchsorted(self.keys, queries) - (group * self.n)[:, None]
+        first = (group * self.n)[:, None]
+        if start is None:
+            return np.searchsorted(self.keys, queries) - first
+        pos = start + first
+        last = self.keys.size - 1
+        moving = np.ones(pos.shape, dtype=bool)
+        for _ in range(WALK_STEPS):
+            # A group's next key is its successor's first, at least 2 above any of its queries.
+            moving = (pos <= last) & (self.keys[np.minimum(pos, last)] < queries)
+            if not moving.any():
+                return pos - first
+            pos += moving
+        pos[moving] = np.searchsorted(self.keys, queries[moving])
+        return pos - first
 
     def above(self, thresholds: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """How many magnitudes of each row's group are >= each threshold, and their sum."""
@@ -66,17 +85,27 @@ class SortedGroups:
 
     def correlation(self, levels: np.ndarray) -> np.ndarray:
         """corr(u, nearest level of u) per group, for ascending levels (groups, L)."""
+        return self.correlation_edges(levels)[0]
+
+    def correlation_edges(
+        self, levels: np.ndarray, start: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """correlation(levels), and the counts below its midpoints (groups, L - 1).
+
+        start: those counts for levels no larger, entry by entry (see count_below), as in a
+        sweep of x0 upwards.
+        """
         thresholds = 0.5 * (levels[:, 1:] + levels[:, :-1])
         edges = np.empty((self.groups, levels.shape[1] + 1), dtype=np.int64)
         edges[:, 0] = 0
         edges[:, -1] = self.n
-        edges[:, 1:-1] = self.count_below(thresholds)
+        edges[:, 1:-1] = self.count_below(thresholds, start=start)
         sums = np.diff(np.take_along_axis(self.cum, edges, axis=1), axis=1)
         counts = np.diff(edges, axis=1)
         suy = np.einsum("ij,ij->i", levels, sums)
         syy = np.einsum("ij,ij->i", levels * levels, counts)
         denom = np.sqrt(self.sumsq * syy)
-        return np.divide(suy, denom, out=np.zeros_like(suy), where=denom > 0)
+        return np.divide(suy, denom, out=np.zeros_like(suy), where=denom > 0), edges[:, 1:-1]
 
 
 def bin_index(u: np.ndarray, thresholds: np.ndarray) -> np.ndarray:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import conftest
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_codebooks import SEARCHED
 
 from onnxq.codebooks import CODEBOOKS
@@ -218,6 +220,39 @@ def test_sorted_groups_correlation_matches_direct(name, bits, rng):
     got = SortedGroups(u).correlation(levels)
     for g in range(3):
         assert got[g] == pytest.approx(direct_correlation(u[g], levels[g : g + 1])[0], abs=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    groups=st.integers(1, 6),
+    n=st.integers(1, 40),
+    jumps=st.lists(st.floats(0.0, 0.6), min_size=1, max_size=6),
+    seed=st.integers(0, 2**16),
+)
+def test_counts_walked_up_from_lower_thresholds_equal_a_fresh_search(groups, n, jumps, seed):
+    """count_below(t, start=counts at lower t) is count_below(t): small steps walk, large ones search."""
+    rng = np.random.default_rng(seed)
+    u = rng.random((groups, n)) ** 3  # many small magnitudes, so that a step can cross several
+    u[:, 0] = 0.0  # ties with a threshold of 0
+    sg = SortedGroups(u)
+    thresholds = np.sort(rng.random((groups, 5)), axis=1) * 0.3
+    counts = sg.count_below(thresholds)
+    for jump in jumps:
+        thresholds = thresholds + jump * rng.random(thresholds.shape)  # every entry rises or stays
+        counts = sg.count_below(thresholds, start=counts)
+        assert np.array_equal(counts, sg.count_below(thresholds))
+
+
+@pytest.mark.parametrize("name", SEARCHED)
+def test_correlation_from_earlier_edges_matches_a_fresh_one(name, rng):
+    u = np.abs(rng.standard_normal((4, 50)))
+    u /= u.max(axis=1, keepdims=True)
+    sg = SortedGroups(u)
+    edges = None
+    for log_x0 in np.linspace(-6.0, -0.5, 12):  # ascending x0: every level rises
+        levels = level_magnitudes(CODEBOOKS[name], np.full(4, log_x0), 5)
+        got, edges = sg.correlation_edges(levels, start=edges)
+        assert np.array_equal(got, sg.correlation(levels))
 
 
 @pytest.mark.parametrize("search", SEARCHES)
