@@ -20,7 +20,7 @@ from onnxq.codebooks import CODEBOOKS
 from onnxq.errors import OnnxqError, WeightError
 from onnxq.quantize import SCALES, SEARCHES, QuantizedTensor, quantize
 from onnxq.report import Bytes, Report, SkipReport, WeightReport
-from onnxq.select import FLOAT_TYPES, find_weights, iter_graphs
+from onnxq.select import FLOAT_TYPES, Weight, find_weights, iter_graphs
 from onnxq.storage import CODEBOOK_ATTRIBUTES, CODEBOOK_SUFFIXES, FORMATS, INDICES_SUFFIX
 from onnxq.storage.fold import DOMAIN
 from onnxq.validate import compare_models
@@ -191,16 +191,19 @@ def _quantize_all(
         report.seconds["statistics"] = time.perf_counter() - t
         report.calibration = data.describe()
 
-    def run(jobs: list[tuple[object, int]], stage: str) -> list[QuantizedTensor]:
-        out = []
+    def run(jobs: list[tuple[Weight, int]], stage: str) -> list[QuantizedTensor]:
+        # Largest first, so that no large tensor starts last while the other threads idle.
+        order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0].array.size)
+        out: list[QuantizedTensor | None] = [None] * len(jobs)
         if progress:
             progress(0, len(jobs), stage)
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            for i, q in enumerate(pool.map(lambda j: _quantize_weight(j[0], config, j[1], layers), jobs)):
-                out.append(q)
+            results = pool.map(lambda i: _quantize_weight(jobs[i][0], config, jobs[i][1], layers), order)
+            for done, (i, q) in enumerate(zip(order, results)):
+                out[i] = q
                 if progress:
-                    progress(i + 1, len(jobs), f"{stage} {jobs[i][0].name}")  # type: ignore[attr-defined]
-        return out
+                    progress(done + 1, len(jobs), f"{stage} {jobs[i][0].name}")
+        return out  # type: ignore[return-value]
 
     if config.target_bits is None:
         quantized = run([(w, config.bits) for w in weights], "quantizing")
