@@ -1,10 +1,11 @@
 """Compression speed of onnxq on the shared models, as a Markdown table.
 
     python tools/bench_compress.py [--models a.onnx b.onnx] [--bits 4 5] [--codebooks linear exponential]
+                                   [--searches fast exact]
     python tools/bench_compress.py --models m.onnx --bits 5 --target-bits 5 --calibration calib.npz \\
                                    --repeat 3 --stages
 
-One row per model x bits x codebook x granularity (x run, with --repeat). "weights/s"
+One row per model x bits x codebook x granularity x search (x run, with --repeat). "weights/s"
 is compressed weights / (quantize + rewrite seconds, from the report); "wall s" is the
 whole onnxq.compress call: load, quantize, rewrite, save and (with --validate)
 validation. Outputs go to a temporary folder that is deleted afterwards.
@@ -23,6 +24,7 @@ environment (e.g. OPENBLAS_NUM_THREADS=1 python tools/bench_compress.py ...); th
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import tempfile
@@ -32,6 +34,7 @@ from pathlib import Path
 import onnxq
 from onnxq.api import GRANULARITIES
 from onnxq.codebooks import CODEBOOKS
+from onnxq.quantize import SEARCHES
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODELS = ROOT.parent / "shared" / "models"
@@ -40,6 +43,7 @@ COLUMNS = [
     "bits",
     "codebook",
     "granularity",
+    "search",
     "weights",
     "quantize+rewrite s",
     "weights/s",
@@ -65,6 +69,7 @@ def throughput_row(src: Path, config: onnxq.Config, report: onnxq.Report, wall: 
         str(config.bits) if config.target_bits is None else f"target {config.target_bits:g}",
         config.codebook,
         config.granularity,
+        config.search,
         f"{n:,}",
         f"{work:.2f}",
         f"{n / work:,.0f}",
@@ -88,6 +93,8 @@ def cli_options(config: onnxq.Config) -> str:
         opts.append(f"--codebook {config.codebook}")
     if config.granularity != defaults.granularity:
         opts.append(f"--granularity {config.granularity}")
+    if config.search != defaults.search:
+        opts.append(f"--search {config.search}")
     if config.calibration:
         opts.append(f"--calibration {Path(config.calibration).name}")
     if not config.validate:
@@ -131,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--codebooks", nargs="+", choices=list(CODEBOOKS), default=[defaults.codebook])
     parser.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=[defaults.granularity])
     parser.add_argument(
+        "--searches", nargs="+", choices=list(SEARCHES), default=[defaults.search], help="x0 searches"
+    )
+    parser.add_argument(
         "--validate",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -161,29 +171,32 @@ def main(argv: list[str] | None = None) -> None:
 
     columns = STAGE_COLUMNS if args.stages else COLUMNS
     print(markdown_row(columns))
-    print(markdown_row(["---"] * 4 + ["---:"] * (len(columns) - 4)))
+    text = 4 if args.stages else 5  # the left-aligned columns
+    print(markdown_row(["---"] * text + ["---:"] * (len(columns) - text)))
     with tempfile.TemporaryDirectory(prefix="onnxq-bench-") as tmp:
         dst = Path(tmp) / "out.onnx"
         for model in models:
             for bits in args.bits:
-                for codebook in args.codebooks:
-                    for granularity in args.granularities:
-                        config = onnxq.Config(
-                            bits=bits,
-                            codebook=codebook,
-                            granularity=granularity,
-                            validate=args.validate,
-                            target_bits=args.target_bits,
-                            calibration=str(args.calibration) if args.calibration else None,
-                        )
-                        runs = []
-                        for _ in range(args.repeat):
-                            runs.append(time_compress(model, dst, config))
-                            if not args.stages:
-                                print(markdown_row(throughput_row(model, config, *runs[-1])), flush=True)
-                        if args.stages:
-                            for row in stage_rows(model, config, runs):
-                                print(markdown_row(row), flush=True)
+                for codebook, granularity, search in itertools.product(
+                    args.codebooks, args.granularities, args.searches
+                ):
+                    config = onnxq.Config(
+                        bits=bits,
+                        codebook=codebook,
+                        granularity=granularity,
+                        search=search,
+                        validate=args.validate,
+                        target_bits=args.target_bits,
+                        calibration=str(args.calibration) if args.calibration else None,
+                    )
+                    runs = []
+                    for _ in range(args.repeat):
+                        runs.append(time_compress(model, dst, config))
+                        if not args.stages:
+                            print(markdown_row(throughput_row(model, config, *runs[-1])), flush=True)
+                    if args.stages:
+                        for row in stage_rows(model, config, runs):
+                            print(markdown_row(row), flush=True)
 
 
 if __name__ == "__main__":
