@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
+import multiprocessing
 import os
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,7 +41,7 @@ class Config:
     codebook: str = "exponential"
     granularity: str = "channel"
     scale: str = "lsq"
-    search: str = "fast"  # how x0 is found: fast, or exact (proven within 1e-6; quantize.SEARCHES)
+    search: str = "exact"  # how x0 is found: exact (proven within 1e-6), or fast (quantize.SEARCHES)
     format: str = "fold"
     min_elements: int = 128
     exclude: tuple[str, ...] = ()
@@ -58,6 +60,7 @@ class Config:
     group_size: int | None = None  # per-block parameters along the input dimensions; None: per channel
     packed_rows: bool = True  # large Gather tables keep their rows packed (fold.replace_consumer)
     fold_constants: bool = True  # nodes computing small constants become their values (constfold)
+    jobs: int = 1  # worker processes for quantizing; 1: threads in this process (see _quantize_all)
 
     def resolved_rounding(self) -> str:
         if self.rounding is not None:
@@ -113,6 +116,8 @@ class Config:
             raise OnnxqError(f"--min-elements must be at least 1; got {self.min_elements}")
         if self.samples < 1:
             raise OnnxqError(f"--samples must be at least 1; got {self.samples}")
+        if self.jobs < 1:
+            raise OnnxqError(f"--jobs must be at least 1; got {self.jobs}")
         for pattern in self.exclude:
             try:
                 re.compile(pattern)
@@ -120,16 +125,26 @@ class Config:
                 raise OnnxqError(f"--exclude {pattern!r} is not a valid regular expression: {exc}") from None
 
 
-def _quantize_weight(weight, config: Config, bits: int | None = None, layers=None) -> QuantizedTensor:
-    """layers: per weight name, its layers' input statistics (auto then ranks by output error)."""
+def _weight_rows(weight, config: Config) -> np.ndarray:
+    """The weight's rows as the quantizer groups them; NaN or Inf is an error naming it."""
     if not np.all(np.isfinite(weight.array)):
         raise WeightError(
             f"weight {weight.name!r} contains NaN or Inf; fix the model, or leave the tensor "
             f"in float with --exclude '^{re.escape(weight.name)}$'"
         )
-    rows = rewrite.group_rows(weight, config.granularity, config.group_size)
+    return rewrite.group_rows(weight, config.granularity, config.group_size)
+
+
+def _quantize_weight(weight, config: Config, bits: int | None = None, layers=None) -> QuantizedTensor:
+    """layers: per weight name, its layers' input statistics (auto then ranks by output error)."""
+    rows = _weight_rows(weight, config)
     error = refine.output_error(weight, (layers or {}).get(weight.name, []))  # None: |dW|^2
     return quantize(rows, CODEBOOKS[config.codebook], bits or config.bits, config.scale, error, config.search)
+
+
+def _quantize_rows(rows: np.ndarray, config: Config, bits: int) -> QuantizedTensor:
+    """quantize with weight-space error, in a worker process: everything it needs is picklable."""
+    return quantize(rows, CODEBOOKS[config.codebook], bits, config.scale, None, config.search)
 
 
 def _decoder_bytes(config: Config, opset: int) -> Callable[[set[int]], int]:
@@ -192,17 +207,37 @@ def _quantize_all(
         report.calibration = data.describe()
 
     def run(jobs: list[tuple[Weight, int]], stage: str) -> list[QuantizedTensor]:
-        # Largest first, so that no large tensor starts last while the other threads idle.
+        # Largest first, so that no large tensor starts last while the other workers idle.
         order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0].array.size)
         out: list[QuantizedTensor | None] = [None] * len(jobs)
         if progress:
             progress(0, len(jobs), stage)
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            results = pool.map(lambda i: _quantize_weight(jobs[i][0], config, jobs[i][1], layers), order)
-            for done, (i, q) in enumerate(zip(order, results)):
-                out[i] = q
-                if progress:
-                    progress(done + 1, len(jobs), f"{stage} {jobs[i][0].name}")
+        # The x0 searches run many small numpy calls that hold the GIL, so threads share
+        # about one core between them; worker processes use every core. Spawned workers
+        # import the caller's main module, so only a caller that guards it (the CLI) asks
+        # for them. Ranking by output error needs the layers' statistics: that stays here.
+        processes = config.jobs > 1 and not layers and len(jobs) > 1
+        pool: Executor
+        if processes:
+            context = multiprocessing.get_context("spawn")
+            pool = ProcessPoolExecutor(min(config.jobs, len(jobs)), mp_context=context)
+        else:
+            pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
+        with pool:
+            if processes:
+                rows = [_weight_rows(jobs[i][0], config) for i in order]
+                results = pool.map(_quantize_rows, rows, [config] * len(order), [jobs[i][1] for i in order])
+            else:
+                results = pool.map(lambda i: _quantize_weight(jobs[i][0], config, jobs[i][1], layers), order)
+            try:
+                for done, (i, q) in enumerate(zip(order, results)):
+                    out[i] = q
+                    if progress:
+                        progress(done + 1, len(jobs), f"{stage} {jobs[i][0].name}")
+            except BrokenProcessPool:
+                raise OnnxqError(
+                    "a quantizing worker process died (out of memory?); retry with --jobs 1"
+                ) from None
         return out  # type: ignore[return-value]
 
     if config.target_bits is None:

@@ -102,9 +102,24 @@ def test_compress_is_deterministic(tiny_path, tmp_path):
     assert sha256(tmp_path / "a.onnx") == sha256(tmp_path / "b.onnx")
 
 
+def test_worker_processes_write_the_same_file_as_threads(tiny_path, tmp_path):
+    onnxq.compress(tiny_path, tmp_path / "threads.onnx", validate=False)
+    report = onnxq.compress(tiny_path, tmp_path / "processes.onnx", validate=False, jobs=2)
+    assert report.config["jobs"] == 2
+    assert sha256(tmp_path / "threads.onnx") == sha256(tmp_path / "processes.onnx")
+
+
+def test_jobs_below_one_is_an_error(tiny_path, tmp_path):
+    with pytest.raises(onnxq.OnnxqError, match="--jobs must be at least 1"):
+        onnxq.compress(tiny_path, tmp_path / "out.onnx", jobs=0)
+    assert not (tmp_path / "out.onnx").exists()
+
+
 @pytest.mark.parametrize("codebook", ["exponential", "linear", "auto"])
 def test_exact_search_compresses_like_the_fast_one(codebook, tiny_path, tmp_path):
-    fast_report = onnxq.compress(tiny_path, tmp_path / "fast.onnx", bits=4, codebook=codebook, samples=2)
+    fast_report = onnxq.compress(
+        tiny_path, tmp_path / "fast.onnx", bits=4, codebook=codebook, samples=2, search="fast"
+    )
     report = onnxq.compress(
         tiny_path, tmp_path / "exact.onnx", bits=4, codebook=codebook, samples=2, search="exact"
     )

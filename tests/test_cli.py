@@ -104,7 +104,9 @@ def test_options_reach_the_library(tiny_path, tmp_path, monkeypatch):
         "--scale",
         "variance",
         "--search",
-        "exact",
+        "fast",
+        "--jobs",
+        "3",
         "--min-elements",
         "10",
         "--exclude",
@@ -131,9 +133,10 @@ def test_options_reach_the_library(tiny_path, tmp_path, monkeypatch):
         "linear",
         "tensor",
         "variance",
-        "exact",
+        "fast",
         "fold",
     )
+    assert c.jobs == 3
     assert c.min_elements == 10 and c.exclude == ("^emb", "conv")
     assert c.dims == {"batch": 4} and c.samples == 2 and c.seed == 7
     assert c.min_sqnr == 12.5 and c.min_agreement == 0.9 and c.validate is False
@@ -148,7 +151,8 @@ def test_defaults_reach_the_library(tiny_path, tmp_path, monkeypatch):
 
     monkeypatch.setattr(cli, "compress", fake_compress)
     assert invoke("compress", tiny_path, tmp_path / "out.onnx").exit_code == 0
-    assert seen == [onnxq.Config()]
+    # Only the worker processes differ: the library runs in its caller's process unless asked.
+    assert seen == [onnxq.Config(jobs=os.cpu_count() or 1)]
 
 
 def test_report_json(tiny_path, tmp_path):
