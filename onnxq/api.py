@@ -20,7 +20,7 @@ import onnx
 from onnxq import constfold, io, refine, rewrite
 from onnxq.codebooks import CODEBOOKS
 from onnxq.errors import OnnxqError, WeightError
-from onnxq.quantize import SCALES, SEARCHES, QuantizedTensor, quantize
+from onnxq.quantize import DEFAULT_SEARCH, SCALES, SEARCHES, QuantizedTensor, quantize
 from onnxq.report import Bytes, Report, SkipReport, WeightReport
 from onnxq.select import FLOAT_TYPES, Weight, find_weights, iter_graphs
 from onnxq.storage import CODEBOOK_ATTRIBUTES, CODEBOOK_SUFFIXES, FORMATS, INDICES_SUFFIX
@@ -41,7 +41,7 @@ class Config:
     codebook: str = "exponential"
     granularity: str = "channel"
     scale: str = "lsq"
-    search: str = "exact"  # how x0 is found: exact (proven within 1e-6), or fast (quantize.SEARCHES)
+    search: str = DEFAULT_SEARCH  # how x0 is found: exact (proven within 1e-6), or fast (quantize.SEARCHES)
     format: str = "fold"
     min_elements: int = 128
     exclude: tuple[str, ...] = ()

@@ -32,6 +32,7 @@ SCALES = ("variance", "lsq")
 # How x0 is chosen: the fast grid and golden-section search, or a branch and bound
 # that proves the maximum to within 1e-6 (search.py, search_exact.py).
 SEARCHES = {"fast": maximize_correlation, "exact": search_exact.maximize_correlation}
+DEFAULT_SEARCH = "exact"  # the pipeline's (api.Config.search) and quantize's
 X0_BITS = 6  # ln(x0): codes 0..63; each group takes the one that correlates best
 SCALE_BITS = 10  # ln(s): codes 1..1023, and 0 for an all-zero group
 SPLIT = float(1 << SCALE_BITS)  # params = x0_code * SPLIT + scale_code
@@ -174,7 +175,7 @@ def quantize(
     bits: int,
     scale: str,
     error: Callable[[QuantizedTensor], float] | None = None,
-    search: str = "fast",
+    search: str = DEFAULT_SEARCH,
 ) -> QuantizedTensor:
     """Quantize each row of w (groups, n) to its own b-bit codebook.
 

@@ -1,8 +1,8 @@
 """x0* = argmax over t = ln(x0) in [LOG_X0_MIN, 0] of C(t) = corr(u, round(u; levels(t))), per group, exactly.
 
-`--search exact`. search.py's grid and golden-section search is the default: it
-is about twice as fast, and misses by up to 1e-5 on the tests (1e-3 on a few
-25-weight channels of EfficientNet-Lite0). This one proves its answer.
+`--search exact`, the default. search.py's grid and golden-section search
+(`--search fast`) is about twice as fast, and misses by up to 1e-5 on the tests
+(1e-3 on a few 25-weight channels of EfficientNet-Lite0). This one proves its answer.
 
 Branch and bound over brackets [t0, t1]: each group starts from START_POINTS
 points 1/2 apart, and a bracket is halved until its upper bound (below) is

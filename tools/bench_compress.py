@@ -8,7 +8,8 @@
 One row per model x bits x codebook x granularity x search (x run, with --repeat). "weights/s"
 is compressed weights / (quantize + rewrite seconds, from the report); "wall s" is the
 whole onnxq.compress call: load, quantize, rewrite, save and (with --validate)
-validation. Outputs go to a temporary folder that is deleted afterwards.
+validation. Like the CLI, it quantizes in one worker process per core (--jobs).
+Outputs go to a temporary folder that is deleted afterwards.
 
 --calibration and --target-bits are passed to every config as the CLI passes them
 (so --calibration alone means GPTQ rounding and bias correction at the uniform --bits,
@@ -93,6 +94,8 @@ def cli_options(config: onnxq.Config) -> str:
         opts.append(f"--codebook {config.codebook}")
     if config.granularity != defaults.granularity:
         opts.append(f"--granularity {config.granularity}")
+    if config.jobs != (os.cpu_count() or 1):
+        opts.append(f"--jobs {config.jobs}")
     if config.search != defaults.search:
         opts.append(f"--search {config.search}")
     if config.calibration:
@@ -141,6 +144,12 @@ def main(argv: list[str] | None = None) -> None:
         "--searches", nargs="+", choices=list(SEARCHES), default=[defaults.search], help="x0 searches"
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes, as the CLI's --jobs (default: one per core, as the CLI)",
+    )
+    parser.add_argument(
         "--validate",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -166,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: no .onnx models in {SHARED_MODELS}")
     if args.calibration is not None and not args.calibration.is_file():
         raise SystemExit(f"error: calibration file {args.calibration} does not exist")
+    if args.jobs < 1:
+        raise SystemExit(f"error: --jobs must be at least 1; got {args.jobs}")
     if args.repeat < 1:
         raise SystemExit(f"error: --repeat must be at least 1; got {args.repeat}")
 
@@ -185,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
                         codebook=codebook,
                         granularity=granularity,
                         search=search,
+                        jobs=args.jobs,
                         validate=args.validate,
                         target_bits=args.target_bits,
                         calibration=str(args.calibration) if args.calibration else None,

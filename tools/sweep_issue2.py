@@ -3,7 +3,7 @@
     python tools/sweep_issue2.py [--models efficientnet_lite0 mobilenet_v2_1.0_224] [--bits 2 3] [--limit N]
 
 For each shared model and config: compress with onnxq's defaults otherwise
-(validation on, --scale lsq), then run the compressed model in onnxruntime on the
+(validation on, --scale lsq, one worker process per core as the CLI), then run the compressed model in onnxruntime on the
 images. Columns per model: size ratio, top-1, top-1 agreement with the float
 model, and the wall time of the whole onnxq.compress call. Prints a Markdown
 table on stdout and progress on stderr; compressed models go to a temporary
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -45,7 +46,8 @@ def sweep_model(
     cells = {}
     for bits, codebook, granularity in configs:
         dst = tmp / f"{name}.onnx"
-        config = onnxq.Config(bits=bits, codebook=codebook, granularity=granularity)
+        # One worker process per core, as the CLI runs.
+        config = onnxq.Config(bits=bits, codebook=codebook, granularity=granularity, jobs=os.cpu_count() or 1)
         try:
             report, wall = time_compress(src, dst, config)
         except Exception as exc:  # noqa: BLE001 - a failed config is a result, not the end of the sweep
