@@ -215,8 +215,10 @@ def _quantize_all(
         # The x0 searches run many small numpy calls that hold the GIL, so threads share
         # about one core between them; worker processes use every core. Spawned workers
         # import the caller's main module, so only a caller that guards it (the CLI) asks
-        # for them. Ranking by output error needs the layers' statistics: that stays here.
-        processes = config.jobs > 1 and not layers and len(jobs) > 1
+        # for them. Ranking auto's candidates by output error needs the layers' statistics:
+        # that stays here.
+        ranked = bool(layers) and bool(CODEBOOKS[config.codebook].candidates())  # auto, by output error
+        processes = config.jobs > 1 and len(jobs) > 1 and not ranked
         pool: Executor
         if processes:
             context = multiprocessing.get_context("spawn")

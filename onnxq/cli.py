@@ -186,8 +186,8 @@ def compress_cmd(
         int | None,
         typer.Option(
             min=1,
-            help="Worker processes that quantize tensors without calibration statistics "
-            "(default: one per core; 1: threads in this process).",
+            help="Worker processes that quantize the tensors (default: one per core; 1: threads "
+            "in this process).",
         ),
     ] = None,
 ) -> None:

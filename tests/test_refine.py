@@ -119,6 +119,23 @@ def test_target_bits_is_met_counting_every_byte_a_weight_adds(cnn_path, calibrat
     assert any("measured sensitivity" in n for n in report.notes)
 
 
+def test_worker_processes_serve_the_calibrated_pipeline_too(cnn_path, calibration, tmp_path):
+    # Every candidate width is quantized in the workers; statistics, GPTQ and allocation stay here.
+    files = []
+    for jobs in (1, 2):
+        files.append(tmp_path / f"jobs{jobs}.onnx")
+        onnxq.compress(
+            cnn_path,
+            files[-1],
+            target_bits=5,
+            min_elements=1,
+            calibration=str(calibration),
+            validate=False,
+            jobs=jobs,
+        )
+    assert files[0].read_bytes() == files[1].read_bytes()
+
+
 def test_more_target_bits_give_a_closer_model(cnn_path, calibration, tmp_path):
     x = held_out()
     reference = outputs(cnn_path, x)
