@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import onnx
@@ -104,6 +104,20 @@ def data_file(dst: str | os.PathLike) -> Path:
     return dst.parent / f"{dst.name}.data"
 
 
+def _create_hidden(dst: Path) -> str:
+    """A new empty file beside dst with a hidden, unused name, its mode as open() gives.
+
+    (tempfile.mkstemp would make it 0600, and the output would keep that.)
+    """
+    while True:
+        tmp = dst.parent / f".{dst.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
+        except FileExistsError:
+            continue
+        return str(tmp)
+
+
 def write_temp(model: onnx.ModelProto, dst: str | os.PathLike) -> Path:
     """Write the model to a hidden temporary file beside dst, and return its path.
 
@@ -112,8 +126,7 @@ def write_temp(model: onnx.ModelProto, dst: str | os.PathLike) -> Path:
     checked here, by path, since check_built could not take it in memory.
     """
     dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
+    tmp = _create_hidden(dst)
     try:
         if model_bytes(model) < PROTOBUF_LIMIT:
             Path(tmp).write_bytes(model.SerializeToString())

@@ -152,6 +152,15 @@ def test_save_is_atomic_and_leaves_no_temp_file(tmp_path, tiny):
     assert sorted(os.listdir(tmp_path)) == ["out.onnx"]
 
 
+def test_the_output_gets_the_mode_open_would_give(tmp_path, tiny):
+    umask = os.umask(0o022)
+    try:
+        io.save_model(tiny[0], tmp_path / "out.onnx")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out.onnx").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+
+
 def test_a_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path, tiny, monkeypatch):
     dst = tmp_path / "out.onnx"
     dst.write_bytes(b"old content")
