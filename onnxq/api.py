@@ -30,6 +30,7 @@ from onnxq.validate import compare_models
 GRANULARITIES = ("tensor", "channel")
 ROUNDINGS = ("nearest", "gptq")
 MIN_TARGET_BITS = 2.0
+MAX_DEFAULT_JOBS = 8  # each worker costs about 66 MB before its tensors; few models gain beyond
 Progress = Callable[[int, int, str], None]
 
 
@@ -123,6 +124,11 @@ class Config:
                 re.compile(pattern)
             except re.error as exc:
                 raise OnnxqError(f"--exclude {pattern!r} is not a valid regular expression: {exc}") from None
+
+
+def default_jobs() -> int:
+    """The CLI's worker processes: one per core, at most MAX_DEFAULT_JOBS."""
+    return min(os.cpu_count() or 1, MAX_DEFAULT_JOBS)
 
 
 def _weight_rows(weight, config: Config) -> np.ndarray:
@@ -238,7 +244,8 @@ def _quantize_all(
                         progress(done + 1, len(jobs), f"{stage} {jobs[i][0].name}")
             except BrokenProcessPool:
                 raise OnnxqError(
-                    "a quantizing worker process died (out of memory?); retry with --jobs 1"
+                    "a quantizing worker process died (out of memory, or it could not import the "
+                    "caller's main module); retry with --jobs 1"
                 ) from None
         return out  # type: ignore[return-value]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from onnxq import __version__
-from onnxq.api import GRANULARITIES, NO_WEIGHTS, ROUNDINGS, Config, compress
+from onnxq.api import GRANULARITIES, MAX_DEFAULT_JOBS, NO_WEIGHTS, ROUNDINGS, Config, compress, default_jobs
 from onnxq.codebooks import CODEBOOKS
 from onnxq.decompress import decompress
 from onnxq.errors import OnnxqError
@@ -186,8 +185,8 @@ def compress_cmd(
         int | None,
         typer.Option(
             min=1,
-            help="Worker processes that quantize the tensors (default: one per core; 1: threads "
-            "in this process).",
+            help="Worker processes that quantize the tensors (default: one per core, at most "
+            f"{MAX_DEFAULT_JOBS}; 1: threads in this process).",
         ),
     ] = None,
 ) -> None:
@@ -227,7 +226,7 @@ def compress_cmd(
         group_size=group_size,
         packed_rows=packed_rows,
         fold_constants=fold_constants,
-        jobs=jobs or os.cpu_count() or 1,
+        jobs=jobs or default_jobs(),
     )
     try:
         with Progress(

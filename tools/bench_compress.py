@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import onnxq
-from onnxq.api import GRANULARITIES
+from onnxq.api import GRANULARITIES, default_jobs
 from onnxq.codebooks import CODEBOOKS
 from onnxq.quantize import SEARCHES
 
@@ -94,7 +94,7 @@ def cli_options(config: onnxq.Config) -> str:
         opts.append(f"--codebook {config.codebook}")
     if config.granularity != defaults.granularity:
         opts.append(f"--granularity {config.granularity}")
-    if config.jobs != (os.cpu_count() or 1):
+    if config.jobs != default_jobs():
         opts.append(f"--jobs {config.jobs}")
     if config.search != defaults.search:
         opts.append(f"--search {config.search}")
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--jobs",
         type=int,
-        default=os.cpu_count() or 1,
+        default=default_jobs(),
         help="worker processes, as the CLI's --jobs (default: one per core, as the CLI)",
     )
     parser.add_argument(

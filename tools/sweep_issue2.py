@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ from imagenet import preset_for
 from imagenet_eval import DEFAULT_IMAGES, load_images, predict_top5, score
 
 import onnxq
-from onnxq.api import GRANULARITIES
+from onnxq.api import GRANULARITIES, default_jobs
 from onnxq.codebooks import CODEBOOKS
 
 MODELS = ["efficientnet_lite0", "mobilenet_v2_1.0_224"]
@@ -47,7 +46,7 @@ def sweep_model(
     for bits, codebook, granularity in configs:
         dst = tmp / f"{name}.onnx"
         # One worker process per core, as the CLI runs.
-        config = onnxq.Config(bits=bits, codebook=codebook, granularity=granularity, jobs=os.cpu_count() or 1)
+        config = onnxq.Config(bits=bits, codebook=codebook, granularity=granularity, jobs=default_jobs())
         try:
             report, wall = time_compress(src, dst, config)
         except Exception as exc:  # noqa: BLE001 - a failed config is a result, not the end of the sweep
