@@ -143,14 +143,14 @@ def _weight_rows(weight, config: Config) -> np.ndarray:
 
 def _quantize_weight(weight, config: Config, bits: int | None = None, layers=None) -> QuantizedTensor:
     """layers: per weight name, its layers' input statistics (auto then ranks by output error)."""
-    rows = _weight_rows(weight, config)
     error = refine.output_error(weight, (layers or {}).get(weight.name, []))  # None: |dW|^2
-    return quantize(rows, CODEBOOKS[config.codebook], bits or config.bits, config.scale, error, config.search)
+    return _quantize_rows(_weight_rows(weight, config), config, bits or config.bits, error)
 
 
-def _quantize_rows(rows: np.ndarray, config: Config, bits: int) -> QuantizedTensor:
-    """quantize with weight-space error, in a worker process: everything it needs is picklable."""
-    return quantize(rows, CODEBOOKS[config.codebook], bits, config.scale, None, config.search)
+def _quantize_rows(rows: np.ndarray, config: Config, bits: int, error=None) -> QuantizedTensor:
+    """quantize as the config says; without error (weight-space error), everything is picklable
+    and it runs in a worker process."""
+    return quantize(rows, CODEBOOKS[config.codebook], bits, config.scale, error, config.search)
 
 
 def _decoder_bytes(config: Config, opset: int) -> Callable[[set[int]], int]:
