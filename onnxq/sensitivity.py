@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxq.validate import session
 
@@ -62,7 +61,7 @@ class Probe:
             if not is_input:
                 graph.input.pop()
             graph.initializer.insert(position, original)
-        dtype = numpy_helper.to_array(original).dtype
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(original.data_type)  # without decoding the weight
         noises = []
         for value in values:
             outputs = self._outputs(sess, {name: np.ascontiguousarray(value, dtype=dtype)})
