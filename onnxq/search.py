@@ -1,4 +1,4 @@
-"""x0* = argmax over x0 in (0, 1] of corr(u, round(u; levels(x0))), per group: the fast search (--search fast).
+"""x0* = argmax over x0 in (0, 1] of corr(u, round(u; levels(x0))), per group: --search fast.
 
 Each group's magnitudes are sorted once with their prefix sums; then the
 correlation at any x0 costs O(M log n) per group (one binary search per level

@@ -9,9 +9,9 @@ node, functions) | why not | None replaces the weight's readers instead (matmuln
 packed embedding rows), with REPLACES_READERS saying whether that is the format's rule (a weight
 stored whole is then a fallback the report notes) or an exception (fold). And what the
 pipeline asks it: CHANNEL_FIRST (encode gets the channel-first shape, and rewrite transposes
-back; else the weight's own shape and channel axis), supports(codebook, bits) -> why not | None, min_opset(bits, granularity, group_size),
-weight_problem(shape, axis, group_size) -> why not | None, notes(widths) -> report notes,
-index_bytes(q) and codebook_bytes(q).
+back; else the weight's own shape and channel axis), supports(codebook, bits) -> why not |
+None, min_opset(bits, granularity, group_size), weight_problem(shape, axis, group_size) ->
+why not | None, notes(widths) -> report notes, index_bytes(q) and codebook_bytes(q).
 """
 
 from __future__ import annotations
