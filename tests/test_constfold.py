@@ -105,17 +105,22 @@ def test_a_constant_read_by_a_node_that_stays_is_kept():
     np.testing.assert_array_equal(run(model, feeds)[0], before)
 
 
-def test_a_value_read_only_inside_a_subgraph_is_written():
+def _if_reading(name: str) -> onnx.NodeProto:
+    """y = If(c): the then branch returns the outer value `name`, the else branch x."""
     body_out = helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])
-    then = helper.make_graph([helper.make_node("Identity", ["half"], ["b"])], "then", [], [body_out])
+    then = helper.make_graph([helper.make_node("Identity", [name], ["b"])], "then", [], [body_out])
     other = helper.make_graph([helper.make_node("Identity", ["x"], ["b"])], "else", [], [body_out])
+    return helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)
+
+
+def test_a_value_read_only_inside_a_subgraph_is_written():
     nodes = [
         _const("one", np.array([1.0], np.float32)),
         helper.make_node("Div", ["one", "one"], ["unit"]),
         helper.make_node("Mul", ["unit", "unit"], ["sq"]),
         _const("two", np.array([2.0], np.float32)),
         helper.make_node("Div", ["sq", "two"], ["half"]),
-        helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other),
+        _if_reading("half"),
     ]
     model = make_model(nodes, [value("c", [], TensorProto.BOOL), value("x", [1])], [value("y", [1])])
     feeds = {"c": np.array(True), "x": np.array([5.0], np.float32)}
@@ -212,15 +217,12 @@ def test_before_ir4_the_shared_values_are_constant_nodes_first():
 
 
 def test_a_constant_read_in_a_subgraph_or_that_is_an_output_keeps_its_name():
-    body_out = helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])
-    then = helper.make_graph([helper.make_node("Identity", ["two_b"], ["b"])], "then", [], [body_out])
-    other = helper.make_graph([helper.make_node("Identity", ["x"], ["b"])], "else", [], [body_out])
     nodes = [
         _const("two_a", np.array([2.0], np.float32)),
         _const("two_b", np.array([2.0], np.float32)),
         _const("two_c", np.array([2.0], np.float32)),
         _const("two_d", np.array([2.0], np.float32)),
-        helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other),
+        _if_reading("two_b"),
         helper.make_node("Add", ["x", "two_d"], ["z"]),
     ]
     outputs = [value("y", [1]), value("z", [1]), value("two_c", [1])]
