@@ -117,6 +117,46 @@ def test_report_renders_one_table_per_model_and_the_levers(results):
     assert detail == [expected]
 
 
+def test_drop_interval_is_the_paired_normal_interval():
+    # 30 images only the float model gets right, 12 only the compressed one, of 900:
+    # mean 18/900 = 0.02, variance 42/900 - 0.02^2 = 0.046267, half-width 1.96 * sqrt(v / 900).
+    row = fake_row("mixed", 2.0, 7.7, images=900, float_only=30, compressed_only=12)
+    lo, hi = paper_tables.drop_interval(row)
+    half = 1.96 * np.sqrt((42 / 900 - 0.02**2) / 900) * 100
+    assert lo == pytest.approx(2.0 - half) and hi == pytest.approx(2.0 + half)
+    assert (round(lo, 1), round(hi, 1)) == (0.6, 3.4)
+    # Both models right or wrong on the same images: no spread at all.
+    same = fake_row("mixed", 0.0, 7.7, images=900, float_only=0, compressed_only=0)
+    assert paper_tables.drop_interval(same) == (0.0, 0.0)
+    assert paper_tables.drop_interval(fake_row("mixed", 2.0, 7.7)) is None  # measured before the counts
+
+
+def test_paired_counts_take_the_label_offset():
+    prep = imagenet.Preprocess(224, "efficientnet", label_offset=1)
+    labels = np.array([0, 1, 2, 3])  # targets 1, 2, 3, 4 with the background class first
+    float_top5 = np.array([[1], [2], [9], [9]])  # right on images 0 and 1
+    top5 = np.array([[1], [9], [3], [9]])  # right on images 0 and 2
+    base = paper_tables.Baseline(prep, np.zeros(4), labels, float_top5, {})
+    assert paper_tables.paired_counts(top5, base) == {"float_only": 1, "compressed_only": 1}
+
+
+def test_done_table_shows_the_interval_and_judges_the_drop_itself():
+    rows = {
+        paper_tables.sweep_key(r): r
+        for r in [
+            fake_row("mixed", 2.1, 7.71, images=900, float_only=30, compressed_only=11),
+            fake_row("mixed", 0.6, 6.2, bits=5, images=900, float_only=10, compressed_only=5),
+        ]
+    }
+    lines = paper_tables.render_report(rows, "report").splitlines()
+    tb4 = next(line for line in lines if "`--target-bits 4 --calibration`" in line)
+    assert "| 2.1 | 0.7 .. 3.5 | <= 2.0 |" in tb4 and tb4.endswith("| **missed** (drop) |")
+    tb5 = next(line for line in lines if "`--target-bits 5 --calibration`" in line)
+    assert "| 0.6 | -0.3 .. 1.4 | <= 1.0 |" in tb5 and tb5.endswith("| met |")  # 5/900 +- 0.84 points
+    datafree = next(line for line in lines if "`--target-bits 5, no calibration`" in line)
+    assert datafree.startswith("| tiny | `--target-bits 5, no calibration` | - | - |")
+
+
 def test_sweep_skips_configs_already_in_the_results(results, tmp_path, capsys):
     args = argparse.Namespace(
         results=results, bits=[4], codebooks=["exponential"], granularities=["channel"], methods=["plain"]
