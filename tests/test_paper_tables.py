@@ -115,6 +115,7 @@ def test_report_renders_one_table_per_model_and_the_levers(results):
         "| 0.900 | 7.30 | 4.10 | 12 | abc1234 |"
     )
     assert detail == [expected]
+    assert "- 4 bits exponential channel gptq: `OnnxqError: boom`" in lines
 
 
 def test_drop_interval_is_the_paired_normal_interval():

@@ -684,7 +684,19 @@ def render_report(rows: dict[tuple, dict], command: str, note: str = "") -> str:
     for model in models:
         out += ["", f"### {model}: top-1 drop in points", "", *model_table(model, rows, methods)]
         out += ["", f"{model}, every measured field:", "", *detail_table(model, rows)]
+        failed = failure_lines(model, rows)
+        if failed:
+            out += ["", f"{model}, the configs that failed and why:", "", *failed]
     return "\n".join(out)
+
+
+def failure_lines(model: str, rows: dict[tuple, dict]) -> list[str]:
+    """One line per distinct error of a model's failed configs, naming the configs."""
+    by_error: dict[str, list[str]] = {}
+    for key, r in sorted(rows.items(), key=lambda kv: (kv[0][1:4], list(METHODS).index(kv[0][4]))):
+        if key[0] == model and "error" in r:
+            by_error.setdefault(r["error"], []).append(f"{key[1]} bits {key[2]} {key[3]} {key[4]}")
+    return [f"- {', '.join(configs)}: `{error}`" for error, configs in by_error.items()]
 
 
 def cmd_report(args: argparse.Namespace, argv: list[str]) -> None:
