@@ -270,6 +270,7 @@ def _quantize_all(
                     )
             report.seconds["gptq"] = time.perf_counter() - t
         t = time.perf_counter()
+        opset = rewrite.default_opset(model)  # compress_model upgraded it for the candidate widths
         chosen, notes = refine.choose_widths(
             model,
             weights,
@@ -279,8 +280,11 @@ def _quantize_all(
             data,
             config.target_bits,
             progress,
-            reserve=_decoder_bytes(config, rewrite.default_opset(model)),
+            reserve=_decoder_bytes(config, opset),
             fmt=FORMATS[config.format],
+            storable=lambda b: (
+                FORMATS[config.format].min_opset(b, config.granularity, config.group_size) <= opset
+            ),
         )
         report.seconds["allocation"] = time.perf_counter() - t
         wider = [(w, chosen[w.name]) for w in weights if chosen[w.name] not in candidates[w.name]]

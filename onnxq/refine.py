@@ -130,12 +130,15 @@ def choose_widths(
     progress: Callable[[int, int, str], None] | None = None,
     reserve: Callable[[set[int]], float] = lambda used: 0.0,
     fmt=fold,
+    storable: Callable[[int], bool] = lambda bits: True,
 ) -> tuple[dict[str, int], list[str]]:
     """Bits per weight, from widths, within target_bits on average (indices, parameters, decoder share).
 
     reserve(widths allowed) is taken off the budget too: the decoder functions,
     which the model carries once per width it uses. fmt (a storage format) says
-    what a width costs on disk: qdq stores 3 bits as 4, for example.
+    what a width costs on disk: qdq stores 3 bits as 4, for example. storable(bits)
+    says whether the model, at its opset, can hold a width narrower than widths when
+    none of widths fits (qdq's 2-bit weights need a newer opset than its 4-bit ones).
 
     candidates holds each weight quantized at some of the widths (at least the
     reference, round(target_bits)); above the widest of them, a layer's error is
@@ -185,7 +188,7 @@ def choose_widths(
         if progress:
             progress(i + 1, len(measurable), f"sensitivity {w.name}")
     curves = sensitivity.noise_curves(measured, errors)
-    chosen = _allocate_within(costs, curves, measurable, widths, budget, reserve)
+    chosen = _allocate_within(costs, curves, measurable, widths, budget, reserve, storable)
     chosen.update({w.name: fixed_width for w in fixed})
     notes.append(
         f"bits chosen by measured sensitivity on {min(PROBE_SAMPLES, data.samples)} {data.mode} samples "
@@ -194,16 +197,16 @@ def choose_widths(
     return chosen, notes
 
 
-def _allocate_within(costs, curves, measurable, widths, budget, reserve) -> dict[str, int]:
+def _allocate_within(costs, curves, measurable, widths, budget, reserve, storable) -> dict[str, int]:
     """The least-noise allocation whose tensors plus the decoders of the widths it uses fit.
 
     The decoders' bytes depend on which set of widths is used, so every subset of
     the widths is solved with its own reserve, and the best kept (a few dozen
     knapsacks of milliseconds each). When no subset fits (a small model), the
-    tensors may go down to 2 bits.
+    tensors may go down to 2 bits, at the widths the model can store.
     """
     names = [w.name for w in measurable]
-    for pool in (widths, list(range(2, widths[-1] + 1))):
+    for pool in (widths, [b for b in range(2, widths[-1] + 1) if b in widths or storable(b)]):
         best: tuple[float, dict[str, int]] | None = None
         for size in range(1, len(pool) + 1):
             for allowed in itertools.combinations(pool, size):
@@ -221,8 +224,8 @@ def _allocate_within(costs, curves, measurable, widths, budget, reserve) -> dict
         if best is not None:
             return best[1]
     raise OnnxqError(
-        f"--target-bits leaves {budget / 1024:.1f} KiB for the weights, too little even at 2 bits "
-        "with their decoders; raise --target-bits"
+        f"--target-bits leaves {budget / 1024:.1f} KiB for the weights, too little even at {min(pool)} "
+        "bits with their decoders; raise --target-bits"
     )
 
 

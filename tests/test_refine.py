@@ -119,6 +119,22 @@ def test_target_bits_is_met_counting_every_byte_a_weight_adds(cnn_path, calibrat
     assert any("measured sensitivity" in n for n in report.notes)
 
 
+def test_a_narrower_fallback_width_is_one_the_model_can_store(cnn_path, calibration, tmp_path):
+    # This model's candidate widths at --target-bits 4 (3..7) do not fit its budget, so the
+    # allocation falls back to narrower ones. fold stores 2 bits at any opset and takes them.
+    dst = tmp_path / "out.onnx"
+    options = {"target_bits": 4.0, "min_elements": 1, "codebook": "linear", "calibration": str(calibration)}
+    report = onnxq.compress(cnn_path, dst, **options)
+    assert min(w.bits for w in report.weights) == 2
+    # qdq stores 2 bits as INT2, which needs opset 25, while the candidates asked only for INT4's
+    # 21. The fallback used to take 2 bits anyway and write a model that failed its check.
+    with pytest.raises(
+        OnnxqError, match="too little even at 3 bits with their decoders; raise --target-bits"
+    ):
+        onnxq.compress(cnn_path, tmp_path / "qdq.onnx", format="qdq", **options)
+    assert not (tmp_path / "qdq.onnx").exists()
+
+
 def test_worker_processes_serve_the_calibrated_pipeline_too(cnn_path, calibration, tmp_path):
     # Every candidate width is quantized in the workers; statistics, GPTQ and allocation stay here.
     files = []
