@@ -282,9 +282,7 @@ def _quantize_all(
             progress,
             reserve=_decoder_bytes(config, opset),
             fmt=FORMATS[config.format],
-            storable=lambda b: (
-                FORMATS[config.format].min_opset(b, config.granularity, config.group_size) <= opset
-            ),
+            storable=lambda b: _min_opset(config, b) <= opset,
         )
         report.seconds["allocation"] = time.perf_counter() - t
         wider = [(w, chosen[w.name]) for w in weights if chosen[w.name] not in candidates[w.name]]
@@ -353,8 +351,12 @@ def required_opset(config: Config) -> int:
         if config.target_bits is not None
         else [config.bits]
     )
-    fmt = FORMATS[config.format]
-    return max(fmt.min_opset(b, config.granularity, config.group_size) for b in widths)
+    return max(_min_opset(config, b) for b in widths)
+
+
+def _min_opset(config: Config, bits: int) -> int:
+    """The default-domain opset the config's format needs to store a weight at this width."""
+    return FORMATS[config.format].min_opset(bits, config.granularity, config.group_size)
 
 
 def _upgrade_opset(model: onnx.ModelProto, opset: int, target: int) -> onnx.ModelProto:

@@ -206,7 +206,7 @@ def _allocate_within(costs, curves, measurable, widths, budget, reserve, storabl
     tensors may go down to 2 bits, at the widths the model can store.
     """
     names = [w.name for w in measurable]
-    for pool in (widths, [b for b in range(2, widths[-1] + 1) if b in widths or storable(b)]):
+    for pool in (widths, [b for b in range(2, widths[-1] + 1) if storable(b)]):
         best: tuple[float, dict[str, int]] | None = None
         for size in range(1, len(pool) + 1):
             for allowed in itertools.combinations(pool, size):
