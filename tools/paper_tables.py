@@ -504,12 +504,18 @@ def _levers_used(row: dict) -> str:
     return f"{row.get('rounding', '?')}{bias}, {data.split(' ')[0] if data else 'no data'}"
 
 
+def _config_order(item: tuple[tuple, dict]) -> tuple:
+    """Rows by bits, codebook and granularity, then in METHODS' order."""
+    key = item[0]
+    return key[1:4], list(METHODS).index(key[4])
+
+
 def detail_table(model: str, rows: dict[tuple, dict]) -> list[str]:
     """Every measured field of every row of one model."""
     header = ["bits", "codebook", "granularity", "method", "ran", "top-1", "float", "drop", "agree"]
     header += ["ratio", "bits/weight", "s", "commit"]
     body = []
-    for key, r in sorted(rows.items(), key=lambda kv: (kv[0][1:4], list(METHODS).index(kv[0][4]))):
+    for key, r in sorted(rows.items(), key=_config_order):
         if key[0] != model:
             continue
         fields = [("top1", ".4f"), ("float_top1", ".4f"), ("drop_points", ".1f"), ("agreement", ".3f")]
@@ -693,7 +699,7 @@ def render_report(rows: dict[tuple, dict], command: str, note: str = "") -> str:
 def failure_lines(model: str, rows: dict[tuple, dict]) -> list[str]:
     """One line per distinct error of a model's failed configs, naming the configs."""
     by_error: dict[str, list[str]] = {}
-    for key, r in sorted(rows.items(), key=lambda kv: (kv[0][1:4], list(METHODS).index(kv[0][4]))):
+    for key, r in sorted(rows.items(), key=_config_order):
         if key[0] == model and "error" in r:
             by_error.setdefault(r["error"], []).append(f"{key[1]} bits {key[2]} {key[3]} {key[4]}")
     return [f"- {', '.join(configs)}: `{error}`" for error, configs in by_error.items()]
