@@ -3,9 +3,10 @@
     python tools/sweep_issue2.py [--models efficientnet_lite0 mobilenet_v2_1.0_224] [--bits 2 3] [--limit N]
 
 For each shared model and config: compress with onnxq's defaults otherwise
-(validation on, --scale lsq, one worker process per core as the CLI), then run the compressed model in onnxruntime on the
-images. Columns per model: size ratio, top-1, top-1 agreement with the float
-model, and the wall time of the whole onnxq.compress call. Prints a Markdown
+(validation on, --scale lsq, one worker process per core as the CLI), then run
+the compressed model in onnxruntime on the images. Columns per model: size ratio,
+top-1, top-1 agreement with the float model, and the wall time of the whole
+onnxq.compress call. Prints a Markdown
 table on stdout and progress on stderr; compressed models go to a temporary
 folder that is deleted afterwards.
 """
@@ -45,7 +46,6 @@ def sweep_model(
     cells = {}
     for bits, codebook, granularity in configs:
         dst = tmp / f"{name}.onnx"
-        # One worker process per core, as the CLI runs.
         config = onnxq.Config(bits=bits, codebook=codebook, granularity=granularity, jobs=default_jobs())
         try:
             report, wall = time_compress(src, dst, config)
