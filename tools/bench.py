@@ -382,7 +382,7 @@ def bench_model(
         for m, (wall, cpu) in zip(ms, time_runs(paths, feeds, iterations, warmup), strict=True):
             m.latency_ms[batch], m.latency_cpu_ms[batch] = wall, cpu
     feeds_path = tmp / f"{model}.feeds.npz"
-    np.savez(feeds_path, **make_feeds(src, 1, seq))
+    np.savez(feeds_path, **make_feeds(src, 1, seq))  # type: ignore[arg-type]  # as in make_calibration
     log(f"{model}: memory, one fresh process per variant")
     for m in ms:
         mem = measure_memory(m.variant.path, feeds_path)

@@ -79,15 +79,15 @@ def load_image(path: Path, prep: Preprocess) -> np.ndarray:
     """One preprocessed image, shape (3, crop, crop), float32."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        img = img.convert("RGB")
+    with Image.open(path) as opened:
+        img = opened.convert("RGB")
         short = round(prep.crop / 0.875)
         w, h = img.size
         if w < h:
             size = (short, max(short, round(h * short / w)))
         else:
             size = (max(short, round(w * short / h)), short)
-        img = img.resize(size, Image.BILINEAR)
+        img = img.resize(size, Image.Resampling.BILINEAR)
         # torchvision's center crop rounds the offset to nearest
         left = round((size[0] - prep.crop) / 2.0)
         top = round((size[1] - prep.crop) / 2.0)

@@ -727,8 +727,6 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    markdown = {"type": Path, "default": RESULTS_MD, "help": "the file to update (default: %(default)s)"}
-    no_markdown = {"dest": "markdown", "action": "store_const", "const": None, "help": "only print"}
 
     tables = sub.add_parser("tables", help="the paper's Tables 1-2 on seeded random numbers")
     tables.add_argument("--n", type=int, default=10_000, help="numbers per distribution")
@@ -760,8 +758,10 @@ def build_parser() -> argparse.ArgumentParser:
             "--results", type=Path, default=DEFAULT_RESULTS, help="JSON lines (default: %(default)s)"
         )
     for p in (tables, report):
-        p.add_argument("--markdown", **markdown)
-        p.add_argument("--no-markdown", **no_markdown)
+        p.add_argument(
+            "--markdown", type=Path, default=RESULTS_MD, help="the file to update (default: %(default)s)"
+        )
+        p.add_argument("--no-markdown", dest="markdown", action="store_const", const=None, help="only print")
     return parser
 
 
