@@ -8,7 +8,6 @@ multiplies. Over all of them: mean[g] = E[x_g] and hessian[g] = E[x_g x_g^T].
 from __future__ import annotations
 
 import math
-import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from onnx import helper
 from onnxq.errors import OnnxqError
 from onnxq.patches import conv_columns, conv_pads
 from onnxq.select import Skip, Weight
-from onnxq.validate import ORT_ERRORS, random_feeds, session
+from onnxq.validate import ORT_ERRORS, InputSpec, random_feeds, read_inputs, session
 
 CHUNK_BYTES = 64 << 20  # the most Conv patches built at once
 
@@ -65,24 +64,7 @@ def load_calibration(
     With one graph input, a single array under any key is fine. units: rows of
     axis 0 per sample, per input (see sample_count).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise OnnxqError(f"calibration file {path} does not exist; pass an .npz from numpy.savez")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = dict(npz)
-    except (OSError, ValueError, AttributeError, TypeError, zipfile.BadZipFile) as exc:
-        # A .npy file loads as one array, which is no context manager: AttributeError/TypeError.
-        raise OnnxqError(f"{path} is not an npz file ({exc}); write one with numpy.savez") from None
-    names = list(input_names)
-    if len(names) == 1 and len(data) == 1 and names[0] not in data:
-        data = {names[0]: next(iter(data.values()))}
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise OnnxqError(
-            f"{path} lacks inputs {missing}; the model expects {names}, the file has {sorted(data)}"
-        )
-    data = {n: data[n] for n in names}
+    data = read_inputs(path, list(input_names), "calibration file")
     sample_count(data, str(path), units)
     return data
 
@@ -278,18 +260,28 @@ def _layer_inputs(
             waiting = 0
 
 
-def _graph_inputs(model: onnx.ModelProto) -> tuple[dict[str, np.dtype], dict[str, int | None]]:
-    """Each fed input's numpy dtype and its fixed first dimension (None if symbolic)."""
+def input_specs(model: onnx.ModelProto) -> dict[str, InputSpec]:
+    """Each fed input's numpy dtype and dims (None where symbolic; no dims when the model gives no shape)."""
     inits = {t.name for t in model.graph.initializer}
-    dtypes, firsts = {}, {}
+    specs: dict[str, InputSpec] = {}
     for inp in model.graph.input:
         if inp.name in inits:
             continue
         tensor = inp.type.tensor_type
-        dtypes[inp.name] = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
-        dims = tensor.shape.dim
-        firsts[inp.name] = dims[0].dim_value if len(dims) and dims[0].HasField("dim_value") else None
-    return dtypes, firsts
+        dims = (
+            [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+            if tensor.HasField("shape")
+            else None
+        )
+        specs[inp.name] = (helper.tensor_dtype_to_np_dtype(tensor.elem_type), dims)
+    return specs
+
+
+def _graph_inputs(model: onnx.ModelProto) -> tuple[dict[str, np.dtype], dict[str, int | None]]:
+    """Each fed input's numpy dtype and its fixed first dimension (None if symbolic)."""
+    specs = input_specs(model)
+    dtypes = {n: d for n, (d, _) in specs.items() if d is not None}  # every tensor type has one
+    return dtypes, {n: dims[0] if dims else None for n, (_, dims) in specs.items()}
 
 
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

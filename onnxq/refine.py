@@ -24,6 +24,7 @@ from onnxq.gptq import damping_for, gptq_codes
 from onnxq.quantize import QuantizedTensor, with_codes
 from onnxq.select import Weight
 from onnxq.storage import fold
+from onnxq.validate import conform_inputs
 
 DECODER_BYTES = 310  # measured graph bytes per compressed weight (its nodes and constants in the batch call)
 SYNTHETIC_SAMPLES = 32
@@ -56,6 +57,7 @@ def load_data(model: onnx.ModelProto, path: str | None, samples: int | None, see
     units = calibrate.input_units(model)
     if path is not None:
         arrays = calibrate.load_calibration(path, list(units), units)
+        arrays = conform_inputs(arrays, calibrate.input_specs(model), path)
         if samples is not None:
             arrays = {n: a[: samples * units.get(n, 1)] for n, a in arrays.items()}
         return Data("calibration", path, arrays, units)

@@ -7,6 +7,7 @@ This is the only module that imports onnxruntime.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -119,20 +120,112 @@ def random_feeds(
     return feeds
 
 
-def npz_feeds(path: str | Path, sess: ort.InferenceSession) -> list[dict[str, np.ndarray]]:
-    """One feed from an npz keyed by input name (one unnamed array is fine for one input)."""
+# An input's numpy dtype, and its dims (None where free) when the model gives a shape.
+InputSpec = tuple[np.dtype | None, list[int | None] | None]
+
+
+def conform_inputs(
+    data: dict[str, np.ndarray], expected: dict[str, InputSpec], source: str
+) -> dict[str, np.ndarray]:
+    """data cast to each input's dtype, or OnnxqError saying what does not fit the model and how to fix it.
+
+    Samples go along axis 0, so every axis after it must match the model's fixed
+    dimensions (a fixed first dimension d takes d rows per sample). Numbers cast
+    to the input's type (float64 arrays to a float32 input, the usual case) as
+    long as no value changes class: fractional values do not become integers, and
+    NaN or infinity (also from overflow) is refused.
+    """
+    out = {}
+    for name, array in data.items():
+        a = np.asarray(array)
+        dtype, dims = expected.get(name, (None, None))
+        want = np.dtype(dtype).name if dtype is not None else "numbers"
+        if a.dtype.kind not in "biuf":
+            raise OnnxqError(
+                f"{source}: {name} holds {a.dtype} values, the model's input takes {want}; store numbers"
+            )
+        to_integers = dtype is not None and np.dtype(dtype).kind in "biu" and a.dtype.kind == "f"
+        if to_integers and not np.all(np.isfinite(a) & (a == np.round(a))):
+            raise OnnxqError(
+                f"{source}: {name} holds fractional values, the model's input takes {want}; store integers"
+            )
+        with np.errstate(over="ignore", invalid="ignore"):
+            a = a.astype(dtype, copy=False) if dtype is not None else a
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise OnnxqError(
+                f"{source}: {name} holds NaN or infinite values (as {a.dtype}); give finite inputs"
+            )
+        if dims is not None and (
+            a.ndim != len(dims) or any(d is not None and n != d for n, d in zip(a.shape[1:], dims[1:]))
+        ):
+            shown = ", ".join("N" if i == 0 or d is None else str(d) for i, d in enumerate(dims))
+            raise OnnxqError(
+                f"{source}: {name} has shape {a.shape}, the model's input is ({shown}) with samples along "
+                "axis 0; reshape or resize them"
+            )
+        out[name] = a
+    return out
+
+
+def session_inputs(sess: ort.InferenceSession) -> dict[str, InputSpec]:
+    """Each input's numpy dtype and dims (None where symbolic), as onnxruntime reports them."""
+    return {
+        i.name: (
+            np.dtype(_ORT_TO_NUMPY[i.type]) if i.type in _ORT_TO_NUMPY else None,
+            None if i.shape is None else [d if isinstance(d, int) and d >= 0 else None for d in i.shape],
+        )
+        for i in sess.get_inputs()
+    }
+
+
+def read_inputs(path: str | Path, names: list[str], what: str) -> dict[str, np.ndarray]:
+    """The arrays of an npz keyed by input name, in names' order (one unnamed array is fine for
+    one input), or OnnxqError saying how to fix the file. what names the file in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxqError(f"{what} {path} does not exist; pass an .npz from numpy.savez")
     try:
-        data = dict(np.load(path, allow_pickle=False))
-    except (OSError, ValueError) as exc:
-        raise OnnxqError(f"cannot read inputs {path}: {exc}; pass an .npz from numpy.savez") from None
-    names = [i.name for i in sess.get_inputs()]
+        with np.load(path, allow_pickle=False) as npz:
+            data = dict(npz)
+    except (OSError, ValueError, AttributeError, TypeError, zipfile.BadZipFile) as exc:
+        # A .npy file loads as one array, which is no context manager: AttributeError/TypeError.
+        raise OnnxqError(f"{what} {path} is not an npz file ({exc}); write one with numpy.savez") from None
     if len(names) == 1 and len(data) == 1 and names[0] not in data:
         data = {names[0]: next(iter(data.values()))}
     missing = [n for n in names if n not in data]
     if missing:
-        raise OnnxqError(f"{path} lacks inputs {missing}; its keys are {sorted(data)}")
-    types = {i.name: _ORT_TO_NUMPY.get(i.type) for i in sess.get_inputs()}
-    return [{n: data[n].astype(types[n] or data[n].dtype, copy=False) for n in names}]
+        raise OnnxqError(
+            f"{path} lacks inputs {missing}; the model expects {names}, the file has {sorted(data)}"
+        )
+    return {n: data[n] for n in names}
+
+
+def npz_feeds(path: str | Path, sess: ort.InferenceSession) -> list[dict[str, np.ndarray]]:
+    """Feeds from an npz keyed by input name (one unnamed array is fine for one input).
+
+    With every input's first dimension free, all the samples go in one run; an input
+    whose first dimension is fixed to d takes d rows per run, so the file's samples
+    make several runs.
+    """
+    names = [i.name for i in sess.get_inputs()]
+    data = read_inputs(path, names, "inputs file")
+    specs = session_inputs(sess)
+    data = conform_inputs(data, specs, str(path))
+    fixed = {n: dims[0] for n, (_, dims) in specs.items() if dims and dims[0]}
+    if not fixed:
+        return [data]
+    units = {n: fixed.get(n, 1) for n in names if data[n].ndim}  # a scalar input goes whole into every run
+    rows = {n: data[n].shape[0] for n in units}
+    runs = {r // units[n] if r % units[n] == 0 else 0 for n, r in rows.items()}
+    if len(runs) != 1 or 0 in runs:
+        raise OnnxqError(
+            f"{path}: the inputs' rows {rows} do not make one whole number of runs of {units} rows each; "
+            "give every input the same number of samples"
+        )
+    return [
+        {n: data[n][k * units[n] : (k + 1) * units[n]] if n in units else data[n] for n in names}
+        for k in range(runs.pop())
+    ]
 
 
 def _compare(name: str, ref: np.ndarray, got: np.ndarray) -> OutputComparison:

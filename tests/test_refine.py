@@ -165,6 +165,46 @@ def test_more_target_bits_give_a_closer_model(cnn_path, calibration, tmp_path):
     assert errors[1] < errors[0]
 
 
+def test_calibration_in_other_number_types_is_cast_to_the_input_type(cnn_path, calibration, tmp_path):
+    # float64 is numpy's default: it reached the sensitivity probe uncast, and onnxruntime refused it.
+    x = np.load(calibration)["x"]
+    written = []
+    for dtype in (np.float32, np.float64):
+        np.savez(tmp_path / "c.npz", x=x.astype(dtype))
+        dst = tmp_path / f"{np.dtype(dtype).name}.onnx"
+        onnxq.compress(
+            cnn_path,
+            dst,
+            target_bits=4.5,
+            min_elements=1,
+            calibration=str(tmp_path / "c.npz"),
+            validate=False,
+        )
+        written.append(dst.read_bytes())
+    assert written[0] == written[1]
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.full((4, 3, 12, 12), np.nan, np.float32), "x holds NaN or infinite values"),
+        (np.full((4, 3, 12, 12), 1e300), r"x holds NaN or infinite values \(as float32\)"),
+        (
+            np.zeros((4, 3, 13, 13), np.float32),
+            r"x has shape \(4, 3, 13, 13\), the model's input is \(N, 3, 12, 12\)",
+        ),
+        (np.zeros((4, 3, 12), np.float32), r"x has shape \(4, 3, 12\)"),
+        (np.array(["a", "b"]), "x holds <U1 values, the model's input takes float32; store numbers"),
+    ],
+)
+def test_calibration_that_does_not_fit_the_model_is_a_one_line_error(cnn_path, tmp_path, array, message):
+    np.savez(tmp_path / "c.npz", x=array)
+    with pytest.raises(OnnxqError, match=message) as info:
+        onnxq.compress(cnn_path, tmp_path / "out.onnx", target_bits=4.5, calibration=str(tmp_path / "c.npz"))
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def test_without_calibration_the_steps_run_on_synthetic_inputs_and_say_so(cnn_path, tmp_path):
     report = onnxq.compress(
         cnn_path, tmp_path / "out.onnx", target_bits=5.0, rounding="gptq", min_elements=1, validate=False

@@ -110,14 +110,63 @@ def test_one_unnamed_array_feeds_a_one_input_model(pair, tmp_path):
 
 def test_npz_lacking_an_input_is_an_error(pair, tmp_path):
     np.savez(tmp_path / "in.npz", a=np.ones((2, 16)), b=np.ones((2, 16)))
-    with pytest.raises(onnxq.OnnxqError, match=r"lacks inputs \['x'\]; its keys are \['a', 'b'\]"):
+    with pytest.raises(
+        onnxq.OnnxqError, match=r"lacks inputs \['x'\]; the model expects \['x'\], the file has \['a', 'b'\]"
+    ):
         compare_models(pair[0], pair[1], inputs=tmp_path / "in.npz")
 
 
 def test_unreadable_npz_is_an_error(pair, tmp_path):
     (tmp_path / "in.npz").write_bytes(b"not a zip")
-    with pytest.raises(onnxq.OnnxqError, match="cannot read inputs"):
+    with pytest.raises(onnxq.OnnxqError, match="is not an npz file"):
         compare_models(pair[0], pair[1], inputs=tmp_path / "in.npz")
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.full((2, 16), np.inf), "x holds NaN or infinite values"),
+        (np.ones((2, 17)), r"x has shape \(2, 17\), the model's input is \(N, 16\)"),
+        (np.ones(16), r"x has shape \(16,\)"),
+        (np.array([["a"] * 16]), "x holds <U1 values"),
+    ],
+)
+def test_inputs_that_do_not_fit_the_model_are_a_one_line_error(pair, tmp_path, array, message):
+    np.savez(tmp_path / "in.npz", x=array)
+    with pytest.raises(onnxq.OnnxqError, match=message) as info:
+        compare_models(pair[0], pair[1], inputs=tmp_path / "in.npz")
+    assert "\n" not in str(info.value)
+
+
+def test_fractional_values_for_an_integer_input_are_refused_and_whole_ones_cast(tmp_path):
+    table = np.arange(40, dtype=np.float32).reshape(10, 4)
+    model = make_model(
+        [helper.make_node("Gather", ["T", "ids"], ["y"])],
+        [value("ids", ["N"], TensorProto.INT64)],
+        [value("y", ["N", 4])],
+        [numpy_helper.from_array(table, "T")],
+    ).SerializeToString()
+    np.savez(tmp_path / "whole.npz", ids=np.array([1.0, 7.0]))
+    assert compare_models(model, model, inputs=tmp_path / "whole.npz")
+    np.savez(tmp_path / "half.npz", ids=np.array([1.5, 7.0]))
+    with pytest.raises(onnxq.OnnxqError, match="ids holds fractional values, the model's input takes int64"):
+        compare_models(model, model, inputs=tmp_path / "half.npz")
+
+
+def test_a_fixed_batch_takes_the_file_samples_one_run_each(rng, tmp_path):
+    w = randn(rng, 16, 20)
+    model = classifier(w, batch=1).SerializeToString()
+    x = randn(rng, 3, 16)
+    np.savez(tmp_path / "in.npz", x=x)
+    v = compare_models(
+        model,
+        classifier(w + 0.05 * randn(rng, 16, 20), batch=1).SerializeToString(),
+        inputs=tmp_path / "in.npz",
+    )
+    assert v.samples == 3
+    two = classifier(w, batch=2).SerializeToString()
+    with pytest.raises(onnxq.OnnxqError, match=r"do not make one whole number of runs of \{'x': 2\} rows"):
+        compare_models(two, two, inputs=tmp_path / "in.npz")
 
 
 def test_models_with_different_inputs_are_refused(pair, rng):
