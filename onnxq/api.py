@@ -153,22 +153,6 @@ def _quantize_rows(rows: np.ndarray, config: Config, bits: int, error=None) -> Q
     return quantize(rows, CODEBOOKS[config.codebook], bits, config.scale, error, config.search)
 
 
-def _decoder_bytes(config: Config, opset: int) -> Callable[[set[int]], int]:
-    """widths -> bytes of the decoder functions a model using those widths carries."""
-    per_width: dict[int, dict[str, int]] = {}
-    for bits in range(1, 9):
-        q = quantize(np.ones((1, 8), np.float32), CODEBOOKS[config.codebook], bits, config.scale)
-        per_width[bits] = {f.name: f.ByteSize() for f in FORMATS[config.format].decoders(q, opset)}
-
-    def reserve(widths: set[int]) -> int:
-        functions: dict[str, int] = {}
-        for bits in widths:
-            functions.update(per_width[bits])
-        return sum(functions.values())
-
-    return reserve
-
-
 def candidate_widths(target_bits: float, calibrated: bool = True) -> list[int]:
     """The widths the allocation chooses from: up to three above the target, and one below it
     with calibration data, two without, within 2..8.
@@ -280,7 +264,6 @@ def _quantize_all(
             data,
             config.target_bits,
             progress,
-            reserve=_decoder_bytes(config, opset),
             fmt=FORMATS[config.format],
             storable=lambda b: _min_opset(config, b) <= opset,
         )

@@ -26,7 +26,6 @@ from onnxq.select import Weight
 from onnxq.storage import fold
 from onnxq.validate import conform_inputs
 
-DECODER_BYTES = 310  # measured graph bytes per compressed weight (its nodes and constants in the batch call)
 SYNTHETIC_SAMPLES = 32
 PROBE_SAMPLES = 16  # calibration samples per sensitivity run
 
@@ -130,15 +129,15 @@ def choose_widths(
     data: Data,
     target_bits: float,
     progress: Callable[[int, int, str], None] | None = None,
-    reserve: Callable[[set[int]], float] = lambda used: 0.0,
     fmt=fold,
     storable: Callable[[int], bool] = lambda bits: True,
 ) -> tuple[dict[str, int], list[str]]:
-    """Bits per weight, from widths, within target_bits on average (indices, parameters, decoder share).
+    """Bits per weight, from widths, within target_bits on average: the indices and the parameters
+    (codebooks, scales), as the issue defines the budget and the report counts bits per weight.
 
-    reserve(widths allowed) is taken off the budget too: the decoder functions,
-    which the model carries once per width it uses. fmt (a storage format) says
-    what a width costs on disk: qdq stores 3 bits as 4, for example. storable(bits)
+    The decoders' graph is not charged: it is a few KB per model, which the file's size
+    and ratio show. fmt (a storage format) says what a width costs on disk: qdq stores
+    3 bits as 4, for example. storable(bits)
     says whether the model, at its opset, can hold a width narrower than widths when
     none of widths fits (qdq's 2-bit weights need a newer opset than its 4-bit ones).
 
@@ -190,7 +189,7 @@ def choose_widths(
         if progress:
             progress(i + 1, len(measurable), f"sensitivity {w.name}")
     curves = sensitivity.noise_curves(measured, errors)
-    chosen = _allocate_within(costs, curves, measurable, widths, budget, reserve, storable)
+    chosen = _allocate_within(costs, curves, measurable, widths, budget, storable)
     chosen.update({w.name: fixed_width for w in fixed})
     notes.append(
         f"bits chosen by measured sensitivity on {min(PROBE_SAMPLES, data.samples)} {data.mode} samples "
@@ -199,35 +198,23 @@ def choose_widths(
     return chosen, notes
 
 
-def _allocate_within(costs, curves, measurable, widths, budget, reserve, storable) -> dict[str, int]:
-    """The least-noise allocation whose tensors plus the decoders of the widths it uses fit.
-
-    The decoders' bytes depend on which set of widths is used, so every subset of
-    the widths is solved with its own reserve, and the best kept (a few dozen
-    knapsacks of milliseconds each). When no subset fits (a small model), the
-    tensors may go down to 2 bits, at the widths the model can store.
-    """
+def _allocate_within(costs, curves, measurable, widths, budget, storable) -> dict[str, int]:
+    """The least-noise allocation of widths that fits the budget; when none does (a small model
+    with many parameters per weight), the tensors may go down to 2 bits, at the widths the model
+    can store."""
     names = [w.name for w in measurable]
     for pool in (widths, [b for b in range(2, widths[-1] + 1) if storable(b)]):
-        best: tuple[float, dict[str, int]] | None = None
-        for size in range(1, len(pool) + 1):
-            for allowed in itertools.combinations(pool, size):
-                try:
-                    chosen = allocate.allocate(
-                        {n: {b: costs[n][b] for b in allowed} for n in names},
-                        {n: {b: curves[n][b] for b in allowed} for n in names},
-                        budget - reserve(set(allowed)),
-                    )
-                except OnnxqError:
-                    continue
-                noise = sum(curves[n][b] for n, b in chosen.items())
-                if best is None or noise < best[0]:
-                    best = (noise, chosen)
-        if best is not None:
-            return best[1]
+        try:
+            return allocate.allocate(
+                {n: {b: costs[n][b] for b in pool} for n in names},
+                {n: {b: curves[n][b] for b in pool} for n in names},
+                budget,
+            )
+        except OnnxqError:
+            continue
     raise OnnxqError(
-        f"--target-bits leaves {budget / 1024:.1f} KiB for the weights, too little even at {min(pool)} "
-        "bits with their decoders; raise --target-bits"
+        f"--target-bits leaves {budget / 1024:.1f} KiB for the weights, too little for their "
+        f"parameters even at {min(pool)} bits; raise --target-bits or --group-size"
     )
 
 
@@ -243,9 +230,9 @@ def probe_feeds(model: onnx.ModelProto, data: Data) -> list[dict[str, np.ndarray
 
 
 def cost_bytes(q: QuantizedTensor, bits: int | None = None, fmt=fold) -> float:
-    """What a weight adds to the file at q's width (or bits) in a storage format (default fold):
-    its indices, its parameters and its share of the decoder."""
-    return fmt.index_bytes(replace(q, bits=bits or q.bits)) + fmt.codebook_bytes(q) + DECODER_BYTES
+    """What a weight's bits per weight count at q's width (or bits) in a storage format (default
+    fold): its indices and its parameters."""
+    return fmt.index_bytes(replace(q, bits=bits or q.bits)) + fmt.codebook_bytes(q)
 
 
 def output_error(weight: Weight, layers: list[Layer]) -> Callable[[QuantizedTensor], float] | None:

@@ -11,7 +11,6 @@ from onnx import helper, numpy_helper
 import onnxq
 from onnxq.api import candidate_widths
 from onnxq.errors import OnnxqError
-from onnxq.refine import DECODER_BYTES
 
 
 def small_cnn(batch: int | str = "N", seed: int = 0) -> onnx.ModelProto:
@@ -103,7 +102,7 @@ def test_bias_correction_adds_the_missing_biases(cnn_path, calibration, tmp_path
 
 
 @pytest.mark.parametrize("target", [4.5, 5.5])
-def test_target_bits_is_met_counting_every_byte_a_weight_adds(cnn_path, calibration, tmp_path, target):
+def test_target_bits_is_met_as_the_report_counts_bits_per_weight(cnn_path, calibration, tmp_path, target):
     report = onnxq.compress(
         cnn_path,
         tmp_path / "out.onnx",
@@ -112,26 +111,27 @@ def test_target_bits_is_met_counting_every_byte_a_weight_adds(cnn_path, calibrat
         calibration=str(calibration),
         validate=False,
     )
-    spent = sum(w.index_bytes + w.codebook_bytes + DECODER_BYTES for w in report.weights)
-    spent += sum(f.ByteSize() for f in onnx.load(tmp_path / "out.onnx").functions)
+    spent = sum(w.index_bytes + w.codebook_bytes for w in report.weights)  # indices and parameters
     assert spent <= target * report.compressed_elements / 8
+    assert target - 0.1 < report.bits_per_weight <= target  # the budget is spent, not left over
     assert all(w.bits in candidate_widths(target) for w in report.weights)
     assert any("measured sensitivity" in n for n in report.notes)
 
 
 def test_a_narrower_fallback_width_is_one_the_model_can_store(cnn_path, calibration, tmp_path):
-    # This model's candidate widths at --target-bits 4 (3..7) do not fit its budget, so the
-    # allocation falls back to narrower ones. fold stores 2 bits at any opset and takes them.
+    # With a scale per 8 weights, this model's candidate widths at --target-bits 4 (3..7) do
+    # not fit its budget, so the allocation falls back to narrower ones. fold stores 2 bits at
+    # any opset and takes them.
     dst = tmp_path / "out.onnx"
-    options = {"target_bits": 4.0, "min_elements": 1, "codebook": "linear", "calibration": str(calibration)}
-    report = onnxq.compress(cnn_path, dst, **options)
-    assert min(w.bits for w in report.weights) == 2
+    options = {"target_bits": 4.0, "min_elements": 1, "codebook": "linear", "group_size": 8}
+    report = onnxq.compress(cnn_path, dst, calibration=str(calibration), **options)
+    assert min(w.bits for w in report.weights) == 2 and report.bits_per_weight <= 4.0
     # qdq stores 2 bits as INT2, which needs opset 25, while the candidates asked only for INT4's
     # 21. The fallback used to take 2 bits anyway and write a model that failed its check.
     with pytest.raises(
-        OnnxqError, match="too little even at 3 bits with their decoders; raise --target-bits"
+        OnnxqError, match="too little for their parameters even at 3 bits; raise --target-bits"
     ):
-        onnxq.compress(cnn_path, tmp_path / "qdq.onnx", format="qdq", **options)
+        onnxq.compress(cnn_path, tmp_path / "qdq.onnx", format="qdq", calibration=str(calibration), **options)
     assert not (tmp_path / "qdq.onnx").exists()
 
 
