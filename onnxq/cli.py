@@ -124,7 +124,7 @@ def compress_cmd(
     target_bits: Annotated[
         float | None,
         typer.Option(
-            help="Average bits per weight (indices, codebooks and each weight's share of the decoder counted); "
+            help="Average bits per weight, counting the indices and the codebooks/scales as the report does; "
             "chooses a width per tensor by measured sensitivity. Overrides --bits."
         ),
     ] = None,
