@@ -137,9 +137,9 @@ def choose_widths(
 
     The decoders' graph is not charged: it is a few KB per model, which the file's size
     and ratio show. fmt (a storage format) says what a width costs on disk: qdq stores
-    3 bits as 4, for example. storable(bits)
-    says whether the model, at its opset, can hold a width narrower than widths when
-    none of widths fits (qdq's 2-bit weights need a newer opset than its 4-bit ones).
+    3 bits as 4, for example. storable(bits) says whether the model, at its opset, can
+    hold a width narrower than widths when none of widths fits (qdq's 2-bit weights
+    need a newer opset than its 4-bit ones).
 
     candidates holds each weight quantized at some of the widths (at least the
     reference, round(target_bits)); above the widest of them, a layer's error is
@@ -214,7 +214,7 @@ def _allocate_within(costs, curves, measurable, widths, budget, storable) -> dic
             continue
     raise OnnxqError(
         f"--target-bits leaves {budget / 1024:.1f} KiB for the weights, too little for their "
-        f"parameters even at {min(pool)} bits; raise --target-bits or --group-size"
+        f"parameters even at {min(pool)} bits; raise --target-bits"
     )
 
 
