@@ -20,7 +20,15 @@ from onnx import helper
 from onnxq.errors import OnnxqError
 from onnxq.patches import conv_columns, conv_pads
 from onnxq.select import Skip, Weight
-from onnxq.validate import ORT_ERRORS, InputSpec, random_feeds, read_inputs, session
+from onnxq.validate import (
+    ORT_ERRORS,
+    InputSpec,
+    iter_batches,
+    random_feeds,
+    read_inputs,
+    sample_count,
+    session,
+)
 
 CHUNK_BYTES = 64 << 20  # the most Conv patches built at once
 
@@ -88,29 +96,6 @@ def model_batch(model: onnx.ModelProto, batch: int) -> int:
     return batch if all(d is None for d in firsts.values()) else 1
 
 
-def sample_count(
-    data: dict[str, np.ndarray], source: str = "the calibration data", units: dict[str, int] | None = None
-) -> int:
-    """The common number of samples (rows of axis 0 over units), or OnnxqError saying what disagrees."""
-    scalars = [n for n, a in data.items() if not a.ndim]
-    if scalars:
-        raise OnnxqError(f"{source}: {scalars} have no sample axis; stack samples along axis 0")
-    units = units or {}
-    ragged = {n: units[n] for n, a in data.items() if a.shape[0] % units.get(n, 1)}
-    if ragged:
-        name, unit = next(iter(ragged.items()))
-        raise OnnxqError(
-            f"{source}: the model takes {unit} rows of {name!r} per run; give a multiple of {unit}, "
-            f"not {data[name].shape[0]}"
-        )
-    counts = {n: a.shape[0] // units.get(n, 1) for n, a in data.items()}
-    if len(set(counts.values())) > 1:
-        raise OnnxqError(f"{source}: inputs have different sample counts {counts}; give each as many")
-    if not counts or 0 in counts.values():
-        raise OnnxqError(f"{source} holds no samples; give at least one along axis 0")
-    return next(iter(counts.values()))
-
-
 def synthetic_calibration(
     model_or_session, samples: int, seed: int = 0, dims: dict[str, int] | None = None
 ) -> dict[str, np.ndarray]:
@@ -125,20 +110,6 @@ def synthetic_calibration(
         sess = session(sess.SerializeToString())
     feeds = random_feeds(sess, dims or {}, samples, seed)
     return {n: np.concatenate([np.atleast_1d(f[n]) for f in feeds]) for n in feeds[0]}
-
-
-def iter_batches(
-    data: dict[str, np.ndarray], batch: int, units: dict[str, int] | None = None
-) -> Iterator[dict[str, np.ndarray]]:
-    """Consecutive slices of at most batch samples along axis 0 (views, not copies).
-
-    A sample is units[n] rows of input n (default 1).
-    """
-    if batch < 1:
-        raise OnnxqError(f"the batch size must be at least 1, not {batch}")
-    units = units or {}
-    for start in range(0, sample_count(data, units=units), batch):
-        yield {n: a[start * units.get(n, 1) : (start + batch) * units.get(n, 1)] for n, a in data.items()}
 
 
 def layer_specs(model: onnx.ModelProto, weights: Sequence[Weight]) -> tuple[list[LayerSpec], list[Skip]]:

@@ -8,6 +8,7 @@ This is the only module that imports onnxruntime.
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -120,6 +121,46 @@ def random_feeds(
     return feeds
 
 
+def sample_count(
+    data: dict[str, np.ndarray], source: str = "the calibration data", units: dict[str, int] | None = None
+) -> int:
+    """The common number of samples (rows of axis 0 over units), or OnnxqError saying what disagrees."""
+    scalars = [n for n, a in data.items() if not a.ndim]
+    if scalars:
+        raise OnnxqError(f"{source}: {scalars} have no sample axis; stack samples along axis 0")
+    units = units or {}
+    ragged = {n: units[n] for n, a in data.items() if a.shape[0] % units.get(n, 1)}
+    if ragged:
+        name, unit = next(iter(ragged.items()))
+        raise OnnxqError(
+            f"{source}: the model takes {unit} rows of {name!r} per run; give a multiple of {unit}, "
+            f"not {data[name].shape[0]}"
+        )
+    counts = {n: a.shape[0] // units.get(n, 1) for n, a in data.items()}
+    if len(set(counts.values())) > 1:
+        raise OnnxqError(f"{source}: inputs have different sample counts {counts}; give each as many")
+    if not counts or 0 in counts.values():
+        raise OnnxqError(f"{source} holds no samples; give at least one along axis 0")
+    return next(iter(counts.values()))
+
+
+def iter_batches(
+    data: dict[str, np.ndarray],
+    batch: int,
+    units: dict[str, int] | None = None,
+    source: str = "the calibration data",
+) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive slices of at most batch samples along axis 0 (views, not copies).
+
+    A sample is units[n] rows of input n (default 1); source names the data in errors.
+    """
+    if batch < 1:
+        raise OnnxqError(f"the batch size must be at least 1, not {batch}")
+    units = units or {}
+    for start in range(0, sample_count(data, source, units), batch):
+        yield {n: a[start * units.get(n, 1) : (start + batch) * units.get(n, 1)] for n, a in data.items()}
+
+
 # An input's numpy dtype, and its dims (None where free) when the model gives a shape.
 InputSpec = tuple[np.dtype | None, list[int | None] | None]
 
@@ -211,21 +252,12 @@ def npz_feeds(path: str | Path, sess: ort.InferenceSession) -> list[dict[str, np
     data = read_inputs(path, names, "inputs file")
     specs = session_inputs(sess)
     data = conform_inputs(data, specs, str(path))
-    fixed = {n: dims[0] for n, (_, dims) in specs.items() if dims and dims[0]}
-    if not fixed:
+    units = {n: dims[0] for n, (_, dims) in specs.items() if dims and dims[0]}
+    if not units:
         return [data]
-    units = {n: fixed.get(n, 1) for n in names if data[n].ndim}  # a scalar input goes whole into every run
-    rows = {n: data[n].shape[0] for n in units}
-    runs = {r // units[n] if r % units[n] == 0 else 0 for n, r in rows.items()}
-    if len(runs) != 1 or 0 in runs:
-        raise OnnxqError(
-            f"{path}: the inputs' rows {rows} do not make one whole number of runs of {units} rows each; "
-            "give every input the same number of samples"
-        )
-    return [
-        {n: data[n][k * units[n] : (k + 1) * units[n]] if n in units else data[n] for n in names}
-        for k in range(runs.pop())
-    ]
+    scalars = {n: a for n, a in data.items() if not a.ndim}  # a scalar input goes whole into every run
+    samples = {n: a for n, a in data.items() if a.ndim}
+    return [{**run, **scalars} for run in iter_batches(samples, 1, units, str(path))]
 
 
 def _compare(name: str, ref: np.ndarray, got: np.ndarray) -> OutputComparison:

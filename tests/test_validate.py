@@ -165,7 +165,9 @@ def test_a_fixed_batch_takes_the_file_samples_one_run_each(rng, tmp_path):
     )
     assert v.samples == 3
     two = classifier(w, batch=2).SerializeToString()
-    with pytest.raises(onnxq.OnnxqError, match=r"do not make one whole number of runs of \{'x': 2\} rows"):
+    with pytest.raises(
+        onnxq.OnnxqError, match=r"in.npz: the model takes 2 rows of 'x' per run; give a multiple of 2, not 3"
+    ):
         compare_models(two, two, inputs=tmp_path / "in.npz")
 
 
