@@ -142,14 +142,15 @@ def choose_widths(
     need a newer opset than its 4-bit ones).
 
     candidates holds each weight quantized at some of the widths (at least the
-    reference, round(target_bits)); above the widest of them, a layer's error is
-    extrapolated at 6 dB per bit, which is how rounding error falls once levels
-    are dense, and saves quantizing every tensor at widths it will rarely get.
+    reference, round(target_bits)); above the widest of them, and below the narrowest for
+    the fallback to 1 bit, a layer's error is extrapolated at 6 dB per bit, which is how
+    rounding error falls once levels are dense, and saves quantizing every tensor at
+    widths it will rarely get.
     """
     notes = []
     computed = sorted(next(iter(candidates.values())))
     reference = max(computed[0], min(computed[-1], round(target_bits)))
-    every = list(range(2, 9))
+    every = list(range(1, 9))
     costs = {w.name: {b: cost_bytes(candidates[w.name][reference], b, fmt) for b in every} for w in weights}
     budget = target_bits * sum(w.array.size for w in weights) / 8
     main = {t.name for t in model.graph.initializer}
@@ -199,11 +200,12 @@ def choose_widths(
 
 
 def _allocate_within(costs, curves, measurable, widths, budget, storable) -> dict[str, int]:
-    """The least-noise allocation of widths that fits the budget; when none does (a small model
-    with many parameters per weight), the tensors may go down to 2 bits, at the widths the model
-    can store."""
+    """The least-noise allocation of widths that fits the budget; when none does (a budget near
+    2 bits, or many parameters per weight), the tensors may go down to 1 bit, at the widths the
+    model can store. 2-bit indices alone fill a budget of 2 bits per weight, so --target-bits 2
+    needs some 1-bit tensors to pay for the parameters."""
     names = [w.name for w in measurable]
-    for pool in (widths, [b for b in range(2, widths[-1] + 1) if storable(b)]):
+    for pool in (widths, [b for b in range(1, widths[-1] + 1) if storable(b)]):
         try:
             return allocate.allocate(
                 {n: {b: costs[n][b] for b in pool} for n in names},
@@ -214,7 +216,7 @@ def _allocate_within(costs, curves, measurable, widths, budget, storable) -> dic
             continue
     raise OnnxqError(
         f"--target-bits leaves {budget / 1024:.1f} KiB for the weights, too little for their "
-        f"parameters even at {min(pool)} bits; raise --target-bits"
+        f"parameters even at {min(pool)} bit{'s' if min(pool) > 1 else ''}; raise --target-bits"
     )
 
 

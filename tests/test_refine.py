@@ -135,6 +135,18 @@ def test_a_narrower_fallback_width_is_one_the_model_can_store(cnn_path, calibrat
     assert not (tmp_path / "qdq.onnx").exists()
 
 
+def test_target_bits_2_pays_for_the_parameters_with_some_1_bit_tensors(cnn_path, calibration, tmp_path):
+    # 2-bit indices alone fill a 2-bit budget; the narrowest candidate width is 2, so this
+    # target (which --target-bits accepts) used to fail on every model.
+    dst = tmp_path / "out.onnx"
+    report = onnxq.compress(cnn_path, dst, target_bits=2.0, min_elements=1, calibration=str(calibration))
+    widths = sorted({w.bits for w in report.weights})
+    assert widths[0] == 1 and widths[-1] >= 2, widths
+    assert report.bits_per_weight <= 2.0
+    x = held_out()
+    assert error(outputs(dst, x), outputs(cnn_path, x)) < 0.5  # the 1-bit decoders run, and are sane
+
+
 def test_worker_processes_serve_the_calibrated_pipeline_too(cnn_path, calibration, tmp_path):
     # Every candidate width is quantized in the workers; statistics, GPTQ and allocation stay here.
     files = []
