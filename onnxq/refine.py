@@ -28,6 +28,7 @@ from onnxq.validate import conform_inputs
 
 SYNTHETIC_SAMPLES = 32
 PROBE_SAMPLES = 16  # calibration samples per sensitivity run
+WIDTHS = range(1, 9)  # every width the allocation prices; the fallback's pool is drawn from it
 
 
 @dataclass
@@ -150,7 +151,7 @@ def choose_widths(
     notes = []
     computed = sorted(next(iter(candidates.values())))
     reference = max(computed[0], min(computed[-1], round(target_bits)))
-    every = list(range(1, 9))
+    every = list(WIDTHS)
     costs = {w.name: {b: cost_bytes(candidates[w.name][reference], b, fmt) for b in every} for w in weights}
     budget = target_bits * sum(w.array.size for w in weights) / 8
     main = {t.name for t in model.graph.initializer}
@@ -205,7 +206,7 @@ def _allocate_within(costs, curves, measurable, widths, budget, storable) -> dic
     model can store. 2-bit indices alone fill a budget of 2 bits per weight, so --target-bits 2
     needs some 1-bit tensors to pay for the parameters."""
     names = [w.name for w in measurable]
-    for pool in (widths, [b for b in range(1, widths[-1] + 1) if storable(b)]):
+    for pool in (widths, [b for b in WIDTHS if b <= widths[-1] and storable(b)]):
         try:
             return allocate.allocate(
                 {n: {b: costs[n][b] for b in pool} for n in names},
@@ -214,9 +215,10 @@ def _allocate_within(costs, curves, measurable, widths, budget, storable) -> dic
             )
         except OnnxqError:
             continue
+    narrowest = min(pool)
     raise OnnxqError(
         f"--target-bits leaves {budget / 1024:.1f} KiB for the weights, too little for their "
-        f"parameters even at {min(pool)} bit{'s' if min(pool) > 1 else ''}; raise --target-bits"
+        f"parameters even at {narrowest} bit{'s' if narrowest > 1 else ''}; raise --target-bits"
     )
 
 
