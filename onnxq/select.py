@@ -25,6 +25,7 @@ UNSUPPORTED_FLOATS = {
     onnx.TensorProto.FLOAT8E5M2FNUZ: "float8e5m2fnuz",
 }
 BIAS_SLOTS = {("Conv", 2), ("ConvTranspose", 2), ("Gemm", 2)}
+GRAPH_OUTPUT = "graph output"  # the pseudo-node of a use as a graph output
 
 
 @dataclass
@@ -95,8 +96,50 @@ def _uses(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]
                 if name:
                     uses.setdefault(name, []).append((node, slot))
         for out in graph.output:  # a graph output is a use that is not a weight input
-            uses.setdefault(out.name, []).append((onnx.NodeProto(op_type="graph output"), 0))
+            uses.setdefault(out.name, []).append((onnx.NodeProto(op_type=GRAPH_OUTPUT), 0))
     return uses
+
+
+def _loop_body(node: onnx.NodeProto) -> onnx.GraphProto | None:
+    if node.op_type != "Loop" or node.domain not in ("", "ai.onnx"):
+        return None
+    return next(
+        (a.g for a in node.attribute if a.name == "body" and a.type == onnx.AttributeProto.GRAPH), None
+    )
+
+
+def effective_uses(
+    name: str, uses: dict[str, list[tuple[onnx.NodeProto, int]]]
+) -> list[tuple[onnx.NodeProto, int]]:
+    """The uses of a value, where a Loop input that the body carries through unchanged counts as
+    the body's own uses of it (exporters pass an LSTM's weights into its Loop that way)."""
+    return _expand(uses.get(name, []), uses)
+
+
+def _expand(
+    direct: list[tuple[onnx.NodeProto, int]], uses: dict[str, list[tuple[onnx.NodeProto, int]]]
+) -> list[tuple[onnx.NodeProto, int]]:
+    out: list[tuple[onnx.NodeProto, int]] = []
+    for node, slot in direct:
+        inner = _carried_through(node, slot, uses)
+        if inner is None:
+            out.append((node, slot))
+        else:  # inside the body, its one graph-output use is the carried copy itself
+            out.extend(_expand([(n, s) for n, s in uses.get(inner, []) if n.op_type != GRAPH_OUTPUT], uses))
+    return out
+
+
+def _carried_through(node: onnx.NodeProto, slot: int, uses) -> str | None:
+    """The body's name for a Loop input that the body returns unchanged and whose final value
+    nobody reads, or None for any other use."""
+    body = _loop_body(node) if slot >= 2 else None
+    if body is None or slot >= len(body.input) or slot - 1 >= len(body.output):
+        return None
+    inner = body.input[slot].name
+    final = node.output[slot - 2] if slot - 2 < len(node.output) else ""
+    if body.output[slot - 1].name != inner or (final and uses.get(final)):
+        return None
+    return inner
 
 
 def _candidates(model: onnx.ModelProto):
@@ -133,7 +176,7 @@ def find_weights(
             continue
         if tensor.data_type not in FLOAT_TYPES:
             continue  # integer, bool and string tensors are shapes and indices, never weights
-        consumers = uses.get(name, [])
+        consumers = effective_uses(name, uses)
         size = int(np.prod(shape)) if shape else 1
 
         def skip(reason: str) -> None:

@@ -261,3 +261,51 @@ def test_a_bfloat16_tensor_is_compressed_or_skipped_with_a_reason():
     )
     weights, skips = find_weights(model, 1)
     assert {w.name for w in weights} | {s.name for s in skips} == {"Wb"}
+
+
+def loop_carried_model(rng, use_final: bool = False) -> tuple[onnx.ModelProto, dict]:
+    """A recurrent cell as tf2onnx writes it: the weight W enters the Loop as a carried value that
+    the body passes through unchanged and multiplies with (v <- tanh(v @ W)), three times."""
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["v_in", "w_in"], ["v_mm"], name="cell.mm"),
+            helper.make_node("Tanh", ["v_mm"], ["v_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [
+            value("i", [], TensorProto.INT64),
+            value("cond_in", [], TensorProto.BOOL),
+            value("v_in", [1, 16]),
+            value("w_in", [16, 16]),
+        ],
+        [value("cond_out", [], TensorProto.BOOL), value("v_out", [1, 16]), value("w_in", [16, 16])],
+    )
+    outputs = [value("z", [1, 16])] + ([value("w_final", [16, 16])] if use_final else [])
+    model = make_model(
+        [helper.make_node("Loop", ["trips", "", "x", "W"], ["z", "w_final"], body=body, name="loop")],
+        [value("x", [1, 16])],
+        outputs,
+        [
+            numpy_helper.from_array(randn(rng, 16, 16) * 0.3, "W"),
+            numpy_helper.from_array(np.array(3, np.int64), "trips"),
+        ],
+    )
+    return model, {"x": randn(rng, 1, 16)}
+
+
+def test_a_weight_carried_unchanged_through_a_loop_is_a_weight_of_the_body(rng):
+    model, feeds = loop_carried_model(rng)
+    (w,), _ = find_weights(model, 1)
+    assert (w.name, w.axis, w.uses) == ("W", 1, ["MatMul input 1"])
+    out, report = onnxq.compress_model(model, onnxq.Config(bits=8))
+    assert [x.name for x in report.weights] == ["W"]
+    refs = reference_weights(model, bits=8, codebook="exponential")
+    (got,), (want,) = run(out, feeds), run(replace_weights(model, {k: v[0] for k, v in refs.items()}), feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_loop_value_read_after_the_loop_is_not_a_weight(rng):
+    model, _ = loop_carried_model(rng, use_final=True)
+    weights, skips = find_weights(model, 1)
+    assert not weights and by_name(skips)["W"].reason == "feeds Loop input 3, which is not a weight input"
