@@ -9,17 +9,20 @@ with one unit per tensor to spare.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 
 from onnxq.errors import OnnxqError
 
-Curve = Mapping[int, float]  # bits -> value
+K = TypeVar("K", bound=Any)  # an option: a width, or any orderable choice
 STEPS = 8192
 
 
-def allocate(costs: Mapping[str, Curve], noise: Mapping[str, Curve], budget: float) -> dict[str, int]:
-    """A width per tensor from its cost (bytes) and noise curves, within budget bytes."""
+def allocate(
+    costs: Mapping[str, Mapping[K, float]], noise: Mapping[str, Mapping[K, float]], budget: float
+) -> dict[str, K]:
+    """An option per tensor from its cost (bytes) and noise curves, within budget bytes."""
     names = list(costs)
     narrowest = sum(min(costs[n].values()) for n in names)
     if narrowest > budget:
@@ -42,7 +45,7 @@ def allocate(costs: Mapping[str, Curve], noise: Mapping[str, Curve], budget: flo
         choices.append((widths, units, pick))
     if not np.isfinite(best[STEPS]):  # rounding up ate the slack: only the narrowest fit
         return {n: min(costs[n], key=lambda b: (costs[n][b], b)) for n in names}
-    out: dict[str, int] = {}
+    out: dict[str, K] = {}
     spend = STEPS
     for name, (widths, units, pick) in zip(reversed(names), reversed(choices)):
         i = int(pick[spend])

@@ -4,28 +4,26 @@ from __future__ import annotations
 
 import copy
 import math
-import multiprocessing
 import os
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
-from onnxq import constfold, io, refine, rewrite
+from onnxq import constfold, data, io, jobs, refine, rewrite, runtime, synthetic, validate
+from onnxq import widths as widths_
 from onnxq.codebooks import CODEBOOKS
-from onnxq.errors import OnnxqError, WeightError
-from onnxq.quantize import DEFAULT_SEARCH, SCALES, SEARCHES, QuantizedTensor, quantize
+from onnxq.errors import OnnxqError
+from onnxq.quantize import DEFAULT_SEARCH, SCALES, SEARCHES, QuantizedTensor
 from onnxq.report import Bytes, Report, SkipReport, WeightReport
 from onnxq.select import FLOAT_TYPES, Weight, find_weights, iter_graphs
 from onnxq.storage import CODEBOOK_ATTRIBUTES, CODEBOOK_SUFFIXES, FORMATS, INDICES_SUFFIX
 from onnxq.storage.fold import DOMAIN
-from onnxq.validate import compare_models
+from onnxq.validate import DEFAULT_BATCH
+from onnxq.widths import Choice
 
 GRANULARITIES = ("tensor", "channel")
 ROUNDINGS = ("nearest", "gptq")
@@ -52,7 +50,14 @@ class Config:
     samples: int = 8  # random validation runs when no inputs are given
     seed: int = 0
     min_sqnr: float | None = None
-    min_agreement: float | None = None
+    min_agreement: float | None = None  # a fraction, 0..1
+    min_cosine: float | None = (
+        None  # None: validate.DEFAULT_MIN_COSINE on real inputs, no gate on random ones
+    )
+    batch: int = DEFAULT_BATCH  # samples per validation run
+    sensitivity_samples: int = (
+        refine.PROBE_SAMPLES
+    )  # --target-bits: samples each tensor's noise is measured on
     target_bits: float | None = None  # average bits per weight; None: every tensor at `bits`
     calibration: str | None = None  # npz of calibration inputs; None: synthetic inputs when needed
     calibration_samples: int | None = None  # None: all of the file, or 32 synthetic samples
@@ -106,6 +111,13 @@ class Config:
             raise OnnxqError(f"--bits must be between 1 and 8; got {self.bits}")
         if self.target_bits is not None and not MIN_TARGET_BITS <= self.target_bits <= 8:
             raise OnnxqError(f"--target-bits must be between {MIN_TARGET_BITS} and 8; got {self.target_bits}")
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise OnnxqError(f"--min-agreement is a fraction between 0 and 1; got {self.min_agreement}")
+        if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
+            raise OnnxqError(f"--min-cosine must be between -1 and 1; got {self.min_cosine}")
+        for key in ("batch", "sensitivity_samples"):
+            if getattr(self, key) < 1:
+                raise OnnxqError(f"--{key.replace('_', '-')} must be at least 1; got {getattr(self, key)}")
         if self.group_size is not None and (self.group_size < 2 or self.granularity != "channel"):
             raise OnnxqError(
                 f"--group-size must be at least 2 and needs --granularity channel; got {self.group_size} "
@@ -131,28 +143,6 @@ def default_jobs() -> int:
     return min(os.cpu_count() or 1, MAX_DEFAULT_JOBS)
 
 
-def _weight_rows(weight, config: Config) -> np.ndarray:
-    """The weight's rows as the quantizer groups them; NaN or Inf is an error naming it."""
-    if not np.all(np.isfinite(weight.array)):
-        raise WeightError(
-            f"weight {weight.name!r} contains NaN or Inf; fix the model, or leave the tensor "
-            f"in float with --exclude '^{re.escape(weight.name)}$'"
-        )
-    return rewrite.group_rows(weight, config.granularity, config.group_size)
-
-
-def _quantize_weight(weight, config: Config, bits: int | None = None, layers=None) -> QuantizedTensor:
-    """layers: per weight name, its layers' input statistics (auto then ranks by output error)."""
-    error = refine.output_error(weight, (layers or {}).get(weight.name, []))  # None: |dW|^2
-    return _quantize_rows(_weight_rows(weight, config), config, bits or config.bits, error)
-
-
-def _quantize_rows(rows: np.ndarray, config: Config, bits: int, error=None) -> QuantizedTensor:
-    """quantize as the config says; without error (weight-space error), everything is picklable
-    and it runs in a worker process."""
-    return quantize(rows, CODEBOOKS[config.codebook], bits, config.scale, error, config.search)
-
-
 def candidate_widths(target_bits: float, calibrated: bool = True) -> list[int]:
     """The widths the allocation chooses from: up to three above the target, and one below it
     with calibration data, two without, within 2..8.
@@ -167,139 +157,146 @@ def candidate_widths(target_bits: float, calibrated: bool = True) -> list[int]:
     return list(range(max(2, math.floor(target_bits) - below), min(8, math.ceil(target_bits) + 3) + 1))
 
 
+@dataclass
+class _Quantized:
+    """What _quantize_all did: the weights it compressed, and how each was rounded and corrected."""
+
+    weights: list[Weight]
+    tensors: list[QuantizedTensor]
+    biases: dict[str, list[str]] = field(default_factory=dict)
+    kept_float: list[Weight] = field(default_factory=list)  # left in float by --target-bits
+    notes: list[str] = field(default_factory=list)
+
+
+def _settings(config: Config) -> jobs.Settings:
+    return jobs.Settings(
+        config.codebook, config.granularity, config.scale, config.search, config.group_size, config.jobs
+    )
+
+
 def _quantize_all(
     model: onnx.ModelProto,
-    weights: list,
+    weights: list[Weight],
     config: Config,
     report: Report,
     progress: Progress | None,
-    rounding_done: dict[str, str],
-    biases_done: dict[str, list[str]],
-) -> tuple[list[QuantizedTensor], list[str]]:
-    """Every weight quantized: at --bits, or at widths chosen for --target-bits; then refined.
-
-    Fills rounding_done and biases_done with what GPTQ and bias correction did per weight.
-    """
-    notes: list[str] = []
+    plan: synthetic.Plan | None,
+) -> _Quantized:
+    """Every weight quantized: at --bits, or as chosen for --target-bits; then rounded and corrected."""
     if not weights:
-        return [], notes
-    layers: dict[str, list[refine.Layer]] = {}
-    data = None
-    if config.needs_data():
-        data = refine.load_data(
-            model, config.calibration, config.calibration_samples, config.seed, config.dims
-        )
-        if progress:
-            progress(0, 1, "collecting layer statistics")
-        t = time.perf_counter()
-        layers = refine.layer_statistics(model, weights, data)
-        report.seconds["statistics"] = time.perf_counter() - t
-        report.calibration = data.describe()
+        return _Quantized([], [])
+    source, layers, notes = _statistics(model, weights, config, report, progress, plan)
+    settings = _settings(config)
+    gptq = config.resolved_rounding() == "gptq"
 
-    def run(jobs: list[tuple[Weight, int]], stage: str) -> list[QuantizedTensor]:
-        # Largest first, so that no large tensor starts last while the other workers idle.
-        order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0].array.size)
-        out: list[QuantizedTensor | None] = [None] * len(jobs)
-        if progress:
-            progress(0, len(jobs), stage)
-        # The x0 searches run many small numpy calls that hold the GIL, so threads share
-        # about one core between them; worker processes use every core. Spawned workers
-        # import the caller's main module, so only a caller that guards it (the CLI) asks
-        # for them. Ranking auto's candidates by output error needs the layers' statistics:
-        # that stays here.
-        ranked = bool(layers) and bool(CODEBOOKS[config.codebook].candidates())  # auto, by output error
-        processes = config.jobs > 1 and len(jobs) > 1 and not ranked
-        pool: Executor
-        if processes:
-            context = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(min(config.jobs, len(jobs)), mp_context=context)
-        else:
-            pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
-        with pool:
-            if processes:
-                rows = [_weight_rows(jobs[i][0], config) for i in order]
-                results = pool.map(_quantize_rows, rows, [config] * len(order), [jobs[i][1] for i in order])
-            else:
-                results = pool.map(lambda i: _quantize_weight(jobs[i][0], config, jobs[i][1], layers), order)
-            try:
-                for done, (i, q) in enumerate(zip(order, results)):
-                    out[i] = q
-                    if progress:
-                        progress(done + 1, len(jobs), f"{stage} {jobs[i][0].name}")
-            except BrokenProcessPool:
-                raise OnnxqError(
-                    "a quantizing worker process died (out of memory, or it could not import the "
-                    "caller's main module); retry with --jobs 1"
-                ) from None
-        return out  # type: ignore[return-value]
+    def make(w: Weight, choice: Choice) -> QuantizedTensor:
+        (q,) = jobs.run([(w, choice)], settings, layers, None, "quantizing")
+        return refine.round_with_gptq(w, q, layers.get(w.name, [])) if gptq else q
 
     if config.target_bits is None:
-        quantized = run([(w, config.bits) for w in weights], "quantizing")
-    else:
-        assert data is not None
-        widths = candidate_widths(config.target_bits, calibrated=config.calibration is not None)
-        exact = [b for b in widths if b <= math.ceil(config.target_bits) + 1]
-        flat = run([(w, b) for w in weights for b in exact], "quantizing")
-        candidates = {
-            w.name: dict(zip(exact, flat[i * len(exact) : (i + 1) * len(exact)]))
-            for i, w in enumerate(weights)
-        }
-        if config.resolved_rounding() == "gptq":
-            # Measure what will be stored: sensitivity and errors of the GPTQ codes.
-            t = time.perf_counter()
-            for w in weights:
-                for b, q in candidates[w.name].items():
-                    candidates[w.name][b], rounding_done[f"{w.name}@{b}"] = refine.round_with_gptq(
-                        w, q, layers.get(w.name, [])
-                    )
-            report.seconds["gptq"] = time.perf_counter() - t
-        t = time.perf_counter()
-        opset = rewrite.default_opset(model)  # compress_model upgraded it for the candidate widths
-        chosen, notes = refine.choose_widths(
-            model,
-            weights,
-            widths,
-            candidates,
-            layers,
-            data,
-            config.target_bits,
-            progress,
-            fmt=FORMATS[config.format],
-            storable=lambda b: _min_opset(config, b) <= opset,
+        tensors = jobs.run(
+            [(w, Choice(config.bits)) for w in weights], settings, layers, progress, "quantizing"
         )
-        report.seconds["allocation"] = time.perf_counter() - t
-        wider = [(w, chosen[w.name]) for w in weights if chosen[w.name] not in candidates[w.name]]
-        for (w, b), q in zip(wider, run(wider, "quantizing wider")):
-            candidates[w.name][b] = q
-        quantized = [candidates[w.name][chosen[w.name]] for w in weights]
-
-    if config.group_size:
-        whole = [w.name for w in weights if rewrite.block_size(w, config.group_size) is None]
-        if whole:
-            notes.append(
-                f"--group-size {config.group_size} does not split {len(whole)} tensors into several "
-                f"equal blocks per channel; they keep one codebook per channel (e.g. {whole[0]})"
-            )
-    rounding = config.resolved_rounding()
-    t = time.perf_counter()
-    for i, (w, q) in enumerate(zip(weights, quantized)):
-        how = rounding_done.pop(f"{w.name}@{q.bits}", None)
-        if how is None:
-            how = "nearest"
-            if rounding == "gptq":
-                q, how = refine.round_with_gptq(w, q, layers.get(w.name, []))
-                quantized[i] = q
-                if progress:
-                    progress(i + 1, len(weights), f"gptq {w.name}")
-        rounding_done[w.name] = how
-    for key in [k for k in rounding_done if "@" in k]:
-        del rounding_done[key]
-    if rounding == "gptq":
-        report.seconds["gptq"] = report.seconds.get("gptq", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        if gptq:
+            tensors = [refine.round_with_gptq(w, q, layers.get(w.name, [])) for w, q in zip(weights, tensors)]
+            report.seconds["gptq"] = time.perf_counter() - t
+        done = _Quantized(weights, tensors)
+    else:
+        assert source is not None
+        done = _allocate(model, weights, config, report, progress, source, layers, make)
+    done.notes = notes + done.notes + _group_notes(done.weights, config)
     if config.resolved_bias_correction():
-        for w, q in zip(weights, quantized):
-            biases_done[w.name] = refine.correct_biases(model, w, q, layers.get(w.name, []))
-    return quantized, notes
+        for w, q in zip(done.weights, done.tensors):
+            done.biases[w.name] = refine.correct_biases(model, w, q, layers.get(w.name, []))
+    return done
+
+
+def _statistics(model, weights, config: Config, report: Report, progress, plan):
+    """The data (calibration or synthetic), each layer's input statistics, and notes; or nothing
+    when no step needs data."""
+    if not config.needs_data():
+        return None, {}, []
+    source = refine.load_data(model, config.calibration, config.calibration_samples, config.seed, plan)
+    if progress:
+        progress(0, 1, "collecting layer statistics")
+    t = time.perf_counter()
+    layers, notes = refine.layer_statistics(model, weights, source)
+    report.seconds["statistics"] = time.perf_counter() - t
+    report.calibration = source.describe()
+    return source, layers, notes
+
+
+def _allocate(model, weights, config: Config, report: Report, progress, source, layers, make) -> _Quantized:
+    """--target-bits: candidates at the widths near the target (per tensor too where per-channel
+    parameters cost much), rounded as they will be stored, then a choice per weight."""
+    assert config.target_bits is not None
+    fmt = FORMATS[config.format]
+    settings = _settings(config)
+    widths = candidate_widths(config.target_bits, calibrated=config.calibration is not None)
+    exact = [b for b in widths if b <= math.ceil(config.target_bits) + 1]
+    flat = jobs.run(
+        [(w, Choice(b)) for w in weights for b in exact], settings, layers, progress, "quantizing"
+    )
+    computed = {
+        w.name: dict(zip(map(Choice, exact), flat[i * len(exact) : (i + 1) * len(exact)]))
+        for i, w in enumerate(weights)
+    }
+    small = [w for w in weights if widths_.offers_per_tensor(computed[w.name][Choice(exact[0])], fmt)]
+    extra = jobs.run(
+        [(w, Choice(b, True)) for w in small for b in exact],
+        settings,
+        layers,
+        progress,
+        "quantizing per tensor",
+    )
+    for i, w in enumerate(small):
+        computed[w.name].update(
+            zip((Choice(b, True) for b in exact), extra[i * len(exact) : (i + 1) * len(exact)])
+        )
+    if config.resolved_rounding() == "gptq":  # measure what will be stored: the GPTQ codes
+        t = time.perf_counter()
+        for w in weights:
+            computed[w.name] = {
+                c: refine.round_with_gptq(w, q, layers.get(w.name, [])) for c, q in computed[w.name].items()
+            }
+        report.seconds["gptq"] = time.perf_counter() - t
+    t = time.perf_counter()
+    opset = rewrite.default_opset(model)  # compress_model upgraded it for the candidate widths
+    allocation = widths_.choose(
+        model,
+        weights,
+        computed,
+        layers,
+        source,
+        config.target_bits,
+        widths,
+        make,
+        fmt,
+        storable=lambda b: _min_opset(config, b) <= opset,
+        progress=progress,
+        probe_samples=config.sensitivity_samples,
+    )
+    report.seconds["allocation"] = time.perf_counter() - t
+    kept = [w for w in weights if allocation.chosen[w.name] == widths_.FLOAT]
+    stored = [w for w in weights if w not in kept]
+    done = _Quantized(
+        stored, [allocation.quantized[w.name] for w in stored], kept_float=kept, notes=allocation.notes
+    )
+    return done
+
+
+def _group_notes(weights: list[Weight], config: Config) -> list[str]:
+    if not config.group_size:
+        return []
+    whole = [w.name for w in weights if rewrite.block_size(w, config.group_size) is None]
+    if not whole:
+        return []
+    note = (
+        f"--group-size {config.group_size} does not split {len(whole)} tensors into several "
+        f"equal blocks per channel; they keep one codebook per channel (e.g. {whole[0]})"
+    )
+    return [note]
 
 
 def _byte_breakdown(model: onnx.ModelProto) -> Bytes:
@@ -366,107 +363,158 @@ NO_WEIGHTS = "no compressible weights found: no weight is quantized"
 def compress_model(
     model: onnx.ModelProto, config: Config | None = None, progress: Progress | None = None
 ) -> tuple[onnx.ModelProto, Report]:
-    """Compress every weight of a model; the input model is not modified."""
-    config = config or Config()
+    """Compress every weight of a model; the input model is not modified. It does not validate:
+    the report's validation is None ("not run"); compress() validates."""
+    out, report, _ = _compress(model, config or Config(), progress)
+    return out, report
+
+
+def _compress(
+    model: onnx.ModelProto,
+    config: Config,
+    progress: Progress | None,
+    source: Path | None = None,
+    plan_for_validation: bool = False,
+) -> tuple[onnx.ModelProto, Report, synthetic.Plan | None]:
+    """compress_model, and the synthetic inputs' plan when one was made (for validation, or for
+    data-driven steps without calibration). source: the model's file, for its float session."""
     config.check()
-    times: dict[str, float] = {}
     start = time.perf_counter()
     model = copy.deepcopy(model)
     report = Report(config=_config_dict(config), input_bytes=io.model_bytes(model))
+    weights, skips = _select(model, config, report)
+    plan = None
+    if weights and (plan_for_validation or (config.needs_data() and config.calibration is None)):
+        t = time.perf_counter()
+        plan = _plan(model, config, source)  # before quantizing: a model nothing runs fails here
+        report.seconds["inputs"] = time.perf_counter() - t
+    done = _quantize_all(model, weights, config, report, progress, plan)
+    report.notes.extend(done.notes)
+    quantize_seconds = time.perf_counter() - start
+    fmt = FORMATS[config.format]
+    report.notes.extend(fmt.notes({q.bits for q in done.tensors}))
+    items = list(zip(done.weights, done.tensors))
+    report.notes.extend(rewrite.replace_weights(model, items, fmt, config.group_size, config.packed_rows))
+    if model.functions and model.ir_version < 8:
+        model = rewrite.inline_decoders(model)
+        report.notes.append(
+            f"IR version {model.ir_version} has no local functions: the decoders were inlined"
+        )
+    report.weights = [_weight_report(w, q, fmt, done.biases.get(w.name, [])) for w, q in items]
+    report.skipped = [SkipReport(s.name, list(s.shape), s.reason) for s in skips] + [
+        SkipReport(w.name, list(w.array.shape), KEPT_FLOAT) for w in done.kept_float
+    ]
+    io.check_built(model)
+    report.output = _byte_breakdown(model)
+    rewrite_seconds = time.perf_counter() - start - quantize_seconds
+    report.seconds = {"quantize": quantize_seconds, "rewrite": rewrite_seconds, **report.seconds}
+    return model, report, plan
+
+
+KEPT_FLOAT = "left in float by --target-bits: its measured output noise cost more than its float bytes"
+
+
+def _select(model: onnx.ModelProto, config: Config, report: Report):
+    """Fold constants, find the weights, upgrade the opset if the format needs it; (weights, skips)."""
     if config.fold_constants:
         report.notes.extend(constfold.simplify(model).notes())
     weights, skips = find_weights(model, config.min_elements, config.exclude)
-    fmt = FORMATS[config.format]
     opset, target = rewrite.default_opset(model), required_opset(config)
     if weights and opset < target:
         ir = model.ir_version
-        model = _upgrade_opset(model, opset, target)
+        upgraded = _upgrade_opset(model, opset, target)
+        model.CopyFrom(upgraded)
         report.notes.append(
             f"upgraded the default opset from {opset} to {target}: --format {config.format} "
             f"at these widths needs it"
             + (f" (and the IR version from {ir} to {model.ir_version})" if model.ir_version != ir else "")
         )
         weights, skips = find_weights(model, config.min_elements, config.exclude)
-    if config.group_size:
-        problems = [
-            (w.name, why)
-            for w in weights
-            if rewrite.block_size(w, config.group_size)
-            and (why := fmt.weight_problem(tuple(w.array.shape), w.axis, config.group_size))
-        ]
-        if problems:
-            name, why = problems[0]
-            raise OnnxqError(
-                f"--format {config.format} --group-size {config.group_size}: {len(problems)} tensors "
-                f"cannot be stored, e.g. {name!r}: {why}; leave them in float with --exclude, "
-                "or drop --group-size"
-            )
-    report.skipped = [SkipReport(s.name, list(s.shape), s.reason) for s in skips]
+    _check_blocks(weights, config)
     if not weights:
         report.notes.append(NO_WEIGHTS)
+    return weights, skips
 
-    rounding_done: dict[str, str] = {}
-    biases_done: dict[str, list[str]] = {}
-    quantized, widths_notes = _quantize_all(
-        model, weights, config, report, progress, rounding_done, biases_done
-    )
-    report.notes.extend(widths_notes)
-    times["quantize"] = time.perf_counter() - start
 
-    report.notes.extend(fmt.notes({q.bits for q in quantized}))
-    report.notes.extend(
-        rewrite.replace_weights(
-            model, list(zip(weights, quantized)), fmt, config.group_size, config.packed_rows
+def _check_blocks(weights: list[Weight], config: Config) -> None:
+    if not config.group_size:
+        return
+    fmt = FORMATS[config.format]
+    problems = [
+        (w.name, why)
+        for w in weights
+        if rewrite.block_size(w, config.group_size)
+        and (why := fmt.weight_problem(tuple(w.array.shape), w.axis, config.group_size))
+    ]
+    if problems:
+        name, why = problems[0]
+        raise OnnxqError(
+            f"--format {config.format} --group-size {config.group_size}: {len(problems)} tensors "
+            f"cannot be stored, e.g. {name!r}: {why}; leave them in float with --exclude, "
+            "or drop --group-size"
         )
-    )
-    if model.functions and model.ir_version < 8:
-        model = rewrite.inline_decoders(model)
-        report.notes.append(
-            f"IR version {model.ir_version} has no local functions: the decoders were inlined"
-        )
-    for weight, q in zip(weights, quantized):
-        report.weights.append(
-            WeightReport(
-                name=weight.name,
-                shape=list(weight.array.shape),
-                uses=weight.uses,
-                groups=q.groups,
-                bits=q.bits,
-                codebook=q.codebook,
-                elements=int(weight.array.size),
-                index_bytes=fmt.index_bytes(q),
-                codebook_bytes=fmt.codebook_bytes(q),
-                correlation=q.correlation,
-                sqnr_db=q.sqnr_db,
-                rounding=rounding_done.get(weight.name, "nearest"),
-                bias_correction=biases_done.get(weight.name, []),
-            )
-        )
-    io.check_built(model)
-    report.output = _byte_breakdown(model)
-    times["rewrite"] = time.perf_counter() - start - times["quantize"]
-    report.seconds = {**times, **report.seconds}
-    return model, report
 
 
-def validate_into(
-    report: Report,
-    reference: bytes | str | Path,
-    candidate: bytes | str | Path,
-    config: Config,
-) -> None:
-    t = time.perf_counter()
-    report.validation = compare_models(
-        reference,
-        candidate,
-        inputs=config.inputs,
-        dims=config.dims,
-        samples=config.samples,
-        seed=config.seed,
-        min_sqnr=config.min_sqnr,
-        min_agreement=config.min_agreement,
+def _plan(model: onnx.ModelProto, config: Config, source: Path | None) -> synthetic.Plan:
+    """Synthetic inputs the float model runs on; OnnxqError with the --dim hint when none does."""
+    specs = data.input_specs(model)
+    sess = runtime.session(source if source is not None else io.serialize(model))
+    return validate.synthetic_plan(model, sess, specs, config.dims, config.seed)
+
+
+def _weight_report(w: Weight, q: QuantizedTensor, fmt, biases: list[str]) -> WeightReport:
+    return WeightReport(
+        name=w.name,
+        shape=list(w.array.shape),
+        uses=w.uses,
+        groups=q.groups,
+        bits=q.bits,
+        codebook=q.codebook,
+        elements=int(w.array.size),
+        index_bytes=fmt.index_bytes(q),
+        codebook_bytes=fmt.codebook_bytes(q),
+        correlation=q.correlation,
+        sqnr_db=q.sqnr_db,
+        granularity=_granularity(w, q),
+        rounding=q.rounding,
+        bias_correction=biases,
     )
-    report.seconds["validate"] = time.perf_counter() - t
+
+
+def _granularity(w: Weight, q: QuantizedTensor) -> str:
+    channels = w.array.shape[w.axis] if w.array.ndim >= 2 else 1
+    if q.groups == 1 and channels > 1:
+        return "tensor"
+    return "block" if q.groups > channels else "channel"
+
+
+def _validate(
+    report: Report, src: Path, tmp: Path, config: Config, plan: synthetic.Plan | None
+) -> validate.Validation:
+    """The float model against the written output: on --inputs, else on the calibration data,
+    else on the synthetic inputs."""
+    gates = validate.Gates(config.min_cosine, config.min_sqnr, config.min_agreement)
+    ref, cand = runtime.session(src), runtime.session(tmp)
+    specs = data.input_specs(validate.load_proto(src))
+    if config.inputs is not None:
+        samples = data.read_samples(config.inputs, specs, "inputs file")
+        what, real = f"{config.inputs} ({len(samples)} samples)", True
+    elif config.calibration is not None:
+        samples = data.read_samples(config.calibration, specs, "calibration file")[
+            : config.calibration_samples
+        ]
+        what = (
+            f"calibration data {config.calibration} ({len(samples)} samples, the ones it was calibrated on)"
+        )
+        real = True
+    else:
+        assert plan is not None
+        samples, what, real = (
+            plan.feeds(config.samples, config.seed),
+            f"random inputs: {plan.describe()}",
+            False,
+        )
+    return validate.validate_samples(ref, cand, specs, samples, what, real, gates, config.batch)
 
 
 def compress(
@@ -479,7 +527,7 @@ def compress(
     """Compress the model at src into dst, validate it, and return the report.
 
     Options are Config fields (e.g. bits=5); dst is written atomically and src is
-    never modified.
+    never modified. --inputs is read and checked before any work.
     """
     if config is None:
         try:
@@ -491,7 +539,12 @@ def compress(
     t = time.perf_counter()
     model, input_bytes = io.read_model(src)
     load_seconds = time.perf_counter() - t
-    out, report = compress_model(model, config, progress)
+    if config.validate and config.inputs is not None:
+        data.read_samples(
+            config.inputs, data.input_specs(model), "inputs file"
+        )  # fail now, not after the work
+    wants_plan = config.validate and config.inputs is None and config.calibration is None
+    out, report, plan = _compress(model, config, progress, Path(src), wants_plan)
     report.seconds["load"] = load_seconds
     report.input_bytes = input_bytes
     t = time.perf_counter()
@@ -502,8 +555,11 @@ def compress(
         report.output.settle(io.written_size(tmp, dst_path))
         report.seconds["save"] = time.perf_counter() - t
         if config.validate and report.weights:
-            # Validate before the rename: an error here leaves no output behind.
-            validate_into(report, Path(src), tmp, config)
+            # Validate before the rename: an error here leaves no output behind. A failed gate
+            # keeps the output: the report (and the CLI) say that it was written and failed.
+            t = time.perf_counter()
+            report.validation = _validate(report, Path(src), tmp, config, plan)
+            report.seconds["validate"] = time.perf_counter() - t
         io.commit(tmp, dst_path)
     finally:
         io.discard(tmp, dst_path)

@@ -11,24 +11,16 @@ import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper
 
+from onnxq import data, runtime
+from onnxq.data import InputSpec, Sample
 from onnxq.errors import OnnxqError
 from onnxq.patches import conv_columns, conv_pads
 from onnxq.select import Skip, Weight
-from onnxq.validate import (
-    ORT_ERRORS,
-    InputSpec,
-    iter_batches,
-    random_feeds,
-    read_inputs,
-    sample_count,
-    session,
-)
 
 CHUNK_BYTES = 64 << 20  # the most Conv patches built at once
 
@@ -62,54 +54,6 @@ class LayerStats:
 
     def __repr__(self) -> str:
         return f"LayerStats(mean{self.mean.shape}, hessian{self.hessian.shape}, count={self.count})"
-
-
-def load_calibration(
-    path: str | Path, input_names: Sequence[str], units: dict[str, int] | None = None
-) -> dict[str, np.ndarray]:
-    """Calibration samples from an npz keyed by input name, samples along axis 0.
-
-    With one graph input, a single array under any key is fine. units: rows of
-    axis 0 per sample, per input (see sample_count).
-    """
-    data = read_inputs(path, list(input_names), "calibration file")
-    sample_count(data, str(path), units)
-    return data
-
-
-def input_units(model: onnx.ModelProto) -> dict[str, int]:
-    """Rows of axis 0 per sample, per fed input: its fixed first dimension, else 1.
-
-    An input whose first dimension is fixed to d (a fixed batch, or a fixed-length
-    vector such as token ids) takes d rows of the data per sample and per run.
-    """
-    _, firsts = _graph_inputs(model)
-    return {n: d or 1 for n, d in firsts.items()}
-
-
-def model_batch(model: onnx.ModelProto, batch: int) -> int:
-    """Samples per run of the model: batch if every input's first dimension is free, else 1.
-
-    An input with a fixed first dimension takes exactly one sample (input_units rows) per run.
-    """
-    _, firsts = _graph_inputs(model)
-    return batch if all(d is None for d in firsts.values()) else 1
-
-
-def synthetic_calibration(
-    model_or_session, samples: int, seed: int = 0, dims: dict[str, int] | None = None
-) -> dict[str, np.ndarray]:
-    """Data-free samples: standard normal floats per input, symbolic dims from dims else 1.
-
-    Each of the samples draws one input of its shape; they are stacked along axis 0.
-    """
-    if samples < 1:
-        raise OnnxqError(f"synthetic calibration needs at least one sample, not {samples}")
-    sess = model_or_session
-    if isinstance(sess, onnx.ModelProto):
-        sess = session(sess.SerializeToString())
-    feeds = random_feeds(sess, dims or {}, samples, seed)
-    return {n: np.concatenate([np.atleast_1d(f[n]) for f in feeds]) for n in feeds[0]}
 
 
 def layer_specs(model: onnx.ModelProto, weights: Sequence[Weight]) -> tuple[list[LayerSpec], list[Skip]]:
@@ -176,83 +120,56 @@ def _spec(node: onnx.NodeProto, slot: int, name: str, shape: tuple[int, ...], ke
 
 
 def collect_layer_stats(
-    model: onnx.ModelProto, layers: Sequence[LayerSpec], data: dict[str, np.ndarray], batch: int = 16
+    model: onnx.ModelProto,
+    layers: Sequence[LayerSpec],
+    samples: Sequence[Sample],
+    specs: Sequence[InputSpec],
+    batch: int = 16,
 ) -> dict[str, LayerStats]:
-    """Run the model on data, batch by batch, and accumulate each layer's input statistics.
-
-    Memory holds one batch of every layer's input. A model whose inputs all have the
-    same fixed first dimension takes that many samples per run, and its runs are
-    gathered into batches of at least `batch` samples.
+    """Run the model on the samples, about batch at a time, and accumulate each layer's input
+    statistics. Memory holds one batch of every layer's input. Rows that an attention mask
+    marks as padding are left out of Gemm and MatMul statistics. A layer that saw no input
+    (a branch never taken, a convolution with no output position) has no entry.
     """
     if batch < 1:
         raise OnnxqError(f"the batch size must be at least 1, not {batch}")
     if not layers:
         return {}
     sums = {s.key: _Sums(s) for s in layers}
-    for inputs in _layer_inputs(model, layers, data, batch):
+    for inputs in _layer_inputs(model, layers, samples, specs, batch):
         for s in layers:
-            sums[s.key].add(inputs[s.key])
-    return {key: acc.result() for key, acc in sums.items()}
+            for x in inputs[s.key]:
+                sums[s.key].add(x)
+    return {key: stats for key, acc in sums.items() if (stats := acc.result()) is not None}
 
 
 def _layer_inputs(
-    model: onnx.ModelProto, layers: Sequence[LayerSpec], data: dict[str, np.ndarray], batch: int
-) -> Iterator[dict[str, np.ndarray]]:
-    """Each layer's input, samples first (see _rows_first), for about `batch` samples at a time."""
-    dtypes, _ = _graph_inputs(model)
-    missing = [n for n in dtypes if n not in data]
-    if missing:
-        raise OnnxqError(f"the calibration data lacks inputs {missing}; its keys are {sorted(data)}")
-    data = {n: np.asarray(data[n]).astype(dtypes[n], copy=False) for n in dtypes}
-    units = input_units(model)
-    total = sample_count(data, units=units)
-    run = model_batch(model, batch)
-    fetch = sorted({s.activation for s in layers} - set(dtypes))
-    sess = session(_with_outputs(model, fetch).SerializeToString(), spin=False) if fetch else None
+    model: onnx.ModelProto,
+    layers: Sequence[LayerSpec],
+    samples: Sequence[Sample],
+    specs: Sequence[InputSpec],
+    batch: int,
+) -> Iterator[dict[str, list[np.ndarray]]]:
+    """Each layer's input rows (see _rows_first), padding left out, for about batch samples at a time."""
+    fed = {s.name for s in specs}
+    fetch = sorted({s.activation for s in layers} - fed)
+    sess = runtime.session(_with_outputs(model, fetch).SerializeToString(), spin=False) if fetch else None
+    mask = data.mask_input(specs)
     pending: dict[str, list[np.ndarray]] = {s.key: [] for s in layers}
     waiting = 0
-    for feed in iter_batches(data, run, units):
+    for feed, count in data.batches(samples, specs, batch):
         values = dict(feed)
         if sess is not None:
-            try:
-                values.update(zip(fetch, sess.run(fetch, feed)))
-            except ORT_ERRORS as exc:
-                first = str(exc).strip().splitlines()[0][:300]
-                raise OnnxqError(f"onnxruntime failed on the calibration data: {first}") from None
+            values.update(zip(fetch, runtime.run(sess, feed, fetch, "calibration data")))
         for s in layers:
-            pending[s.key].append(_rows_first(s, values[s.activation]))
-        size = sample_count(feed, units=units)
-        waiting, total = waiting + size, total - size
-        if waiting >= batch or total == 0:
-            yield {
-                key: parts[0] if len(parts) == 1 else np.concatenate(parts) for key, parts in pending.items()
-            }
+            pending[s.key].append(_rows_first(s, values[s.activation], feed.get(mask) if mask else None))
+        waiting += count
+        if waiting >= batch:
+            yield pending
             pending = {s.key: [] for s in layers}
             waiting = 0
-
-
-def input_specs(model: onnx.ModelProto) -> dict[str, InputSpec]:
-    """Each fed input's numpy dtype and dims (None where symbolic; no dims when the model gives no shape)."""
-    inits = {t.name for t in model.graph.initializer}
-    specs: dict[str, InputSpec] = {}
-    for inp in model.graph.input:
-        if inp.name in inits:
-            continue
-        tensor = inp.type.tensor_type
-        dims = (
-            [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-            if tensor.HasField("shape")
-            else None
-        )
-        specs[inp.name] = (helper.tensor_dtype_to_np_dtype(tensor.elem_type), dims)
-    return specs
-
-
-def _graph_inputs(model: onnx.ModelProto) -> tuple[dict[str, np.dtype], dict[str, int | None]]:
-    """Each fed input's numpy dtype and its fixed first dimension (None if symbolic)."""
-    specs = input_specs(model)
-    dtypes = {n: d for n, (d, _) in specs.items() if d is not None}  # every tensor type has one
-    return dtypes, {n: dims[0] if dims else None for n, (_, dims) in specs.items()}
+    if waiting:
+        yield pending
 
 
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -265,15 +182,16 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return out
 
 
-def _rows_first(spec: LayerSpec, x: np.ndarray) -> np.ndarray:
-    """The activation with samples along axis 0: (N, C, *S) for Conv, (M, K) otherwise."""
+def _rows_first(spec: LayerSpec, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """The activation with samples along axis 0: (N, C, *S) for Conv, (M, K) otherwise, without
+    the rows an attention mask marks as padding."""
     x = np.asarray(x)
     x = x.astype(np.result_type(x.dtype, np.float32), copy=False)
     if spec.op == "Conv":
         return x
-    if spec.op == "Gemm":
-        return x.T if spec.trans_a else x
-    return x.reshape(-1, spec.columns)
+    rows = x.T if spec.op == "Gemm" and spec.trans_a else x.reshape(-1, spec.columns)
+    keep = data.kept_rows(x if not spec.trans_a else rows, mask)
+    return rows if keep is None or keep.size != len(rows) else rows[keep]
 
 
 class _Sums:
@@ -323,8 +241,9 @@ class _Sums:
                 cols, keep = conv_columns(part, last - first, spec.kernel, spec.strides, spec.dilations, pads)
                 yield slice(first, last), cols, keep
 
-    def result(self) -> LayerStats:
+    def result(self) -> LayerStats | None:
+        """The statistics, or None when no column was seen."""
         if self.count == 0:
-            raise OnnxqError(f"{self.spec.key}: no inputs were seen; give at least one sample")
+            return None
         hessian = self.outer / self.count
         return LayerStats(self.total / self.count, (hessian + hessian.transpose(0, 2, 1)) / 2, self.count)

@@ -15,10 +15,10 @@ from onnx import helper, numpy_helper
 
 from onnxq import io
 from onnxq.errors import OnnxqError
+from onnxq.runtime import ORT_ERRORS, session
 from onnxq.select import iter_graphs
 from onnxq.storage.fold import DOMAIN, ROWS_PREFIX
 from onnxq.storage.matmulnbits import MS_DOMAIN
-from onnxq.validate import ORT_ERRORS, session
 
 MARK = ".onnxq."  # every tensor onnxq adds has this in its name
 

@@ -98,6 +98,16 @@ def model_bytes(model: onnx.ModelProto) -> int:
         return sum(len(t.raw_data) or t.ByteSize() for t in _external_tensors(model))
 
 
+def serialize(model: onnx.ModelProto) -> bytes:
+    """The model's bytes, for onnxruntime; OnnxqError when protobuf cannot hold it in one message."""
+    try:
+        return model.SerializeToString()
+    except (EncodeError, ValueError):
+        raise OnnxqError(
+            "the model is over protobuf's 2 GB limit in memory; give its file with external data"
+        ) from None
+
+
 def data_file(dst: str | os.PathLike) -> Path:
     """Where the external data of an output too big for one protobuf goes: beside it."""
     dst = Path(dst)

@@ -54,6 +54,7 @@ class QuantizedTensor:
     correlation: float  # corr(w, w_q) over the whole tensor
     sqnr_db: float  # 10 log10(sum w^2 / sum (w - w_q)^2)
     tensor_offset: bool = False  # offset is this tensor's own (a fitted table), not its codebook's
+    rounding: str = "nearest"  # how the codes were chosen: nearest, gptq, or why GPTQ could not run
 
     @property
     def groups(self) -> int:

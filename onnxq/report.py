@@ -1,6 +1,6 @@
 """The Report of one compression: what was done, what it cost, how close it is.
 
-Serialized as JSON (schema_version 1, documented in the README) and Markdown.
+Serialized as JSON (schema_version 2, documented in the README) and Markdown.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from onnxq.validate import Validation
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: validation says what it ran on (inputs, real, shapes), its gates and verdict
 
 
 @dataclass
@@ -27,6 +27,7 @@ class WeightReport:
     codebook_bytes: int
     correlation: float
     sqnr_db: float
+    granularity: str = "channel"  # "channel", "tensor" (one codebook for the whole tensor) or "block"
     rounding: str = "nearest"  # or "gptq", or "nearest (why GPTQ could not run)"
     bias_correction: list[str] = field(default_factory=list)  # per reading layer, what was done
 
@@ -79,6 +80,18 @@ class Report:
     def ratio(self) -> float:
         return self.input_bytes / self.output.total if self.output.total else math.nan
 
+    def widths(self) -> dict[str, int]:
+        """How many tensors got each storage: "5 bits", "4 bits per tensor", "float" (left in float
+        by --target-bits), in that order: by width, then per tensor, then float."""
+        counts: dict[str, int] = {}
+        for w in sorted(self.weights, key=lambda w: (w.granularity == "tensor", w.bits)):
+            key = f"{w.bits} bits" + (" per tensor" if w.granularity == "tensor" else "")
+            counts[key] = counts.get(key, 0) + 1
+        floats = sum(1 for s in self.skipped if s.reason.startswith("left in float by --target-bits"))
+        if floats:
+            counts["float"] = floats
+        return counts
+
     @property
     def bits_per_weight(self) -> float:
         """Stored bits per compressed weight: indices plus codebooks."""
@@ -98,6 +111,7 @@ class Report:
                     "compressed_weights": self.compressed_elements,
                     "skipped_tensors": len(self.skipped),
                     "bits_per_weight": self.bits_per_weight,
+                    "widths": self.widths(),
                     "passed": bool(self),
                 },
                 "bytes": asdict(self.output),
@@ -140,8 +154,10 @@ class Report:
             v = d["validation"]
             lines += [
                 "",
-                f"## Validation ({v['inputs']} inputs, {v['samples']} runs): "
-                + ("passed" if v["passed"] else "FAILED"),
+                f"## Validation: {v['verdict']}",
+                "",
+                f"- inputs: {v['inputs']} ({v['samples']} samples)",
+                f"- gates: {'; '.join(v['gates']) or 'none'}",
                 "",
                 "| output | max abs | rel L2 | cosine | SQNR dB | top-1 agreement |",
                 "|---|---:|---:|---:|---:|---:|",

@@ -11,12 +11,16 @@ measured noise over e_t, interpolated between the measured widths.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from onnxq.validate import session
+from onnxq import data, runtime
+from onnxq.data import Sample
+from onnxq.select import Weight, iter_graphs
 
 
 class Probe:
@@ -27,50 +31,116 @@ class Probe:
     onnxruntime keeps their prepacked fast paths (a model taking all its weights as
     inputs runs about 4x slower on EfficientNet-Lite0), and one session serves every
     width measured (a session per width cost a third more, most of it in creating it).
+    A weight held by a Constant node, or inside an If/Loop body, becomes a main-graph
+    input too: the body reads it from the outer scope. Positions that an attention mask
+    marks as padding are left out of the noise.
     """
 
-    def __init__(self, model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[dict[str, np.ndarray]]):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        weights: Sequence[Weight],
+        feeds: Sequence[Sample],
+        mask: str | None = None,
+    ):
         self.model = model
-        self._names = [t.name for t in model.graph.initializer if t.name in set(names)]
+        self._weights = {w.name: w for w in weights}
         self.feeds = list(feeds)
-        self.reference = self._outputs(session(model.SerializeToString()), {})
-        self.energy = sum(float(np.sum(y.astype(np.float64) ** 2)) for ys in self.reference for y in ys)
+        self.mask = mask
+        self.reference = self._outputs(runtime.session(model.SerializeToString()), {})
+        self.energy = sum(
+            float(np.sum(_kept(y, feed, mask).astype(np.float64) ** 2))
+            for ys, feed in zip(self.reference, self.feeds)
+            for y in ys
+        )
 
     @property
     def names(self) -> list[str]:
-        return list(self._names)
+        return list(self._weights)
 
     def _outputs(self, sess, extra: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
-        return [sess.run(None, {**feed, **extra}) for feed in self.feeds]
+        return [runtime.run(sess, {**feed, **extra}, what="sensitivity probe inputs") for feed in self.feeds]
 
     def noise(self, name: str, values: Sequence[np.ndarray]) -> list[float]:
         """Output noise energy relative to the float outputs, with weight `name` set to each value."""
-        if name not in self._names:
-            raise KeyError(f"{name!r} is not a main-graph initializer this probe measures")
-        graph = self.model.graph
-        position = next(i for i, t in enumerate(graph.initializer) if t.name == name)
-        original = graph.initializer.pop(position)
-        is_input = any(i.name == name for i in graph.input)  # before IR 4, initializers are inputs too
+        if name not in self._weights:
+            raise KeyError(f"{name!r} is not a weight this probe measures")
+        weight = self._weights[name]
+        with _as_input(self.model, weight) as dtype:
+            sess = runtime.session(self.model.SerializeToString())
+        return [self._noise(sess, {name: np.ascontiguousarray(v, dtype=dtype)}) for v in values]
+
+    def noise_all(self, values: dict[str, np.ndarray]) -> float:
+        """Output noise with every weight in values swapped at once (a whole allocation)."""
+        swapped = onnx.ModelProto()
+        swapped.CopyFrom(self.model)
+        for weight, tensor in _tensors(swapped, [self._weights[n] for n in values]):
+            tensor.CopyFrom(numpy_helper.from_array(np.asarray(values[weight], _dtype(tensor)), tensor.name))
+        return self._noise(runtime.session(swapped.SerializeToString()), {})
+
+    def _noise(self, sess, extra: dict[str, np.ndarray]) -> float:
+        err = 0.0
+        for ys, refs, feed in zip(self._outputs(sess, extra), self.reference, self.feeds):
+            for y, r in zip(ys, refs):
+                d = y.astype(np.float64) - r
+                err += float(np.sum(_kept(d, feed, self.mask) ** 2))
+        return err / self.energy if self.energy > 0 else err
+
+
+def _kept(y: np.ndarray, feed: Sample, mask: str | None) -> np.ndarray:
+    """y without the positions the feed's attention mask marks as padding (y whole if it does not line up)."""
+    y = np.asarray(y)
+    if not mask or mask not in feed or not np.issubdtype(y.dtype, np.number):
+        return y if np.issubdtype(y.dtype, np.number) else np.zeros(0)
+    keep = data.kept_rows(y, feed[mask])
+    return y if keep is None else y.reshape(keep.size, -1)[keep]
+
+
+def _dtype(tensor: onnx.TensorProto) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))  # without decoding the weight
+
+
+def _tensors(model: onnx.ModelProto, weights: Sequence[Weight]):
+    """(weight name, its TensorProto in model): an initializer, or a Constant node's value, in any graph."""
+    wanted = {w.name for w in weights}
+    for graph in iter_graphs(model.graph):
+        for t in graph.initializer:
+            if t.name in wanted:
+                yield t.name, t
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output and node.output[0] in wanted:
+                for a in node.attribute:
+                    if a.name == "value":
+                        yield node.output[0], a.t
+
+
+@contextmanager
+def _as_input(model: onnx.ModelProto, weight: Weight) -> Iterator[np.dtype]:
+    """The model with the weight taken out of its graph and fed as a main-graph input, then put back.
+
+    Yields the weight's numpy dtype.
+    """
+    graph, main = weight.graph, model.graph
+    if weight.constant_node is not None:
+        position = list(graph.node).index(weight.constant_node)
+        holder = graph.node.pop(position)
+        tensor = next(a.t for a in holder.attribute if a.name == "value")
+        restore = lambda: graph.node.insert(position, holder)
+    else:
+        position = next(i for i, t in enumerate(graph.initializer) if t.name == weight.name)
+        tensor = holder = graph.initializer.pop(position)
+        restore = lambda: graph.initializer.insert(position, holder)
+    is_input = graph is main and any(i.name == weight.name for i in main.input)  # before IR 4
+    if not is_input:
+        main.input.append(
+            onnx.helper.make_tensor_value_info(weight.name, tensor.data_type, list(tensor.dims))
+        )
+    try:
+        yield _dtype(tensor)
+    finally:
         if not is_input:
-            graph.input.append(
-                onnx.helper.make_tensor_value_info(name, original.data_type, list(original.dims))
-            )
-        try:
-            sess = session(self.model.SerializeToString())
-        finally:
-            if not is_input:
-                graph.input.pop()
-            graph.initializer.insert(position, original)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(original.data_type)  # without decoding the weight
-        noises = []
-        for value in values:
-            outputs = self._outputs(sess, {name: np.ascontiguousarray(value, dtype=dtype)})
-            err = 0.0
-            for ys, refs in zip(outputs, self.reference):
-                for y, r in zip(ys, refs):
-                    err += float(np.sum((y.astype(np.float64) - r) ** 2))
-            noises.append(err / self.energy if self.energy > 0 else err)
-        return noises
+            main.input.pop()
+        restore()
 
 
 def layer_error(delta_rows: np.ndarray, hessians: Sequence[np.ndarray]) -> float:

@@ -192,12 +192,48 @@ def test_a_validation_error_leaves_no_output(tiny_path, tmp_path):
 def test_validation_inputs_from_npz(tiny, tiny_path, tmp_path):
     np.savez(tmp_path / "in.npz", x=tiny[1]["x"], ids=tiny[1]["ids"])
     report = onnxq.compress(tiny_path, tmp_path / "out.onnx", inputs=str(tmp_path / "in.npz"), bits=6)
-    assert report.validation.inputs == str(tmp_path / "in.npz") and report.validation.samples == 1
+    assert report.validation.inputs == f"{tmp_path / 'in.npz'} (1 samples)" and report.validation.samples == 1
+    assert report.validation.real and report.validation.verdict in ("passed", "FAILED")
     out = run(onnx.load(tmp_path / "out.onnx"), tiny[1])
     ref = run(tiny[0], tiny[1])
     y = ref[0].astype(np.float64)
     sqnr = 10 * np.log10((y**2).sum() / ((y - out[0]) ** 2).sum())
     assert report.validation.outputs[0].sqnr_db == pytest.approx(sqnr, abs=0.01)
+
+
+def test_a_wrong_inputs_file_fails_before_any_weight_is_quantized(tiny_path, tmp_path, monkeypatch):
+    np.savez(tmp_path / "in.npz", x=np.zeros((1, 3, 9, 9), np.float32), ids=np.zeros(6, np.int64))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("quantization started")
+
+    monkeypatch.setattr(onnxq.api.jobs, "run", no_work)
+    with pytest.raises(onnxq.OnnxqError, match=r"x has shape \(1, 3, 9, 9\) in a run"):
+        onnxq.compress(tiny_path, tmp_path / "out.onnx", inputs=str(tmp_path / "in.npz"))
+    assert sorted(os.listdir(tmp_path)) == ["in.npz", "tiny.onnx"]
+
+
+def test_with_calibration_and_no_inputs_it_validates_on_the_calibration_data(tiny, tiny_path, tmp_path):
+    rng = np.random.default_rng(2)
+    np.savez(
+        tmp_path / "cal.npz",
+        x=rng.standard_normal((4, 3, 8, 8)).astype(np.float32),
+        ids=rng.integers(0, 41, 24),
+    )
+    report = onnxq.compress(tiny_path, tmp_path / "out.onnx", bits=6, calibration=str(tmp_path / "cal.npz"))
+    v = report.validation
+    assert v.real and v.samples == 4
+    assert v.inputs == f"calibration data {tmp_path / 'cal.npz'} (4 samples, the ones it was calibrated on)"
+    assert v.gates and "(default)" in v.gates[0]
+
+
+def test_a_failed_gate_keeps_the_output_and_makes_the_report_falsy(tiny, tiny_path, tmp_path):
+    np.savez(tmp_path / "in.npz", x=tiny[1]["x"], ids=tiny[1]["ids"])
+    report = onnxq.compress(
+        tiny_path, tmp_path / "out.onnx", bits=2, inputs=str(tmp_path / "in.npz"), min_cosine=0.9999
+    )
+    assert not report and report.validation.verdict == "FAILED"
+    assert (tmp_path / "out.onnx").is_file()
 
 
 def test_thresholds_set_the_report_truthiness(tiny_path, tmp_path):

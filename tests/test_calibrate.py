@@ -19,19 +19,26 @@ from conftest import MODELS, control_flow_model, make_model, randn, run, tiny_mo
 from onnx import helper, numpy_helper
 
 import onnxq
-from onnxq.calibrate import (
-    LayerSpec,
-    collect_layer_stats,
-    input_units,
-    iter_batches,
-    layer_specs,
-    load_calibration,
-    sample_count,
-    synthetic_calibration,
-)
+from onnxq import data
+from onnxq.calibrate import LayerSpec, collect_layer_stats, layer_specs
 from onnxq.errors import OnnxqError
 from onnxq.patches import conv_columns, conv_pads
 from onnxq.select import find_weights
+
+
+def collect(model, specs, arrays, batch=16):
+    """collect_layer_stats on rectangular arrays (samples along axis 0)."""
+    inputs = data.input_specs(model)
+    return collect_layer_stats(model, specs, data.samples_from(arrays, inputs), inputs, batch)
+
+
+def synthetic(model, samples, seed=0, dims=None):
+    """Seeded synthetic samples on which the model runs (validate.synthetic_plan)."""
+    from onnxq.validate import synthetic_plan
+
+    plan = synthetic_plan(model, conftest.session(model), data.input_specs(model), dims or {}, seed)
+    return plan.feeds(samples, seed)
+
 
 # ---------------------------------------------------------------------------
 # References
@@ -146,7 +153,7 @@ def test_conv_columns_and_stats_match_the_definition(case, rng):
         cols = cols[..., keep.astype(bool)]
     np.testing.assert_array_equal(cols.swapaxes(1, 2), ref)
 
-    stats = collect_layer_stats(model, [spec], {"x": x}, batch=2)["conv"]
+    stats = collect(model, [spec], {"x": x}, batch=2)["conv"]
     mean, hessian = moments(ref)
     assert stats.count == ref.shape[1]
     np.testing.assert_allclose(stats.mean, mean, rtol=1e-5, atol=1e-6)
@@ -168,7 +175,7 @@ def test_gemm_stats_are_the_moments_of_its_input_rows(trans_a, trans_b, rng):
     x = randn(rng, 9, k)
     (spec,) = specs_of(model)
     assert (spec.groups, spec.columns, spec.trans_a) == (1, k, bool(trans_a))
-    stats = collect_layer_stats(model, [spec], {"x": x}, batch=4)["gemm"]
+    stats = collect(model, [spec], {"x": x}, batch=4)["gemm"]
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(stats.mean, x64.mean(0)[None], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(stats.hessian, (x64.T @ x64 / 9)[None], rtol=1e-5, atol=1e-6)
@@ -184,7 +191,7 @@ def test_matmul_flattens_batch_dims_into_rows(rng):
         [numpy_helper.from_array(w, "w")],
     )
     x = randn(rng, 6, 4, 5)
-    stats = collect_layer_stats(model, specs_of(model), {"x": x}, batch=4)["mm"]
+    stats = collect(model, specs_of(model), {"x": x}, batch=4)["mm"]
     rows = np.maximum(x, 0).reshape(-1, 5).astype(np.float64)
     assert stats.count == 24
     np.testing.assert_allclose(stats.mean, rows.mean(0)[None], rtol=1e-6, atol=1e-7)
@@ -220,7 +227,7 @@ def test_statistics_do_not_depend_on_the_batch_size(rng):
     model, x = integer_network(rng)
     specs = specs_of(model)
     assert [s.key for s in specs] == ["c1", "dw", "fc"]
-    results = [collect_layer_stats(model, specs, {"x": x}, batch=b) for b in (1, 7, 14, 5)]
+    results = [collect(model, specs, {"x": x}, batch=b) for b in (1, 7, 14, 5)]
     for other in results[1:]:
         for key, stats in results[0].items():
             assert other[key].count == stats.count
@@ -239,19 +246,10 @@ def test_a_fixed_batch_dimension_sets_the_samples_per_run(rng):
         [numpy_helper.from_array(w, "w")],
     )
     x = randn(rng, 6, 3)
-    stats = collect_layer_stats(model, specs_of(model), {"x": x}, batch=5)["mm"]
+    stats = collect(model, specs_of(model), {"x": x}, batch=5)["mm"]
     np.testing.assert_allclose(stats.hessian[0], x.T.astype(np.float64) @ x / 6, rtol=1e-5)
     with pytest.raises(OnnxqError, match="multiple of 2"):
-        collect_layer_stats(model, specs_of(model), {"x": x[:5]})
-
-
-def test_iter_batches_slices_every_input_along_axis_0():
-    data = {"a": np.arange(10), "b": np.arange(20).reshape(10, 2)}
-    batches = list(iter_batches(data, 4))
-    assert [len(b["a"]) for b in batches] == [4, 4, 2]
-    np.testing.assert_array_equal(np.concatenate([b["b"] for b in batches]), data["b"])
-    with pytest.raises(OnnxqError, match="at least 1"):
-        list(iter_batches(data, 0))
+        collect(model, specs_of(model), {"x": x[:5]})
 
 
 # ---------------------------------------------------------------------------
@@ -307,59 +305,61 @@ def test_a_weight_with_two_consumers_gives_two_specs_and_constant_inputs_none(rn
     }
 
 
-# ---------------------------------------------------------------------------
-# Calibration data
-
-
-def test_load_calibration_reads_named_inputs_and_one_unnamed_array(tmp_path, rng):
-    np.savez(tmp_path / "two.npz", a=randn(rng, 3, 2), b=randn(rng, 3, 5))
-    data = load_calibration(tmp_path / "two.npz", ["b", "a"])
-    assert list(data) == ["b", "a"] and data["b"].shape == (3, 5)
-    np.savez(tmp_path / "one.npz", randn(rng, 4, 2))
-    assert load_calibration(tmp_path / "one.npz", ["input"])["input"].shape == (4, 2)
-
-
-@pytest.mark.parametrize(
-    "write, names, message",
-    [
-        (None, ["x"], "does not exist"),
-        (lambda p: p.write_text("not numpy"), ["x"], "not an npz"),
-        (lambda p: np.save(p.open("wb"), np.zeros(3)), ["x"], "not an npz"),
-        (lambda p: p.write_bytes(b"PK\x03\x04 truncated"), ["x"], "not an npz"),
-        (lambda p: np.savez(p.open("wb"), a=np.zeros((2, 1))), ["x", "y"], r"lacks inputs \['x', 'y'\]"),
-        (lambda p: np.savez(p.open("wb"), x=np.zeros((2, 1)), y=np.zeros((3, 1))), ["x", "y"], "different"),
-        (lambda p: np.savez(p.open("wb"), x=np.zeros((0, 4))), ["x"], "no samples"),
-        (lambda p: np.savez(p.open("wb"), x=np.float32(1)), ["x"], "no sample axis"),
-    ],
-)
-def test_load_calibration_errors_say_how_to_fix_them(tmp_path, write, names, message):
-    path = tmp_path / "data.npz"
-    if write is not None:
-        write(path)
-    with pytest.raises(OnnxqError, match=message) as info:
-        load_calibration(path, names)
-    assert "\n" not in str(info.value)
-
-
 def test_missing_inputs_are_an_error_before_any_run(tiny):
     specs, _ = layer_specs(tiny[0], find_weights(tiny[0], 1)[0])
     with pytest.raises(OnnxqError, match=r"lacks inputs \['ids'\]"):
-        collect_layer_stats(tiny[0], specs, {"x": tiny[1]["x"]})
+        collect(tiny[0], specs, {"x": tiny[1]["x"]})
 
 
-def test_synthetic_calibration_stacks_seeded_samples_along_axis_0():
-    model = make_model(
-        [helper.make_node("Add", ["x", "y"], ["z"])],
-        [value("x", ["N", 1, 4]), value("y", [1, "T", 4])],
-        [value("z", ["N", "T", 4])],
+def masked_matmul(w: np.ndarray) -> onnx.ModelProto:
+    """y = (x * mask) @ w, x (N, S, 4) and an int64 attention mask (N, S)."""
+    return make_model(
+        [
+            helper.make_node("Cast", ["mask"], ["m"], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["m", "axes"], ["m3"]),
+            helper.make_node("Mul", ["x", "m3"], ["xm"]),
+            helper.make_node("MatMul", ["xm", "w"], ["y"], name="mm"),
+        ],
+        [value("x", ["N", "S", 4]), value("mask", ["N", "S"], onnx.TensorProto.INT64)],
+        [value("y", ["N", "S", 3])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([2], np.int64), "axes")],
     )
-    data = synthetic_calibration(model, samples=3, seed=1, dims={"T": 5})
-    assert {n: a.shape for n, a in data.items()} == {"x": (3, 1, 4), "y": (3, 5, 4)}
-    assert data["x"].dtype == np.float32
-    again = synthetic_calibration(conftest.session(model), samples=3, seed=1, dims={"T": 5})
-    np.testing.assert_array_equal(again["y"], data["y"])
-    with pytest.raises(OnnxqError, match="at least one sample"):
-        synthetic_calibration(model, samples=0)
+
+
+def test_padding_rows_are_left_out_of_matmul_statistics(rng):
+    model = masked_matmul(randn(rng, 4, 3))
+    x = randn(rng, 3, 5, 4) + 1.0
+    mask = np.ones((3, 5), np.int64)
+    mask[0, 3:] = mask[2, 1:] = 0  # padding: 2 + 4 of the 15 positions
+    stats = collect(model, specs_of(model), {"x": x, "mask": mask})["mm"]
+    rows = x.reshape(-1, 4)[mask.ravel() != 0].astype(np.float64)
+    assert stats.count == 9
+    np.testing.assert_allclose(stats.mean[0], rows.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats.hessian[0], rows.T @ rows / 9, rtol=1e-5)
+
+
+def test_a_layer_that_sees_no_input_has_no_statistics(rng):
+    """Every position padding: the MatMul sees no row, and gets no entry rather than an error."""
+    model = masked_matmul(randn(rng, 4, 3))
+    x, mask = randn(rng, 2, 5, 4), np.zeros((2, 5), np.int64)
+    assert collect(model, specs_of(model), {"x": x, "mask": mask}) == {}
+
+
+def test_samples_of_different_lengths_each_run_at_their_own(rng):
+    w = randn(rng, 4, 3)
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        [value("x", [1, "S", 4])],
+        [value("y", [1, "S", 3])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    xs = [randn(rng, 1, n, 4) for n in (3, 7, 1)]
+    inputs = data.input_specs(model)
+    samples = data.samples_from({f"x/{i}": x for i, x in enumerate(xs)}, inputs)
+    stats = collect_layer_stats(model, specs_of(model), samples, inputs)["mm"]
+    rows = np.concatenate([x.reshape(-1, 4) for x in xs]).astype(np.float64)
+    assert stats.count == 11
+    np.testing.assert_allclose(stats.hessian[0], rows.T @ rows / 11, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -374,9 +374,9 @@ def test_every_conv_and_gemm_of_a_real_model():
     specs = specs_of(model)
     layers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     assert len(specs) == len(layers)
-    data = synthetic_calibration(model, samples=8, seed=0)
+    samples = synthetic(model, 8)
     start = time.perf_counter()
-    stats = collect_layer_stats(model, specs, data, batch=4)
+    stats = collect_layer_stats(model, specs, samples, data.input_specs(model), batch=4)
     conftest.MEASUREMENTS[
         f"calibration statistics, {len(specs)} layers, 8 samples, mobilenet_v1_0.25_128"
     ] = f"{time.perf_counter() - start:.2f} s"
@@ -387,27 +387,13 @@ def test_every_conv_and_gemm_of_a_real_model():
         assert np.array_equal(h, h.transpose(0, 2, 1))
 
 
-def test_an_input_with_a_fixed_first_dimension_takes_that_many_rows_per_sample():
-    data = {"x": np.arange(5 * 3).reshape(5, 3), "ids": np.arange(5 * 6)}
-    units = {"x": 1, "ids": 6}
-    assert sample_count(data, units=units) == 5
-    batches = list(iter_batches(data, 2, units))
-    assert [len(b["x"]) for b in batches] == [2, 2, 1]
-    assert [len(b["ids"]) for b in batches] == [12, 12, 6]
-    np.testing.assert_array_equal(batches[1]["ids"], np.arange(12, 24))
-    with pytest.raises(OnnxqError, match="takes 6 rows of 'ids' per run; give a multiple of 6, not 29"):
-        sample_count({"x": data["x"], "ids": np.arange(29)}, units=units)
-
-
 def test_data_free_statistics_for_inputs_with_different_fixed_first_dimensions():
     model, _ = tiny_model()  # x is (1, 3, 8, 8) and ids (6,): a sample is 1 image and 6 ids
-    units = input_units(model)
-    assert units == {"x": 1, "ids": 6}
-    data = synthetic_calibration(model, 4)
-    assert sample_count(data, units=units) == 4
+    samples = synthetic(model, 4)
+    assert [s["ids"].shape for s in samples] == [(6,)] * 4
     weights, _ = find_weights(model, 1)
     specs, _ = layer_specs(model, weights)
-    stats = collect_layer_stats(model, specs, data)
+    stats = collect_layer_stats(model, specs, samples, data.input_specs(model))
     assert stats and all(s.count > 0 for s in stats.values())
 
 
@@ -415,12 +401,12 @@ def test_calibration_files_give_fixed_length_inputs_their_rows_per_sample(tmp_pa
     model, _ = tiny_model()
     path = tmp_path / "calib.npz"
     np.savez(path, x=randn(rng, 5, 3, 8, 8), ids=rng.integers(0, 40, 30))
-    data = load_calibration(path, ["x", "ids"], input_units(model))
-    assert sample_count(data, units=input_units(model)) == 5
+    samples = data.read_samples(path, data.input_specs(model), "calibration file")
+    assert len(samples) == 5 and samples[1]["ids"].shape == (6,)
     # GPTQ and bias correction run on it, one sample (1 image and 6 ids) per run.
     _, report = onnxq.compress_model(model, onnxq.Config(bits=5, calibration=str(path), validate=False))
     assert report.calibration.startswith("calibration")
     assert {w.rounding for w in report.weights} >= {"gptq"}
     np.savez(path, x=randn(rng, 5, 3, 8, 8), ids=rng.integers(0, 40, 29))
     with pytest.raises(OnnxqError, match="multiple of 6"):
-        load_calibration(path, ["x", "ids"], input_units(model))
+        data.read_samples(path, data.input_specs(model), "calibration file")

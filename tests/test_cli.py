@@ -79,7 +79,8 @@ def test_compress(tiny_path, tmp_path):
     stdout = flat(result.stdout)
     assert "compressed 6 tensors" in stdout
     assert "x smaller" in stdout
-    assert "validation against the float model (random inputs, 2 runs): passed" in stdout
+    assert "validation against the float model (2 samples): not checked against real data" in stdout
+    assert "hint: pass real inputs with --inputs" in stdout and "passed" not in stdout
     onnx.checker.check_model(onnx.load(tmp_path / "out.onnx"), full_check=True)
 
 
@@ -161,7 +162,7 @@ def test_report_json(tiny_path, tmp_path):
     )
     assert result.exit_code == 0, result.stderr
     d = json.loads((tmp_path / "r.json").read_text())
-    assert d["schema_version"] == 1
+    assert d["schema_version"] == 2
     assert d["summary"]["compressed_tensors"] == 6
     assert d["summary"]["output_bytes"] == (tmp_path / "out.onnx").stat().st_size
 
@@ -190,14 +191,39 @@ def test_min_sqnr_not_met_exits_3(tiny_path, tmp_path):
     result = invoke("compress", tiny_path, tmp_path / "out.onnx", "--min-sqnr", "200", "--samples", "1")
     no_traceback(result)
     assert result.exit_code == 3
-    assert "FAILED" in result.stdout and "--min-sqnr 200" in flat(result.stdout)
+    assert "FAILED" in result.stdout and "< 200 (--min-sqnr)" in flat(result.stdout)
     assert (tmp_path / "out.onnx").is_file()
+    assert (
+        flat(result.stderr)
+        == f"error: {tmp_path / 'out.onnx'} was written, but it failed its validation gate (see above)"
+    )
 
 
-def test_min_agreement_not_met_exits_3(tiny_path, tmp_path):
-    result = invoke("compress", tiny_path, tmp_path / "out.onnx", "--bits", "1", "--min-agreement", "1.01")
+def test_the_default_gate_on_real_inputs_exits_3(tiny, tiny_path, tmp_path):
+    np.savez(tmp_path / "in.npz", x=tiny[1]["x"], ids=tiny[1]["ids"])
+    args = ("compress", tiny_path, tmp_path / "out.onnx", "--bits", "1", "--inputs", tmp_path / "in.npz")
+    result = invoke(*args)
+    assert result.exit_code == 3 and "(default)" in flat(result.stdout)
+    assert invoke(*args, "--min-cosine", "-1").exit_code == 0
+
+
+def test_min_agreement_not_met_exits_3(tiny, tiny_path, tmp_path):
+    np.savez(tmp_path / "in.npz", x=tiny[1]["x"], ids=tiny[1]["ids"])
+    result = invoke(
+        "compress",
+        tiny_path,
+        tmp_path / "out.onnx",
+        "--bits",
+        "1",
+        "--min-agreement",
+        "1",
+        "--min-cosine",
+        "0",
+        "--inputs",
+        tmp_path / "in.npz",
+    )
     assert result.exit_code == 3
-    assert "--min-agreement" in flat(result.stdout)
+    assert "(--min-agreement)" in flat(result.stdout)
 
 
 # ---------------------------------------------------------------------------
@@ -217,7 +243,13 @@ def test_min_agreement_not_met_exits_3(tiny_path, tmp_path):
         (["--format", "zip"], "fold"),
         (["--min-elements", "0"], "--min-elements"),
         (["--samples", "0"], "--samples"),
-        (["--dim", "batch"], "NAME=VALUE"),
+        (["--dim", "batch"], "NAME=SIZE"),
+        (["--dim", "batch=0"], "NAME=SIZE"),
+        (["--dim", "batch=1000000000"], "NAME=SIZE"),
+        (["--min-agreement", "1.01"], "--min-agreement"),
+        (["--min-agreement", "-0.1"], "--min-agreement"),
+        (["--min-cosine", "2"], "--min-cosine"),
+        (["--batch", "0"], "--batch"),
         (["--report", "r.txt"], ".json or .md"),
         (["--no-such-option"], "No such option"),
     ],
@@ -334,7 +366,7 @@ def test_validate(tiny_path, compressed):
     result = invoke("validate", tiny_path, compressed, "--samples", "2")
     no_traceback(result)
     assert result.exit_code == 0
-    assert "(random inputs, 2 runs): passed" in flat(result.stdout)
+    assert "(2 samples): not checked against real data" in flat(result.stdout)
     assert "SQNR" in result.stdout
 
 
@@ -342,7 +374,8 @@ def test_validate_with_inputs(tiny, tiny_path, compressed, tmp_path):
     np.savez(tmp_path / "in.npz", x=tiny[1]["x"], ids=tiny[1]["ids"])
     result = invoke("validate", tiny_path, compressed, "--inputs", tmp_path / "in.npz", "--min-sqnr", "10")
     assert result.exit_code == 0, result.stdout
-    assert "1 runs): passed" in flat(result.stdout)
+    assert "(1 samples): passed" in flat(result.stdout)
+    assert "cosine >= 0.98 on every output (default)" in flat(result.stdout)
 
 
 def test_validate_below_threshold_exits_3(tiny_path, compressed):

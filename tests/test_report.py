@@ -1,4 +1,4 @@
-"""Report: JSON (schema_version 1) and Markdown, and a byte breakdown that adds up."""
+"""Report: JSON (schema_version 2) and Markdown, and a byte breakdown that adds up."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ SUMMARY_KEYS = {
     "compressed_weights",
     "skipped_tensors",
     "bits_per_weight",
+    "widths",
     "passed",
 }
 WEIGHT_KEYS = {
@@ -35,6 +36,7 @@ WEIGHT_KEYS = {
     "codebook_bytes",
     "correlation",
     "sqnr_db",
+    "granularity",
     "rounding",
     "bias_correction",
 }
@@ -56,7 +58,7 @@ def report(tiny_path, tmp_path) -> Report:
 
 def test_json_round_trip(report, tiny_path, tmp_path):
     d = strict_json(report.to_json())
-    assert d["schema_version"] == SCHEMA_VERSION == 1
+    assert d["schema_version"] == SCHEMA_VERSION == 2
     assert set(d["summary"]) == SUMMARY_KEYS
     assert set(d) >= {"config", "summary", "bytes", "weights", "skipped", "validation", "notes", "seconds"}
     assert d["calibration"] is None  # plain --bits needs no data
@@ -105,14 +107,16 @@ def test_skipped_entries_carry_reasons(report):
 
 def test_validation_in_json(report):
     v = strict_json(report.to_json())["validation"]
-    assert v["passed"] is True and v["inputs"] == "random" and v["samples"] == 2
+    assert v["passed"] is True and v["verdict"] == "not checked against real data" and v["samples"] == 2
+    assert v["inputs"].startswith("random inputs: x 1x3x8x8") and v["real"] is False and v["gates"] == []
+    assert v["shapes"] == {"x": [[1, 3, 8, 8]], "ids": [[6]]}
     assert {o["name"] for o in v["outputs"]} == {"y", "e"}
     assert v["failures"] == []
 
 
 def test_infinite_and_nan_values_become_null():
     r = Report(config={}, input_bytes=10, output=Bytes(total=0))
-    r.validation = Validation("random", 1, [OutputComparison("y", 0.0, 0.0, 1.0, float("inf"), None)])
+    r.validation = Validation("random", 1, outputs=[OutputComparison("y", 0.0, 0.0, 1.0, float("inf"), None)])
     d = strict_json(r.to_json())
     assert d["summary"]["ratio"] is None  # nan: no output bytes
     assert d["summary"]["bits_per_weight"] is None
@@ -123,7 +127,8 @@ def test_markdown(report):
     md = report.to_markdown()
     lines = md.splitlines()
     assert lines[0] == "# onnxq compression report"
-    assert "## Validation (random inputs, 2 runs): passed" in md
+    assert "## Validation: not checked against real data" in md
+    assert "- inputs: random inputs: x 1x3x8x8" in md and "- gates: none" in md
     assert "## Compressed weights" in md and "## Skipped float tensors" in md
     for name in WEIGHT_NAMES:
         assert any(line.startswith(f"| {name} |") for line in lines)
@@ -144,7 +149,7 @@ def test_markdown(report):
 def failed(tiny_path, tmp_path) -> Report:
     r = onnxq.compress(tiny_path, tmp_path / "out.onnx", bits=2, min_sqnr=200, samples=1)
     assert not r and not r.validation
-    assert r.validation.failures and "--min-sqnr 200" in r.validation.failures[0]
+    assert r.validation.failures and "< 200 (--min-sqnr)" in r.validation.failures[0]
     return r
 
 
@@ -155,12 +160,12 @@ def test_failed_validation_sets_passed_false(failed):
 def test_failed_validation_is_kept_in_json(failed):
     v = strict_json(failed.to_json())["validation"]
     assert v is not None
-    assert v["passed"] is False and "--min-sqnr 200" in v["failures"][0]
+    assert v["passed"] is False and v["verdict"] == "FAILED" and "< 200 (--min-sqnr)" in v["failures"][0]
 
 
 def test_failed_validation_is_shown_in_markdown(failed):
     md = failed.to_markdown()
-    assert "FAILED" in md and "--min-sqnr 200" in md
+    assert "## Validation: FAILED" in md and "< 200 (--min-sqnr)" in md
 
 
 def test_truthiness():

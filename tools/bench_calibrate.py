@@ -2,7 +2,7 @@
 
     python tools/bench_calibrate.py models/efficientnet_lite0.onnx [--data calib.npz] [--samples 100]
 
-Without --data the inputs are seeded standard-normal samples (synthetic_calibration).
+Without --data the inputs are onnxq's seeded synthetic samples (onnxq.synthetic).
 Wall time counts the collection only, not loading the model or the data. On a machine
 that other jobs keep busy, OPENBLAS_NUM_THREADS=1 can be faster: OpenBLAS's threads
 wait for each other on every small product.
@@ -16,15 +16,10 @@ from pathlib import Path
 
 import onnx
 
-from onnxq.calibrate import (
-    collect_layer_stats,
-    input_units,
-    layer_specs,
-    load_calibration,
-    sample_count,
-    synthetic_calibration,
-)
+from onnxq import data, runtime
+from onnxq.calibrate import collect_layer_stats, layer_specs
 from onnxq.select import find_weights
+from onnxq.validate import synthetic_plan
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,18 +34,17 @@ def main(argv: list[str] | None = None) -> None:
 
     model = onnx.load(args.model)
     specs, skips = layer_specs(model, find_weights(model, 0)[0])
-    units = input_units(model)
-    data = (
-        load_calibration(args.data, list(units), units)
-        if args.data
-        else synthetic_calibration(model, args.samples)
-    )
+    inputs = data.input_specs(model)
+    if args.data:
+        samples = data.read_samples(args.data, inputs, "calibration file")
+    else:
+        plan = synthetic_plan(model, runtime.session(model.SerializeToString()), inputs, {}, 0)
+        samples = plan.feeds(args.samples, 0)
     wall, cpu = time.perf_counter(), time.process_time()
-    stats = collect_layer_stats(model, specs, data, args.batch)
+    stats = collect_layer_stats(model, specs, samples, inputs, args.batch)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    samples = sample_count(data, units=units)
     print(
-        f"{args.model.name}: {len(stats)} layers ({len(skips)} uses skipped), {samples} samples, "
+        f"{args.model.name}: {len(stats)} layers ({len(skips)} uses skipped), {len(samples)} samples, "
         f"batch {args.batch}: {wall:.2f} s wall, {cpu:.2f} s CPU"
     )
 

@@ -1,0 +1,113 @@
+"""--target-bits: a choice per tensor (a width per channel or per tensor, or float), checked as a whole."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_model, value
+from onnx import helper, numpy_helper
+from test_refine import small_cnn
+
+import onnxq
+from onnxq import widths
+from onnxq.api import KEPT_FLOAT
+from onnxq.widths import FLOAT, Choice
+
+
+@pytest.fixture
+def cnn_path(tmp_path):
+    path = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(), path)
+    return path
+
+
+def compress(cnn_path, tmp_path, **options):
+    dst = tmp_path / "out.onnx"
+    options = {"target_bits": 4.0, "min_elements": 1, "validate": False, **options}
+    return onnxq.compress(cnn_path, dst, **options), dst
+
+
+def test_choices_order_and_print():
+    assert sorted([Choice(5), FLOAT, Choice(4, True), Choice(4)]) == [
+        FLOAT,
+        Choice(4),
+        Choice(4, True),
+        Choice(5),
+    ]
+    assert [str(c) for c in (Choice(3), Choice(3, True), FLOAT)] == ["3 bits", "3 bits per tensor", "float"]
+
+
+def fragile_model() -> onnx.ModelProto:
+    """y1 = x @ big (64 x 512); y2 = 1000 * (x @ small) (64 x 2): the small weight's error
+    dominates the outputs' noise, the big one's hardly counts."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["x", "big"], ["y1"], name="big.mm"),
+        helper.make_node("MatMul", ["x", "small"], ["s"], name="small.mm"),
+        helper.make_node("Mul", ["s", "k"], ["y2"]),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((64, 512)).astype(np.float32), "big"),
+        numpy_helper.from_array(rng.standard_normal((64, 2)).astype(np.float32), "small"),
+        numpy_helper.from_array(np.array(1000.0, np.float32), "k"),
+    ]
+    return make_model(nodes, [value("x", ["N", 64])], [value("y1", ["N", 512]), value("y2", ["N", 2])], inits)
+
+
+@pytest.fixture
+def fragile(tmp_path):
+    path = tmp_path / "fragile.onnx"
+    onnx.save(fragile_model(), path)
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "cal.npz", x=rng.standard_normal((32, 64)).astype(np.float32))
+    return path, str(tmp_path / "cal.npz")
+
+
+def test_a_tensor_whose_noise_is_worth_its_float_bytes_stays_in_float(fragile, tmp_path):
+    """The small weight's float bytes (512) cost the big one a bit, which the outputs hardly feel."""
+    path, cal = fragile
+    report, dst = compress(path, tmp_path, calibration=cal)
+    assert [w.name for w in report.weights] == ["big"]
+    assert {s.name: s.reason for s in report.skipped}["small"] == KEPT_FLOAT
+    assert report.widths()["float"] == 1
+    assert any(t.name == "small" for t in onnx.load(dst).graph.initializer)  # as it was
+    spent = sum(w.index_bytes + w.codebook_bytes for w in report.weights) + 128 * 4
+    assert spent <= 4.0 * (64 * 512 + 128) / 8
+
+
+def test_an_allocation_that_measures_worse_than_near_uniform_widths_is_not_kept(
+    fragile, tmp_path, monkeypatch
+):
+    """A measurement that misjudged the fragile weight and put it at the narrowest width: the
+    whole-model check catches it and keeps the near-uniform widths."""
+    path, cal = fragile
+    real, calls = widths._solve, []
+
+    def misjudged(*args):
+        calls.append(real(*args))
+        return {"big": Choice(3), "small": Choice(3)} if len(calls) == 1 else calls[-1]
+
+    monkeypatch.setattr(widths, "_solve", misjudged)
+    report, _ = compress(path, tmp_path, calibration=cal)
+    assert any("kept the near-uniform widths" in n for n in report.notes)
+    assert "float" not in report.widths()  # the near-uniform fallback keeps nothing in float
+
+
+def test_the_width_histogram_counts_every_tensor(cnn_path, tmp_path):
+    report, _ = compress(cnn_path, tmp_path, target_bits=4.5)
+    counts = report.widths()
+    assert sum(counts.values()) == len(report.weights)
+    assert report.to_dict()["summary"]["widths"] == counts
+    assert all(k.endswith(("bits", "per tensor")) for k in counts)
+
+
+def test_offering_one_codebook_per_tensor_follows_the_parameter_cost():
+    from onnxq.codebooks import CODEBOOKS
+    from onnxq.quantize import quantize
+    from onnxq.storage import fold
+
+    rng = np.random.default_rng(0)
+    depthwise = quantize(rng.standard_normal((64, 9)), CODEBOOKS["exponential"], 4, "lsq")  # 16 bits per 9
+    dense = quantize(rng.standard_normal((64, 512)), CODEBOOKS["exponential"], 4, "lsq")  # 16 bits per 512
+    assert widths.offers_per_tensor(depthwise, fold) and not widths.offers_per_tensor(dense, fold)
