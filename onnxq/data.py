@@ -136,6 +136,11 @@ def _by_input(arrays: dict[str, np.ndarray], names: list[str], source: str) -> d
         raise OnnxqError(
             f"{source} lacks inputs {missing}; the model takes {names}, the file has {sorted(arrays)}"
         )
+    unknown = sorted(set(arrays) - set(names))
+    if unknown:
+        raise OnnxqError(
+            f"{source} has arrays for {unknown}, which the model does not take; it takes {names}"
+        )
     return {n: arrays[n] for n in names}
 
 

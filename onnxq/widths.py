@@ -58,10 +58,12 @@ class Allocation:
 
 @dataclass
 class _Priced:
-    """Per weight and choice: bytes, and the layer's output error where quantized."""
+    """Per weight and choice: bytes, the layer's output error, and the weight's error relative to
+    each output channel's energy (averaged over the channels)."""
 
     costs: dict[str, dict[Choice, float]]
     errors: dict[str, dict[Choice, float]]
+    relative: dict[str, dict[Choice, float]]
 
 
 def choose(
@@ -83,38 +85,45 @@ def choose(
     computed holds each weight quantized at some choices (at least the reference width per
     channel, round(target_bits)); make quantizes any other choice the solution needs.
     widths are the candidate widths; when none of them fits, narrower storable ones may.
+    Without real data (source.mode synthetic) no tensor is left in float: a tensor that looks
+    fragile on synthetic inputs may not be on real ones.
     """
     elements = sum(w.array.size for w in weights)
     budget = target_bits * elements / 8
-    priced = _price(weights, computed, layers, fmt)
+    priced = _price(weights, computed, layers, fmt, floats=source.mode == "calibration")
     feeds, used = probe_feeds(source, probe_samples)
     probe = sensitivity.Probe(model, weights, feeds, mask=_mask(source))
     curves, probed = _curves(weights, computed, priced, probe, round(target_bits), progress)
     pools = [_pool(priced, widths), _pool(priced, [b for b in WIDTHS if b <= widths[-1] and storable(b)])]
-    chosen = _solve(priced.costs, curves, pools, budget, fmt, elements)
-    blind = _solve(priced.costs, _relative(weights, priced.errors), pools, budget, fmt, elements)
-    measured = {}
-    for name, allocation in (("measured", chosen), ("blind", blind)):
-        measured[name] = probe.noise_all(
+    options = {
+        "the measured allocation": _solve(priced.costs, curves, pools, budget, fmt, elements),
+        "near-uniform widths": _solve(priced.costs, _blind(priced.relative), pools, budget, fmt, elements),
+    }
+    uniform = {w.name: Choice(round(target_bits)) for w in weights}
+    if sum(priced.costs[n][c] for n, c in uniform.items() if c in priced.costs[n]) <= budget:
+        options[f"uniform {round(target_bits)} bits"] = uniform
+    noise = {
+        label: probe.noise_all(
             {
-                w.name: _values(w, _quantized(w, allocation[w.name], computed, make))
+                w.name: _values(w, _quantized(w, a[w.name], computed, make))
                 for w in weights
-                if allocation[w.name] != FLOAT
+                if a[w.name] != FLOAT
             }
         )
+        for label, a in options.items()
+    }
+    kept = min(noise, key=lambda label: noise[label])
     notes = [
         (
             f"widths chosen by measured sensitivity on {used} of the {len(source.samples)} {source.mode} "
-            f"samples (each tensor measured at {' and '.join(map(str, probed))} bits and scaled by its "
-            "layer's output error; more samples: --sensitivity-samples)"
-        )
+            f"samples (each of the {len(weights)} tensors runs them at {' and '.join(map(str, probed))} bits, "
+            "its noise scaled to other widths by its layer's output error; more samples: --sensitivity-samples)"
+        ),
+        "output noise on those samples, every tensor swapped, as a share of the outputs' energy: "
+        + ", ".join(f"{noise[label]:.3g} with {label}" for label in options)
+        + f"; kept {kept}",
     ]
-    if measured["blind"] < measured["measured"]:
-        notes.append(
-            f"the measured allocation moved the outputs more ({measured['measured']:.3g} of their energy) than "
-            f"near-uniform widths ({measured['blind']:.3g}) on the same samples: kept the near-uniform widths"
-        )
-        chosen = blind
+    chosen = options[kept]
     quantized = {
         w.name: _quantized(w, chosen[w.name], computed, make) for w in weights if chosen[w.name] != FLOAT
     }
@@ -143,29 +152,39 @@ def cost_bytes(q: QuantizedTensor, bits: int, fmt) -> float:
     return fmt.index_bytes(replace(q, bits=bits)) + fmt.codebook_bytes(q)
 
 
-def _price(weights: list[Weight], computed, layers: dict[str, list[Layer]], fmt) -> _Priced:
-    """Bytes of every choice, and layer errors: computed where quantized, else 6 dB per bit from
-    the nearest computed width of the same granularity."""
-    costs: dict[str, dict[Choice, float]] = {}
-    errors: dict[str, dict[Choice, float]] = {}
+def _price(weights: list[Weight], computed, layers: dict[str, list[Layer]], fmt, floats: bool) -> _Priced:
+    """Bytes of every choice (float too, if floats); its layer error and its error relative to
+    each channel's energy: computed where quantized, else 6 dB per bit from the nearest computed
+    width of the same granularity."""
+    priced = _Priced({}, {}, {})
     for w in weights:
-        have = computed[w.name]
-        rows = float_rows(w)
+        rows = float_rows(w).astype(np.float64)
+        energy = np.maximum(np.sum(rows**2, axis=1), np.finfo(np.float64).tiny)
         hs = [layer.stats.hessian for layer in layers.get(w.name, [])]
-        costs[w.name] = {FLOAT: float(w.array.nbytes)}
-        errors[w.name] = {FLOAT: 0.0}
+        priced.costs[w.name] = {FLOAT: float(w.array.nbytes)} if floats else {}
+        priced.errors[w.name] = {FLOAT: 0.0} if floats else {}
+        priced.relative[w.name] = {FLOAT: 0.0} if floats else {}
         for per_tensor in (False, True):
-            known = {c.bits: q for c, q in have.items() if c.per_tensor == per_tensor and c.bits}
+            known = {c.bits: q for c, q in computed[w.name].items() if c.per_tensor == per_tensor and c.bits}
             if not known:
                 continue
-            ref = known[max(known)]
-            e = {b: sensitivity.layer_error(to_rows(w, q.dequantized) - rows, hs) for b, q in known.items()}
-            lo, hi = min(e), max(e)
+            deltas = {b: to_rows(w, q.dequantized) - rows for b, q in known.items()}
+            e = {b: sensitivity.layer_error(d, hs) for b, d in deltas.items()}
+            r = {b: float(np.mean(np.sum(d**2, axis=1) / energy)) for b, d in deltas.items()}
             for b in WIDTHS:
                 c = Choice(b, per_tensor)
-                costs[w.name][c] = cost_bytes(ref, b, fmt)
-                errors[w.name][c] = e.get(b, e[hi] * 4.0 ** (hi - b) if b > hi else e[lo] * 4.0 ** (lo - b))
-    return _Priced(costs, errors)
+                priced.costs[w.name][c] = cost_bytes(known[max(known)], b, fmt)
+                priced.errors[w.name][c] = _at(e, b)
+                priced.relative[w.name][c] = _at(r, b)
+    return priced
+
+
+def _at(known: dict[int, float], bits: int) -> float:
+    """known[bits], or 6 dB per bit from the nearest known width."""
+    if bits in known:
+        return known[bits]
+    lo, hi = min(known), max(known)
+    return known[hi] * 4.0 ** (hi - bits) if bits > hi else known[lo] * 4.0 ** (lo - bits)
 
 
 def offers_per_tensor(q: QuantizedTensor, fmt) -> bool:
@@ -212,11 +231,13 @@ def _gains(
     measured: dict[str, dict[int, float]], errors: dict[str, dict[Choice, float]]
 ) -> dict[str, dict[int, float]]:
     """Per weight and width, measured noise over layer error, interpolated geometrically between the
-    measured widths (sensitivity.noise_curves); a weight not measured takes the median gain."""
+    measured widths (sensitivity.noise_curves). A weight not measured, or whose swap did not move
+    the outputs at all (a branch or loop these samples never run), takes the median gain: no
+    noise on these samples says nothing about real ones."""
     per_width = {
         n: {c.bits: e for c, e in errs.items() if c.bits and not c.per_tensor} for n, errs in errors.items()
     }
-    known = {n: m for n, m in measured.items() if m}
+    known = {n: m for n, m in measured.items() if any(v > 0 for v in m.values())}
     curves = sensitivity.noise_curves(known, {n: per_width[n] for n in known})
     gains = {n: {b: (curves[n][b] / e if e > 0 else 0.0) for b, e in per_width[n].items()} for n in known}
     if len(gains) < len(errors):
@@ -227,16 +248,12 @@ def _gains(
     return gains
 
 
-def _relative(
-    weights: list[Weight], errors: dict[str, dict[Choice, float]]
-) -> dict[str, dict[Choice, float]]:
-    """A noise proxy blind to sensitivity: each tensor's error relative to its own energy. It offers
-    no float: that fallback stays near-uniform widths."""
-    out = {}
-    for w in weights:
-        energy = float(np.sum(w.array.astype(np.float64) ** 2)) or 1.0
-        out[w.name] = {c: e / energy if c.bits else np.inf for c, e in errors[w.name].items()}
-    return out
+def _blind(relative: dict[str, dict[Choice, float]]) -> dict[str, dict[Choice, float]]:
+    """A noise proxy blind to sensitivity: each tensor's error relative to its channels' energy,
+    every tensor alike (as if every layer moved the outputs as much). A channel that one codebook
+    per tensor rounds to zero costs its whole energy. It offers no float: this fallback stays
+    near-uniform widths."""
+    return {n: {c: e if c.bits else np.inf for c, e in per.items()} for n, per in relative.items()}
 
 
 def _pool(priced: _Priced, widths) -> set[Choice]:

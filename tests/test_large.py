@@ -1,17 +1,21 @@
 """Models of 2 GB and more: loaded with their external data, written with it, compressed and run.
 
-Slow (it writes 2.15 GB twice); the bytes live in a temporary folder removed afterwards.
+Slow (it writes 2.15 GB twice) and memory-hungry (8.6 GB peak): a heavy test, which CI runs
+with `python -m pytest -m heavy`. The bytes live in a temporary folder removed afterwards.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from conftest import run
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxq
 from onnxq.io import PROTOBUF_LIMIT
+
+pytestmark = pytest.mark.heavy
 
 SIDE = 16_400  # two float32 SIDE x SIDE tensors: 2.15 GB, just over protobuf's limit
 
