@@ -55,9 +55,7 @@ class Config:
         None  # None: validate.DEFAULT_MIN_COSINE on real inputs, no gate on random ones
     )
     batch: int = DEFAULT_BATCH  # samples per validation run
-    sensitivity_samples: int = (
-        refine.PROBE_SAMPLES
-    )  # --target-bits: samples each tensor's noise is measured on
+    sensitivity_samples: int | None = None  # --target-bits: samples each tensor's noise is measured on
     target_bits: float | None = None  # average bits per weight; None: every tensor at `bits`
     calibration: str | None = None  # npz of calibration inputs; None: synthetic inputs when needed
     calibration_samples: int | None = None  # None: all of the file, or 32 synthetic samples
@@ -116,7 +114,7 @@ class Config:
         if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
             raise OnnxqError(f"--min-cosine must be between -1 and 1; got {self.min_cosine}")
         for key in ("batch", "sensitivity_samples"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise OnnxqError(f"--{key.replace('_', '-')} must be at least 1; got {getattr(self, key)}")
         if self.group_size is not None and (self.group_size < 2 or self.granularity != "channel"):
             raise OnnxqError(

@@ -18,7 +18,6 @@ from onnxq.codebooks import CODEBOOKS
 from onnxq.decompress import decompress
 from onnxq.errors import OnnxqError
 from onnxq.quantize import SCALES, SEARCHES
-from onnxq.refine import PROBE_SAMPLES
 from onnxq.report import Report
 from onnxq.storage import FORMATS
 from onnxq.validate import DEFAULT_BATCH, DEFAULT_MIN_COSINE, Validation, compare_models
@@ -147,13 +146,13 @@ def compress_cmd(
     ] = None,
     batch: Annotated[int, typer.Option(min=1, help="Samples per validation run.")] = DEFAULT_BATCH,
     sensitivity_samples: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
             help="--target-bits: samples each tensor's output noise is measured on (each tensor runs "
-            "them twice).",
+            "them twice). Default: up to 16, fewer when that would take more than a minute.",
         ),
-    ] = PROBE_SAMPLES,
+    ] = None,
     target_bits: Annotated[
         float | None,
         typer.Option(

@@ -11,6 +11,7 @@ measured noise over e_t, interpolated between the measured widths.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -46,8 +47,14 @@ class Probe:
         self.model = model
         self._weights = {w.name: w for w in weights}
         self.feeds = list(feeds)
+        self._samples = sum(
+            len(next(iter(f.values()))) if f and next(iter(f.values())).ndim else 1 for f in self.feeds
+        )
         self.mask = mask
-        self.reference = self._outputs(runtime.session(model.SerializeToString()), {})
+        sess = runtime.session(model.SerializeToString())
+        start = time.perf_counter()
+        self.reference = self._outputs(sess, {})
+        self.seconds = time.perf_counter() - start  # one pass over the feeds
         self.energy = sum(
             float(np.sum(_kept(y, feed, mask).astype(np.float64) ** 2))
             for ys, feed in zip(self.reference, self.feeds)
@@ -57,6 +64,11 @@ class Probe:
     @property
     def names(self) -> list[str]:
         return list(self._weights)
+
+    @property
+    def samples(self) -> int:
+        """The samples each measurement runs (a batched feed counts all its rows)."""
+        return self._samples
 
     def _outputs(self, sess, extra: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
         return [runtime.run(sess, {**feed, **extra}, what="sensitivity probe inputs") for feed in self.feeds]

@@ -78,7 +78,7 @@ def choose(
     fmt,
     storable: Callable[[int], bool] = lambda bits: True,
     progress: Callable[[int, int, str], None] | None = None,
-    probe_samples: int = PROBE_SAMPLES,
+    probe_samples: int | None = None,
 ) -> Allocation:
     """A Choice per weight within target_bits on average (see the module docstring).
 
@@ -86,13 +86,14 @@ def choose(
     channel, round(target_bits)); make quantizes any other choice the solution needs.
     widths are the candidate widths; when none of them fits, narrower storable ones may.
     Without real data (source.mode synthetic) no tensor is left in float: a tensor that looks
-    fragile on synthetic inputs may not be on real ones.
+    fragile on synthetic inputs may not be on real ones. probe_samples: the samples each tensor's
+    noise is measured on; None: up to PROBE_SAMPLES, fewer (at least MIN_PROBE_SAMPLES) when
+    the measurement would take more than PROBE_SECONDS.
     """
     elements = sum(w.array.size for w in weights)
     budget = target_bits * elements / 8
     priced = _price(weights, computed, layers, fmt, floats=source.mode == "calibration")
-    feeds, used = probe_feeds(source, probe_samples)
-    probe = sensitivity.Probe(model, weights, feeds, mask=_mask(source))
+    probe, why = _probe(model, weights, source, probe_samples)
     curves, probed = _curves(weights, computed, priced, probe, round(target_bits), progress)
     pools = [_pool(priced, widths), _pool(priced, [b for b in WIDTHS if b <= widths[-1] and storable(b)])]
     options = {
@@ -115,9 +116,10 @@ def choose(
     kept = min(noise, key=lambda label: noise[label])
     notes = [
         (
-            f"widths chosen by measured sensitivity on {used} of the {len(source.samples)} {source.mode} "
-            f"samples (each of the {len(weights)} tensors runs them at {' and '.join(map(str, probed))} bits, "
-            "its noise scaled to other widths by its layer's output error; more samples: --sensitivity-samples)"
+            f"widths chosen by measured sensitivity on {probe.samples} of the {len(source.samples)} "
+            f"{source.mode} samples (each of the {len(weights)} tensors runs them at "
+            f"{' and '.join(map(str, probed))} bits, its noise scaled to other widths by its layer's "
+            f"output error; {why})"
         ),
         "output noise on those samples, every tensor swapped, as a share of the outputs' energy: "
         + ", ".join(f"{noise[label]:.3g} with {label}" for label in options)
@@ -128,6 +130,30 @@ def choose(
         w.name: _quantized(w, chosen[w.name], computed, make) for w in weights if chosen[w.name] != FLOAT
     }
     return Allocation(chosen, quantized, notes)
+
+
+PROBE_SECONDS = 60.0  # the sensitivity measurement's time, when the sample count is not given
+MIN_PROBE_SAMPLES = 4
+
+
+def _probe(model, weights: list[Weight], source: Data, samples: int | None) -> tuple[sensitivity.Probe, str]:
+    """The probe, on the samples asked for, or on as many as PROBE_SECONDS allow; and why that many."""
+    count = samples or PROBE_SAMPLES
+    feeds, used = probe_feeds(source, count)
+    probe = sensitivity.Probe(model, weights, feeds, mask=_mask(source))
+    per_sample = probe.seconds / max(used, 1)
+    if samples is not None:
+        return probe, "--sensitivity-samples"
+    affordable = int(PROBE_SECONDS / max(2 * len(weights) * per_sample, 1e-9))
+    if affordable >= used or used <= MIN_PROBE_SAMPLES:
+        return probe, "--sensitivity-samples sets more"
+    fewer = max(MIN_PROBE_SAMPLES, affordable)
+    feeds, _ = probe_feeds(source, fewer)
+    why = (
+        f"{fewer} rather than {used}: a sample takes {1000 * per_sample:.0f} ms and each tensor runs them "
+        f"twice, within {PROBE_SECONDS:.0f} s; --sensitivity-samples sets more"
+    )
+    return sensitivity.Probe(model, weights, feeds, mask=_mask(source)), why
 
 
 def _mask(source: Data) -> str | None:
