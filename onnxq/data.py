@@ -127,9 +127,12 @@ def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
         raise OnnxqError(f"{what} {path} is not an npz file ({exc}); write one with numpy.savez") from None
 
 
+_UNNAMED = re.compile(r"arr_\d+")  # numpy.savez's name for an array given without one
+
+
 def _by_input(arrays: dict[str, np.ndarray], names: list[str], source: str) -> dict[str, np.ndarray]:
     """The arrays keyed by input name; one unnamed array is fine for a one-input model."""
-    if len(names) == 1 and len(arrays) == 1 and names[0] not in arrays:
+    if len(names) == 1 and len(arrays) == 1 and _UNNAMED.fullmatch(next(iter(arrays))):
         return {names[0]: next(iter(arrays.values()))}
     missing = [n for n in names if n not in arrays]
     if missing:
@@ -188,7 +191,7 @@ def _runs(arrays: dict[str, np.ndarray], specs: Sequence[InputSpec], source: str
             indexed.setdefault(m.group(1), {})[int(m.group(2))] = array
         else:
             shared[key] = array
-    if len(names) == 1 and not shared and len(indexed) == 1 and names[0] not in indexed:
+    if len(names) == 1 and not shared and len(indexed) == 1 and _UNNAMED.fullmatch(next(iter(indexed))):
         indexed = {names[0]: next(iter(indexed.values()))}
     unknown = sorted((set(indexed) | set(shared)) - set(names))
     if unknown:

@@ -6,6 +6,7 @@ reports a failed load or run in one line.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +47,27 @@ NUMPY_TYPES = {
 Session = ort.InferenceSession
 
 
+_NOISE = [
+    (re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : "), ""),
+    (
+        re.compile(
+            r"Non-zero status code returned while running (\S+) node\. Name:'([^']*)' Status Message: "
+        ),
+        r"\1 node '\2': ",
+    ),
+    (re.compile(r"/onnxruntime_src/\S+:\d+ (\S+\(.*?\) )?"), ""),  # the source file and function
+    (re.compile(r"[\w:]+\(const [^)]*\) "), ""),
+]
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first non-empty line of an exception's message, or its type when it has none."""
+    """The first non-empty line of an exception's message, or its type when it has none, without
+    onnxruntime's status prefix and source locations."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:limit]
+    text = lines[0] if lines else type(exc).__name__
+    for pattern, replacement in _NOISE:
+        text = pattern.sub(replacement, text)
+    return text[:limit]
 
 
 def session(model: bytes | str | Path, spin: bool = True) -> ort.InferenceSession:

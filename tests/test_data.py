@@ -157,3 +157,17 @@ def test_the_mask_input_and_the_rows_it_keeps():
     assert data.kept_rows(np.zeros((2, 3, 8)), mask).tolist() == [True, True, False, True, False, False]
     assert data.kept_rows(np.zeros((6, 8)), mask).tolist() == [True, True, False, True, False, False]
     assert data.kept_rows(np.zeros((2, 8)), mask) is None  # pooled over the sequence: nothing to leave out
+
+
+def test_only_an_array_numpy_left_unnamed_stands_for_the_only_input(tmp_path, rng):
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["y"])], [value("x", ["N", 3])], [value("y", ["N", 3])]
+    )
+    specs = data.input_specs(model)
+    np.savez(tmp_path / "unnamed.npz", randn(rng, 4, 3))  # stored as arr_0
+    assert len(data.read_samples(tmp_path / "unnamed.npz", specs, "inputs file")) == 4
+    np.savez(tmp_path / "named.npz", image=randn(rng, 4, 3))
+    with pytest.raises(
+        OnnxqError, match=r"lacks inputs \['x'\]; the model takes \['x'\], the file has \['image'\]"
+    ):
+        data.read_samples(tmp_path / "named.npz", specs, "inputs file")
