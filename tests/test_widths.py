@@ -55,6 +55,29 @@ def fragile_model() -> onnx.ModelProto:
     return make_model(nodes, [value("x", ["N", 64])], [value("y1", ["N", 512]), value("y2", ["N", 2])], inits)
 
 
+def tiny_channels_model() -> onnx.ModelProto:
+    """A 1x1 Conv from one input channel to 256 (a weight per channel, their scales spread over
+    e^+-4: one codebook per tensor loses the small ones, and per channel the parameters cost
+    more than the weights), whose output is 1000 times the rest's; then a 256 -> 64 1x1 Conv."""
+    rng = np.random.default_rng(0)
+    first = (rng.standard_normal((256, 1, 1, 1)) * np.exp(rng.uniform(-4, 4, (256, 1, 1, 1)))).astype(
+        np.float32
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "first"], ["a"], name="first"),
+        helper.make_node("Mul", ["a", "k"], ["y1"]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "second"], ["y2"], name="second"),
+    ]
+    inits = [
+        numpy_helper.from_array(first, "first"),
+        numpy_helper.from_array((rng.standard_normal((64, 256, 1, 1)) * 0.1).astype(np.float32), "second"),
+        numpy_helper.from_array(np.array(1000.0, np.float32), "k"),
+    ]
+    outputs = [value("y1", ["N", 256, 4, 4]), value("y2", ["N", 64, 4, 4])]
+    return make_model(nodes, [value("x", ["N", 1, 4, 4])], outputs, inits)
+
+
 @pytest.fixture
 def fragile(tmp_path):
     path = tmp_path / "fragile.onnx"
@@ -64,16 +87,27 @@ def fragile(tmp_path):
     return path, str(tmp_path / "cal.npz")
 
 
-def test_a_tensor_whose_noise_is_worth_its_float_bytes_stays_in_float(fragile, tmp_path):
-    """The small weight's float bytes (512) cost the big one a bit, which the outputs hardly feel."""
-    path, cal = fragile
-    report, dst = compress(path, tmp_path, calibration=cal)
-    assert [w.name for w in report.weights] == ["big"]
-    assert {s.name: s.reason for s in report.skipped}["small"] == KEPT_FLOAT
+def test_float_is_a_choice_where_quantizing_hardly_shrinks_a_tensor(tmp_path):
+    """The 256 one-weight channels: 4-bit indices and a 16-bit parameter each cost more than half
+    their float bytes, and their error dominates the outputs: with calibration they stay float."""
+    path = tmp_path / "tiny.onnx"
+    onnx.save(tiny_channels_model(), path)
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "cal.npz", x=rng.standard_normal((16, 1, 4, 4)).astype(np.float32))
+    report, dst = compress(path, tmp_path, calibration=str(tmp_path / "cal.npz"))
+    assert [w.name for w in report.weights] == ["second"]
+    assert {s.name: s.reason for s in report.skipped}["first"] == KEPT_FLOAT
     assert report.widths()["float"] == 1
-    assert any(t.name == "small" for t in onnx.load(dst).graph.initializer)  # as it was
-    spent = sum(w.index_bytes + w.codebook_bytes for w in report.weights) + 128 * 4
-    assert spent <= 4.0 * (64 * 512 + 128) / 8
+    assert any(t.name == "first" for t in onnx.load(dst).graph.initializer)  # as it was
+    spent = sum(w.index_bytes + w.codebook_bytes for w in report.weights) + 256 * 4
+    assert spent <= 4.0 * (256 + 64 * 256) / 8
+
+
+def test_float_is_no_choice_where_quantizing_saves_most_bytes(fragile, tmp_path):
+    """The small weight of the fragile model is as dominant, but 4 bits save 84% of its bytes."""
+    path, cal = fragile
+    report, _ = compress(path, tmp_path, calibration=cal)
+    assert "float" not in report.widths() and {w.name for w in report.weights} == {"big", "small"}
 
 
 def test_an_allocation_that_measures_worse_than_near_uniform_widths_is_not_kept(
