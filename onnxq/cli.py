@@ -100,8 +100,8 @@ def compress_cmd(
         typer.Option(
             callback=_choice("search", SEARCHES),
             help="How x0 is found: exact (branch and bound, proven within 1e-6 of the maximum "
-            "correlation), or fast (grid and golden section, within about 1e-5; about half the "
-            "search time).",
+            "correlation), fast (grid and golden section, within about 1e-5; about half the "
+            "search time), or grid (every value the file can store, scored exactly).",
         ),
     ] = "exact",
     fmt: Annotated[

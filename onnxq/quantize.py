@@ -24,14 +24,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from onnxq import search_exact
+from onnxq import grid, search_exact
 from onnxq.codebooks import Codebook, code_layout, magnitude_count, zero_code
-from onnxq.search import SortedGroups, bin_index, level_magnitudes, maximize_correlation
+from onnxq.search import LOG_X0_MIN, SortedGroups, bin_index, level_magnitudes, maximize_correlation
 
 SCALES = ("variance", "lsq")
 # How x0 is chosen: the fast grid and golden-section search, or a branch and bound
 # that proves the maximum to within 1e-6 (search.py, search_exact.py).
-SEARCHES = {"fast": maximize_correlation, "exact": search_exact.maximize_correlation}
+# The continuous searches; --search grid (grid.py) scores the grid of stored values instead.
+CONTINUOUS = {"fast": maximize_correlation, "exact": search_exact.maximize_correlation}
+SEARCHES = ("grid", *CONTINUOUS)
 DEFAULT_SEARCH = "exact"  # the pipeline's (api.Config.search) and quantize's
 X0_BITS = 6  # ln(x0): codes 0..63; each group takes the one that correlates best
 SCALE_BITS = 10  # ln(s): codes 1..1023, and 0 for an all-zero group
@@ -151,6 +153,56 @@ def _x0_grid(groups: SortedGroups, codebook: Codebook, bits: int, log_x0: np.nda
     return codes, rng
 
 
+COARSE_MIDPOINTS = 2048  # the coarse grid's points times the midpoints of each: its cells' edges
+COARSE_ROWS = 512  # groups the coarse grid scores, evenly spaced
+
+
+def _on_grid(u, live, codebook: Codebook, bits: int, two_params: bool):
+    """ln(x0) per group from the exact scores on two grids (grid.py): a coarse one over all of
+    [LOG_X0_MIN, 0] (on at most COARSE_ROWS groups), then 64 points spanning the coarse optima of
+    the middle 96% of those groups, widened by a coarse step each way. For a codebook that stores ln(x0) those 64 are the stored
+    grid, so each group gets the best value the file can hold. Returns (ln x0, x0 codes or None,
+    their range or None, counts and sums of u per level)."""
+    levels = magnitude_count(bits) + (0 if bits == 1 else 1)
+    coarse = np.linspace(LOG_X0_MIN, 0.0, int(np.clip(COARSE_MIDPOINTS // levels, 16, 128)))
+    g = u.shape[0]
+    log_x0, counts, sums = np.zeros(g), np.zeros((g, levels)), np.zeros((g, levels))
+    codes = np.zeros(g, dtype=np.int64)
+    if not live.any():
+        return log_x0, codes if two_params else None, np.zeros(2, np.float32), counts, sums
+    sample = u[live][
+        :: max(1, int(live.sum()) // COARSE_ROWS)
+    ]  # the range is a percentile: a sample finds it
+    first = grid.best_on_grid(sample, level_magnitudes(codebook, coarse, bits))
+    step = coarse[1] - coarse[0]
+    lo, hi = np.percentile(coarse[first.index], [2.0, 98.0])
+    lo, hi = max(LOG_X0_MIN, lo - step), min(0.0, hi + step)
+    rng = np.array([lo, (hi - lo) / ((1 << X0_BITS) - 1)], dtype=np.float32)
+    points = _decode(np.arange(1 << X0_BITS), rng) if two_params else np.linspace(lo, hi, 1 << X0_BITS)
+    second = grid.best_on_grid(u[live], level_magnitudes(codebook, points, bits))
+    codes[live] = second.index
+    log_x0[live] = points[second.index]
+    counts[live], sums[live] = second.counts, second.sums
+    return log_x0, codes if two_params else None, rng if two_params else None, counts, sums
+
+
+def _searched(u, live, codebook: Codebook, bits: int, two_params: bool, search: str):
+    """ln(x0) per group from a continuous search (CONTINUOUS), then, for a codebook that stores it, the
+    stored grid's best point (_x0_grid). Returns what _on_grid does."""
+    groups = SortedGroups(u)
+    log_x0, _ = CONTINUOUS[search](groups, codebook, bits)
+    codes = rng = None
+    if two_params:
+        codes, rng = _x0_grid(groups, codebook, bits, log_x0, live)
+        log_x0 = _decode(codes, rng)
+    mags = level_magnitudes(codebook, log_x0, bits)
+    index = bin_index(u, 0.5 * (mags[:, 1:] + mags[:, :-1]))
+    flat = (index + np.arange(u.shape[0])[:, None] * mags.shape[1]).ravel()
+    counts = np.bincount(flat, minlength=mags.size).reshape(mags.shape).astype(np.float64)
+    sums = np.bincount(flat, weights=u.ravel(), minlength=mags.size).reshape(mags.shape)
+    return log_x0, codes, rng, counts, sums
+
+
 def _decode(codes: np.ndarray, rng: np.ndarray) -> np.ndarray:
     return (codes.astype(np.float32) * rng[1] + rng[0]).astype(np.float64)
 
@@ -161,11 +213,11 @@ def nearest_codes(w: np.ndarray, table: np.ndarray, bits: int) -> np.ndarray:
     mags = np.abs(table[:, -m - 1 : -1] if bits > 1 else table[:, -m:]).astype(np.float64)
     if bits > 1:
         mags = np.concatenate([np.zeros((mags.shape[0], 1)), mags], axis=1)
-    top = mags[:, -1:].copy()
-    top[top == 0] = 1.0
-    index = bin_index(np.minimum(np.abs(w) / top, 1.0), 0.5 * (mags[:, 1:] + mags[:, :-1]) / top)
     if bits == 1:
         return np.where(w < 0, 0, 1).astype(np.uint8)
+    top = mags[:, -1:].copy()
+    top[top == 0] = 1.0
+    index = grid.count_at_or_below(np.minimum(np.abs(w) / top, 1.0), 0.5 * (mags[:, 1:] + mags[:, :-1]) / top)
     signed = np.where(w < 0, -index, index)
     return (signed + zero_code(bits)).astype(np.uint8)
 
@@ -186,7 +238,7 @@ def quantize(
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}")
     if search not in SEARCHES:
-        raise ValueError(f"search must be one of {tuple(SEARCHES)}")
+        raise ValueError(f"search must be one of {SEARCHES}")
     w64 = np.asarray(w, dtype=np.float64)
     if not np.all(np.isfinite(w64)):
         raise ValueError("weights contain NaN or Inf")
@@ -198,31 +250,28 @@ def quantize(
     live = peak > 0
     norm = np.where(live, peak, 1.0)
     u = np.abs(w64) / norm[:, None]
-    groups = SortedGroups(u)
-    log_x0, _ = SEARCHES[search](groups, codebook, bits)
 
     slope, offset, sign = _code_coefficients(codebook, bits)
     a, _c = codebook.log_coefficients(bits)
     two_params = bool(np.ptp(a) > 0)
-    if two_params:
-        x0_codes, x0_rng = _x0_grid(groups, codebook, bits, log_x0, live)
-        log_x0 = _decode(x0_codes, x0_rng)
+    if search == "grid":
+        log_x0, x0_codes, x0_rng, counts, sums = _on_grid(u, live, codebook, bits, two_params)
+    else:
+        log_x0, x0_codes, x0_rng, counts, sums = _searched(u, live, codebook, bits, two_params, search)
 
-    # The paper's assignment in normalized units, then its rescale.
+    # The paper's assignment in normalized units (counts and sums of u per level), then its rescale.
     mags = level_magnitudes(codebook, log_x0, bits)
-    index = bin_index(u, 0.5 * (mags[:, 1:] + mags[:, :-1]))
-    y = np.take_along_axis(mags, index, axis=1) * norm[:, None]  # magnitudes in w's units
-    absw = np.abs(w64)
-    syy = np.einsum("ij,ij->i", y, y)
+    syy = np.einsum("gl,gl->g", mags * mags, counts)
     safe = np.where(syy > 0, syy, 1.0)
     if scale == "variance":
-        s = np.sqrt(np.einsum("ij,ij->i", absw, absw) / safe)
+        s = np.sqrt(np.einsum("gn,gn->g", u, u) / safe)
     else:
-        s = np.einsum("ij,ij->i", absw, y) / safe
+        s = np.einsum("gl,gl->g", mags, sums) / safe
     live &= s > 0
     log_s = np.log(np.where(live, s * norm, 1.0))  # s scales y/norm = the normalized levels
 
     if two_params:
+        assert x0_codes is not None and x0_rng is not None
         s_codes, s_rng = _encode(log_s, live, SCALE_BITS, zero_code=True)
         x0_codes[~live] = 0
         params = (x0_codes * int(SPLIT) + s_codes).astype(np.uint16)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from test_codebooks import SEARCHED
 
 from onnxq.codebooks import CODEBOOKS
-from onnxq.quantize import SEARCHES
+from onnxq.quantize import CONTINUOUS as SEARCHES
 from onnxq.search import LOG_X0_MIN, SortedGroups, level_magnitudes
 
 BRUTE_POINTS = 20001
