@@ -1,11 +1,11 @@
 """onnxq: shrink the weights of trained ONNX models to a few bits each, without retraining."""
 
 from onnxq.api import Config, compress, compress_model
-from onnxq.codebooks import CODEBOOKS
+from onnxq.check.report import Report
+from onnxq.check.validate import Validation, compare_models
 from onnxq.errors import OnnxqError
-from onnxq.report import Report
+from onnxq.quant.codebooks import CODEBOOKS
 from onnxq.storage import FORMATS
-from onnxq.validate import Validation, compare_models
 
 __version__ = "0.1.0"
 

@@ -13,17 +13,22 @@ from pathlib import Path
 
 import onnx
 
-from onnxq import constfold, data, io, jobs, refine, rewrite, runtime, synthetic, validate
-from onnxq import widths as widths_
-from onnxq.codebooks import CODEBOOKS
+from onnxq import jobs, runtime
+from onnxq.check import validate
+from onnxq.check.report import Bytes, Report, SkipReport, WeightReport
+from onnxq.check.validate import DEFAULT_BATCH
+from onnxq.data import samples as data
+from onnxq.data import synthetic
 from onnxq.errors import OnnxqError
-from onnxq.quantize import DEFAULT_SEARCH, SCALES, SEARCHES, QuantizedTensor
-from onnxq.report import Bytes, Report, SkipReport, WeightReport
-from onnxq.select import FLOAT_TYPES, Weight, find_weights, iter_graphs
+from onnxq.graph import constfold, io, rewrite
+from onnxq.graph.select import FLOAT_TYPES, Weight, find_weights, iter_graphs
+from onnxq.quant.codebooks import CODEBOOKS
+from onnxq.quant.quantize import DEFAULT_SEARCH, SCALES, SEARCHES, QuantizedTensor
+from onnxq.refine import steps as refine
+from onnxq.refine import widths as widths_
+from onnxq.refine.widths import Choice
 from onnxq.storage import CODEBOOK_ATTRIBUTES, CODEBOOK_SUFFIXES, FORMATS, INDICES_SUFFIX
 from onnxq.storage.fold import DOMAIN
-from onnxq.validate import DEFAULT_BATCH
-from onnxq.widths import Choice
 
 GRANULARITIES = ("tensor", "channel")
 ROUNDINGS = ("nearest", "gptq")

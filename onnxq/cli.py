@@ -14,13 +14,13 @@ from rich.table import Table
 
 from onnxq import __version__
 from onnxq.api import GRANULARITIES, MAX_DEFAULT_JOBS, NO_WEIGHTS, ROUNDINGS, Config, compress, default_jobs
-from onnxq.codebooks import CODEBOOKS
-from onnxq.decompress import decompress
+from onnxq.check.decompress import decompress
+from onnxq.check.report import Report
+from onnxq.check.validate import DEFAULT_BATCH, DEFAULT_MIN_COSINE, Validation, compare_models
 from onnxq.errors import OnnxqError
-from onnxq.quantize import SCALES, SEARCHES
-from onnxq.report import Report
+from onnxq.quant.codebooks import CODEBOOKS
+from onnxq.quant.quantize import SCALES, SEARCHES
 from onnxq.storage import FORMATS
-from onnxq.validate import DEFAULT_BATCH, DEFAULT_MIN_COSINE, Validation, compare_models
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 out = Console()

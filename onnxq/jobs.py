@@ -18,12 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxq import refine, rewrite
-from onnxq.codebooks import CODEBOOKS
 from onnxq.errors import OnnxqError, WeightError
-from onnxq.quantize import QuantizedTensor, quantize
-from onnxq.select import Weight
-from onnxq.widths import Choice
+from onnxq.graph import rewrite
+from onnxq.graph.select import Weight
+from onnxq.quant.codebooks import CODEBOOKS
+from onnxq.quant.quantize import QuantizedTensor, quantize
+from onnxq.refine import steps as refine
+from onnxq.refine.widths import Choice
 
 Progress = Callable[[int, int, str], None]
 

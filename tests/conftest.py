@@ -17,10 +17,10 @@ from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq.codebooks import CODEBOOKS
-from onnxq.quantize import quantize
-from onnxq.rewrite import group_rows
-from onnxq.select import find_weights, iter_graphs
+from onnxq.graph.rewrite import group_rows
+from onnxq.graph.select import find_weights, iter_graphs
+from onnxq.quant.codebooks import CODEBOOKS
+from onnxq.quant.quantize import quantize
 
 OPSET = 13
 IR_VERSION = 8
@@ -331,3 +331,56 @@ def no_weights_model(tmp_path: Path, rng) -> Path:
     src = tmp_path / "add.onnx"
     onnx.save(model, src)
     return src
+
+
+def save_external(model: onnx.ModelProto, folder: Path, name: str = "model.onnx") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # onnx.save externalizes in place
+    onnx.save(
+        model,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.bin",
+        size_threshold=0,
+    )
+    return path
+
+
+def relocate(path: Path, location: str) -> None:
+    """Point every external tensor of the saved model at `location`."""
+    model = onnx.load(path, load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    path.write_bytes(model.SerializeToString())
+
+
+def small_cnn(batch: int | str = "N", seed: int = 0) -> onnx.ModelProto:
+    """conv3x3 -> relu -> depthwise 3x3 -> relu -> conv1x1 -> global pool -> gemm: real layer kinds."""
+    rng = np.random.default_rng(seed)
+
+    def t(name, *shape, scale=1.0):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    inits = [
+        t("stem.w", 32, 3, 3, 3, scale=0.3),
+        t("stem.b", 32, scale=0.1),
+        t("dw.w", 32, 1, 3, 3, scale=0.5),
+        t("pw.w", 1024, 32, 1, 1, scale=0.18),
+        t("fc.w", 10, 1024, scale=0.05),
+        t("fc.b", 10, scale=0.1),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "stem.w", "stem.b"], ["a"], pads=[1, 1, 1, 1], name="stem"),
+        helper.make_node("Relu", ["a"], ["a1"]),
+        helper.make_node("Conv", ["a1", "dw.w"], ["b"], pads=[1, 1, 1, 1], group=32, name="dw"),
+        helper.make_node("Relu", ["b"], ["b1"]),
+        helper.make_node("Conv", ["b1", "pw.w"], ["c"], name="pw"),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], transB=1, name="fc"),
+    ]
+    return make_model(nodes, [value("x", [batch, 3, 12, 12])], [value("y", [batch, 10])], inits)

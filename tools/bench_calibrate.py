@@ -16,10 +16,11 @@ from pathlib import Path
 
 import onnx
 
-from onnxq import data, runtime
-from onnxq.calibrate import collect_layer_stats, layer_specs
-from onnxq.select import find_weights
-from onnxq.validate import synthetic_plan
+from onnxq import runtime
+from onnxq.check.validate import synthetic_plan
+from onnxq.data import samples as data
+from onnxq.graph.select import find_weights
+from onnxq.refine.calibrate import collect_layer_stats, layer_specs
 
 
 def main(argv: list[str] | None = None) -> None:

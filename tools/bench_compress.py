@@ -34,8 +34,8 @@ from pathlib import Path
 
 import onnxq
 from onnxq.api import GRANULARITIES, default_jobs
-from onnxq.codebooks import CODEBOOKS
-from onnxq.quantize import SEARCHES
+from onnxq.quant.codebooks import CODEBOOKS
+from onnxq.quant.quantize import SEARCHES
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODELS = ROOT.parent / "shared" / "models"

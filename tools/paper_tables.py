@@ -53,8 +53,8 @@ from imagenet_eval import DEFAULT_IMAGES
 
 import onnxq
 from onnxq.api import GRANULARITIES
-from onnxq.codebooks import CODEBOOKS, Codebook
-from onnxq.search import LOG_X0_MIN, SortedGroups, level_magnitudes, maximize_correlation
+from onnxq.quant.codebooks import CODEBOOKS, Codebook
+from onnxq.quant.search import LOG_X0_MIN, SortedGroups, level_magnitudes, maximize_correlation
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODELS = ROOT.parent / "shared" / "models"

@@ -33,8 +33,8 @@ from bench_compress import SHARED_MODELS, markdown_row
 from imagenet import preset_for
 from imagenet_eval import DEFAULT_IMAGES, load_images, predict_top5, score
 
-from onnxq.codebooks import CODEBOOKS
-from onnxq.search import SortedGroups, bin_index, level_magnitudes, maximize_correlation
+from onnxq.quant.codebooks import CODEBOOKS
+from onnxq.quant.search import SortedGroups, bin_index, level_magnitudes, maximize_correlation
 
 MODELS = ["efficientnet_lite0", "mobilenet_v2_1.0_224"]
 CODINGS = ["exact", "6:10:0", "6:8:0", "6:8:9", "5:8:9", "4:8:9"]

@@ -26,7 +26,7 @@ from imagenet_eval import DEFAULT_IMAGES, load_images, predict_top5, score
 
 import onnxq
 from onnxq.api import GRANULARITIES, default_jobs
-from onnxq.codebooks import CODEBOOKS
+from onnxq.quant.codebooks import CODEBOOKS
 
 MODELS = ["efficientnet_lite0", "mobilenet_v2_1.0_224"]
 Key = tuple[int, str, str]

@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq.packing import pack_bits, pack_rows
-from onnxq.quantize import SPLIT, QuantizedTensor
+from onnxq.quant.packing import pack_bits, pack_rows
+from onnxq.quant.quantize import SPLIT, QuantizedTensor
 
 DOMAIN = "onnxq"
 NAME = "fold"

@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.codebooks import magnitude_count
-from onnxq.quantize import QuantizedTensor
+from onnxq.quant.codebooks import magnitude_count
+from onnxq.quant.quantize import QuantizedTensor
 from onnxq.storage import fold
 
 NAME = "matmulnbits"

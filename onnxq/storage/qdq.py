@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq.codebooks import magnitude_count
 from onnxq.errors import OnnxqError
-from onnxq.quantize import QuantizedTensor
+from onnxq.quant.codebooks import magnitude_count
+from onnxq.quant.quantize import QuantizedTensor
 
 NAME = "qdq"
 SUMMARY = "signed integer levels (int2/int4/int8) and a float step, read by DequantizeLinear"
@@ -67,7 +67,7 @@ def notes(widths: set[int]) -> list[str]:
             name = TensorProto.DataType.Name(element)
             out.append(f"{bits}-bit linear levels stored as {name} ({stored} bits per weight on disk)")
     if widths & {1, 2}:
-        # Seen with onnxruntime 1.32 (tests/test_decompress.py): the weights decode right,
+        # Seen with onnxruntime 1.32 (tests/check/test_decompress.py): the weights decode right,
         # but its DequantizeLinear + MatMul -> MatMulNBits rewrite gets INT2 wrong.
         out.append(
             "INT2 weights feeding MatMul: onnxruntime 1.32 rewrites DequantizeLinear + MatMul into "

@@ -1,0 +1,1 @@
+"""After the rewrite: validation against the float model, the report, decompression."""

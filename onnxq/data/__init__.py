@@ -1,0 +1,1 @@
+"""Inputs for the model: samples from files, and synthetic ones that run it."""

@@ -1,0 +1,1 @@
+"""Load, select, rewrite and save the graph: the stages that touch the model itself."""

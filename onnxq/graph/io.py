@@ -1,0 +1,211 @@
+"""Load a model safely (external data confined to its folder) and save atomically."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError, EncodeError
+from onnx.external_data_helper import uses_external_data
+
+from onnxq.errors import ModelLoadError, OnnxqError
+from onnxq.graph.select import iter_graphs
+
+
+def _external_tensors(model: onnx.ModelProto):
+    for graph in iter_graphs(model.graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX model and its external data; refuse data outside its folder."""
+    return read_model(path)[0]
+
+
+def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
+    """load_model, and the model's size on disk: the .onnx file and its external data files."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path} does not exist; check the path")
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is not a file; pass the .onnx file itself")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}); "
+            "check that the file is complete and really ONNX"
+        ) from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelLoadError(f"{path} holds no ONNX graph; check that the file is really ONNX")
+    folder = path.resolve().parent
+    data_files: set[Path] = set()
+    for tensor in _external_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not target.is_relative_to(folder):
+            raise ModelLoadError(
+                f"external data of tensor {tensor.name!r} points outside the model's folder "
+                f"({location}); move the data file next to the model"
+            )
+        if not target.is_file():
+            raise ModelLoadError(
+                f"external data file {location} of tensor {tensor.name!r} is missing; put it in {folder}"
+            )
+        data_files.add(target)
+    try:
+        onnx.load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the external data of {path}: {exc}") from None
+    try:
+        # By path: the checker cannot take a model of 2 GB or more in memory.
+        onnx.checker.check_model(str(path) if data_files else model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+        raise ModelLoadError(f"{path} is not a valid ONNX model: {first}") from None
+    return model, path.stat().st_size + sum(f.stat().st_size for f in data_files)
+
+
+def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """The output path, after checking that it can be written and is not the input."""
+    dst_path = Path(dst)
+    if not dst_path.parent.resolve().is_dir():
+        raise OnnxqError(f"output folder {dst_path.parent} does not exist; create it or choose another path")
+    if dst_path.exists() and dst_path.resolve() == Path(src).resolve():
+        raise OnnxqError("the output path is the input file; choose a different output path")
+    if dst_path.is_dir():
+        raise OnnxqError(f"{dst_path} is a folder; give a file name such as {dst_path}/out.onnx")
+    return dst_path
+
+
+PROTOBUF_LIMIT = 2**31 - 2**26  # 2 GiB, less a margin for the graph itself
+INLINE_BYTES = 1024  # smaller tensors stay inline: onnxruntime failed on externalized shape tensors
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    """The serialized size, or an estimate from the tensors when protobuf cannot serialize it."""
+    try:
+        return model.ByteSize()
+    except EncodeError:
+        return sum(len(t.raw_data) or t.ByteSize() for t in _external_tensors(model))
+
+
+def serialize(model: onnx.ModelProto) -> bytes:
+    """The model's bytes, for onnxruntime; OnnxqError when protobuf cannot hold it in one message."""
+    try:
+        return model.SerializeToString()
+    except (EncodeError, ValueError):
+        raise OnnxqError(
+            "the model is over protobuf's 2 GB limit in memory; give its file with external data"
+        ) from None
+
+
+def data_file(dst: str | os.PathLike) -> Path:
+    """Where the external data of an output too big for one protobuf goes: beside it."""
+    dst = Path(dst)
+    return dst.parent / f"{dst.name}.data"
+
+
+def _create_hidden(dst: Path) -> str:
+    """A new empty file beside dst with a hidden, unused name, its mode as open() gives.
+
+    (tempfile.mkstemp would make it 0600, and the output would keep that.)
+    """
+    while True:
+        tmp = dst.parent / f".{dst.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
+        except FileExistsError:
+            continue
+        return str(tmp)
+
+
+def write_temp(model: onnx.ModelProto, dst: str | os.PathLike) -> Path:
+    """Write the model to a hidden temporary file beside dst, and return its path.
+
+    A model over protobuf's 2 GB limit keeps its tensors of INLINE_BYTES or more in
+    data_file(dst), written now under its final name (discard removes it), and is
+    checked here, by path, since check_built could not take it in memory.
+    """
+    dst = Path(dst)
+    tmp = _create_hidden(dst)
+    try:
+        if model_bytes(model) < PROTOBUF_LIMIT:
+            Path(tmp).write_bytes(model.SerializeToString())
+        else:
+            data_file(dst).unlink(missing_ok=True)
+            onnx.save_model(
+                model,
+                tmp,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_file(dst).name,
+                size_threshold=INLINE_BYTES,
+            )
+            check_written(Path(tmp))
+    except BaseException:
+        discard(Path(tmp), dst)
+        raise
+    return Path(tmp)
+
+
+def has_external_data(tmp: Path) -> bool:
+    """Whether a written model keeps tensors in an external data file."""
+    return any(
+        uses_external_data(t) for t in _external_tensors(onnx.load(str(tmp), load_external_data=False))
+    )
+
+
+def written_size(tmp: Path, dst: str | os.PathLike) -> int:
+    """Bytes of a temporary output, with its external data if it has any."""
+    return tmp.stat().st_size + (data_file(dst).stat().st_size if has_external_data(tmp) else 0)
+
+
+def check_built(model: onnx.ModelProto) -> None:
+    """onnx's full check of a model onnxq built; one over the protobuf limit is checked
+    by write_temp once written instead."""
+    if model_bytes(model) < PROTOBUF_LIMIT:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except onnx.checker.ValidationError as exc:  # a bug in onnxq, not in the input
+            raise RuntimeError(f"onnxq produced an invalid model: {exc}") from exc
+
+
+def check_written(tmp: Path) -> None:
+    """onnx's checker on a written output (by path, which works beyond 2 GB)."""
+    try:
+        onnx.checker.check_model(str(tmp), full_check=True)
+    except onnx.checker.ValidationError as exc:  # a bug in onnxq, not in the input
+        raise RuntimeError(f"onnxq produced an invalid model: {exc}") from exc
+
+
+def discard(tmp: Path, dst: str | os.PathLike) -> None:
+    """Remove a temporary output and the external data written for it, if any."""
+    if tmp.exists():
+        external = has_external_data(tmp)
+        tmp.unlink()
+        if external:
+            data_file(dst).unlink(missing_ok=True)
+
+
+def commit(tmp: Path, dst: str | os.PathLike) -> None:
+    """Rename a temporary file into place; remove it if that fails."""
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: onnx.ModelProto, dst: str | os.PathLike) -> int:
+    """Write the model to dst through a temporary file and a rename; return its size."""
+    commit(write_temp(model, dst), dst)
+    return Path(dst).stat().st_size

@@ -1,0 +1,126 @@
+"""x0 over a grid, scored exactly for every group at once: corr(u, round(u; levels(x0_k))) for
+every group and every point x0_k, and the best point per group (--search grid).
+
+The levels of each grid point have fixed midpoints, and the union of all of them cuts [0, 1]
+into cells. Each magnitude falls in one cell (cells(), through a table of 2^16 bins, exact),
+and the counts and sums of the magnitudes per (group, cell), summed up in order, give every
+group's counts and sums per level at every grid point, hence its correlation exactly: the
+same numbers as assigning every weight to its nearest level, in O(n) per pass instead of
+O(n) per grid point. quantize.py runs two passes: a coarse grid over all of ln(x0), then the
+64 points that the file stores (6 bits of ln(x0) per group), spanning the coarse optima of the
+middle 96% of the groups; each group takes the stored point with the highest correlation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LUT_BITS = 16  # cells() bins [0, 1] into 2^16 bins; a bin holding a midpoint is resolved exactly
+CELLS_AT_ONCE = 1 << 21  # (group, cell) pairs in one chunk of the histogram: 32 MB of float64 sums
+
+
+def cells(u: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """How many edges are <= each u in [0, 1]: np.searchsorted(edges, u, side="right"), in int32.
+
+    u * 2^16 is exact in binary floating point, so its integer part names the bin [k, k + 1) / 2^16
+    that holds u; a table gives the count for every bin that no edge splits, and only the values
+    in the few bins that one does (about 1% of them for a thousand edges) are searched.
+    """
+    size = 1 << LUT_BITS
+    starts = np.arange(size + 2, dtype=np.float64) / size
+    below = np.searchsorted(edges, starts[:-1], side="right")  # edges <= k / 2^16
+    inside = np.searchsorted(edges, starts[1:], side="left")  # edges < (k + 1) / 2^16
+    table = np.where(below == inside, below, -1).astype(np.int32)
+    out = np.take(table, (u * np.float32(size)).astype(np.int32))
+    split = np.flatnonzero(out < 0)
+    if split.size:
+        out.flat[split] = np.searchsorted(edges, u.flat[split], side="right")
+    return out
+
+
+@dataclass
+class GridScores:
+    """Per group: the best grid point, its correlation, and the counts and sums of u per level there."""
+
+    index: np.ndarray  # (G,) int: the first grid point with the highest correlation
+    correlation: np.ndarray  # (G,)
+    counts: np.ndarray  # (G, L) at the best point
+    sums: np.ndarray  # (G, L)
+
+
+def best_on_grid(u: np.ndarray, levels: np.ndarray) -> GridScores:
+    """The grid point whose levels correlate best with each row of u (G, n), magnitudes in [0, 1].
+
+    levels (K, L): each grid point's ascending magnitude levels. Ties go to the first point.
+    """
+    mids = 0.5 * (levels[:, 1:] + levels[:, :-1])  # (K, L - 1)
+    edges, where = np.unique(mids, return_inverse=True)
+    where = where.reshape(mids.shape)
+    rows = max(1, CELLS_AT_ONCE // (edges.size + 1))
+    parts = [_score_rows(u[i : i + rows], edges, where, levels) for i in range(0, u.shape[0], rows)]
+    return GridScores(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in GridScores.__dataclass_fields__)
+    )
+
+
+def _score_rows(u: np.ndarray, edges: np.ndarray, where: np.ndarray, levels: np.ndarray) -> GridScores:
+    g = u.shape[0]
+    width = edges.size + 1
+    flat = (cells(u, edges) + (np.arange(g, dtype=np.int32) * width)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=g * width).reshape(g, width)
+    sums = np.bincount(flat, weights=u.ravel(), minlength=g * width).reshape(g, width)
+    # Prefix sums over the cells: below[:, j] covers the cells under edge j (cells 0 .. j).
+    below_n = np.concatenate([np.zeros((g, 1)), np.cumsum(counts, axis=1)], axis=1)
+    below_s = np.concatenate([np.zeros((g, 1)), np.cumsum(sums, axis=1)], axis=1)
+    # Counts and sums per level at every grid point: (g, K, L) from the cumulative values at its midpoints.
+    k = levels.shape[0]
+    at = np.concatenate([np.zeros((k, 1), np.int64), where + 1, np.full((k, 1), width)], axis=1)
+    level_n = np.diff(below_n[:, at], axis=2)
+    level_s = np.diff(below_s[:, at], axis=2)
+    suy = np.einsum("gkl,kl->gk", level_s, levels)
+    syy = np.einsum("gkl,kl->gk", level_n, levels * levels)
+    suu = np.einsum("gn,gn->g", u, u, dtype=np.float64)
+    denom = np.sqrt(suu[:, None] * syy)
+    corr = np.divide(suy, denom, out=np.zeros_like(suy), where=denom > 0)
+    best = corr.argmax(axis=1)
+    pick = np.arange(g)
+    return GridScores(best, corr[pick, best], level_n[pick, best], level_s[pick, best])
+
+
+MAX_TABLES = 512  # row signatures with a table of their own; more rows fall back to a plain search
+
+
+def count_at_or_below(v: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Per row, how many of the row's ascending thresholds are <= each value in [0, 1] (int64):
+    search.bin_index, through tables of 2^16 bins shared by the rows whose thresholds fall in the
+    same bins (a codebook's rows differ only in their scale, which the caller divides out); the
+    values in a bin that holds a threshold of their row are resolved exactly."""
+    from onnxq.quant.search import bin_index
+
+    size = 1 << LUT_BITS
+    marks = np.minimum((thresholds * size).astype(np.int64), size)  # the bin of each threshold
+    kinds, kind = np.unique(marks, axis=0, return_inverse=True)
+    kind = kind.ravel()
+    if kinds.shape[0] > MAX_TABLES:
+        return bin_index(v, thresholds)
+    bins = np.arange(size + 1)
+    tables = np.stack([np.searchsorted(k, bins, side="left") for k in kinds]).astype(np.int32)
+    for t, k in zip(tables, kinds):
+        t[k] = -1  # a bin that holds a threshold: its values go either way
+    at = (v * np.float32(size)).astype(np.int32)
+    np.minimum(at, size, out=at)
+    at += (kind.astype(np.int32) * (size + 1))[:, None]
+    out = np.take(tables, at).astype(np.int64)
+    rows, cols = np.nonzero(out < 0)
+    if rows.size:
+        out[rows, cols] = _count_rows(v[rows, cols], thresholds, rows)
+    return out
+
+
+def _count_rows(values: np.ndarray, thresholds: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """How many of thresholds[rows[i]] are <= values[i], every row in one search (rows offset by 2)."""
+    width = thresholds.shape[1]
+    keys = (np.minimum(thresholds, 1.5) + 2.0 * np.arange(thresholds.shape[0])[:, None]).ravel()
+    return np.searchsorted(keys, values + 2.0 * rows, side="right") - rows * width

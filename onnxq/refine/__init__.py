@@ -1,0 +1,1 @@
+"""Data-driven steps: layer statistics, GPTQ, bias correction, measured sensitivity, widths."""

@@ -1,0 +1,250 @@
+"""Per-layer input statistics for GPTQ-style rounding and bias correction.
+
+A layer's weight is seen as G groups of R output rows by K input columns; every
+sample and output position gives each group g one column x_g in R^K that W_g
+multiplies. Over all of them: mean[g] = E[x_g] and hessian[g] = E[x_g x_g^T].
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxq import runtime
+from onnxq.data import samples as data
+from onnxq.data.samples import InputSpec, Sample
+from onnxq.errors import OnnxqError
+from onnxq.graph.select import Skip, Weight
+from onnxq.refine.patches import conv_columns, conv_pads
+
+CHUNK_BYTES = 64 << 20  # the most Conv patches built at once
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One (weight, consuming node) pair whose input statistics to collect."""
+
+    key: str  # the node's name, or its first output when the name is empty or repeated
+    op: str  # "Conv", "Gemm" or "MatMul"
+    activation: str  # the tensor that the weight multiplies
+    weight: str
+    weight_shape: tuple[int, ...]
+    groups: int  # G
+    columns: int  # K
+    trans_a: bool = False  # Gemm: the activation is (K, M)
+    kernel: tuple[int, ...] = ()  # Conv only, from here on
+    strides: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()  # ONNX order: every begin, then every end
+    auto_pad: str = "NOTSET"
+
+
+@dataclass
+class LayerStats:
+    """E[x] and E[x x^T] of a layer's input columns, in float64."""
+
+    mean: np.ndarray  # (G, K)
+    hessian: np.ndarray  # (G, K, K)
+    count: int  # columns accumulated per group: samples x output positions
+
+    def __repr__(self) -> str:
+        return f"LayerStats(mean{self.mean.shape}, hessian{self.hessian.shape}, count={self.count})"
+
+
+def layer_specs(model: onnx.ModelProto, weights: Sequence[Weight]) -> tuple[list[LayerSpec], list[Skip]]:
+    """One spec per (weight, main-graph consumer), and a reason for each use left out."""
+    graph = model.graph
+    by_name = {w.name: w for w in weights}
+    constants = {t.name for t in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    names = Counter(n.name for n in graph.node)
+    specs: list[LayerSpec] = []
+    skips: list[Skip] = []
+    used = set()
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            if name not in by_name or name not in constants:
+                continue  # not a weight, or a weight of a subgraph
+            used.add(name)
+            shape = tuple(by_name[name].array.shape)
+            key = node.name if node.name and names[node.name] == 1 else node.output[0]
+            spec = _spec(node, slot, name, shape, key)
+            if isinstance(spec, str):
+                skips.append(Skip(name, shape, f"{node.op_type} {key}: {spec}"))
+            elif spec.activation in constants:
+                skips.append(Skip(name, shape, f"{node.op_type} {key}: its input is a constant"))
+            else:
+                specs.append(spec)
+    for w in weights:
+        if w.name not in used:
+            reason = "used only inside subgraphs; statistics cover the main graph"
+            skips.append(Skip(w.name, tuple(w.array.shape), reason))
+    return specs, skips
+
+
+def _spec(node: onnx.NodeProto, slot: int, name: str, shape: tuple[int, ...], key: str) -> LayerSpec | str:
+    """The spec of the weight `name` at input `slot` of node, or why there is none."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+    base = {"key": key, "op": op, "activation": node.input[0], "weight": name, "weight_shape": shape}
+    if op == "Conv" and slot == 1:
+        kernel = shape[2:]
+        nd = len(kernel)
+        groups = int(attrs.get("group", 1))
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        return LayerSpec(
+            **base,
+            groups=groups,
+            columns=shape[1] * math.prod(kernel),
+            kernel=kernel,
+            strides=tuple(attrs.get("strides", (1,) * nd)),
+            dilations=tuple(attrs.get("dilations", (1,) * nd)),
+            pads=tuple(attrs.get("pads", ())),
+            auto_pad=auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad),
+        )
+    if op == "Gemm" and slot == 1:
+        columns = shape[1] if attrs.get("transB", 0) else shape[0]
+        return LayerSpec(**base, groups=1, columns=columns, trans_a=bool(attrs.get("transA", 0)))
+    if op == "MatMul" and slot == 1:
+        if len(shape) != 2:
+            return f"a {len(shape)}-D MatMul weight is not supported"
+        return LayerSpec(**base, groups=1, columns=shape[0])
+    if op in ("Gemm", "MatMul"):
+        return "the weight is the first operand, which is not supported"
+    return f"{op} input {slot} is not supported"
+
+
+def collect_layer_stats(
+    model: onnx.ModelProto,
+    layers: Sequence[LayerSpec],
+    samples: Sequence[Sample],
+    specs: Sequence[InputSpec],
+    batch: int = 16,
+) -> dict[str, LayerStats]:
+    """Run the model on the samples, about batch at a time, and accumulate each layer's input
+    statistics. Memory holds one batch of every layer's input. Rows that an attention mask
+    marks as padding are left out of Gemm and MatMul statistics. A layer that saw no input
+    (a branch never taken, a convolution with no output position) has no entry.
+    """
+    if batch < 1:
+        raise OnnxqError(f"the batch size must be at least 1, not {batch}")
+    if not layers:
+        return {}
+    sums = {s.key: _Sums(s) for s in layers}
+    for inputs in _layer_inputs(model, layers, samples, specs, batch):
+        for s in layers:
+            for x in inputs[s.key]:
+                sums[s.key].add(x)
+    return {key: stats for key, acc in sums.items() if (stats := acc.result()) is not None}
+
+
+def _layer_inputs(
+    model: onnx.ModelProto,
+    layers: Sequence[LayerSpec],
+    samples: Sequence[Sample],
+    specs: Sequence[InputSpec],
+    batch: int,
+) -> Iterator[dict[str, list[np.ndarray]]]:
+    """Each layer's input rows (see _rows_first), padding left out, for about batch samples at a time."""
+    fed = {s.name for s in specs}
+    fetch = sorted({s.activation for s in layers} - fed)
+    sess = runtime.session(_with_outputs(model, fetch).SerializeToString(), spin=False) if fetch else None
+    mask = data.mask_input(specs)
+    pending: dict[str, list[np.ndarray]] = {s.key: [] for s in layers}
+    waiting = 0
+    for feed, count in data.batches(samples, specs, batch):
+        values = dict(feed)
+        if sess is not None:
+            values.update(zip(fetch, runtime.run(sess, feed, fetch, "calibration data")))
+        for s in layers:
+            pending[s.key].append(_rows_first(s, values[s.activation], feed.get(mask) if mask else None))
+        waiting += count
+        if waiting >= batch:
+            yield pending
+            pending = {s.key: [] for s in layers}
+            waiting = 0
+    if waiting:
+        yield pending
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy whose only outputs are these tensors, so onnxruntime drops the nodes past them."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.output[:]
+    # Untyped outputs: onnxruntime infers their types, so no shape inference is needed here.
+    out.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    return out
+
+
+def _rows_first(spec: LayerSpec, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """The activation with samples along axis 0: (N, C, *S) for Conv, (M, K) otherwise, without
+    the rows an attention mask marks as padding."""
+    x = np.asarray(x)
+    x = x.astype(np.result_type(x.dtype, np.float32), copy=False)
+    if spec.op == "Conv":
+        return x
+    rows = x.T if spec.op == "Gemm" and spec.trans_a else x.reshape(-1, spec.columns)
+    keep = data.kept_rows(x if not spec.trans_a else rows, mask)
+    return rows if keep is None or keep.size != len(rows) else rows[keep]
+
+
+class _Sums:
+    """Running float64 sums of the columns and of their outer products."""
+
+    def __init__(self, spec: LayerSpec) -> None:
+        self.spec = spec
+        self.total = np.zeros((spec.groups, spec.columns))
+        self.outer = np.zeros((spec.groups, spec.columns, spec.columns))
+        self.count = 0
+
+    def add(self, x: np.ndarray) -> None:
+        """Add a batch: (N, C, *S) for a Conv, (M, K) rows otherwise."""
+        if self.spec.op != "Conv":
+            self._add(slice(0, 1), x.T[None], x.sum(axis=0, dtype=np.float64)[None], len(x))
+            return
+        for groups, cols, keep in self._conv_columns(x):
+            # Pairwise float32 sums along the contiguous axis: accurate, and 4x faster than float64.
+            count = (cols.shape[2] if keep is None else int(keep.sum())) if groups.start == 0 else 0
+            self._add(groups, cols, cols.sum(axis=2), count)
+
+    def _add(self, groups: slice, cols: np.ndarray, total: np.ndarray, count: int) -> None:
+        if cols.shape[1] != self.total.shape[1]:
+            raise OnnxqError(
+                f"{self.spec.key}: its input gives {cols.shape[1]} columns, the weight has "
+                f"{self.total.shape[1]}; check the model's shapes"
+            )
+        # The product in the activation's precision (as cols @ cols.T, which numpy computes with
+        # the symmetric, half-cost BLAS routine); the running sums in float64.
+        self.outer[groups] += np.matmul(cols, cols.transpose(0, 2, 1))
+        self.total[groups] += total
+        self.count += count
+
+    def _conv_columns(self, x: np.ndarray) -> Iterator[tuple[slice, np.ndarray, np.ndarray | None]]:
+        """(groups, columns, keep) chunks covering every sample and group of x once."""
+        spec = self.spec
+        pads = conv_pads(x.shape[2:], spec.kernel, spec.strides, spec.dilations, spec.pads, spec.auto_pad)
+        # Bound the patches built at once: by samples, and by groups when one sample is too big.
+        per_group = x[:1].nbytes // spec.groups * math.prod(spec.kernel) // math.prod(spec.strides)
+        samples = max(1, CHUNK_BYTES // max(per_group * spec.groups, 1))
+        groups = spec.groups if samples > 1 else max(1, CHUNK_BYTES // max(per_group, 1))
+        width = x.shape[1] // spec.groups
+        for start in range(0, len(x), samples):
+            for first in range(0, spec.groups, groups):
+                last = min(first + groups, spec.groups)
+                part = x[start : start + samples, first * width : last * width]
+                cols, keep = conv_columns(part, last - first, spec.kernel, spec.strides, spec.dilations, pads)
+                yield slice(first, last), cols, keep
+
+    def result(self) -> LayerStats | None:
+        """The statistics, or None when no column was seen."""
+        if self.count == 0:
+            return None
+        hessian = self.outer / self.count
+        return LayerStats(self.total / self.count, (hessian + hessian.transpose(0, 2, 1)) / 2, self.count)

@@ -1,0 +1,181 @@
+"""Data-driven quantization: inputs -> layer statistics -> bits per tensor -> codes -> biases.
+
+    data (--calibration npz, or synthetic inputs)  -> E[x], E[x x^T] per layer   (calibrate.py)
+    -> widths minimising measured output noise within --target-bits  (sensitivity.py, allocate.py)
+    -> codes by error-compensating rounding on each layer's H        (gptq.py)
+    -> biases shifted by -(W_q - W) E[x]                             (bias.py)
+
+Plain --bits without calibration, GPTQ or bias correction needs none of this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx
+
+from onnxq.data import samples as data
+from onnxq.data import synthetic
+from onnxq.data.samples import InputSpec, Sample
+from onnxq.errors import OnnxqError
+from onnxq.graph.select import Weight
+from onnxq.quant.quantize import QuantizedTensor, with_codes
+from onnxq.refine import bias, calibrate, sensitivity
+from onnxq.refine.calibrate import LayerSpec, LayerStats
+from onnxq.refine.gptq import damping_for, gptq_codes
+
+SYNTHETIC_SAMPLES = 32
+PROBE_SAMPLES = 16  # calibration samples per sensitivity run
+
+
+@dataclass
+class Data:
+    mode: str  # "calibration" or "synthetic"
+    source: str  # the npz path, or a description of the synthetic inputs
+    samples: list[Sample]
+    specs: list[InputSpec]
+
+    def describe(self) -> str:
+        return f"{self.mode} ({self.source}, {len(self.samples)} samples)"
+
+
+@dataclass
+class Layer:
+    spec: LayerSpec
+    stats: LayerStats
+
+
+def load_data(
+    model: onnx.ModelProto, path: str | None, samples: int | None, seed: int, plan: synthetic.Plan | None
+) -> Data:
+    """The calibration samples (at most `samples`), or synthetic ones from plan when there is no file."""
+    specs = data.input_specs(model)
+    if path is not None:
+        found = data.read_samples(path, specs, "calibration file")
+        return Data("calibration", path, found[:samples] if samples else found, specs)
+    if plan is None:
+        raise OnnxqError("synthetic calibration needs the synthetic inputs' plan; pass --calibration")
+    count = samples or SYNTHETIC_SAMPLES
+    return Data("synthetic", f"random inputs: {plan.describe()}", plan.feeds(count, seed), specs)
+
+
+def layer_statistics(
+    model: onnx.ModelProto, weights: list[Weight], source: Data
+) -> tuple[dict[str, list[Layer]], list[str]]:
+    """Per weight, every main-graph layer that reads it, with its input statistics; and notes on
+    the layers that saw no input."""
+    specs, _ = calibrate.layer_specs(model, weights)
+    stats = calibrate.collect_layer_stats(model, specs, source.samples, source.specs)
+    out: dict[str, list[Layer]] = {}
+    for spec in specs:
+        if spec.key in stats:
+            out.setdefault(spec.weight, []).append(Layer(spec, stats[spec.key]))
+    unseen = [spec.key for spec in specs if spec.key not in stats]
+    notes = []
+    if unseen:
+        notes.append(
+            f"{len(unseen)} layers saw no input in the {source.mode} data (e.g. {unseen[0]}: a branch not "
+            "taken, or no output position); their weights are ranked by weight-space error and rounded "
+            "to the nearest level"
+        )
+    return out, notes
+
+
+def float_rows(weight: Weight) -> np.ndarray:
+    """The weight as (output channels, K), the layout of its layer's input statistics."""
+    a = weight.array
+    if a.ndim < 2:
+        return a.reshape(1, -1)
+    return np.moveaxis(a, weight.axis, 0).reshape(a.shape[weight.axis], -1)
+
+
+def _moved(weight: Weight) -> tuple[int, ...]:
+    s = weight.array.shape
+    return (s[weight.axis], *s[: weight.axis], *s[weight.axis + 1 :])
+
+
+def to_rows(weight: Weight, values: np.ndarray) -> np.ndarray:
+    """Values in a QuantizedTensor's layout (channel rows, or one row in the original order) as (O, K)."""
+    a = weight.array
+    if a.ndim < 2:
+        return values.reshape(1, -1)
+    if values.shape[0] == 1:
+        return np.moveaxis(values.reshape(a.shape), weight.axis, 0).reshape(a.shape[weight.axis], -1)
+    return values.reshape(a.shape[weight.axis], -1)
+
+
+def from_rows(weight: Weight, rows: np.ndarray, layout: tuple[int, ...]) -> np.ndarray:
+    """Inverse of to_rows, for a QuantizedTensor of the given codes shape."""
+    if weight.array.ndim < 2 or layout[0] != 1:
+        return rows.reshape(layout)
+    return to_weight(weight, rows).reshape(layout)
+
+
+def to_weight(weight: Weight, rows: np.ndarray) -> np.ndarray:
+    """(O, K) rows back in the weight's own shape."""
+    if weight.array.ndim < 2:
+        return rows.reshape(weight.array.shape)
+    return np.moveaxis(rows.reshape(_moved(weight)), 0, weight.axis)
+
+
+def _hessian(layers: list[Layer]) -> np.ndarray | None:
+    """The summed H of the layers that read a weight, when they agree on its shape."""
+    hs = [layer.stats.hessian for layer in layers]
+    if not hs or any(h.shape != hs[0].shape for h in hs):
+        return None
+    return np.sum(hs, axis=0)
+
+
+def probe_feeds(source: Data, count: int = PROBE_SAMPLES) -> tuple[list[Sample], int]:
+    """About count samples spread evenly over the data, as runs; and how many samples they hold."""
+    n = len(source.samples)
+    chosen = sorted({int(i) for i in np.linspace(0, n - 1, min(count, n)).round()})
+    picked = [source.samples[i] for i in chosen]
+    runs = [feed for feed, _ in data.batches(picked, source.specs, len(picked))]
+    return runs, len(picked)
+
+
+def output_error(weight: Weight, layers: list[Layer]) -> Callable[[QuantizedTensor], float] | None:
+    """q -> tr(dW H dW^T) over the layers that read the weight, or None without statistics that fit."""
+    rows = float_rows(weight)
+    hs = [layer.stats.hessian for layer in layers]
+    if not hs or any(h.shape[1:] != (rows.shape[1],) * 2 or rows.shape[0] % h.shape[0] for h in hs):
+        return None
+    return lambda q: sensitivity.layer_error(to_rows(weight, q.dequantized) - rows, hs)
+
+
+def round_with_gptq(weight: Weight, q: QuantizedTensor, layers: list[Layer]) -> QuantizedTensor:
+    """q with GPTQ codes, or q itself with its rounding saying why not."""
+    h = _hessian(layers)
+    if h is None:
+        return replace(q, rounding="nearest (no input statistics for this weight)")
+    rows = float_rows(weight)
+    if h.shape[1] != rows.shape[1] or rows.shape[0] % h.shape[0]:
+        return replace(q, rounding="nearest (the weight's layout does not match its layer's input)")
+    # A single level table (tensor granularity) serves every row; H's columns seen set the damping.
+    codes = gptq_codes(q, rows, h, damping_for(h.shape[1], sum(layer.stats.count for layer in layers)))
+    layout = q.codes.shape
+    return replace(
+        with_codes(q, from_rows(weight, rows, layout), from_rows(weight, codes, layout)), rounding="gptq"
+    )
+
+
+def correct_biases(
+    model: onnx.ModelProto, weight: Weight, q: QuantizedTensor, layers: list[Layer]
+) -> list[str]:
+    """Fold each reading layer's mean output shift into its bias; what was done, per layer."""
+    done = []
+    delta = to_rows(weight, q.dequantized).astype(np.float64) - float_rows(weight).astype(np.float64)
+    nodes = {(n.name or n.output[0]): n for n in model.graph.node}
+    by_output = {n.output[0]: n for n in model.graph.node if n.output}
+    for i, layer in enumerate(layers):
+        node = nodes.get(layer.spec.key) or by_output.get(layer.spec.key)
+        if node is None:
+            continue
+        shift = bias.output_shift(delta, layer.stats.mean)
+        fresh = f"{weight.name}.onnxq.bias" + (f"{i}" if i else "")
+        how = bias.correct(model.graph, node, shift, weight.array.dtype, fresh)
+        done.append(f"{layer.spec.key}: {how or 'left alone (its bias is not a constant of the graph)'}")
+    return done

@@ -1,0 +1,323 @@
+"""--target-bits: a storage choice per tensor (a width per channel or per tensor, or float) that
+minimises the model's measured output noise within the budget:
+
+    min sum_t noise_t(c_t)  subject to  sum_t bytes_t(c_t) <= target_bits * sum_t n_t / 8
+
+bytes count the indices, the per-group parameters and, for a tensor left in float, its
+float bytes. noise_t(c) is measured in onnxruntime with t alone swapped (sensitivity.Probe)
+at two widths and scaled to the others by the layer's own output error (sensitivity.py).
+The solution is then checked as a whole: the model with every tensor swapped at once is
+measured against an allocation blind to sensitivity (each tensor's relative error counts
+alike), and the closer of the two is kept, so that a measurement that cannot rank the
+tensors (synthetic inputs that say little about real ones) falls back to near-uniform widths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx
+
+from onnxq.errors import OnnxqError
+from onnxq.graph.select import Weight
+from onnxq.quant.quantize import QuantizedTensor
+from onnxq.refine import allocate, sensitivity
+from onnxq.refine.steps import PROBE_SAMPLES, Data, Layer, float_rows, probe_feeds, to_rows, to_weight
+
+WIDTHS = range(1, 9)  # every width the allocation prices; the fallback's pool is drawn from it
+PER_TENSOR_OFFER = (
+    0.25  # offer one codebook per tensor when per-channel parameters cost this many bits per weight
+)
+
+
+@dataclass(frozen=True, order=True)
+class Choice:
+    """How one tensor is stored: bits per weight (0: left in float), and whether per tensor."""
+
+    bits: int
+    per_tensor: bool = False
+
+    def __str__(self) -> str:
+        if self.bits == 0:
+            return "float"
+        return f"{self.bits} bits" + (" per tensor" if self.per_tensor else "")
+
+
+FLOAT = Choice(0)
+Make = Callable[[Weight, Choice], QuantizedTensor]  # quantizes a weight as a choice says (and rounds it)
+
+
+@dataclass
+class Allocation:
+    chosen: dict[str, Choice]
+    quantized: dict[str, QuantizedTensor]  # every weight not left in float
+    notes: list[str]
+
+
+@dataclass
+class _Priced:
+    """Per weight and choice: bytes, the layer's output error, and the weight's error relative to
+    each output channel's energy (averaged over the channels)."""
+
+    costs: dict[str, dict[Choice, float]]
+    errors: dict[str, dict[Choice, float]]
+    relative: dict[str, dict[Choice, float]]
+
+
+def choose(
+    model: onnx.ModelProto,
+    weights: list[Weight],
+    computed: dict[str, dict[Choice, QuantizedTensor]],
+    layers: dict[str, list[Layer]],
+    source: Data,
+    target_bits: float,
+    widths: list[int],
+    make: Make,
+    fmt,
+    storable: Callable[[int], bool] = lambda bits: True,
+    progress: Callable[[int, int, str], None] | None = None,
+    probe_samples: int | None = None,
+) -> Allocation:
+    """A Choice per weight within target_bits on average (see the module docstring).
+
+    computed holds each weight quantized at some choices (at least the reference width per
+    channel, round(target_bits)); make quantizes any other choice the solution needs.
+    widths are the candidate widths; when none of them fits, narrower storable ones may.
+    Without real data (source.mode synthetic) no tensor is left in float: a tensor that looks
+    fragile on synthetic inputs may not be on real ones. probe_samples: the samples each tensor's
+    noise is measured on; None: up to PROBE_SAMPLES, fewer (at least MIN_PROBE_SAMPLES) when
+    the measurement would take more than PROBE_SECONDS.
+    """
+    elements = sum(w.array.size for w in weights)
+    budget = target_bits * elements / 8
+    priced = _price(weights, computed, layers, fmt)
+    if source.mode == "calibration":
+        _offer_floats(weights, priced, round(target_bits))
+    probe, why = _probe(model, weights, source, probe_samples)
+    curves, probed = _curves(weights, computed, priced, probe, round(target_bits), progress)
+    pools = [_pool(priced, widths), _pool(priced, [b for b in WIDTHS if b <= widths[-1] and storable(b)])]
+    options = {
+        "the measured allocation": _solve(priced.costs, curves, pools, budget, fmt, elements),
+        "near-uniform widths": _solve(priced.costs, _blind(priced.relative), pools, budget, fmt, elements),
+    }
+    uniform = {w.name: Choice(round(target_bits)) for w in weights}
+    if sum(priced.costs[n][c] for n, c in uniform.items() if c in priced.costs[n]) <= budget:
+        options[f"uniform {round(target_bits)} bits"] = uniform
+    noise = {
+        label: probe.noise_all(
+            {
+                w.name: _values(w, _quantized(w, a[w.name], computed, make))
+                for w in weights
+                if a[w.name] != FLOAT
+            }
+        )
+        for label, a in options.items()
+    }
+    kept = min(noise, key=lambda label: noise[label])
+    notes = [
+        (
+            f"widths chosen by measured sensitivity on {probe.samples} of the {len(source.samples)} "
+            f"{source.mode} samples (each of the {len(weights)} tensors runs them at "
+            f"{' and '.join(map(str, probed))} bits, its noise scaled to other widths by its layer's "
+            f"output error; {why})"
+        ),
+        "output noise on those samples, every tensor swapped, as a share of the outputs' energy: "
+        + ", ".join(f"{noise[label]:.3g} with {label}" for label in options)
+        + f"; kept {kept}",
+    ]
+    chosen = options[kept]
+    quantized = {
+        w.name: _quantized(w, chosen[w.name], computed, make) for w in weights if chosen[w.name] != FLOAT
+    }
+    return Allocation(chosen, quantized, notes)
+
+
+PROBE_SECONDS = 60.0  # the sensitivity measurement's time, when the sample count is not given
+MIN_PROBE_SAMPLES = 4
+
+
+def _probe(model, weights: list[Weight], source: Data, samples: int | None) -> tuple[sensitivity.Probe, str]:
+    """The probe, on the samples asked for, or on as many as PROBE_SECONDS allow; and why that many."""
+    count = samples or PROBE_SAMPLES
+    feeds, used = probe_feeds(source, count)
+    probe = sensitivity.Probe(model, weights, feeds, mask=_mask(source))
+    per_sample = probe.seconds / max(used, 1)
+    if samples is not None:
+        return probe, "--sensitivity-samples"
+    affordable = int(PROBE_SECONDS / max(2 * len(weights) * per_sample, 1e-9))
+    if affordable >= used or used <= MIN_PROBE_SAMPLES:
+        return probe, "--sensitivity-samples sets more"
+    fewer = max(MIN_PROBE_SAMPLES, affordable)
+    feeds, _ = probe_feeds(source, fewer)
+    why = (
+        f"{fewer} rather than {used}: a sample takes {1000 * per_sample:.0f} ms and each tensor runs them "
+        f"twice, within {PROBE_SECONDS:.0f} s; --sensitivity-samples sets more"
+    )
+    return sensitivity.Probe(model, weights, feeds, mask=_mask(source)), why
+
+
+def _mask(source: Data) -> str | None:
+    from onnxq.data.samples import mask_input
+
+    return mask_input(source.specs)
+
+
+def _quantized(w: Weight, choice: Choice, computed, make: Make) -> QuantizedTensor:
+    have = computed.setdefault(w.name, {})
+    if choice not in have:
+        have[choice] = make(w, choice)
+    return have[choice]
+
+
+def _values(w: Weight, q: QuantizedTensor) -> np.ndarray:
+    return to_weight(w, to_rows(w, q.dequantized))
+
+
+def cost_bytes(q: QuantizedTensor, bits: int, fmt) -> float:
+    """What a weight costs stored at a width: its indices and its parameters, in the format fmt."""
+    return fmt.index_bytes(replace(q, bits=bits)) + fmt.codebook_bytes(q)
+
+
+def _price(weights: list[Weight], computed, layers: dict[str, list[Layer]], fmt) -> _Priced:
+    """Bytes of every quantized choice; its layer error and its error relative to each channel's
+    energy: computed where quantized, else 6 dB per bit from the nearest computed width of the
+    same granularity."""
+    priced = _Priced({}, {}, {})
+    for w in weights:
+        rows = float_rows(w).astype(np.float64)
+        energy = np.maximum(np.sum(rows**2, axis=1), np.finfo(np.float64).tiny)
+        hs = [layer.stats.hessian for layer in layers.get(w.name, [])]
+        priced.costs[w.name], priced.errors[w.name], priced.relative[w.name] = {}, {}, {}
+        for per_tensor in (False, True):
+            known = {c.bits: q for c, q in computed[w.name].items() if c.per_tensor == per_tensor and c.bits}
+            if not known:
+                continue
+            deltas = {b: to_rows(w, q.dequantized) - rows for b, q in known.items()}
+            e = {b: sensitivity.layer_error(d, hs) for b, d in deltas.items()}
+            r = {b: float(np.mean(np.sum(d**2, axis=1) / energy)) for b, d in deltas.items()}
+            for b in WIDTHS:
+                c = Choice(b, per_tensor)
+                priced.costs[w.name][c] = cost_bytes(known[max(known)], b, fmt)
+                priced.errors[w.name][c] = _at(e, b)
+                priced.relative[w.name][c] = _at(r, b)
+    return priced
+
+
+FLOAT_WORTH = 0.5  # float is offered where storing the weight quantized saves less than half its bytes
+
+
+def _offer_floats(weights: list[Weight], priced: _Priced, reference: int) -> None:
+    """Float as a choice for the weights that quantizing hardly shrinks: the parameters of tiny
+    groups cost about what the weights do. Elsewhere a measurement that makes a tensor look
+    fragile is too uncertain a reason to pay its float bytes (EfficientNet-Lite0 at --target-bits
+    4 with calibration lost 2.1 points of top-1 with two small tensors in float, 1.9 without)."""
+    for w in weights:
+        quantized = priced.costs[w.name][Choice(reference)]  # at the granularity asked for
+        if quantized >= FLOAT_WORTH * w.array.nbytes:
+            priced.costs[w.name][FLOAT] = float(w.array.nbytes)
+            priced.errors[w.name][FLOAT] = priced.relative[w.name][FLOAT] = 0.0
+
+
+def _at(known: dict[int, float], bits: int) -> float:
+    """known[bits], or 6 dB per bit from the nearest known width."""
+    if bits in known:
+        return known[bits]
+    lo, hi = min(known), max(known)
+    return known[hi] * 4.0 ** (hi - bits) if bits > hi else known[lo] * 4.0 ** (lo - bits)
+
+
+def offers_per_tensor(q: QuantizedTensor, fmt) -> bool:
+    """Whether one codebook per tensor is worth offering for a weight quantized per channel (q):
+    its per-channel parameters cost PER_TENSOR_OFFER bits per weight or more."""
+    return q.groups > 1 and 8 * fmt.codebook_bytes(q) / q.codes.size >= PER_TENSOR_OFFER
+
+
+def _curves(weights, computed, priced: _Priced, probe: sensitivity.Probe, target: int, progress):
+    """noise_t(c) for every priced choice: measured per channel at the width nearest the target and
+    at the narrowest computed one, scaled by layer error; per tensor with the same gain; float 0.
+
+    The gain from layer error to output noise changes at low widths, where extrapolating it
+    misjudged tensors; hence the second measurement.
+    """
+    channel_widths = sorted(
+        {c.bits for have in computed.values() for c in have if c.bits and not c.per_tensor}
+    )
+    reference = max(channel_widths[0], min(channel_widths[-1], target))
+    probed = sorted({channel_widths[0], reference})
+    measured: dict[str, dict[int, float]] = {}
+    for i, w in enumerate(weights):
+        have = computed[w.name]
+        values = [_values(w, have[Choice(b)]) for b in probed if Choice(b) in have]
+        try:
+            measured[w.name] = dict(
+                zip([b for b in probed if Choice(b) in have], probe.noise(w.name, values))
+            )
+        except OnnxqError:
+            measured[w.name] = {}  # onnxruntime cannot take it as an input: scaled by the others' gain
+        if progress:
+            progress(i + 1, len(weights), f"sensitivity {w.name}")
+    gains = _gains(measured, priced.errors)
+    curves = {}
+    for w in weights:
+        curves[w.name] = {
+            c: (gains[w.name].get(c.bits, 0.0) * e if c.bits else 0.0)
+            for c, e in priced.errors[w.name].items()
+        }
+    return curves, probed
+
+
+def _gains(
+    measured: dict[str, dict[int, float]], errors: dict[str, dict[Choice, float]]
+) -> dict[str, dict[int, float]]:
+    """Per weight and width, measured noise over layer error, interpolated geometrically between the
+    measured widths (sensitivity.noise_curves). A weight not measured, or whose swap did not move
+    the outputs at all (a branch or loop these samples never run), takes the median gain: no
+    noise on these samples says nothing about real ones."""
+    per_width = {
+        n: {c.bits: e for c, e in errs.items() if c.bits and not c.per_tensor} for n, errs in errors.items()
+    }
+    known = {n: m for n, m in measured.items() if any(v > 0 for v in m.values())}
+    curves = sensitivity.noise_curves(known, {n: per_width[n] for n in known})
+    gains = {n: {b: (curves[n][b] / e if e > 0 else 0.0) for b, e in per_width[n].items()} for n in known}
+    if len(gains) < len(errors):
+        pooled = [g for per in gains.values() for g in per.values() if g > 0]
+        median = float(np.median(pooled)) if pooled else 1.0
+        for n in errors:
+            gains.setdefault(n, {b: median for b in per_width[n]})
+    return gains
+
+
+def _blind(relative: dict[str, dict[Choice, float]]) -> dict[str, dict[Choice, float]]:
+    """A noise proxy blind to sensitivity: each tensor's error relative to its channels' energy,
+    every tensor alike (as if every layer moved the outputs as much). A channel that one codebook
+    per tensor rounds to zero costs its whole energy. It offers no float: this fallback stays
+    near-uniform widths."""
+    return {n: {c: e if c.bits else np.inf for c, e in per.items()} for n, per in relative.items()}
+
+
+def _pool(priced: _Priced, widths) -> set[Choice]:
+    allowed = set(widths)
+    return {c for costs in priced.costs.values() for c in costs if c.bits == 0 or c.bits in allowed}
+
+
+def _solve(costs, curves, pools: list[set[Choice]], budget: float, fmt, elements: int) -> dict[str, Choice]:
+    """The least-noise choices within budget from the first pool that fits one; an error only when
+    even the narrowest storage of every tensor exceeds it."""
+    for pool in pools:
+        try:
+            return allocate.allocate(
+                {n: {c: v for c, v in per.items() if c in pool} for n, per in costs.items()},
+                {n: {c: v for c, v in curves[n].items() if c in pool and c in costs[n]} for n in costs},
+                budget,
+            )
+        except OnnxqError:
+            continue
+    least = sum(min(v for c, v in per.items() if c in pools[-1] and c.bits) for per in costs.values())
+    need = 8 * least / max(elements, 1)
+    raise OnnxqError(
+        f"--target-bits leaves {budget / 1024:.1f} KiB, but the narrowest storage --format {fmt.NAME} "
+        f"allows takes {least / 1024:.1f} KiB with its scales ({need:.2f} bits per weight); raise "
+        f"--target-bits to at least {need + 0.01:.2f}"
+    )

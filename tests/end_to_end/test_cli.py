@@ -1,0 +1,462 @@
+"""The onnxq command line: exit codes 0/1/2/3, one `error: ...` line, no traceback, no leftovers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_model, no_weights_model, relocate, save_external, sha256, value
+from onnx import helper, numpy_helper
+from typer.testing import CliRunner
+
+import onnxq
+from onnxq import cli
+from onnxq.cli import app
+
+ENTRY_POINT = Path(sys.executable).with_name("onnxq")
+
+
+def invoke(*args) -> object:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def flat(text: str) -> str:
+    """Text with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
+def no_traceback(result) -> None:
+    text = result.stdout + result.stderr
+    assert "Traceback" not in text
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+
+
+def error_message(result) -> str:
+    """The one `error: ...` line on stderr, and nothing else."""
+    no_traceback(result)
+    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr)
+    assert result.stderr.startswith("error: "), repr(result.stderr)
+    assert result.stderr.count("\n") == 1 and result.stderr.endswith("\n"), "not one line"
+    assert result.stdout == ""
+    return result.stderr.strip()
+
+
+def files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+# ---------------------------------------------------------------------------
+# Success paths
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"onnxq {onnxq.__version__}"
+
+
+def test_no_arguments_shows_usage():
+    result = invoke()
+    assert result.exit_code in (0, 2)
+    assert "compress" in result.stdout + result.stderr and "validate" in result.stdout + result.stderr
+
+
+def test_compress(tiny_path, tmp_path):
+    before = sha256(tiny_path)
+    result = invoke("compress", tiny_path, tmp_path / "out.onnx", "--bits", "4", "--samples", "2")
+    no_traceback(result)
+    assert result.exit_code == 0, result.stderr
+    assert sha256(tiny_path) == before
+    assert files(tmp_path) == ["out.onnx", "tiny.onnx"]
+    stdout = flat(result.stdout)
+    assert "compressed 6 tensors" in stdout
+    assert "x smaller" in stdout
+    assert "validation against the float model (2 samples): not checked against real data" in stdout
+    assert "hint: pass real inputs with --inputs" in stdout and "passed" not in stdout
+    onnx.checker.check_model(onnx.load(tmp_path / "out.onnx"), full_check=True)
+
+
+def test_options_reach_the_library(tiny_path, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_compress(src, dst, config, progress=None):
+        seen.update(src=src, dst=dst, config=config)
+        return onnxq.Report(config={})
+
+    monkeypatch.setattr(cli, "compress", fake_compress)
+    result = invoke(
+        "compress",
+        tiny_path,
+        tmp_path / "out.onnx",
+        "--bits",
+        "3",
+        "--codebook",
+        "linear",
+        "--granularity",
+        "tensor",
+        "--scale",
+        "variance",
+        "--search",
+        "fast",
+        "--jobs",
+        "3",
+        "--min-elements",
+        "10",
+        "--exclude",
+        "^emb",
+        "--exclude",
+        "conv",
+        "--dim",
+        "batch=4",
+        "--samples",
+        "2",
+        "--seed",
+        "7",
+        "--min-sqnr",
+        "12.5",
+        "--min-agreement",
+        "0.9",
+        "--no-validate",
+    )
+    assert result.exit_code == 0, result.stderr
+    c = seen["config"]
+    assert seen["src"] == tiny_path and seen["dst"] == tmp_path / "out.onnx"
+    assert (c.bits, c.codebook, c.granularity, c.scale, c.search, c.format) == (
+        3,
+        "linear",
+        "tensor",
+        "variance",
+        "fast",
+        "fold",
+    )
+    assert c.jobs == 3
+    assert c.min_elements == 10 and c.exclude == ("^emb", "conv")
+    assert c.dims == {"batch": 4} and c.samples == 2 and c.seed == 7
+    assert c.min_sqnr == 12.5 and c.min_agreement == 0.9 and c.validate is False
+
+
+def test_defaults_reach_the_library(tiny_path, tmp_path, monkeypatch):
+    seen = []
+
+    def fake_compress(src, dst, config, progress=None):
+        seen.append(config)
+        return onnxq.Report(config={})
+
+    monkeypatch.setattr(cli, "compress", fake_compress)
+    assert invoke("compress", tiny_path, tmp_path / "out.onnx").exit_code == 0
+    # Only the worker processes differ: the library runs in its caller's process unless asked.
+    assert seen == [onnxq.Config(jobs=min(os.cpu_count() or 1, 8))]
+
+
+def test_report_json(tiny_path, tmp_path):
+    result = invoke(
+        "compress", tiny_path, tmp_path / "out.onnx", "--report", tmp_path / "r.json", "--samples", "1"
+    )
+    assert result.exit_code == 0, result.stderr
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert d["schema_version"] == 2
+    assert d["summary"]["compressed_tensors"] == 6
+    assert d["summary"]["output_bytes"] == (tmp_path / "out.onnx").stat().st_size
+
+
+def test_report_markdown(tiny_path, tmp_path):
+    result = invoke(
+        "compress", tiny_path, tmp_path / "out.onnx", "--report", tmp_path / "r.md", "--no-validate"
+    )
+    assert result.exit_code == 0, result.stderr
+    md = (tmp_path / "r.md").read_text()
+    assert md.startswith("# onnxq compression report\n")
+    assert "| mm.b | [400, 24] |" in md
+    assert "validation: skipped" in flat(result.stdout)
+
+
+def test_no_compressible_weights_exits_0_with_a_warning(tmp_path, rng):
+    src = no_weights_model(tmp_path, rng)
+    result = invoke("compress", src, tmp_path / "out.onnx")
+    no_traceback(result)
+    assert result.exit_code == 0
+    assert "no compressible weights" in flat(result.stdout + result.stderr)
+    assert (tmp_path / "out.onnx").read_bytes() == src.read_bytes()
+
+
+def test_min_sqnr_not_met_exits_3(tiny_path, tmp_path):
+    result = invoke("compress", tiny_path, tmp_path / "out.onnx", "--min-sqnr", "200", "--samples", "1")
+    no_traceback(result)
+    assert result.exit_code == 3
+    assert "FAILED" in result.stdout and "< 200 (--min-sqnr)" in flat(result.stdout)
+    assert (tmp_path / "out.onnx").is_file()
+    assert (
+        flat(result.stderr)
+        == f"error: {tmp_path / 'out.onnx'} was written, but it failed its validation gate (see above)"
+    )
+
+
+def test_the_default_gate_on_real_inputs_exits_3(tiny, tiny_path, tmp_path):
+    np.savez(tmp_path / "in.npz", x=tiny[1]["x"], ids=tiny[1]["ids"])
+    args = ("compress", tiny_path, tmp_path / "out.onnx", "--bits", "1", "--inputs", tmp_path / "in.npz")
+    result = invoke(*args)
+    assert result.exit_code == 3 and "(default)" in flat(result.stdout)
+    assert invoke(*args, "--min-cosine", "-1").exit_code == 0
+
+
+def test_min_agreement_not_met_exits_3(tiny, tiny_path, tmp_path):
+    np.savez(tmp_path / "in.npz", x=tiny[1]["x"], ids=tiny[1]["ids"])
+    result = invoke(
+        "compress",
+        tiny_path,
+        tmp_path / "out.onnx",
+        "--bits",
+        "1",
+        "--min-agreement",
+        "1",
+        "--min-cosine",
+        "0",
+        "--inputs",
+        tmp_path / "in.npz",
+    )
+    assert result.exit_code == 3
+    assert "(--min-agreement)" in flat(result.stdout)
+
+
+# ---------------------------------------------------------------------------
+# Usage errors: exit 2
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--bits", "0"], "--bits"),
+        (["--bits", "9"], "--bits"),
+        (["--bits", "five"], "--bits"),
+        (["--codebook", "lloyd"], "kmeans, auto"),
+        (["--granularity", "row"], "tensor, channel"),
+        (["--scale", "max"], "variance, lsq"),
+        (["--search", "bisect"], "grid, fast, exact"),
+        (["--format", "zip"], "fold"),
+        (["--min-elements", "0"], "--min-elements"),
+        (["--samples", "0"], "--samples"),
+        (["--dim", "batch"], "NAME=SIZE"),
+        (["--dim", "batch=0"], "NAME=SIZE"),
+        (["--dim", "batch=1000000000"], "NAME=SIZE"),
+        (["--min-agreement", "1.01"], "--min-agreement"),
+        (["--min-agreement", "-0.1"], "--min-agreement"),
+        (["--min-cosine", "2"], "--min-cosine"),
+        (["--batch", "0"], "--batch"),
+        (["--report", "r.txt"], ".json or .md"),
+        (["--no-such-option"], "No such option"),
+    ],
+)
+def test_usage_errors_exit_2(args, expected, tiny_path, tmp_path):
+    before = files(tmp_path)
+    result = invoke("compress", tiny_path, tmp_path / "out.onnx", *args)
+    no_traceback(result)
+    assert result.exit_code == 2
+    assert expected in flat(result.stderr)
+    assert files(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------
+# Bad input: exit 1, one error message, nothing left behind
+
+
+def bad_inputs(kind: str, tmp_path: Path, tiny) -> tuple[Path, Path, str]:
+    """(src, dst, expected words in the message) for one kind of bad input."""
+    dst = tmp_path / "out.onnx"
+    good = tmp_path / "good.onnx"
+    onnx.save(tiny[0], good)
+    if kind == "not-onnx":
+        src = tmp_path / "notes.onnx"
+        src.write_text("these are my notes, not a model\n" * 20)
+        return src, dst, "not a readable ONNX model"
+    if kind == "truncated":
+        src = tmp_path / "half.onnx"
+        data = good.read_bytes()
+        src.write_bytes(data[: len(data) // 2])
+        return src, dst, "ONNX"
+    if kind == "missing":
+        return tmp_path / "missing.onnx", dst, "does not exist"
+    if kind == "external-missing":
+        src = save_external(tiny[0], tmp_path / "ext")
+        (tmp_path / "ext" / "model.bin").unlink()
+        return src, dst, "is missing"
+    if kind == "external-outside":
+        src = save_external(tiny[0], tmp_path / "ext")
+        shutil.move(tmp_path / "ext" / "model.bin", tmp_path / "x.bin")
+        relocate(src, "../x.bin")
+        return src, dst, "outside the model's folder"
+    if kind == "no-output-folder":
+        return good, tmp_path / "nowhere" / "out.onnx", "does not exist"
+    if kind == "output-is-input":
+        return good, good, "the output path is the input file"
+    if kind == "output-is-folder":
+        return good, tmp_path, "is a folder"
+    raise AssertionError(kind)
+
+
+BAD_INPUTS = [
+    "not-onnx",
+    "truncated",
+    "missing",
+    "external-missing",
+    "external-outside",
+    "no-output-folder",
+    "output-is-input",
+    "output-is-folder",
+]
+
+
+@pytest.mark.parametrize("kind", BAD_INPUTS)
+def test_bad_input_gives_one_error_and_leaves_nothing(kind, tmp_path, tiny):
+    src, dst, words = bad_inputs(kind, tmp_path, tiny)
+    before = files(tmp_path)
+    hashes = {p: sha256(tmp_path / p) for p in before if (tmp_path / p).is_file()}
+    result = invoke("compress", src, dst)
+    message = error_message(result)
+    assert words in message
+    assert files(tmp_path) == before, "an output or temporary file was left behind"
+    assert {p: sha256(tmp_path / p) for p in hashes} == hashes, "an input file changed"
+
+
+def test_a_long_error_message_stays_on_one_line(tmp_path):
+    src = tmp_path / ("a_rather_long_folder_name_" * 3) / "model_with_a_long_name.onnx"
+    result = invoke("compress", src, tmp_path / "out.onnx")
+    assert len(str(src)) > 100
+    assert "does not exist" in error_message(result)
+
+
+def test_report_in_a_missing_folder_is_a_clean_error(tiny_path, tmp_path):
+    result = invoke(
+        "compress",
+        tiny_path,
+        tmp_path / "out.onnx",
+        "--no-validate",
+        "--report",
+        tmp_path / "nowhere" / "r.json",
+    )
+    error_message(result)
+    assert files(tmp_path) == ["tiny.onnx"]
+
+
+def test_unreadable_inputs_npz_leaves_nothing(tiny_path, tmp_path):
+    result = invoke("compress", tiny_path, tmp_path / "out.onnx", "--inputs", tmp_path / "missing.npz")
+    assert "does not exist" in error_message(result)
+    assert files(tmp_path) == ["tiny.onnx"]
+
+
+# ---------------------------------------------------------------------------
+# validate
+
+
+@pytest.fixture
+def compressed(tiny_path, tmp_path) -> Path:
+    dst = tmp_path / "out.onnx"
+    onnxq.compress(tiny_path, dst, bits=6, validate=False)
+    return dst
+
+
+def test_validate(tiny_path, compressed):
+    result = invoke("validate", tiny_path, compressed, "--samples", "2")
+    no_traceback(result)
+    assert result.exit_code == 0
+    assert "(2 samples): not checked against real data" in flat(result.stdout)
+    assert "SQNR" in result.stdout
+
+
+def test_validate_with_inputs(tiny, tiny_path, compressed, tmp_path):
+    np.savez(tmp_path / "in.npz", x=tiny[1]["x"], ids=tiny[1]["ids"])
+    result = invoke("validate", tiny_path, compressed, "--inputs", tmp_path / "in.npz", "--min-sqnr", "10")
+    assert result.exit_code == 0, result.stdout
+    assert "(1 samples): passed" in flat(result.stdout)
+    assert "cosine >= 0.98 on every output (default)" in flat(result.stdout)
+
+
+def test_validate_below_threshold_exits_3(tiny_path, compressed):
+    result = invoke("validate", tiny_path, compressed, "--min-sqnr", "200")
+    assert result.exit_code == 3
+    assert "FAILED" in result.stdout
+
+
+def test_validate_missing_model(tiny_path, tmp_path):
+    result = invoke("validate", tiny_path, tmp_path / "missing.onnx")
+    assert "does not exist" in error_message(result)
+
+
+def test_validate_not_onnx(tiny_path, tmp_path):
+    (tmp_path / "bad.onnx").write_text("not a model")
+    result = invoke("validate", tiny_path, tmp_path / "bad.onnx")
+    assert "onnxruntime cannot load the model" in error_message(result)
+
+
+# ---------------------------------------------------------------------------
+# The installed entry point, for real
+
+
+@pytest.mark.skipif(not ENTRY_POINT.exists(), reason=f"no onnxq entry point at {ENTRY_POINT}")
+def test_entry_point_version():
+    done = subprocess.run(
+        [str(ENTRY_POINT), "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"onnxq {onnxq.__version__}"
+
+
+@pytest.mark.skipif(not ENTRY_POINT.exists(), reason=f"no onnxq entry point at {ENTRY_POINT}")
+def test_entry_point_compress_and_bad_input(tiny_path, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # a narrow, non-terminal stderr
+    ok = subprocess.run(
+        [str(ENTRY_POINT), "compress", str(tiny_path), str(tmp_path / "out.onnx"), "--samples", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "out.onnx").is_file()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00" * 100)
+    done = subprocess.run(
+        [str(ENTRY_POINT), "compress", str(bad), str(tmp_path / "out2.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, repr(done.stderr)
+    assert not (tmp_path / "out2.onnx").exists()
+
+
+def test_a_bad_exclude_regex_is_a_usage_error(tiny_path, tmp_path):
+    result = invoke("compress", tiny_path, tmp_path / "out.onnx", "--exclude", "(")
+    assert result.exit_code == 2
+    assert "not a valid regular expression" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert files(tmp_path) == ["tiny.onnx"]
+
+
+def test_an_old_opset_is_upgraded_and_said_so(tmp_path):
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        [value("x", [1, 32])],
+        [value("y", [1, 32])],
+        [numpy_helper.from_array(np.ones((32, 32), np.float32), "W")],
+        opset=10,
+    )
+    src = tmp_path / "old.onnx"
+    onnx.save(model, src)
+    result = invoke("compress", src, tmp_path / "out.onnx", "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.stderr
+    notes = json.loads((tmp_path / "r.json").read_text())["notes"]
+    assert any("upgraded the default opset from 10 to 11" in n for n in notes)
+    out = onnx.load(tmp_path / "out.onnx")
+    assert [i.version for i in out.opset_import if i.domain == ""] == [11]

@@ -1,0 +1,178 @@
+"""Loading (external data confined to the model's folder) and atomic saving."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from conftest import relocate, run, save_external, sha256
+from onnx import helper
+
+import onnxq
+from onnxq.errors import ModelLoadError
+from onnxq.graph import io
+
+
+def test_load_round_trip(tiny, tiny_path):
+    loaded = io.load_model(tiny_path)
+    assert loaded.SerializeToString() == tiny[0].SerializeToString()
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        io.load_model(tmp_path / "nope.onnx")
+
+
+def test_a_folder_is_not_a_model(tmp_path):
+    with pytest.raises(ModelLoadError, match="is not a file"):
+        io.load_model(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"this is plain text, not a protobuf\n", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)), b""],
+    ids=["text", "jpeg", "empty"],
+)
+def test_not_onnx(tmp_path, content):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError, match="ONNX"):
+        io.load_model(path)
+
+
+def test_truncated_file(tiny_path, tmp_path):
+    data = tiny_path.read_bytes()
+    path = tmp_path / "half.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="ONNX"):
+        io.load_model(path)
+
+
+def test_invalid_graph_is_reported_by_the_checker(tmp_path, tiny):
+    model = onnx.ModelProto()
+    model.CopyFrom(tiny[0])
+    model.graph.node[0].input[0] = "undefined_tensor"
+    path = tmp_path / "invalid.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelLoadError, match="not a valid ONNX model"):
+        io.load_model(path)
+
+
+def test_external_data_loads(tmp_path, tiny):
+    path = save_external(tiny[0], tmp_path / "m")
+    assert (tmp_path / "m" / "model.bin").stat().st_size > 1000
+    loaded = io.load_model(path)
+    for a, b in zip(run(loaded, tiny[1]), run(tiny[0], tiny[1])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_external_data_missing(tmp_path, tiny):
+    path = save_external(tiny[0], tmp_path / "m")
+    (tmp_path / "m" / "model.bin").unlink()
+    with pytest.raises(ModelLoadError, match="model.bin .*is missing"):
+        io.load_model(path)
+
+
+def test_external_data_outside_the_model_folder_is_refused(tmp_path, tiny):
+    path = save_external(tiny[0], tmp_path / "m")
+    # The data really exists one level up: only its place is wrong.
+    shutil.move(tmp_path / "m" / "model.bin", tmp_path / "x.bin")
+    relocate(path, "../x.bin")
+    with pytest.raises(ModelLoadError, match=r"outside the model's folder \(\.\./x\.bin\)"):
+        io.load_model(path)
+
+
+def test_external_data_absolute_path_outside_is_refused(tmp_path, tiny):
+    path = save_external(tiny[0], tmp_path / "m")
+    shutil.move(tmp_path / "m" / "model.bin", tmp_path / "x.bin")
+    relocate(path, str(tmp_path / "x.bin"))
+    with pytest.raises(ModelLoadError, match="outside the model's folder"):
+        io.load_model(path)
+
+
+def test_compress_reads_external_data_and_writes_one_file(tmp_path, tiny):
+    path = save_external(tiny[0], tmp_path / "m")
+    before = sha256(path), sha256(tmp_path / "m" / "model.bin")
+    report = onnxq.compress(path, tmp_path / "out.onnx", validate=False)
+    assert (sha256(path), sha256(tmp_path / "m" / "model.bin")) == before
+    assert len(report.weights) == 6
+    out = onnx.load(tmp_path / "out.onnx")
+    assert not any(onnx.external_data_helper.uses_external_data(t) for t in out.graph.initializer)
+    assert run(out, tiny[1])[0].shape == (1, 11)
+
+
+def test_check_output_path(tmp_path, tiny_path):
+    assert io.check_output_path(tiny_path, tmp_path / "out.onnx") == tmp_path / "out.onnx"
+    with pytest.raises(onnxq.OnnxqError, match="output folder .* does not exist"):
+        io.check_output_path(tiny_path, tmp_path / "nowhere" / "out.onnx")
+    with pytest.raises(onnxq.OnnxqError, match="is the input file"):
+        io.check_output_path(tiny_path, tiny_path)
+    # The same file through another spelling of its path.
+    with pytest.raises(onnxq.OnnxqError, match="is the input file"):
+        io.check_output_path(tiny_path, tmp_path / "." / tiny_path.name)
+    with pytest.raises(onnxq.OnnxqError, match="is a folder"):
+        io.check_output_path(tiny_path, tmp_path)
+
+
+def test_save_is_atomic_and_leaves_no_temp_file(tmp_path, tiny):
+    dst = tmp_path / "out.onnx"
+    dst.write_bytes(b"old content")
+    size = io.save_model(tiny[0], dst)
+    assert size == dst.stat().st_size == len(tiny[0].SerializeToString())
+    assert onnx.load(dst).SerializeToString() == tiny[0].SerializeToString()
+    assert sorted(os.listdir(tmp_path)) == ["out.onnx"]
+
+
+def test_the_output_gets_the_mode_open_would_give(tmp_path, tiny):
+    umask = os.umask(0o022)
+    try:
+        io.save_model(tiny[0], tmp_path / "out.onnx")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out.onnx").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+
+
+def test_a_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path, tiny, monkeypatch):
+    dst = tmp_path / "out.onnx"
+    dst.write_bytes(b"old content")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io.os, "replace", broken)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_model(tiny[0], dst)
+    assert dst.read_bytes() == b"old content"
+    assert sorted(os.listdir(tmp_path)) == ["out.onnx"]
+
+
+def test_model_without_graph_is_refused(tmp_path):
+    path = tmp_path / "empty_graph.onnx"
+    path.write_bytes(helper.make_model(helper.make_graph([], "g", [], [])).SerializeToString())
+    with pytest.raises(ModelLoadError, match="holds no ONNX graph"):
+        io.load_model(path)
+
+
+def test_ratio_counts_external_data(tmp_path, tiny):
+    path = save_external(tiny[0], tmp_path / "m")
+    report = onnxq.compress(path, tmp_path / "out.onnx", validate=False)
+    on_disk = path.stat().st_size + (tmp_path / "m" / "model.bin").stat().st_size
+    assert report.input_bytes == on_disk
+    assert report.ratio == pytest.approx(on_disk / (tmp_path / "out.onnx").stat().st_size)
+
+
+def test_an_output_over_the_protobuf_limit_goes_to_external_data_and_discard_removes_both(
+    tmp_path, monkeypatch, tiny
+):
+    from onnxq.graph import io
+
+    monkeypatch.setattr(io, "PROTOBUF_LIMIT", 1000)  # the tiny model counts as huge
+    dst = tmp_path / "out.onnx"
+    tmp = io.write_temp(tiny[0], dst)
+    assert io.data_file(dst).exists() and io.written_size(tmp, dst) > tmp.stat().st_size
+    io.check_written(tmp)
+    io.discard(tmp, dst)
+    assert list(tmp_path.iterdir()) == []

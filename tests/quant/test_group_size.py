@@ -1,0 +1,95 @@
+"""--group-size: per-block parameters along the input dimensions, in the file and in GPTQ."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import matmul_model, run, with_outputs
+
+import onnxq
+from onnxq.errors import OnnxqError
+from onnxq.graph.rewrite import block_size, group_rows
+from onnxq.graph.select import find_weights
+from onnxq.quant.codebooks import CODEBOOKS
+from onnxq.quant.quantize import quantize
+from onnxq.refine.gptq import gptq
+
+
+def weight_of(model):
+    (w,), _ = find_weights(model, 1)
+    return w
+
+
+def test_blocks_cut_each_channel_along_its_inputs(rng):
+    model, _ = matmul_model(rng.standard_normal((64, 12)).astype(np.float32))  # 12 channels of K = 64
+    w = weight_of(model)
+    rows = group_rows(w, "channel", 16)
+    assert rows.shape == (12 * 4, 16)
+    np.testing.assert_array_equal(rows.reshape(12, 64), w.array.T)
+    assert block_size(w, 16) == 16 and block_size(w, 48) is None and block_size(w, 64) is None
+    assert group_rows(w, "channel", 48).shape == (12, 64)  # 48 does not divide 64: per channel
+
+
+@pytest.mark.parametrize("codebook", ["linear", "exponential"])
+@pytest.mark.parametrize("bits", [2, 4, 5])
+def test_blocks_decode_in_onnxruntime_to_their_levels(rng, codebook, bits):
+    w = (rng.standard_normal((64, 12)) * np.exp(rng.normal(0, 1, (64, 1)))).astype(np.float32)
+    model, feeds = matmul_model(w)
+    out, report = onnxq.compress_model(
+        model, onnxq.Config(bits=bits, codebook=codebook, group_size=16, min_elements=1)
+    )
+    (entry,) = report.weights
+    assert entry.groups == 12 * 4
+    q = quantize(group_rows(weight_of(model), "channel", 16), CODEBOOKS[codebook], bits, "lsq")
+    decoded = run(with_outputs(out, ["W"]), feeds)[0]
+    np.testing.assert_allclose(decoded.T.reshape(-1, 16), q.dequantized, rtol=2e-6, atol=1e-7)
+
+
+def test_blocks_fit_rows_whose_scale_changes_along_the_inputs_better(rng):
+    w = rng.standard_normal((64, 12)) * np.where(np.arange(64) < 32, 0.01, 1.0)[:, None]
+    model, _ = matmul_model(w.astype(np.float32))
+    weight = weight_of(model)
+    small = np.arange(64) < 32
+
+    def small_part_sqnr(group_size):
+        q = quantize(group_rows(weight, "channel", group_size), CODEBOOKS["exponential"], 3, "lsq")
+        deq = q.dequantized.reshape(12, 64).T
+        err = np.sum((deq[small] - w[small]) ** 2)
+        return 10 * np.log10(np.sum(w[small] ** 2) / err)
+
+    assert small_part_sqnr(32) > small_part_sqnr(None) + 10
+    per_channel = onnxq.compress_model(model, onnxq.Config(bits=3, min_elements=1))[1].weights[0]
+    per_block = onnxq.compress_model(model, onnxq.Config(bits=3, min_elements=1, group_size=32))[1].weights[0]
+    assert per_block.codebook_bytes > per_channel.codebook_bytes  # the overhead is counted
+
+
+def test_gptq_uses_each_block_its_own_levels(rng):
+    w = rng.standard_normal((8, 48)) * np.repeat(rng.lognormal(0, 1, 3), 16)[None, :]
+    x = rng.standard_normal((500, 48)) @ (np.eye(48) + 0.3 * rng.standard_normal((48, 48)))
+    h = (x.T @ x / 500)[None]
+    q = quantize(w.reshape(-1, 16), CODEBOOKS["exponential"], 3, "lsq")
+    g = gptq(q, w, h)
+    assert g.codes.shape == q.codes.shape
+    np.testing.assert_array_equal(
+        g.dequantized, np.take_along_axis(q.level_table(), g.codes.astype(np.int64), 1)
+    )
+
+    def out_err(deq):
+        d = deq.reshape(w.shape) - w
+        return float(np.sum((d @ h[0]) * d))
+
+    assert out_err(g.dequantized) < out_err(q.dequantized)
+
+
+def test_group_size_needs_channel_granularity(tmp_path, tiny_path):
+    with pytest.raises(OnnxqError, match="--group-size"):
+        onnxq.compress(tiny_path, tmp_path / "out.onnx", group_size=16, granularity="tensor")
+
+
+def test_tensors_it_does_not_divide_are_named_in_a_note(rng):
+    model, _ = matmul_model(rng.standard_normal((24, 12)).astype(np.float32))
+    _, report = onnxq.compress_model(model, onnxq.Config(group_size=16, min_elements=1))
+    assert any("--group-size 16" in n for n in report.notes)
+    assert report.weights[0].groups == 12
+    onnx.checker.check_model(_, full_check=True)

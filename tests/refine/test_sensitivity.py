@@ -1,0 +1,95 @@
+"""Probe: the noise of swapping one weight, measured with that weight as the only input besides the model's."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import control_flow_model, run, tiny_model
+from onnx import numpy_helper
+
+from onnxq.graph.select import find_weights, iter_graphs
+from onnxq.refine.sensitivity import Probe
+
+
+def weights_of(model: onnx.ModelProto, *names: str):
+    found = {w.name: w for w in find_weights(model, 1)[0]}
+    return [found[n] for n in names]
+
+
+def replaced(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of the model with these initializers or Constant values replaced, in any graph."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for graph in iter_graphs(copy.graph):
+        for t in graph.initializer:
+            if t.name in values:
+                t.CopyFrom(numpy_helper.from_array(values[t.name], t.name))
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output[0] in values:
+                node.attribute[0].t.CopyFrom(numpy_helper.from_array(values[node.output[0]]))
+    return copy
+
+
+def swapped_noise(model: onnx.ModelProto, feeds: dict, values: dict[str, np.ndarray]) -> float:
+    """The same noise, the slow way: a copy of the model with the weights replaced."""
+    ref, got = run(model, feeds), run(replaced(model, values), feeds)
+    err = sum(float(np.sum((g.astype(np.float64) - r) ** 2)) for g, r in zip(got, ref))
+    return err / sum(float(np.sum(r.astype(np.float64) ** 2)) for r in ref)
+
+
+@pytest.mark.parametrize("name", ["conv.w", "mm.b", "gemm.b"])
+def test_noise_matches_a_model_with_the_weight_replaced_and_leaves_the_model_alone(name):
+    model, feeds = tiny_model()
+    before = model.SerializeToString()
+    (weight,) = weights_of(model, name)
+    probe = Probe(model, [weight], [feeds])
+    w = weight.array
+    rng = np.random.default_rng(3)
+    values = [w, w + 0.01 * rng.standard_normal(w.shape).astype(w.dtype), np.round(w * 4) / 4]
+    noises = probe.noise(name, values)
+    assert noises[0] < 1e-12
+    for value, noise in zip(values[1:], noises[1:]):
+        assert noise == pytest.approx(swapped_noise(model, feeds, {name: value}), rel=1e-4)
+    assert 0 < noises[1] < noises[2]
+    assert model.SerializeToString() == before  # the initializer is back, in its place
+
+
+@pytest.mark.parametrize("name", ["const.w", "then.w", "loop.w"])
+def test_weights_in_constant_nodes_and_subgraphs_are_measured_too(name):
+    """A Constant node's weight, and weights inside If and Loop bodies, read the swapped value."""
+    model, feeds = control_flow_model()
+    before = model.SerializeToString()
+    (weight,) = weights_of(model, name)
+    value = (weight.array * 1.3).astype(weight.array.dtype)
+    (noise,) = Probe(model, [weight], [feeds]).noise(name, [value])
+    assert noise > 0
+    assert noise == pytest.approx(swapped_noise(model, feeds, {name: value}), rel=1e-4)
+    assert model.SerializeToString() == before
+
+
+def test_noise_all_swaps_every_weight_at_once():
+    model, feeds = tiny_model()
+    weights = weights_of(model, "conv.w", "gemm.b")
+    values = {w.name: (w.array * 0.9).astype(np.float32) for w in weights}
+    probe = Probe(model, weights, [feeds])
+    assert probe.noise_all(values) == pytest.approx(swapped_noise(model, feeds, values), rel=1e-4)
+    assert probe.noise_all({}) == 0
+
+
+def test_before_ir4_an_initializer_that_is_already_an_input_is_fed_too():
+    model, feeds = tiny_model()
+    model.ir_version = 3
+    w = next(t for t in model.graph.initializer if t.name == "gemm.b")
+    model.graph.input.append(onnx.helper.make_tensor_value_info("gemm.b", w.data_type, list(w.dims)))
+    before = model.SerializeToString()
+    value = numpy_helper.to_array(w) * 1.1
+    (noise,) = Probe(model, weights_of(model, "gemm.b"), [feeds]).noise("gemm.b", [value])
+    assert noise == pytest.approx(swapped_noise(model, feeds, {"gemm.b": value}), rel=1e-4)
+    assert model.SerializeToString() == before
+
+
+def test_only_measured_weights_can_be_probed():
+    model, feeds = tiny_model()
+    with pytest.raises(KeyError, match="gemm.c"):
+        Probe(model, weights_of(model, "conv.w"), [feeds]).noise("gemm.c", [np.zeros(13, np.float32)])

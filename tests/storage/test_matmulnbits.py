@@ -1,0 +1,110 @@
+"""--format matmulnbits: MatMul weights as MatMulNBits, tables as GatherBlockQuantized, the rest as fold."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import op_counts, run, tiny_model
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxq
+from onnxq.check.decompress import decompress_model
+from onnxq.errors import OnnxqError
+
+
+def stack(seed: int = 0, width: int = 96, depth: int = 3) -> tuple[onnx.ModelProto, dict]:
+    """An embedding table and a stack of MatMul + Add + Relu blocks, as in a small transformer."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal((500, width)) * 0.5).astype(np.float32), "emb")]
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["h0"])]
+    for i in range(depth):
+        inits += [
+            numpy_helper.from_array(
+                (rng.standard_normal((width, 2 * width)) * 0.1).astype(np.float32), f"up{i}"
+            ),
+            numpy_helper.from_array(
+                (rng.standard_normal((2 * width, width)) * 0.1).astype(np.float32), f"down{i}"
+            ),
+            numpy_helper.from_array(rng.standard_normal(2 * width).astype(np.float32) * 0.1, f"bias{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [f"h{i}", f"up{i}"], [f"u{i}"], name=f"mm_up{i}"),
+            helper.make_node("Add", [f"u{i}", f"bias{i}"], [f"a{i}"]),
+            helper.make_node("Relu", [f"a{i}"], [f"r{i}"]),
+            helper.make_node("MatMul", [f"r{i}", f"down{i}"], [f"h{i + 1}"], name=f"mm_down{i}"),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "stack",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 7])],
+        [helper.make_tensor_value_info(f"h{depth}", TensorProto.FLOAT, [2, 7, width])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model, {"ids": rng.integers(0, 500, (2, 7))}
+
+
+def relative_error(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("group_size", [None, 32])
+def test_matmuls_become_matmulnbits_and_match_fold(bits, group_size):
+    model, feeds = stack()
+    config = {"bits": bits, "codebook": "linear", "group_size": group_size}
+    nbits, report = onnxq.compress_model(model, onnxq.Config(format="matmulnbits", **config))
+    fold, _ = onnxq.compress_model(model, onnxq.Config(format="fold", **config))
+    counts = op_counts(nbits)
+    assert counts["MatMulNBits"] == 6 and counts["MatMul"] == 0
+    assert counts["GatherBlockQuantized"] == 1 and counts["Gather"] == 0
+    assert any(i.domain == "com.microsoft" for i in nbits.opset_import)
+    assert not any("stored as fold" in n for n in report.notes)
+    assert relative_error(run(nbits, feeds)[0], run(fold, feeds)[0]) < 1e-3
+    (blob,) = [t for t in nbits.graph.initializer if t.name == "up0.onnxq.indices"]
+    assert blob.data_type == TensorProto.UINT8 and len(blob.raw_data) == 2 * 96 * 96 * bits // 8
+
+
+def test_a_codebook_or_width_no_matmul_can_take_is_an_error_naming_what_can():
+    model, _ = stack()
+    with pytest.raises(OnnxqError, match="linear levels.*use --format fold for --codebook exponential"):
+        onnxq.compress_model(model, onnxq.Config(format="matmulnbits", bits=4))
+    with pytest.raises(OnnxqError, match="2, 4, 8 bits, not 5"):
+        onnxq.compress_model(model, onnxq.Config(format="matmulnbits", bits=5, codebook="linear"))
+
+
+def test_with_target_bits_the_widths_without_kernels_fall_back_to_fold(tmp_path):
+    model, feeds = stack(width=256)
+    calib = tmp_path / "ids.npz"
+    np.savez(calib, ids=np.random.default_rng(0).integers(0, 500, (8, 2, 7)))
+    out, report = onnxq.compress_model(
+        model, onnxq.Config(format="matmulnbits", target_bits=4.0, codebook="linear", min_elements=1)
+    )
+    widths = {w.name: w.bits for w in report.weights if w.name != "emb"}
+    nbits = sum(1 for b in widths.values() if b in (2, 4, 8))
+    assert op_counts(out)["MatMulNBits"] == nbits
+    assert op_counts(out)["MatMul"] == len(widths) - nbits
+    onnx.checker.check_model(out, full_check=True)
+    run(out, feeds)
+
+
+def test_conv_and_other_ops_fall_back_to_fold():
+    model, feeds = tiny_model()
+    out, report = onnxq.compress_model(model, onnxq.Config(format="matmulnbits", bits=4, codebook="linear"))
+    assert op_counts(out)["MatMulNBits"] == 1  # mm.b; Conv, ConvTranspose, Gemm and Gather stay fold
+    assert any("stored as fold" in n for n in report.notes)
+    fold, _ = onnxq.compress_model(model, onnxq.Config(bits=4, codebook="linear"))
+    for a, b in zip(run(out, feeds), run(fold, feeds)):
+        assert relative_error(a, b) < 1e-3
+
+
+def test_decompress_turns_matmulnbits_back_into_matmul():
+    model, feeds = stack()
+    nbits, _ = onnxq.compress_model(model, onnxq.Config(format="matmulnbits", bits=4, codebook="linear"))
+    floats, count = decompress_model(nbits)
+    assert count == 7
+    assert op_counts(floats)["MatMul"] == 6 and op_counts(floats)["MatMulNBits"] == 0
+    assert op_counts(floats)["Gather"] == 1 and op_counts(floats)["GatherBlockQuantized"] == 0
+    assert all(i.domain != "com.microsoft" for i in floats.opset_import)
+    np.testing.assert_allclose(run(floats, feeds)[0], run(nbits, feeds)[0], rtol=1e-4, atol=1e-5)
