@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import shlex
 import subprocess
@@ -108,10 +109,11 @@ def measure(name: str, mode: str, tmp: Path, budgets: dict[str, float]) -> dict:
 
 
 def _budget(arg: str, budgets: dict[str, float]) -> str:
-    """BPW:mode -> that mode's bits per weight, rounded down so as not to exceed it."""
+    """BPW:mode -> that mode's bits per weight, rounded up at the fourth decimal (so that the
+    uniform widths fit; the budget exceeds theirs by less than 1e-4 bits per weight)."""
     if not arg.startswith("BPW:"):
         return arg
-    return f"{int(budgets[arg[4:]] * 10000) / 10000:.4f}"
+    return f"{math.ceil(budgets[arg[4:]] * 10000) / 10000:.4f}"
 
 
 def run(args: argparse.Namespace) -> None:
@@ -190,9 +192,11 @@ def report(args: argparse.Namespace) -> None:
     )  # fmt: skip
     lines += [
         "",
-        "--target-bits against uniform --bits (cosine; >= means as close or closer). tbB spends B bits per"
-        " weight, parameters included, while --bits B pays B bits of indices plus its parameters; tbB@u"
-        " spends exactly what --bits B paid, the comparison at the same budget:",
+        (
+            "--target-bits against uniform --bits (cosine; >= means as close or closer). tbB spends B bits"
+            " per weight, parameters included, while --bits B pays B bits of indices plus its parameters;"
+            " tbB@u spends what --bits B paid (rounded up at 1e-4), the comparison at the same budget:"
+        ),
         "",
     ]
     pairs = [(tb, u) for tb, u in UNIFORM.items() if tb in modes and u in modes]
