@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import shlex
 import subprocess
@@ -39,11 +40,20 @@ MODES = {
     "tb4cal": ["--target-bits", "4", "--calibration", "CAL"],
     "tb5": ["--target-bits", "5"],
     "tb5cal": ["--target-bits", "5", "--calibration", "CAL"],
+    # --target-bits at exactly the bits per weight that uniform --bits paid (its parameters too):
+    # the comparison at the same budget (BPW:mode stands for that mode's measured bits per weight).
+    "tb4@u": ["--target-bits", "BPW:bits4"],
+    "tb5@u": ["--target-bits", "BPW:bits5"],
+    "tb4cal@u": ["--target-bits", "BPW:bits4", "--calibration", "CAL"],
+    "tb5cal@u": ["--target-bits", "BPW:bits5", "--calibration", "CAL"],
     "qdq4": ["--bits", "4", "--format", "qdq", "--codebook", "linear"],
     "qdq8": ["--bits", "8", "--format", "qdq", "--codebook", "linear"],
     "mnb4": ["--bits", "4", "--format", "matmulnbits", "--codebook", "linear"],
 }
-UNIFORM = {"tb4": "bits4", "tb4cal": "bits4", "tb5": "bits5", "tb5cal": "bits5"}
+UNIFORM = {
+    "tb4": "bits4", "tb4cal": "bits4", "tb5": "bits5", "tb5cal": "bits5",
+    "tb4@u": "bits4", "tb4cal@u": "bits4", "tb5@u": "bits5", "tb5cal@u": "bits5",
+}  # fmt: skip
 
 
 def has_matmul_weights(model: Path) -> bool:
@@ -67,17 +77,19 @@ def onnxq(*args: str) -> tuple[int, str, float, float]:
     return done.returncode, last, wall, cpu
 
 
-def measure(name: str, mode: str, tmp: Path) -> dict:
-    """One model in one mode: compress, the cosine on realistic inputs, and decompress."""
+def measure(name: str, mode: str, tmp: Path, budgets: dict[str, float]) -> dict:
+    """One model in one mode: compress, the cosine on realistic inputs, and decompress.
+    budgets: the bits per weight of this model's modes measured so far."""
     import onnxq as lib
 
     src = zoo.fetch(name)
     calib, evaluation = zoo.inputs(name)
     dst, report, plain = tmp / f"{name}.{mode}.onnx", tmp / f"{name}.{mode}.json", tmp / f"{name}.plain.onnx"
-    args = [str(calib) if a == "CAL" else a for a in MODES[mode]]
+    args = [str(calib) if a == "CAL" else _budget(a, budgets) for a in MODES[mode]]
     code, last, wall, cpu = onnxq("compress", str(src), str(dst), *args, "--report", str(report))
     row = {"model": name, "mode": mode, "exit": code, "stderr": last, "seconds": wall, "cpu_seconds": cpu}
     row["command"] = shlex.join(["onnxq", "compress", f"{name}.onnx", "out.onnx", *MODES[mode]])
+    row["command"] = row["command"].replace("BPW:", "BITS_PER_WEIGHT_OF_")
     if not dst.is_file():
         return row
     summary = json.loads(report.read_text()) if report.is_file() else {}
@@ -96,6 +108,14 @@ def measure(name: str, mode: str, tmp: Path) -> dict:
     return row
 
 
+def _budget(arg: str, budgets: dict[str, float]) -> str:
+    """BPW:mode -> that mode's bits per weight, rounded up at the fourth decimal (so that the
+    uniform widths fit; the budget exceeds theirs by less than 1e-4 bits per weight)."""
+    if not arg.startswith("BPW:"):
+        return arg
+    return f"{math.ceil(budgets[arg[4:]] * 10000) / 10000:.4f}"
+
+
 def run(args: argparse.Namespace) -> None:
     done = {(r["model"], r["mode"]) for r in _rows(args.results)}
     commit = paper_tables.onnxq_commit()
@@ -105,7 +125,16 @@ def run(args: argparse.Namespace) -> None:
             for mode in modes:
                 if (name, mode) in done:
                     continue
-                row = {**measure(name, mode, Path(tmp)), "commit": commit}
+                needs = [a[4:] for a in MODES[mode] if a.startswith("BPW:")]
+                budgets = {
+                    r["mode"]: r["bits_per_weight"]
+                    for r in _rows(args.results)
+                    if r["model"] == name and r.get("bits_per_weight")
+                }
+                if any(n not in budgets for n in needs):
+                    print(f"{name:20} {mode:7} skipped: run {needs} first")
+                    continue
+                row = {**measure(name, mode, Path(tmp), budgets), "commit": commit}
                 with args.results.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 cosine = f"{row['cosine']:.4f}" if "cosine" in row else "-"
@@ -163,7 +192,11 @@ def report(args: argparse.Namespace) -> None:
     )  # fmt: skip
     lines += [
         "",
-        "--target-bits against uniform --bits at the same width (cosine; >= means as close or closer):",
+        (
+            "--target-bits against uniform --bits (cosine; >= means as close or closer). tbB spends B bits"
+            " per weight, parameters included, while --bits B pays B bits of indices plus its parameters;"
+            " tbB@u spends what --bits B paid (rounded up at 1e-4), the comparison at the same budget:"
+        ),
         "",
     ]
     pairs = [(tb, u) for tb, u in UNIFORM.items() if tb in modes and u in modes]

@@ -47,7 +47,7 @@ def test_readme_examples(tiny, tiny_path, tmp_path, monkeypatch):
         ({"codebook": "lloyd"}, "--codebook must be one of linear, exponential, kmeans, auto; got 'lloyd'"),
         ({"granularity": "row"}, "--granularity must be one of tensor, channel"),
         ({"scale": "max"}, "--scale must be one of variance, lsq"),
-        ({"search": "grid"}, "--search must be one of fast, exact"),
+        ({"search": "slow"}, "--search must be one of grid, fast, exact"),
         ({"format": "zip"}, "--format must be one of fold"),
         ({"bits": 0}, "--bits must be between 1 and 8; got 0"),
         ({"bits": 9}, "--bits must be between 1 and 8; got 9"),

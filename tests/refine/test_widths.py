@@ -161,3 +161,39 @@ def test_uniform_widths_are_a_candidate_when_they_fit(fragile, tmp_path):
     report, _ = compress(path, tmp_path, calibration=cal, target_bits=4.0)  # 4 bits and scales do not fit
     (note,) = [n for n in report.notes if n.startswith("output noise")]
     assert "uniform" not in note.replace("near-uniform", "")
+
+
+@pytest.mark.parametrize(
+    ("noise", "mode", "kept"),
+    [
+        (
+            {"the measured allocation": 0.095, "near-uniform widths": 0.099},
+            "synthetic",
+            "near-uniform widths",
+        ),
+        (
+            {"the measured allocation": 0.04, "near-uniform widths": 0.1},
+            "synthetic",
+            "the measured allocation",
+        ),
+        (
+            {"the measured allocation": 0.095, "near-uniform widths": 0.099},
+            "calibration",
+            "the measured allocation",
+        ),
+        (
+            {"the measured allocation": 0.2, "near-uniform widths": 0.1, "uniform 4 bits": 0.05},
+            "synthetic",
+            "uniform 4 bits",
+        ),
+        (
+            {"the measured allocation": 0.01, "near-uniform widths": 0.3, "uniform 4 bits": 0.15},
+            "synthetic",
+            "uniform 4 bits",
+        ),
+    ],
+)
+def test_on_synthetic_inputs_uniform_widths_win_when_they_fit_and_the_measured_must_win_clearly(
+    noise, mode, kept
+):
+    assert widths._keep(noise, mode) == kept
