@@ -22,13 +22,13 @@ from onnxq.data import synthetic
 from onnxq.errors import OnnxqError
 from onnxq.graph import constfold, io, rewrite
 from onnxq.graph.select import FLOAT_TYPES, Weight, find_weights, iter_graphs
-from onnxq.quant.codebooks import CODEBOOKS
+from onnxq.quant.codebooks import CODEBOOKS, DEFAULT_CODEBOOK
 from onnxq.quant.quantize import DEFAULT_SEARCH, SCALES, SEARCHES, QuantizedTensor
 from onnxq.refine import steps as refine
 from onnxq.refine import widths as widths_
 from onnxq.refine.widths import Choice
-from onnxq.storage import CODEBOOK_ATTRIBUTES, CODEBOOK_SUFFIXES, FORMATS, INDICES_SUFFIX
-from onnxq.storage.fold import DOMAIN
+from onnxq.storage import CODEBOOK_ATTRIBUTES, CODEBOOK_SUFFIXES, DEFAULT_FORMAT, FORMATS, INDICES_SUFFIX
+from onnxq.storage.base import DOMAIN
 
 GRANULARITIES = ("tensor", "channel")
 ROUNDINGS = ("nearest", "gptq")
@@ -42,11 +42,11 @@ class Config:
     """What to do. None means "use the default"."""
 
     bits: int = 5
-    codebook: str = "exponential"
+    codebook: str = DEFAULT_CODEBOOK
     granularity: str = "channel"
     scale: str = "lsq"
     search: str = DEFAULT_SEARCH  # how x0 is found: exact (proven within 1e-6), or fast (quantize.SEARCHES)
-    format: str = "fold"
+    format: str = DEFAULT_FORMAT
     min_elements: int = 128
     exclude: tuple[str, ...] = ()
     validate: bool = True
@@ -67,7 +67,7 @@ class Config:
     rounding: str | None = None  # nearest or gptq; None: gptq with calibration data, else nearest
     bias_correction: bool | None = None  # None: on with calibration data, else off
     group_size: int | None = None  # per-block parameters along the input dimensions; None: per channel
-    packed_rows: bool = True  # large Gather tables keep their rows packed (fold.replace_consumer)
+    packed_rows: bool = True  # large Gather tables keep their rows packed (the format's replace_consumer)
     fold_constants: bool = True  # nodes computing small constants become their values (constfold)
     jobs: int = 1  # worker processes for quantizing; 1: threads in this process (see _quantize_all)
 

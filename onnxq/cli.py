@@ -18,9 +18,9 @@ from onnxq.check.decompress import decompress
 from onnxq.check.report import Report
 from onnxq.check.validate import DEFAULT_BATCH, DEFAULT_MIN_COSINE, Validation, compare_models
 from onnxq.errors import OnnxqError
-from onnxq.quant.codebooks import CODEBOOKS
+from onnxq.quant.codebooks import CODEBOOKS, DEFAULT_CODEBOOK
 from onnxq.quant.quantize import SCALES, SEARCHES
-from onnxq.storage import FORMATS
+from onnxq.storage import DEFAULT_FORMAT, FORMATS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 out = Console()
@@ -73,167 +73,182 @@ def main(
     """Shrink the weights of trained ONNX models to a few bits each, without retraining."""
 
 
+# The options of compress, one alias each, so that its signature fits on a screen.
+_Src = Annotated[Path, typer.Argument(help="The float ONNX model.")]
+_Dst = Annotated[Path, typer.Argument(help="Where to write the compressed model.")]
+_Bits = Annotated[int, typer.Option(min=1, max=8, help="Bits per weight, 1..8.")]
+_Codebook = Annotated[
+    str, typer.Option(callback=_choice("codebook", CODEBOOKS), help=f"One of: {', '.join(CODEBOOKS)}.")
+]
+_Granularity = Annotated[
+    str,
+    typer.Option(
+        callback=_choice("granularity", GRANULARITIES),
+        help="tensor: one codebook per tensor (the paper); channel: one per output channel.",
+    ),
+]
+_Scale = Annotated[
+    str,
+    typer.Option(
+        callback=_choice("scale", SCALES),
+        help="variance: the paper's variance-preserving rescale; lsq: least squares.",
+    ),
+]
+_Search = Annotated[
+    str,
+    typer.Option(
+        callback=_choice("search", SEARCHES),
+        help="How x0 is found: exact (branch and bound, proven within 1e-6 of the maximum "
+        "correlation), fast (grid and golden section, within about 1e-5; about half the "
+        "search time), or grid (every value the file can store, scored exactly).",
+    ),
+]
+_Fmt = Annotated[
+    str,
+    typer.Option("--format", callback=_choice("format", FORMATS), help=f"One of: {', '.join(FORMATS)}."),
+]
+_MinElements = Annotated[int, typer.Option(min=1, help="Leave tensors smaller than this in float.")]
+_Exclude = Annotated[
+    list[str] | None, typer.Option(help="Regex on tensor or node names to leave in float; repeatable.")
+]
+_Report = Annotated[Path | None, typer.Option(help="Write the report: .json or .md.")]
+_Inputs = Annotated[Path | None, typer.Option(help="Validation inputs: an .npz keyed by graph input name.")]
+_Dim = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="NAME=SIZE of a symbolic input dimension, or INPUT[AXIS]=SIZE, for synthetic inputs; "
+        "repeatable. Unset sizes come from the model's hints, else a short search."
+    ),
+]
+_Validate = Annotated[bool, typer.Option(help="Compare against the float model in onnxruntime.")]
+_Samples = Annotated[int, typer.Option(min=1, help="Random validation runs when --inputs is not given.")]
+_Seed = Annotated[int, typer.Option(help="Seed of the random validation inputs.")]
+_MinSqnr = Annotated[float | None, typer.Option(help="Exit 3 if an output's SQNR (dB) is below this.")]
+_MinAgreement = Annotated[
+    float | None,
+    typer.Option(min=0.0, max=1.0, help="Exit 3 if top-1 agreement falls below this fraction (0..1)."),
+]
+_MinCosine = Annotated[
+    float | None,
+    typer.Option(
+        min=-1.0,
+        max=1.0,
+        help=f"Exit 3 if an output's cosine similarity falls below this. Default: {DEFAULT_MIN_COSINE} "
+        "on real inputs (--inputs or --calibration), no gate on random ones.",
+    ),
+]
+_Batch = Annotated[int, typer.Option(min=1, help="Samples per validation run.")]
+_SensitivitySamples = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="--target-bits: samples each tensor's output noise is measured on (each tensor runs "
+        "them twice). Default: up to 16, fewer when that would take more than a minute.",
+    ),
+]
+_TargetBits = Annotated[
+    float | None,
+    typer.Option(
+        help="Average bits per weight, counting the indices and the codebooks/scales as the report does; "
+        "chooses a width per tensor by measured sensitivity. Overrides --bits."
+    ),
+]
+_Calibration = Annotated[
+    Path | None,
+    typer.Option(help="Calibration inputs: an .npz keyed by graph input name, samples along axis 0."),
+]
+_CalibrationSamples = Annotated[
+    int | None,
+    typer.Option(min=1, help="Use at most this many calibration samples (default: all, or 32 synthetic)."),
+]
+_Rounding = Annotated[
+    str | None,
+    typer.Option(
+        callback=_choice("rounding", ROUNDINGS),
+        help="nearest, or gptq (error-compensating). Default: gptq with --calibration, else nearest.",
+    ),
+]
+_GroupSize = Annotated[
+    int | None,
+    typer.Option(
+        "--group-size",
+        "--block-size",
+        min=2,
+        help="Per-block parameters: cut each output channel's weights into blocks of this many "
+        "(input dimensions); tensors it does not divide stay per channel. With --format qdq, "
+        "DequantizeLinear's block_size.",
+    ),
+]
+_PackedRows = Annotated[
+    bool,
+    typer.Option(
+        "--packed-rows/--no-packed-rows",
+        help="Keep the rows of large embedding tables (Gather data) packed in memory and unpack "
+        "only the rows gathered, at run time; --no-packed-rows folds the whole table at session "
+        "creation instead.",
+    ),
+]
+_FoldConstants = Annotated[
+    bool,
+    typer.Option(
+        "--fold-constants/--no-fold-constants",
+        help="Replace the nodes that compute small constants (pad sizes, shapes, axes) by their "
+        "values, as onnxruntime does at session creation; --no-fold-constants keeps the graph's "
+        "other nodes as they are.",
+    ),
+]
+_BiasCorrection = Annotated[
+    bool | None,
+    typer.Option(
+        "--bias-correction/--no-bias-correction",
+        help="Fold each layer's mean output shift into its bias. Default: on with --calibration.",
+    ),
+]
+_Jobs = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Worker processes that quantize the tensors (default: one per core, at most "
+        f"{MAX_DEFAULT_JOBS}; 1: threads in this process).",
+    ),
+]
+
+
 @app.command("compress")
 def compress_cmd(
-    src: Annotated[Path, typer.Argument(help="The float ONNX model.")],
-    dst: Annotated[Path, typer.Argument(help="Where to write the compressed model.")],
-    bits: Annotated[int, typer.Option(min=1, max=8, help="Bits per weight, 1..8.")] = 5,
-    codebook: Annotated[
-        str, typer.Option(callback=_choice("codebook", CODEBOOKS), help=f"One of: {', '.join(CODEBOOKS)}.")
-    ] = "exponential",
-    granularity: Annotated[
-        str,
-        typer.Option(
-            callback=_choice("granularity", GRANULARITIES),
-            help="tensor: one codebook per tensor (the paper); channel: one per output channel.",
-        ),
-    ] = "channel",
-    scale: Annotated[
-        str,
-        typer.Option(
-            callback=_choice("scale", SCALES),
-            help="variance: the paper's variance-preserving rescale; lsq: least squares.",
-        ),
-    ] = "lsq",
-    search: Annotated[
-        str,
-        typer.Option(
-            callback=_choice("search", SEARCHES),
-            help="How x0 is found: exact (branch and bound, proven within 1e-6 of the maximum "
-            "correlation), fast (grid and golden section, within about 1e-5; about half the "
-            "search time), or grid (every value the file can store, scored exactly).",
-        ),
-    ] = "exact",
-    fmt: Annotated[
-        str,
-        typer.Option("--format", callback=_choice("format", FORMATS), help=f"One of: {', '.join(FORMATS)}."),
-    ] = "fold",
-    min_elements: Annotated[int, typer.Option(min=1, help="Leave tensors smaller than this in float.")] = 128,
-    exclude: Annotated[
-        list[str] | None, typer.Option(help="Regex on tensor or node names to leave in float; repeatable.")
-    ] = None,
-    report: Annotated[Path | None, typer.Option(help="Write the report: .json or .md.")] = None,
-    inputs: Annotated[
-        Path | None, typer.Option(help="Validation inputs: an .npz keyed by graph input name.")
-    ] = None,
-    dim: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="NAME=SIZE of a symbolic input dimension, or INPUT[AXIS]=SIZE, for synthetic inputs; "
-            "repeatable. Unset sizes come from the model's hints, else a short search."
-        ),
-    ] = None,
-    validate: Annotated[bool, typer.Option(help="Compare against the float model in onnxruntime.")] = True,
-    samples: Annotated[
-        int, typer.Option(min=1, help="Random validation runs when --inputs is not given.")
-    ] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the random validation inputs.")] = 0,
-    min_sqnr: Annotated[
-        float | None, typer.Option(help="Exit 3 if an output's SQNR (dB) is below this.")
-    ] = None,
-    min_agreement: Annotated[
-        float | None,
-        typer.Option(min=0.0, max=1.0, help="Exit 3 if top-1 agreement falls below this fraction (0..1)."),
-    ] = None,
-    min_cosine: Annotated[
-        float | None,
-        typer.Option(
-            min=-1.0,
-            max=1.0,
-            help=f"Exit 3 if an output's cosine similarity falls below this. Default: {DEFAULT_MIN_COSINE} "
-            "on real inputs (--inputs or --calibration), no gate on random ones.",
-        ),
-    ] = None,
-    batch: Annotated[int, typer.Option(min=1, help="Samples per validation run.")] = DEFAULT_BATCH,
-    sensitivity_samples: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="--target-bits: samples each tensor's output noise is measured on (each tensor runs "
-            "them twice). Default: up to 16, fewer when that would take more than a minute.",
-        ),
-    ] = None,
-    target_bits: Annotated[
-        float | None,
-        typer.Option(
-            help="Average bits per weight, counting the indices and the codebooks/scales as the report does; "
-            "chooses a width per tensor by measured sensitivity. Overrides --bits."
-        ),
-    ] = None,
-    calibration: Annotated[
-        Path | None,
-        typer.Option(help="Calibration inputs: an .npz keyed by graph input name, samples along axis 0."),
-    ] = None,
-    calibration_samples: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="Use at most this many calibration samples (default: all, or 32 synthetic)."
-        ),
-    ] = None,
-    rounding: Annotated[
-        str | None,
-        typer.Option(
-            callback=_choice("rounding", ROUNDINGS),
-            help="nearest, or gptq (error-compensating). Default: gptq with --calibration, else nearest.",
-        ),
-    ] = None,
-    group_size: Annotated[
-        int | None,
-        typer.Option(
-            "--group-size",
-            "--block-size",
-            min=2,
-            help="Per-block parameters: cut each output channel's weights into blocks of this many "
-            "(input dimensions); tensors it does not divide stay per channel. With --format qdq, "
-            "DequantizeLinear's block_size.",
-        ),
-    ] = None,
-    packed_rows: Annotated[
-        bool,
-        typer.Option(
-            "--packed-rows/--no-packed-rows",
-            help="Keep the rows of large embedding tables (Gather data) packed in memory and unpack "
-            "only the rows gathered, at run time; --no-packed-rows folds the whole table at session "
-            "creation instead.",
-        ),
-    ] = True,
-    fold_constants: Annotated[
-        bool,
-        typer.Option(
-            "--fold-constants/--no-fold-constants",
-            help="Replace the nodes that compute small constants (pad sizes, shapes, axes) by their "
-            "values, as onnxruntime does at session creation; --no-fold-constants keeps the graph's "
-            "other nodes as they are.",
-        ),
-    ] = True,
-    bias_correction: Annotated[
-        bool | None,
-        typer.Option(
-            "--bias-correction/--no-bias-correction",
-            help="Fold each layer's mean output shift into its bias. Default: on with --calibration.",
-        ),
-    ] = None,
-    jobs: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Worker processes that quantize the tensors (default: one per core, at most "
-            f"{MAX_DEFAULT_JOBS}; 1: threads in this process).",
-        ),
-    ] = None,
+    src: _Src,
+    dst: _Dst,
+    bits: _Bits = 5,
+    codebook: _Codebook = DEFAULT_CODEBOOK,
+    granularity: _Granularity = "channel",
+    scale: _Scale = "lsq",
+    search: _Search = "exact",
+    fmt: _Fmt = DEFAULT_FORMAT,
+    min_elements: _MinElements = 128,
+    exclude: _Exclude = None,
+    report: _Report = None,
+    inputs: _Inputs = None,
+    dim: _Dim = None,
+    validate: _Validate = True,
+    samples: _Samples = 8,
+    seed: _Seed = 0,
+    min_sqnr: _MinSqnr = None,
+    min_agreement: _MinAgreement = None,
+    min_cosine: _MinCosine = None,
+    batch: _Batch = DEFAULT_BATCH,
+    sensitivity_samples: _SensitivitySamples = None,
+    target_bits: _TargetBits = None,
+    calibration: _Calibration = None,
+    calibration_samples: _CalibrationSamples = None,
+    rounding: _Rounding = None,
+    group_size: _GroupSize = None,
+    packed_rows: _PackedRows = True,
+    fold_constants: _FoldConstants = True,
+    bias_correction: _BiasCorrection = None,
+    jobs: _Jobs = None,
 ) -> None:
     """Compress the weights of SRC into DST and check the result in onnxruntime."""
-    if report is not None and report.suffix not in (".json", ".md"):
-        raise typer.BadParameter("the report must end in .json or .md", param_hint="--report")
-    if report is not None and not report.parent.resolve().is_dir():
-        fail(OnnxqError(f"report folder {report.parent} does not exist; create it or choose another path"))
-    for pattern in exclude or ():
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise typer.BadParameter(
-                f"{pattern!r} is not a valid regular expression: {exc}", param_hint="--exclude"
-            ) from None
+    _check_report_and_excludes(report, exclude)
     config = Config(
         bits=bits,
         codebook=codebook,
@@ -263,6 +278,25 @@ def compress_cmd(
         fold_constants=fold_constants,
         jobs=jobs or default_jobs(),
     )
+    _compress_with_progress(src, dst, config, report)
+
+
+def _check_report_and_excludes(report: Path | None, exclude: list[str] | None) -> None:
+    if report is not None and report.suffix not in (".json", ".md"):
+        raise typer.BadParameter("the report must end in .json or .md", param_hint="--report")
+    if report is not None and not report.parent.resolve().is_dir():
+        fail(OnnxqError(f"report folder {report.parent} does not exist; create it or choose another path"))
+    for pattern in exclude or ():
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise typer.BadParameter(
+                f"{pattern!r} is not a valid regular expression: {exc}", param_hint="--exclude"
+            ) from None
+
+
+def _compress_with_progress(src: Path, dst: Path, config: Config, report: Path | None) -> None:
+    """compress with a progress bar on a terminal, the report written, the result rendered."""
     try:
         with Progress(
             BarColumn(),

@@ -59,7 +59,7 @@ def quantize_rows(rows: np.ndarray, settings: Settings, bits: int, error=None) -
 
 
 def quantize_weight(weight: Weight, choice: Choice, settings: Settings, layers=None) -> QuantizedTensor:
-    """One weight as a choice says. layers: per weight name, its layers' input statistics (auto then
+    """One weight as a choice says. layers: per weight name, its layers' input statistics (a choosing codebook then
     ranks its candidate codebooks by output error)."""
     error = refine.output_error(weight, (layers or {}).get(weight.name, []))  # None: |dW|^2
     return quantize_rows(weight_rows(weight, settings, choice.per_tensor), settings, choice.bits, error)
@@ -77,7 +77,7 @@ def run(
     out: list[QuantizedTensor | None] = [None] * len(jobs)
     if progress:
         progress(0, len(jobs), stage)
-    # Ranking auto's candidates by output error needs the layers' statistics: that stays here.
+    # Ranking a choosing codebook's candidates by output error needs the layers' statistics: that stays here.
     ranked = bool(layers) and bool(CODEBOOKS[settings.codebook].candidates())
     processes = settings.jobs > 1 and len(jobs) > 1 and not ranked
     pool: Executor

@@ -9,7 +9,8 @@ corrected biases, is kept as it is.
 
 from __future__ import annotations
 
-import numpy as np
+from functools import partial
+
 import onnx
 from onnx import helper, numpy_helper
 
@@ -17,10 +18,8 @@ from onnxq.errors import OnnxqError
 from onnxq.graph import io
 from onnxq.graph.select import iter_graphs
 from onnxq.runtime import ORT_ERRORS, session
-from onnxq.storage.fold import DOMAIN, ROWS_PREFIX
-from onnxq.storage.matmulnbits import MS_DOMAIN
-
-MARK = ".onnxq."  # every tensor onnxq adds has this in its name
+from onnxq.storage import FORMATS
+from onnxq.storage.base import DOMAIN, MARK
 
 
 def _added_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -60,8 +59,8 @@ def decompress_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     out.CopyFrom(model)
     decoded = 0
     for graph in iter_graphs(out.graph):
-        decoded += _unfuse_matmulnbits(graph)
-        decoded += _unfuse_row_gathers(out, graph)
+        for fmt in FORMATS.values():
+            decoded += fmt.unfuse(out, graph, partial(_evaluate, out, graph))
         added = _added_nodes(graph)
         if not added:
             _drop_unread(graph)
@@ -85,9 +84,8 @@ def decompress_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     del out.functions[:]
     out.functions.extend(kept_functions)
     used = {n.domain for g in iter_graphs(out.graph) for n in g.node}
-    imports = [
-        i for i in out.opset_import if i.domain != DOMAIN and (i.domain != MS_DOMAIN or MS_DOMAIN in used)
-    ]
+    ours = {domain for fmt in FORMATS.values() for domain in fmt.DOMAINS}
+    imports = [i for i in out.opset_import if i.domain not in ours or i.domain in used]
     del out.opset_import[:]
     out.opset_import.extend(imports)
     io.check_built(out)
@@ -103,73 +101,6 @@ def _drop_unread(graph: onnx.GraphProto) -> None:
     inputs = [i for i in graph.input if MARK not in i.name or i.name in read]
     del graph.input[:]
     graph.input.extend(inputs)
-
-
-def _low_first(packed: np.ndarray, bits: int, rows: int) -> np.ndarray:
-    """(rows, bytes) packed least significant bits first -> (rows, values) uint8."""
-    packed = packed.reshape(rows, -1)
-    per_byte = 8 // bits
-    return np.stack([(packed >> (bits * j)) & ((1 << bits) - 1) for j in range(per_byte)], axis=2).reshape(
-        rows, -1
-    )
-
-
-def _unfuse_matmulnbits(graph: onnx.GraphProto) -> int:
-    """MatMulNBits / GatherBlockQuantized nodes onnxq wrote -> MatMul / Gather of the float weight."""
-    inits = {t.name: t for t in graph.initializer}
-    count = 0
-    for i, node in enumerate(list(graph.node)):
-        if node.domain != MS_DOMAIN or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
-            continue
-        packed_name = node.input[1] if node.op_type == "MatMulNBits" else node.input[0]
-        if MARK not in packed_name:
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        bits, block = attrs["bits"], attrs["block_size"]
-        packed = numpy_helper.to_array(inits[packed_name])
-        name = packed_name.removesuffix(".onnxq.indices")
-        if node.op_type == "MatMulNBits":
-            k, n = attrs["K"], attrs["N"]
-            scales = numpy_helper.to_array(inits[node.input[2]]).reshape(n, -1)
-            q = _low_first(packed, bits, n)[:, :k]
-            w = (q.astype(np.float32) - (1 << (bits - 1))) * np.repeat(scales, block, axis=1)[:, :k]
-            weight, new = np.ascontiguousarray(w.T), helper.make_node("MatMul", [node.input[0], name], [])
-        else:
-            v = packed.shape[0]
-            scales = numpy_helper.to_array(inits[node.input[2]]).reshape(v, -1)
-            q = _low_first(packed, bits, v)
-            d = q.shape[1]
-            weight = (q.astype(np.float32) - (1 << (bits - 1))) * np.repeat(scales, block, axis=1)[:, :d]
-            new = helper.make_node("Gather", [name, node.input[1]], [], axis=0)
-        new.output.extend(node.output)
-        if node.name:
-            new.name = node.name
-        graph.initializer.append(numpy_helper.from_array(weight, name))
-        graph.node.insert(i, new)
-        graph.node.remove(node)
-        count += 1
-    return count
-
-
-def _unfuse_row_gathers(model: onnx.ModelProto, graph: onnx.GraphProto) -> int:
-    """fold's GatherRows calls -> Gather of the decoded table (the call run on every row)."""
-    count = 0
-    for i, node in enumerate(list(graph.node)):
-        if node.domain != DOMAIN or not node.op_type.startswith(ROWS_PREFIX):
-            continue
-        name = node.input[0].removesuffix(".onnxq.indices")
-        rows = next(t for t in graph.initializer if t.name == node.input[0]).dims[0]
-        every = onnx.NodeProto()
-        every.CopyFrom(node)
-        every.input[2] = f"{name}.onnxq.rows"
-        every.output[:] = [name]
-        ids = numpy_helper.from_array(np.arange(rows, dtype=np.int64), f"{name}.onnxq.rows")
-        table = _evaluate(model, graph, [every], [name], [ids])[name]
-        graph.initializer.append(numpy_helper.from_array(table, name))
-        graph.node.insert(i, helper.make_node("Gather", [name, node.input[2]], list(node.output), axis=0))
-        graph.node.remove(node)
-        count += 1
-    return count
 
 
 def _evaluate(model: onnx.ModelProto, graph: onnx.GraphProto, nodes, outputs: list[str], extra=()) -> dict:

@@ -142,7 +142,7 @@ def _evaluate(graph: onnx.GraphProto, nodes, constants, opsets) -> dict[str, np.
     sub = onnx.helper.make_graph(
         [c for name, c in constants.items() if name in needed and isinstance(c, onnx.NodeProto)]
         + list(nodes),
-        "fold",
+        "constants",
         [],
         [onnx.helper.make_empty_tensor_value_info(o) for n in nodes for o in n.output if o],
         [c for name, c in constants.items() if name in needed and isinstance(c, onnx.TensorProto)],

@@ -1,14 +1,16 @@
 """Replace each chosen weight by its storage format's decoder call, in place.
 
-model' = model with every weight w replaced by fmt.encode(quantize(w)), or, for a
-format with encode_batch (fold), with one call per graph and batch_key that
+model' = model with every weight w replaced by the nodes that the format's encode
+builds, one call per graph and batch_key for a format that batches, which
 rebuilds all such weights; the decoder functions are added once, and the model's
 opset is kept (only the "onnxq" domain of the local functions is added, if the
 format has any). A format with replace_consumer may replace the weight's readers
-instead (MatMulNBits, GatherBlockQuantized, fold's packed embedding rows).
+instead (a fused matrix product, an embedding lookup that unpacks only its rows).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -16,8 +18,7 @@ from onnx import helper
 
 from onnxq.graph.select import Weight
 from onnxq.quant.quantize import QuantizedTensor
-from onnxq.storage import fold
-from onnxq.storage.fold import DOMAIN
+from onnxq.storage.base import DOMAIN, ROWS_PREFIX, Piece, StorageFormat, WholeWeights, stores_whole
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -37,74 +38,108 @@ def grouped_shape(weight: Weight, groups: int) -> tuple[tuple[int, ...], list[in
     return moved, perm
 
 
+@dataclass
+class _Edit:
+    """What the rewrite of one model gathers on its way: the functions, the graphs' replaced
+    initializers, the batches of whole weights, and what the report should hear."""
+
+    model: onnx.ModelProto
+    opset: int
+    functions: dict[str, onnx.FunctionProto]
+    replaced: dict[int, tuple[onnx.GraphProto, set[str]]] = field(default_factory=dict)
+    batches: dict[tuple, tuple[onnx.GraphProto, list[list]]] = field(default_factory=dict)
+    fallbacks: dict[str, list[str]] = field(default_factory=dict)
+    packed: list[str] = field(default_factory=list)  # Gather tables whose rows stay packed
+    domains: set[str] = field(default_factory=set)
+
+    def remove(self, graph: onnx.GraphProto, name: str) -> None:
+        self.replaced.setdefault(id(graph), (graph, set()))[1].add(name)
+
+    def add_functions(self, functions, replace: bool = False) -> None:
+        for function in functions:
+            if replace:
+                self.functions[function.name] = function
+            else:
+                self.functions.setdefault(function.name, function)
+
+
 def replace_weights(
     model: onnx.ModelProto,
     items: list[tuple[Weight, QuantizedTensor]],
-    fmt,
+    fmt: StorageFormat,
     block: int | None = None,
     packed_rows: bool = True,
 ) -> list[str]:
     """Swap every weight for its decoder call, and add the decoder functions.
 
-    A format with replace_consumer (matmulnbits) replaces the weight's consumers
-    instead, where it can; the notes say where it could not.
+    A format whose replace_consumer fuses the weight into its readers does so
+    where it can; the notes say where it could not, and the weight is stored whole.
     """
-    opset = default_opset(model)
-    functions = {f.name: f for f in model.functions}
-    replaced: dict[int, tuple[onnx.GraphProto, set[str]]] = {}
-    fallbacks: dict[str, list[str]] = {}
-    packed: list[str] = []  # Gather tables whose rows stay packed
-    extra_domains: set[str] = set()
-    batches: dict[tuple, tuple[onnx.GraphProto, list[list]]] = {}  # (graph, codebook, bits) -> chunks
+    edit = _Edit(model, default_opset(model), {f.name: f for f in model.functions})
+    whole = stores_whole(fmt)
     for weight, q in items:
-        graph = weight.graph
-        if hasattr(fmt, "replace_consumer"):
-            result = _replace_consumers(graph, weight, q, fmt, block, opset, packed_rows)
-            if isinstance(result, tuple):
-                replaced.setdefault(id(graph), (graph, set()))[1].add(weight.name)
-                new_nodes, called = result
-                extra_domains.update(n.domain for n in new_nodes)
-                if any(n.op_type.startswith(fold.ROWS_PREFIX) for n in new_nodes):
-                    packed.append(weight.name)
-                for function in called:
-                    functions.setdefault(function.name, function)
-                continue
-            if result is not None:
-                fallbacks.setdefault(result, []).append(weight.name)
-        if fmt.CHANNEL_FIRST:
-            shape, perm = grouped_shape(weight, q.groups)
-            axis = 0
-        else:
-            shape, perm, axis = tuple(weight.array.shape), None, weight.axis
-        name = weight.name
-        dtype = onnx.helper.np_dtype_to_tensor_dtype(weight.array.dtype)
-        tail: list[onnx.NodeProto] = []
-        out = name
-        if dtype != onnx.TensorProto.FLOAT:
-            tail.insert(0, helper.make_node("Cast", [f"{name}.onnxq.float"], [out], to=dtype))
-            out = f"{name}.onnxq.float"
-        if perm is not None:
-            tail.insert(0, helper.make_node("Transpose", [f"{name}.onnxq.grouped"], [out], perm=perm))
-            out = f"{name}.onnxq.grouped"
-        if weight.constant_node is not None:
-            graph.node.remove(weight.constant_node)
-        else:
-            replaced.setdefault(id(graph), (graph, set()))[1].add(name)
-        if hasattr(fmt, "encode_batch"):
-            chunks = batches.setdefault((id(graph), *fmt.batch_key(q)), (graph, [[]]))[1]
-            if chunks[-1] and sum(p.codes.size for p, *_ in chunks[-1]) + q.codes.size > fmt.BATCH_WEIGHTS:
-                chunks.append([])
-            chunks[-1].append((q, out, shape, tail))
+        result = _replace_consumers(weight.graph, weight, q, fmt, block, edit.opset, packed_rows)
+        if isinstance(result, tuple):
+            edit.remove(weight.graph, weight.name)
+            new_nodes, called = result
+            edit.domains.update(n.domain for n in new_nodes)
+            if any(n.op_type.startswith(ROWS_PREFIX) for n in new_nodes):
+                edit.packed.append(weight.name)
+            edit.add_functions(called)
             continue
-        inits, call = fmt.encode(q, name, out, shape, axis)
-        _insert(model, graph, inits, [call, *tail])
-        if call.op_type not in functions:
-            for function in fmt.decoders(q, opset):
-                functions.setdefault(function.name, function)
-    for (_, codebook, bits), (graph, chunks) in batches.items():
+        if result is not None:
+            edit.fallbacks.setdefault(result, []).append(weight.name)
+        _store_whole(edit, whole, weight, q)
+    for graph, chunks in edit.batches.values():
         for batch in chunks:
-            _insert_batch(model, graph, fmt, functions, codebook, bits, batch, opset)
-    for graph, names in replaced.values():
+            _insert_batch(edit, graph, whole, batch)
+    _finish(edit)
+    return _notes(edit, fmt, whole)
+
+
+def _store_whole(edit: _Edit, whole: WholeWeights, weight: Weight, q: QuantizedTensor) -> None:
+    """The weight's decoder now, or in its batch later; the weight itself goes."""
+    graph = weight.graph
+    piece, tail = _piece(whole, weight, q)
+    if weight.constant_node is not None:
+        graph.node.remove(weight.constant_node)
+    else:
+        edit.remove(graph, weight.name)
+    key = whole.batch_key(q)
+    if key is None:
+        inits, nodes, called = whole.encode([piece], edit.opset, weight.name)
+        _insert(edit.model, graph, inits, [*nodes, *tail])
+        edit.add_functions(called)
+        return
+    chunks = edit.batches.setdefault((id(graph), key), (graph, [[]]))[1]
+    if chunks[-1] and sum(p.q.codes.size for p, _ in chunks[-1]) + q.codes.size > whole.BATCH_WEIGHTS:
+        chunks.append([])
+    chunks[-1].append((piece, tail))
+
+
+def _piece(whole: WholeWeights, weight: Weight, q: QuantizedTensor) -> tuple[Piece, list[onnx.NodeProto]]:
+    """What the decoder builds, and the Transpose / Cast after it that make the weight itself."""
+    if whole.CHANNEL_FIRST:
+        shape, perm = grouped_shape(weight, q.groups)
+        axis = 0
+    else:
+        shape, perm, axis = tuple(weight.array.shape), None, weight.axis
+    name = weight.name
+    dtype = onnx.helper.np_dtype_to_tensor_dtype(weight.array.dtype)
+    tail: list[onnx.NodeProto] = []
+    out = name
+    if dtype != onnx.TensorProto.FLOAT:
+        tail.insert(0, helper.make_node("Cast", [f"{name}.onnxq.float"], [out], to=dtype))
+        out = f"{name}.onnxq.float"
+    if perm is not None:
+        tail.insert(0, helper.make_node("Transpose", [f"{name}.onnxq.grouped"], [out], perm=perm))
+        out = f"{name}.onnxq.grouped"
+    return Piece(q, name, out, shape, axis), tail
+
+
+def _finish(edit: _Edit) -> None:
+    """Drop the replaced initializers (and IR < 4 inputs), set the functions and the domains."""
+    for graph, names in edit.replaced.values():
         # One pass per graph: rebuilding the list per weight would copy every tensor each time.
         kept = [t for t in graph.initializer if t.name not in names]
         del graph.initializer[:]
@@ -112,35 +147,38 @@ def replace_weights(
         kept_inputs = [i for i in graph.input if i.name not in names]
         del graph.input[:]
         graph.input.extend(kept_inputs)
+    model = edit.model
     del model.functions[:]
-    model.functions.extend(functions.values())
-    domains = extra_domains | ({DOMAIN} if any(f.domain == DOMAIN for f in functions.values()) else set())
+    model.functions.extend(edit.functions.values())
+    domains = edit.domains | ({DOMAIN} if any(f.domain == DOMAIN for f in edit.functions.values()) else set())
     for domain in sorted(domains):
         if not any(i.domain == domain for i in model.opset_import):
             model.opset_import.append(helper.make_opsetid(domain, 1))
+
+
+def _notes(edit: _Edit, fmt: StorageFormat, whole: WholeWeights) -> list[str]:
     notes = [
-        f"{len(names)} weights stored as fold instead of {fmt.NAME}: {why} (e.g. {names[0]})"
-        for why, names in fallbacks.items()
+        f"{len(names)} weights stored as {whole.NAME} instead of {fmt.NAME}: {why} (e.g. {names[0]})"
+        for why, names in edit.fallbacks.items()
     ]
-    if packed:
+    if edit.packed:
         notes.append(
-            f"{len(packed)} embedding tables keep their rows packed in memory; only the gathered "
-            f"rows are unpacked, at run time (e.g. {packed[0]}; --no-packed-rows folds them whole)"
+            f"{len(edit.packed)} embedding tables keep their rows packed in memory; only the gathered "
+            f"rows are unpacked, at run time (e.g. {edit.packed[0]}; --no-packed-rows folds them whole)"
         )
     return notes
 
 
-def _insert_batch(model, graph, fmt, functions, codebook: str, bits: int, batch: list, opset: int) -> None:
-    """One decoder call for a batch of weights (q, output, shape, tail nodes), under a fresh name."""
-    name = base = fmt.function_name(codebook, bits)
+def _insert_batch(edit: _Edit, graph: onnx.GraphProto, whole: WholeWeights, batch: list) -> None:
+    """One decoder call for a batch of (piece, tail nodes), under a fresh name."""
+    name = base = whole.call_name(batch[0][0].q)
     suffix = 0
-    while name in functions:  # another batch of the same kind: a larger one, or in another graph
+    while name in edit.functions:  # another batch of the same kind: a larger one, or in another graph
         suffix += 1
         name = f"{base}_{suffix}"
-    inits, call, called = fmt.encode_batch([(q, out, shape) for q, out, shape, _ in batch], opset, name)
-    _insert(model, graph, inits, [call, *(node for *_, tail in batch for node in tail)])
-    for function in called:
-        functions[function.name] = function
+    inits, nodes, called = whole.encode([piece for piece, _ in batch], edit.opset, name)
+    _insert(edit.model, graph, inits, [*nodes, *(node for _, tail in batch for node in tail)])
+    edit.add_functions(called, replace=True)
 
 
 def _insert(model: onnx.ModelProto, graph: onnx.GraphProto, inits, nodes: list[onnx.NodeProto]) -> None:
@@ -159,7 +197,7 @@ def _replace_consumers(
 
     Returns (the new nodes, the functions they call) when they were replaced; else
     why not (a fallback the report notes), or None when storing the weight whole is
-    the format's own way for it (fmt.REPLACES_READERS false, as in fold).
+    the format's own way for it (fmt.REPLACES_READERS false).
     """
     if weight.constant_node is not None:
         return "the weight is a Constant node" if fmt.REPLACES_READERS else None

@@ -24,12 +24,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.quant.packing import pack_bits, pack_rows
 from onnxq.quant.quantize import SPLIT, QuantizedTensor
+from onnxq.storage.base import DOMAIN, ROWS_PREFIX, Encoded, Piece, WholeWeights
 
-DOMAIN = "onnxq"
 NAME = "fold"
 SUMMARY = "packed b-bit indices, rebuilt by standard ops that onnxruntime folds into constants"
 CHANNEL_FIRST = True  # the decoder builds the weight channel-first; rewrite transposes it back
 REPLACES_READERS = False  # a weight's readers are replaced only for packed rows; storing it whole is the rule
+WHOLE: WholeWeights | None = None  # fold stores whole weights itself
+DOMAINS: tuple[str, ...] = (DOMAIN,)
 MIN_OPSET = 11  # BitShift, the unpacking op, needs opset 11
 
 
@@ -154,10 +156,14 @@ def batch_key(q: QuantizedTensor) -> tuple[str, int]:
     return q.codebook, q.bits
 
 
-def decoders(q: QuantizedTensor, opset: int) -> list[onnx.FunctionProto]:
-    """The function that rebuilds a batch of one weight quantized like q: the fixed cost of a width."""
-    shape = (q.groups, q.codes.shape[1])
-    return encode_batch([(q, "weight", shape)], opset, function_name(q.codebook, q.bits))[2]
+def call_name(q: QuantizedTensor) -> str:
+    return function_name(q.codebook, q.bits)
+
+
+def encode(pieces: list[Piece], opset: int, name: str) -> Encoded:
+    """One call, and the function `name` it calls, that rebuilds every piece (see encode_batch)."""
+    inits, call, functions = encode_batch([(p.q, p.output, p.shape) for p in pieces], opset, name)
+    return inits, [call], functions
 
 
 def _split(b: _Body, x: str, sizes: list[int], outputs: list[str], opset: int) -> None:
@@ -169,40 +175,8 @@ def _split(b: _Body, x: str, sizes: list[int], outputs: list[str], opset: int) -
         b.nodes.append(helper.make_node("Split", [x], outputs, axis=0, split=sizes))
 
 
-def encode_batch(
-    items: list[tuple[QuantizedTensor, str, tuple[int, ...]]], opset: int, name: str
-) -> tuple[list[onnx.TensorProto], onnx.NodeProto, list[onnx.FunctionProto]]:
-    """One call, and the function `name` it calls, that rebuilds every weight of a batch.
-
-    items are (q, output, channel-first shape), all with the same batch_key. The
-    codes of all of them are packed back to back into one blob (pack_bits), their
-    group parameters into one uint16 array, and each weight's parameter ranges
-    (and fitted table) into a row of a small table. The function unpacks the blob
-    once (a lookup of each byte's 8 bits, then a uint8 MatMulInteger that weighs
-    the b planes), builds every group's levels at once (each group reads its
-    weight's row of ranges), and splits codes and levels per weight for a
-    GatherElements and a Reshape each. One call per batch keeps the nodes that
-    onnxruntime inlines and folds at session creation few, whatever the number
-    of weights.
-    """
-    q0 = items[0][0]
-    bits, fitted = q0.bits, q0.tensor_offset
-    codes = np.concatenate([q.codes.ravel() for q, _, _ in items])
-    groups = [q.groups for q, _, _ in items]
-    counts = [q.codes.size for q, _, _ in items]
-    total_groups = sum(groups)
-    inits = [
-        numpy_helper.from_array(pack_bits(codes, bits), f"{name}.onnxq.indices"),
-        numpy_helper.from_array(np.concatenate([q.params for q, _, _ in items]), f"{name}.onnxq.codebook"),
-        numpy_helper.from_array(
-            np.stack([q.ranges.ravel() for q, _, _ in items]).astype(np.float32), f"{name}.onnxq.ranges"
-        ),
-    ]
-    if fitted:
-        offsets = np.stack([q.offset for q, _, _ in items]).astype(np.float32)
-        inits.append(numpy_helper.from_array(offsets, f"{name}.onnxq.offsets"))
-
-    b = _Body()
+def _unpacked_codes(b: _Body, bits: int) -> str:
+    """Nodes that unpack the input "indices" (pack_bits) into int32 codes, and the padding after them."""
     # Each byte's 8 bits, most significant first: a (256, 8) table built from a Range.
     byte = b.add(
         "Cast",
@@ -237,35 +211,79 @@ def encode_batch(
         [b.add("MatMulInteger", [weigh, planes], "summed"), b.const("flat", np.array([-1], np.int64))],
         "codes",
     )  # int32 codes, then the padding up to a multiple of 8
+    return flat
+
+
+def _owners(b: _Body, groups: list[int]) -> str:
+    """Nodes that give each group the index of its weight in the batch."""
+    total_groups = sum(groups)
+    # The weight of each group: a 1 where each weight after the first starts, summed up.
+    starts = np.cumsum(groups)[:-1].astype(np.int64)
+    marks = b.add(
+        "ScatterElements",
+        [
+            b.add(
+                "ConstantOfShape",
+                [b.const("ngroups", np.array([total_groups], np.int64))],
+                "zeros",
+                value=numpy_helper.from_array(np.zeros(1, np.int64)),
+            ),
+            b.const("starts", starts),
+            b.add(
+                "ConstantOfShape",
+                [b.const("nstarts", np.array([starts.size], np.int64))],
+                "ones",
+                value=numpy_helper.from_array(np.ones(1, np.int64)),
+            ),
+        ],
+        "marks",
+        axis=0,
+    )
+    owner = b.add("CumSum", [marks, b.const("axis0", np.array(0, np.int64))], "owner")  # (G,)
+    return owner
+
+
+def encode_batch(
+    items: list[tuple[QuantizedTensor, str, tuple[int, ...]]], opset: int, name: str
+) -> tuple[list[onnx.TensorProto], onnx.NodeProto, list[onnx.FunctionProto]]:
+    """One call, and the function `name` it calls, that rebuilds every weight of a batch.
+
+    items are (q, output, channel-first shape), all with the same batch_key. The
+    codes of all of them are packed back to back into one blob (pack_bits), their
+    group parameters into one uint16 array, and each weight's parameter ranges
+    (and fitted table) into a row of a small table. The function unpacks the blob
+    once (a lookup of each byte's 8 bits, then a uint8 MatMulInteger that weighs
+    the b planes), builds every group's levels at once (each group reads its
+    weight's row of ranges), and splits codes and levels per weight for a
+    GatherElements and a Reshape each. One call per batch keeps the nodes that
+    onnxruntime inlines and folds at session creation few, whatever the number
+    of weights.
+    """
+    q0 = items[0][0]
+    bits, fitted = q0.bits, q0.tensor_offset
+    codes = np.concatenate([q.codes.ravel() for q, _, _ in items])
+    groups = [q.groups for q, _, _ in items]
+    counts = [q.codes.size for q, _, _ in items]
+    inits = [
+        numpy_helper.from_array(pack_bits(codes, bits), f"{name}.onnxq.indices"),
+        numpy_helper.from_array(np.concatenate([q.params for q, _, _ in items]), f"{name}.onnxq.codebook"),
+        numpy_helper.from_array(
+            np.stack([q.ranges.ravel() for q, _, _ in items]).astype(np.float32), f"{name}.onnxq.ranges"
+        ),
+    ]
+    if fitted:
+        offsets = np.stack([q.offset for q, _, _ in items]).astype(np.float32)
+        inits.append(numpy_helper.from_array(offsets, f"{name}.onnxq.offsets"))
+
+    b = _Body()
+    flat = _unpacked_codes(b, bits)
 
     # Every group's levels: its parameter codes on its weight's ranges.
     if len(items) == 1:
         rows = "ranges"  # (1, 2P) broadcasts over the groups
         offset = "offsets" if fitted else None
     else:
-        # The weight of each group: a 1 where each weight after the first starts, summed up.
-        starts = np.cumsum(groups)[:-1].astype(np.int64)
-        marks = b.add(
-            "ScatterElements",
-            [
-                b.add(
-                    "ConstantOfShape",
-                    [b.const("ngroups", np.array([total_groups], np.int64))],
-                    "zeros",
-                    value=numpy_helper.from_array(np.zeros(1, np.int64)),
-                ),
-                b.const("starts", starts),
-                b.add(
-                    "ConstantOfShape",
-                    [b.const("nstarts", np.array([starts.size], np.int64))],
-                    "ones",
-                    value=numpy_helper.from_array(np.ones(1, np.int64)),
-                ),
-            ],
-            "marks",
-            axis=0,
-        )
-        owner = b.add("CumSum", [marks, b.const("axis0", np.array(0, np.int64))], "owner")  # (G,)
+        owner = _owners(b, groups)
         rows = b.add("Gather", ["ranges", owner], "rows", axis=0)  # (G, 2P)
         offset = b.add("Gather", ["offsets", owner], "goffset", axis=0) if fitted else None
 
@@ -290,9 +308,6 @@ def encode_batch(
     function = helper.make_function(DOMAIN, name, inputs, outputs, b.nodes, [helper.make_opsetid("", opset)])
     call = helper.make_node(name, [t.name for t in inits], [out for _, out, _ in items], domain=DOMAIN)
     return inits, call, [function]
-
-
-ROWS_PREFIX = "GatherRows_"
 
 
 def rows_function_name(codebook: str, bits: int) -> str:
@@ -416,3 +431,24 @@ def replace_consumer(
         **attrs,
     )
     return inits, call, [rows_function(q, opset)]
+
+
+def unfuse(model: onnx.ModelProto, graph: onnx.GraphProto, evaluate) -> int:
+    """For decompress: every GatherRows call -> Gather of the decoded table (the call run on every row)."""
+    count = 0
+    for i, node in enumerate(list(graph.node)):
+        if node.domain != DOMAIN or not node.op_type.startswith(ROWS_PREFIX):
+            continue
+        name = node.input[0].removesuffix(".onnxq.indices")
+        rows = next(t for t in graph.initializer if t.name == node.input[0]).dims[0]
+        every = onnx.NodeProto()
+        every.CopyFrom(node)
+        every.input[2] = f"{name}.onnxq.rows"
+        every.output[:] = [name]
+        ids = numpy_helper.from_array(np.arange(rows, dtype=np.int64), f"{name}.onnxq.rows")
+        table = evaluate([every], [name], [ids])[name]
+        graph.initializer.append(numpy_helper.from_array(table, name))
+        graph.node.insert(i, helper.make_node("Gather", [name, node.input[2]], list(node.output), axis=0))
+        graph.node.remove(node)
+        count += 1
+    return count

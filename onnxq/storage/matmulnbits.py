@@ -18,27 +18,25 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.quant.codebooks import magnitude_count
+from onnxq.quant.codebooks import CODEBOOKS, magnitude_count
 from onnxq.quant.quantize import QuantizedTensor
 from onnxq.storage import fold
+from onnxq.storage.base import MARK
 
 NAME = "matmulnbits"
 SUMMARY = (
     "MatMul weights as com.microsoft.MatMulNBits and embedding tables as GatherBlockQuantized "
-    "(linear, 2/4/8 bits); other weights as fold"
+    "(evenly spaced levels, 2/4/8 bits); other weights as fold"
 )
 MS_DOMAIN = "com.microsoft"
+DOMAINS: tuple[str, ...] = (MS_DOMAIN,)
 BITS = (2, 4, 8)
 BLOCK = 128  # per-channel scales are repeated over blocks of up to this many inputs
 
-# The fallback for weights MatMulNBits cannot take (Conv, Gather, ...) is fold, hooks and all.
-CHANNEL_FIRST = fold.CHANNEL_FIRST
+# Weights MatMulNBits cannot take (Conv, Gather, ...) are stored whole by fold: fold's
+# opsets and byte counts hold for them, and (as bounds) for the fused ones.
+WHOLE = fold
 REPLACES_READERS = True  # a weight whose readers cannot be replaced falls back to fold, and is noted
-decoders = fold.decoders
-encode_batch = fold.encode_batch
-BATCH_WEIGHTS = fold.BATCH_WEIGHTS
-batch_key = fold.batch_key
-function_name = fold.function_name
 min_opset = fold.min_opset
 weight_problem = fold.weight_problem
 notes = fold.notes
@@ -57,11 +55,15 @@ def supports(codebook: str, bits: int) -> str | None:
     Asked of --bits (an error: no MatMul could use the format) and of each width
     --target-bits picks (that weight falls back to fold).
     """
-    if codebook != "linear":
-        return f"MatMulNBits needs linear levels, not {codebook}"
+    if codebook not in CODEBOOKS or not CODEBOOKS[codebook].evenly_spaced:
+        return f"MatMulNBits needs {_evenly_spaced()} levels, not {codebook}"
     if bits not in BITS:
         return f"MatMulNBits has kernels for {', '.join(map(str, BITS))} bits, not {bits}"
     return None
+
+
+def _evenly_spaced() -> str:
+    return " or ".join(name for name, c in CODEBOOKS.items() if c.evenly_spaced)
 
 
 def replace_consumer(
@@ -194,3 +196,50 @@ def _pack_low_first(stored: np.ndarray, bits: int) -> np.ndarray:
     for i in range(per_byte):
         packed |= (grouped[:, :, i] << (bits * i)).astype(np.uint8)
     return packed
+
+
+def _low_first(packed: np.ndarray, bits: int, rows: int) -> np.ndarray:
+    """(rows, bytes) packed least significant bits first -> (rows, values) uint8."""
+    packed = packed.reshape(rows, -1)
+    per_byte = 8 // bits
+    return np.stack([(packed >> (bits * j)) & ((1 << bits) - 1) for j in range(per_byte)], axis=2).reshape(
+        rows, -1
+    )
+
+
+def unfuse(model: onnx.ModelProto, graph: onnx.GraphProto, evaluate) -> int:
+    """For decompress: MatMulNBits / GatherBlockQuantized nodes onnxq wrote -> MatMul / Gather of the
+    float weight."""
+    inits = {t.name: t for t in graph.initializer}
+    count = 0
+    for i, node in enumerate(list(graph.node)):
+        if node.domain != MS_DOMAIN or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
+            continue
+        packed_name = node.input[1] if node.op_type == "MatMulNBits" else node.input[0]
+        if MARK not in packed_name:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        bits, block = attrs["bits"], attrs["block_size"]
+        packed = numpy_helper.to_array(inits[packed_name])
+        name = packed_name.removesuffix(".onnxq.indices")
+        if node.op_type == "MatMulNBits":
+            k, n = attrs["K"], attrs["N"]
+            scales = numpy_helper.to_array(inits[node.input[2]]).reshape(n, -1)
+            q = _low_first(packed, bits, n)[:, :k]
+            w = (q.astype(np.float32) - (1 << (bits - 1))) * np.repeat(scales, block, axis=1)[:, :k]
+            weight, new = np.ascontiguousarray(w.T), helper.make_node("MatMul", [node.input[0], name], [])
+        else:
+            v = packed.shape[0]
+            scales = numpy_helper.to_array(inits[node.input[2]]).reshape(v, -1)
+            q = _low_first(packed, bits, v)
+            d = q.shape[1]
+            weight = (q.astype(np.float32) - (1 << (bits - 1))) * np.repeat(scales, block, axis=1)[:, :d]
+            new = helper.make_node("Gather", [name, node.input[1]], [], axis=0)
+        new.output.extend(node.output)
+        if node.name:
+            new.name = node.name
+        graph.initializer.append(numpy_helper.from_array(weight, name))
+        graph.node.insert(i, new)
+        graph.node.remove(node)
+        count += 1
+    return count

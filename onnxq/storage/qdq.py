@@ -1,4 +1,4 @@
-"""qdq: linear levels as signed integers k, read by one standard DequantizeLinear.
+"""qdq: evenly spaced levels as signed integers k, read by one standard DequantizeLinear.
 
 w = DequantizeLinear(k, step, axis) = k * step, with k in -M..M (M = 2^(b-1) - 1;
 one bit is k = +-1) stored as INT2 (1-2 bits, opset 25), INT4 (3-4 bits, opset 21)
@@ -18,13 +18,17 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.errors import OnnxqError
-from onnxq.quant.codebooks import magnitude_count
+from onnxq.quant.codebooks import CODEBOOKS, magnitude_count
 from onnxq.quant.quantize import QuantizedTensor
+from onnxq.storage.base import Encoded, Piece, WholeWeights
 
 NAME = "qdq"
 SUMMARY = "signed integer levels (int2/int4/int8) and a float step, read by DequantizeLinear"
 CHANNEL_FIRST = False  # the weight keeps its own layout; DequantizeLinear's axis names the channel
-CODEBOOKS = ("linear",)  # levels k * step are all DequantizeLinear can express
+REPLACES_READERS = False  # every weight is stored whole
+WHOLE: WholeWeights | None = None  # qdq stores whole weights itself
+DOMAINS: tuple[str, ...] = ()  # DequantizeLinear is a standard op
+BATCH_WEIGHTS = 1  # one DequantizeLinear per weight
 
 # bits -> (element type, numpy dtype, bits per stored integer, opset DequantizeLinear needs for it)
 _INT2 = (TensorProto.INT2, ml_dtypes.int2, 2, 25)
@@ -44,10 +48,12 @@ def stored_bits(bits: int) -> int:
 
 
 def supports(codebook: str, bits: int) -> str | None:
-    """None if this format stores the codebook at this width, else why not."""
-    if codebook in CODEBOOKS:
+    """None if this format stores the codebook at this width, else why not: levels k * step are
+    all DequantizeLinear can express."""
+    evenly = [name for name, c in CODEBOOKS.items() if c.evenly_spaced]
+    if codebook in evenly:
         return None
-    return "--format qdq stores only --codebook linear levels (k * step, read by DequantizeLinear)"
+    return f"--format qdq stores only --codebook {' or '.join(evenly)} levels (k * step, read by DequantizeLinear)"
 
 
 def min_opset(bits: int, granularity: str, group_size: int | None) -> int:
@@ -107,9 +113,34 @@ def weight_problem(shape: tuple[int, ...], axis: int, group_size: int) -> str | 
     return None
 
 
-def decoders(q: QuantizedTensor, opset: int) -> list[onnx.FunctionProto]:
-    """None: DequantizeLinear is a standard op."""
-    return []
+def batch_key(q: QuantizedTensor) -> None:
+    """None: a DequantizeLinear per weight."""
+    return
+
+
+def call_name(q: QuantizedTensor) -> str:
+    return "DequantizeLinear"
+
+
+def encode(pieces: list[Piece], opset: int, name: str) -> Encoded:
+    """Each piece's DequantizeLinear and its two initializers (see encode_weight); no functions."""
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+    for p in pieces:
+        tensors, node = encode_weight(p.q, p.name, p.output, p.shape, p.axis)
+        inits += tensors
+        nodes.append(node)
+    return inits, nodes, []
+
+
+def replace_consumer(q, weight, node, block, opset, packed_rows):
+    """None: qdq stores every weight whole."""
+    return
+
+
+def unfuse(model: onnx.ModelProto, graph: onnx.GraphProto, evaluate) -> int:
+    """0: qdq fuses nothing; decompress evaluates its DequantizeLinear nodes."""
+    return 0
 
 
 def _levels(q: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +154,7 @@ def _levels(q: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
     return k, table[:, m + 1]
 
 
-def encode(
+def encode_weight(
     q: QuantizedTensor, name: str, output: str, shape: tuple[int, ...], axis: int = 0
 ) -> tuple[list[onnx.TensorProto], onnx.NodeProto]:
     """Initializers named after weight `name`, and the DequantizeLinear that builds `output`.

@@ -11,5 +11,6 @@ CODEBOOKS: dict[str, Codebook] = {
     "kmeans": kmeans.CODEBOOK,
     "auto": auto.CODEBOOK,
 }
+DEFAULT_CODEBOOK = "exponential"
 
-__all__ = ["CODEBOOKS", "Codebook", "code_layout", "magnitude_count", "zero_code"]
+__all__ = ["CODEBOOKS", "DEFAULT_CODEBOOK", "Codebook", "code_layout", "magnitude_count", "zero_code"]

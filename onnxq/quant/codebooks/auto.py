@@ -2,12 +2,12 @@
 
 E is the weight-space squared error |w - w_q|^2 by default; with layer input
 statistics it is the layer output error tr(dW H dW^T) (refine.output_error).
-The choice is made by quantize.quantize, which knows both.
+The choice is made by quantize.quantize, which knows both. The candidates are
+every other codebook in the registry.
 """
 
 from __future__ import annotations
 
-from onnxq.quant.codebooks import exponential, kmeans, linear
 from onnxq.quant.codebooks.base import Codebook
 
 
@@ -16,7 +16,9 @@ class Auto(Codebook):
         raise NotImplementedError("auto chooses a codebook per tensor; it has no levels of its own")
 
     def candidates(self) -> tuple[Codebook, ...]:
-        return (linear.CODEBOOK, exponential.CODEBOOK, kmeans.CODEBOOK)
+        from onnxq.quant.codebooks import CODEBOOKS  # the registry lists this module too
+
+        return tuple(c for c in CODEBOOKS.values() if not isinstance(c, Auto))
 
 
-CODEBOOK = Auto("auto", "per tensor, the one of linear, exponential and kmeans with the least error")
+CODEBOOK = Auto("auto", "per tensor, the one of the other codebooks with the least error")

@@ -59,6 +59,7 @@ class Codebook:
     name: str
     summary: str
     fitted: ClassVar[bool] = False  # levels fitted per tensor (fit), not searched over x0
+    evenly_spaced: ClassVar[bool] = False  # levels k * step, which integer formats can store
 
     def log_coefficients(self, bits: int) -> tuple[np.ndarray, np.ndarray]:
         """(a, c) with ln g_k = a_k * ln(x0) + c_k, each of length magnitude_count(bits)."""

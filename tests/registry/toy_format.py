@@ -1,0 +1,82 @@
+"""toy: a storage format written for the registry test, in one file.
+
+One byte per code and a float32 table of levels per group, decoded by standard ops:
+w = Reshape(GatherElements(levels, Cast(codes)), shape). Nothing in onnxq names it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxq.quant.quantize import QuantizedTensor
+from onnxq.storage.base import Encoded, Piece, WholeWeights
+
+NAME = "toy"
+SUMMARY = "a byte per code and a table of levels per group"
+CHANNEL_FIRST = True
+REPLACES_READERS = False
+WHOLE: WholeWeights | None = None
+DOMAINS: tuple[str, ...] = ()
+BATCH_WEIGHTS = 1
+
+
+def supports(codebook: str, bits: int) -> str | None:
+    return None
+
+
+def min_opset(bits: int, granularity: str, group_size: int | None) -> int:
+    return 11  # GatherElements
+
+
+def weight_problem(shape: tuple[int, ...], axis: int, group_size: int) -> str | None:
+    return None
+
+
+def notes(widths: set[int]) -> list[str]:
+    return [f"toy stores {sorted(widths)} bits as a byte per weight"]
+
+
+def index_bytes(q: QuantizedTensor) -> int:
+    return q.codes.size
+
+
+def codebook_bytes(q: QuantizedTensor) -> int:
+    return 4 * q.groups << q.bits
+
+
+def batch_key(q: QuantizedTensor) -> None:
+    return None
+
+
+def call_name(q: QuantizedTensor) -> str:
+    return "Reshape"
+
+
+def encode(pieces: list[Piece], opset: int, name: str) -> Encoded:
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+    for p in pieces:
+        stem = f"{p.name}.onnxq"
+        inits += [
+            numpy_helper.from_array(p.q.codes.astype(np.uint8), f"{stem}.indices"),
+            numpy_helper.from_array(p.q.level_table().astype(np.float32), f"{stem}.codebook"),
+            numpy_helper.from_array(np.array(p.shape, np.int64), f"{stem}.shape"),
+        ]
+        nodes += [
+            helper.make_node("Cast", [f"{stem}.indices"], [f"{stem}.codes"], to=TensorProto.INT64),
+            helper.make_node(
+                "GatherElements", [f"{stem}.codebook", f"{stem}.codes"], [f"{stem}.rows"], axis=1
+            ),
+            helper.make_node("Reshape", [f"{stem}.rows", f"{stem}.shape"], [p.output]),
+        ]
+    return inits, nodes, []
+
+
+def replace_consumer(q, weight, node, block, opset, packed_rows):
+    return None
+
+
+def unfuse(model: onnx.ModelProto, graph: onnx.GraphProto, evaluate) -> int:
+    return 0
