@@ -98,7 +98,9 @@ def test_bits_5_works_on_real_models_and_says_random_inputs_check_nothing(name, 
     assert cosine >= MIN_COSINE[name], f"{name}: cosine {cosine:.4f} on realistic inputs"
 
 
-@pytest.mark.parametrize("name", ["silero_vad", "ocr_cls"])
+# ocr_cls, whose many small tensors once made --target-bits fail, takes 30 s: the heavy test
+# below covers it with every other zoo model.
+@pytest.mark.parametrize("name", ["silero_vad", "melspec"])
 def test_target_bits_without_data_works_on_real_models(name, tmp_path):
     report, cosine = compress_and_check(name, tmp_path, target_bits=5.0)
     assert report.bits_per_weight <= 5.0 and report.calibration.startswith("synthetic")
