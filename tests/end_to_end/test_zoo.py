@@ -124,7 +124,7 @@ def test_a_wrong_inputs_file_fails_before_the_work(tmp_path):
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize("name", zoo.names())
+@pytest.mark.parametrize("name", zoo.names(slow=False))
 @pytest.mark.parametrize(
     "mode",
     [{"bits": 5}, {"target_bits": 5.0}, {"target_bits": 4.0, "calibrated": True}],
@@ -141,7 +141,7 @@ def test_every_zoo_model_in_every_mode(name, mode, tmp_path):
 
 @pytest.mark.heavy
 def test_every_zoo_model_runs_in_onnxruntime_as_fetched():
-    for name in zoo.names():
+    for name in zoo.names(slow=False):
         calib, _ = realistic(name)
         with np.load(calib) as npz:
             assert npz.files
