@@ -21,7 +21,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,8 +70,12 @@ def run_step(step: str, path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="*", type=Path, default=[SHARED / "models" / "efficientnet_lite0.onnx"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models", nargs="*", type=Path, default=[SHARED / "models" / "efficientnet_lite0.onnx"]
+    )
     parser.add_argument("--llama", help="also a make_llama.py preset, e.g. 30m or 125m")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -90,7 +93,10 @@ def main(argv: list[str] | None = None) -> None:
                 # grandchild so that an earlier, larger step does not mask a later one
                 row = json.loads(
                     subprocess.run(
-                        [sys.executable, __file__, "--one", step, str(model)], capture_output=True, text=True, check=True
+                        [sys.executable, __file__, "--one", step, str(model)],
+                        capture_output=True,
+                        text=True,
+                        check=True,
                     ).stdout
                 )
                 rows.append({"model": model.name, **row})

@@ -18,7 +18,11 @@ from pathlib import Path
 import onnxq
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = {"bits5": {"bits": 5}, "tb5": {"target_bits": 5.0, "sensitivity_samples": 16}, "bits4-linear": {"bits": 4, "codebook": "linear"}}
+MODES = {
+    "bits5": {"bits": 5},
+    "tb5": {"target_bits": 5.0, "sensitivity_samples": 16},
+    "bits4-linear": {"bits": 4, "codebook": "linear"},
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -185,6 +185,7 @@ def report(args: argparse.Namespace) -> None:
             f"`python tools/zoo_sweep.py report --results {args.results.name}`."
         ),
         "",
+        *([args.note, ""] if args.note else []),
     ]
     lines += paper_tables.markdown_table(
         ["model", *modes], ["---"] + ["---:"] * len(modes),
@@ -234,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("report")
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--markdown", type=Path, default=paper_tables.RESULTS_MD)
+    p.add_argument("--note", help="a paragraph on how the rows were made, written under the command")
     args = parser.parse_args(argv)
     (run if args.command == "run" else report)(args)
 

@@ -188,11 +188,13 @@ def compare_models(
     min_cosine: float | None = None,
     batch: int = DEFAULT_BATCH,
     plan: synthetic.Plan | None = None,
+    literal: bool = False,
 ) -> Validation:
     """Run both models on the same inputs (an npz or folder of them, else synthetic ones) and
-    compare every output; the gates decide whether it passed."""
-    ref = runtime.session(reference)
-    cand = runtime.session(candidate)
+    compare every output; the gates decide whether it passed. literal: run both as their graphs
+    state, without the fused kernels that change the arithmetic (runtime.session)."""
+    ref = runtime.session(reference, literal=literal)
+    cand = runtime.session(candidate, literal=literal)
     ref_in = sorted((i.name, i.type) for i in ref.get_inputs())
     cand_in = sorted((i.name, i.type) for i in cand.get_inputs())
     if ref_in != cand_in:
