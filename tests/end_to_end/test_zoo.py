@@ -25,25 +25,26 @@ pytest.importorskip("PIL", reason="Pillow renders the zoo's realistic inputs (pi
 
 # Small models of different families, none of which needs ../shared for its inputs.
 QUICK = ["silero_vad", "ocr_cls", "melspec", "magika", "chars2vec"]
-# The least cosine on realistic inputs at --bits 5 and at --target-bits 5 without data, measured
-# (docs/RESULTS.md, the zoo section) less a margin: a model broken by compression fails it.
+# The least cosine on realistic inputs at --bits 5 and at --target-bits 5 without data, as
+# measured (docs/RESULTS.md, the zoo section), less 0.02 and rounded down; --target-bits 4 with
+# calibration gets 0.05 less. A model broken by compression falls far below.
 MIN_COSINE = {
-    "ocr_det": 0.97,
-    "ocr_rec": 0.97,
-    "ocr_cls": 0.95,
-    "table": 0.80,
-    "nudenet": 0.97,
-    "layout": 0.95,
-    "silero_vad": 0.95,
-    "silero_vad_v6": 0.95,
-    "melspec": 0.99,
-    "wakeword_embedding": 0.97,
-    "hey_jarvis": 0.80,
-    "basic_pitch": 0.97,
-    "magika": 0.90,
-    "minilm_l3": 0.97,
-    "open_nsfw": 0.95,
-    "chars2vec": 0.97,
+    "ocr_det": 0.91,  # bits5 0.9330, tb5 0.9778
+    "ocr_rec": 0.91,  # bits5 0.9548, tb5 0.9389, tb4cal 0.9886
+    "ocr_cls": 0.96,  # bits5 0.9819, tb5 0.9979, tb4cal 0.9919
+    "table": 0.97,  # bits5 0.9991, tb5 0.9972
+    "nudenet": 0.97,  # bits5 0.9942, tb5 0.9998
+    "layout": 0.82,  # bits5 0.8420 (slow: not in the heavy tests)
+    "silero_vad": 0.96,  # bits5 0.9817, tb5 0.9805, tb4cal 0.9768
+    "silero_vad_v6": 0.95,  # bits5 0.9716, tb5 0.9732, tb4cal 0.9763
+    "melspec": 0.97,  # bits5 0.9989, tb5 0.9984, tb4cal 0.9923
+    "wakeword_embedding": 0.93,  # bits5 0.9532, tb5 0.9909, tb4cal 0.9866
+    "hey_jarvis": 0.97,  # bits5 0.9992, tb5 0.9953, tb4cal 0.9851
+    "basic_pitch": 0.94,  # bits5 0.9674, tb5 0.9620, tb4cal 0.9663
+    "magika": 0.97,  # bits5 0.9999, tb5 0.9990, tb4cal 0.9993
+    "minilm_l3": 0.97,  # slow: not in the heavy tests, and not yet measured at --bits 5
+    "open_nsfw": 0.97,  # bits5 1.0000, tb5 1.0000
+    "chars2vec": 0.97,  # bits5 0.9996, tb5 0.9996, tb4cal 0.9978
 }
 
 
