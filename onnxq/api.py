@@ -19,7 +19,7 @@ from onnxq.check.report import Bytes, Report, SkipReport, WeightReport
 from onnxq.check.validate import DEFAULT_BATCH
 from onnxq.data import samples as data
 from onnxq.data import synthetic
-from onnxq.errors import OnnxqError
+from onnxq.errors import OnnxqError, first_line
 from onnxq.graph import constfold, io, rewrite
 from onnxq.graph.select import FLOAT_TYPES, Weight, find_weights, iter_graphs
 from onnxq.quant.codebooks import CODEBOOKS, DEFAULT_CODEBOOK
@@ -352,7 +352,7 @@ def _upgrade_opset(model: onnx.ModelProto, opset: int, target: int) -> onnx.Mode
         upgraded.ir_version = max(upgraded.ir_version, ir)
         onnx.checker.check_model(upgraded)
     except Exception as exc:  # noqa: BLE001 (the converter raises anything; we explain)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc, 200)
         raise OnnxqError(
             f"the model uses opset {opset} and onnx could not upgrade it to {target} ({first}); "
             f"convert it to opset {target} or newer first"

@@ -6,14 +6,13 @@ reports a failed load or run in one line.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from onnxq.errors import OnnxqError
+from onnxq.errors import OnnxqError, first_line
 
 # onnxruntime's own exceptions derive from Exception directly; its Python layer
 # raises ValueError and RuntimeError for bad feeds.
@@ -45,29 +44,6 @@ NUMPY_TYPES = {
 }
 
 Session = ort.InferenceSession
-
-
-_NOISE = [
-    (re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : "), ""),
-    (
-        re.compile(
-            r"Non-zero status code returned while running (\S+) node\. Name:'([^']*)' Status Message: "
-        ),
-        r"\1 node '\2': ",
-    ),
-    (re.compile(r"/onnxruntime_src/\S+:\d+ (\S+\(.*?\) )?"), ""),  # the source file and function
-    (re.compile(r"[\w:]+\(const [^)]*\) "), ""),
-]
-
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first non-empty line of an exception's message, or its type when it has none, without
-    onnxruntime's status prefix and source locations."""
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    for pattern, replacement in _NOISE:
-        text = pattern.sub(replacement, text)
-    return text[:limit]
 
 
 def session(model: bytes | str | Path, spin: bool = True, literal: bool = False) -> ort.InferenceSession:

@@ -384,3 +384,14 @@ def small_cnn(batch: int | str = "N", seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], transB=1, name="fc"),
     ]
     return make_model(nodes, [value("x", [batch, 3, 12, 12])], [value("y", [batch, 10])], inits)
+
+
+def unpack_bits(blob: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Invert pack_bits: the first count codes, as uint8."""
+    planes = np.unpackbits(np.asarray(blob, dtype=np.uint8).reshape(bits, -1), axis=1)
+    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.uint8)
+    return (
+        (weights @ planes.astype(np.uint16)).astype(np.uint8)[:count]
+        if planes.size
+        else np.zeros(0, np.uint8)
+    )

@@ -14,7 +14,7 @@ from functools import partial
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.errors import OnnxqError
+from onnxq.errors import OnnxqError, first_line
 from onnxq.graph import io
 from onnxq.graph.select import iter_graphs
 from onnxq.runtime import ORT_ERRORS, session
@@ -119,6 +119,6 @@ def _evaluate(model: onnx.ModelProto, graph: onnx.GraphProto, nodes, outputs: li
     try:
         result = session(tiny.SerializeToString()).run(outputs, {})
     except ORT_ERRORS as exc:
-        first = str(exc).strip().splitlines()[0][:200]
+        first = first_line(exc, 200)
         raise OnnxqError(f"onnxruntime could not decode the weights: {first}") from None
     return dict(zip(outputs, result))

@@ -10,7 +10,7 @@ import onnx
 from google.protobuf.message import DecodeError, EncodeError
 from onnx.external_data_helper import uses_external_data
 
-from onnxq.errors import ModelLoadError, OnnxqError
+from onnxq.errors import ModelLoadError, OnnxqError, first_line
 from onnxq.graph.select import iter_graphs
 
 
@@ -23,13 +23,9 @@ def _external_tensors(model: onnx.ModelProto):
                     yield attr.t
 
 
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX model and its external data; refuse data outside its folder."""
-    return read_model(path)[0]
-
-
 def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
-    """load_model, and the model's size on disk: the .onnx file and its external data files."""
+    """Read an ONNX model and its external data, refusing data outside its folder; and the
+    model's size on disk: the .onnx file and its external data files."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path} does not exist; check the path")
@@ -69,8 +65,7 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
         # By path: the checker cannot take a model of 2 GB or more in memory.
         onnx.checker.check_model(str(path) if data_files else model)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
-        raise ModelLoadError(f"{path} is not a valid ONNX model: {first}") from None
+        raise ModelLoadError(f"{path} is not a valid ONNX model: {first_line(exc)}") from None
     return model, path.stat().st_size + sum(f.stat().st_size for f in data_files)
 
 

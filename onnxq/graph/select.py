@@ -160,7 +160,6 @@ def find_weights(
     model: onnx.ModelProto,
     min_elements: int,
     exclude: Sequence[str] = (),
-    keep_biases: bool = True,
 ) -> tuple[list[Weight], list[Skip]]:
     """The weights to compress, and a reason for every float tensor left alone."""
     patterns = [re.compile(p) for p in exclude]
@@ -189,7 +188,7 @@ def find_weights(
         other = [(n, s) for (n, s), a in zip(consumers, axes) if a is None]
         if other:
             node, slot = other[0]
-            if keep_biases and all((n.op_type, s) in BIAS_SLOTS for n, s in other):
+            if all((n.op_type, s) in BIAS_SLOTS for n, s in other):
                 skip(f"bias of {node.op_type} (biases stay in float)")
             else:
                 skip(f"feeds {node.op_type} input {slot}, which is not a weight input")

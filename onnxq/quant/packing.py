@@ -28,18 +28,6 @@ def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
     return pack_rows(np.asarray(codes).reshape(1, -1), bits).ravel()
 
 
-def unpack_bits(blob: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """Invert pack_bits: the first count codes, as uint8."""
-    _check(bits)
-    planes = np.unpackbits(np.asarray(blob, dtype=np.uint8).reshape(bits, -1), axis=1)
-    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.uint8)
-    return (
-        (weights @ planes.astype(np.uint16)).astype(np.uint8)[:count]
-        if planes.size
-        else np.zeros(0, np.uint8)
-    )
-
-
 def pack_rows(codes: np.ndarray, bits: int) -> np.ndarray:
     """pack_bits of every row of a 2-D array of codes: shape (rows, ceil(n/8) * bits).
 

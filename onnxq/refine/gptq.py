@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxq.quant.codebooks import magnitude_count
-from onnxq.quant.quantize import QuantizedTensor, with_codes
+from onnxq.quant.quantize import QuantizedTensor
 
 DAMPING = 0.01  # of the mean diagonal, as in the GPTQ paper: the least, for an H seen through many columns
 SAMPLE_DAMPING = 1.0  # times K / N: K inputs per row, N input columns seen (see damping_for)
@@ -163,9 +163,3 @@ def gptq_codes(
         rows.reshape(g, o // g, k), hessian, np.ascontiguousarray(table), q.bits, block, damping
     )
     return codes.reshape(o, k)
-
-
-def gptq(q: QuantizedTensor, rows: np.ndarray, hessian: np.ndarray) -> QuantizedTensor:
-    """q with codes from gptq_codes, for rows laid out as q's own groups (O, K)."""
-    codes = gptq_codes(q, rows, hessian)
-    return with_codes(q, rows, codes.reshape(q.codes.shape))

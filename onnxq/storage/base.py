@@ -62,7 +62,6 @@ class StorageFormat(Protocol):
     """A way to store quantized weights in an ONNX graph."""
 
     NAME: str
-    SUMMARY: str
     REPLACES_READERS: bool  # replacing the readers is the rule (a weight stored whole is a noted fallback)
     WHOLE: WholeWeights | None  # the format that stores whole weights for this one; None: itself
     DOMAINS: tuple[str, ...]  # the operator domains its nodes use

@@ -27,7 +27,6 @@ from onnxq.quant.quantize import SPLIT, QuantizedTensor
 from onnxq.storage.base import DOMAIN, ROWS_PREFIX, Encoded, Piece, WholeWeights
 
 NAME = "fold"
-SUMMARY = "packed b-bit indices, rebuilt by standard ops that onnxruntime folds into constants"
 CHANNEL_FIRST = True  # the decoder builds the weight channel-first; rewrite transposes it back
 REPLACES_READERS = False  # a weight's readers are replaced only for packed rows; storing it whole is the rule
 WHOLE: WholeWeights | None = None  # fold stores whole weights itself

@@ -24,10 +24,6 @@ from onnxq.storage import fold
 from onnxq.storage.base import MARK
 
 NAME = "matmulnbits"
-SUMMARY = (
-    "MatMul weights as com.microsoft.MatMulNBits and embedding tables as GatherBlockQuantized "
-    "(evenly spaced levels, 2/4/8 bits); other weights as fold"
-)
 MS_DOMAIN = "com.microsoft"
 DOMAINS: tuple[str, ...] = (MS_DOMAIN,)
 BITS = (2, 4, 8)

@@ -23,7 +23,6 @@ from onnxq.quant.quantize import QuantizedTensor
 from onnxq.storage.base import Encoded, Piece, WholeWeights
 
 NAME = "qdq"
-SUMMARY = "signed integer levels (int2/int4/int8) and a float step, read by DequantizeLinear"
 CHANNEL_FIRST = False  # the weight keeps its own layout; DequantizeLinear's axis names the channel
 REPLACES_READERS = False  # every weight is stored whole
 WHOLE: WholeWeights | None = None  # qdq stores whole weights itself

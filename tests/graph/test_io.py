@@ -17,18 +17,18 @@ from onnxq.graph import io
 
 
 def test_load_round_trip(tiny, tiny_path):
-    loaded = io.load_model(tiny_path)
+    loaded = io.read_model(tiny_path)[0]
     assert loaded.SerializeToString() == tiny[0].SerializeToString()
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
-        io.load_model(tmp_path / "nope.onnx")
+        io.read_model(tmp_path / "nope.onnx")
 
 
 def test_a_folder_is_not_a_model(tmp_path):
     with pytest.raises(ModelLoadError, match="is not a file"):
-        io.load_model(tmp_path)
+        io.read_model(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,7 @@ def test_not_onnx(tmp_path, content):
     path = tmp_path / "bad.onnx"
     path.write_bytes(content)
     with pytest.raises(ModelLoadError, match="ONNX"):
-        io.load_model(path)
+        io.read_model(path)
 
 
 def test_truncated_file(tiny_path, tmp_path):
@@ -48,7 +48,7 @@ def test_truncated_file(tiny_path, tmp_path):
     path = tmp_path / "half.onnx"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelLoadError, match="ONNX"):
-        io.load_model(path)
+        io.read_model(path)
 
 
 def test_invalid_graph_is_reported_by_the_checker(tmp_path, tiny):
@@ -58,13 +58,13 @@ def test_invalid_graph_is_reported_by_the_checker(tmp_path, tiny):
     path = tmp_path / "invalid.onnx"
     path.write_bytes(model.SerializeToString())
     with pytest.raises(ModelLoadError, match="not a valid ONNX model"):
-        io.load_model(path)
+        io.read_model(path)
 
 
 def test_external_data_loads(tmp_path, tiny):
     path = save_external(tiny[0], tmp_path / "m")
     assert (tmp_path / "m" / "model.bin").stat().st_size > 1000
-    loaded = io.load_model(path)
+    loaded = io.read_model(path)[0]
     for a, b in zip(run(loaded, tiny[1]), run(tiny[0], tiny[1])):
         np.testing.assert_array_equal(a, b)
 
@@ -73,7 +73,7 @@ def test_external_data_missing(tmp_path, tiny):
     path = save_external(tiny[0], tmp_path / "m")
     (tmp_path / "m" / "model.bin").unlink()
     with pytest.raises(ModelLoadError, match="model.bin .*is missing"):
-        io.load_model(path)
+        io.read_model(path)
 
 
 def test_external_data_outside_the_model_folder_is_refused(tmp_path, tiny):
@@ -82,7 +82,7 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path, tiny):
     shutil.move(tmp_path / "m" / "model.bin", tmp_path / "x.bin")
     relocate(path, "../x.bin")
     with pytest.raises(ModelLoadError, match=r"outside the model's folder \(\.\./x\.bin\)"):
-        io.load_model(path)
+        io.read_model(path)
 
 
 def test_external_data_absolute_path_outside_is_refused(tmp_path, tiny):
@@ -90,7 +90,7 @@ def test_external_data_absolute_path_outside_is_refused(tmp_path, tiny):
     shutil.move(tmp_path / "m" / "model.bin", tmp_path / "x.bin")
     relocate(path, str(tmp_path / "x.bin"))
     with pytest.raises(ModelLoadError, match="outside the model's folder"):
-        io.load_model(path)
+        io.read_model(path)
 
 
 def test_compress_reads_external_data_and_writes_one_file(tmp_path, tiny):
@@ -153,7 +153,7 @@ def test_model_without_graph_is_refused(tmp_path):
     path = tmp_path / "empty_graph.onnx"
     path.write_bytes(helper.make_model(helper.make_graph([], "g", [], [])).SerializeToString())
     with pytest.raises(ModelLoadError, match="holds no ONNX graph"):
-        io.load_model(path)
+        io.read_model(path)
 
 
 def test_ratio_counts_external_data(tmp_path, tiny):

@@ -12,8 +12,8 @@ from onnxq.errors import OnnxqError
 from onnxq.graph.rewrite import block_size, group_rows
 from onnxq.graph.select import find_weights
 from onnxq.quant.codebooks import CODEBOOKS
-from onnxq.quant.quantize import quantize
-from onnxq.refine.gptq import gptq
+from onnxq.quant.quantize import quantize, with_codes
+from onnxq.refine.gptq import gptq_codes
 
 
 def weight_of(model):
@@ -93,3 +93,8 @@ def test_tensors_it_does_not_divide_are_named_in_a_note(rng):
     assert any("--group-size 16" in n for n in report.notes)
     assert report.weights[0].groups == 12
     onnx.checker.check_model(_, full_check=True)
+
+
+def gptq(q, rows, hessian):
+    """q with codes from gptq_codes, for rows laid out as q's own groups (O, K)."""
+    return with_codes(q, rows, gptq_codes(q, rows, hessian).reshape(q.codes.shape))

@@ -14,7 +14,6 @@ from onnxq.quant.quantize import QuantizedTensor
 from onnxq.storage.base import Encoded, Piece, WholeWeights
 
 NAME = "toy"
-SUMMARY = "a byte per code and a table of levels per group"
 CHANNEL_FIRST = True
 REPLACES_READERS = False
 WHOLE: WholeWeights | None = None

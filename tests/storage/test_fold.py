@@ -23,6 +23,7 @@ from conftest import (
     run,
     session,
     tiny_model,
+    unpack_bits,
     value,
     with_outputs,
 )
@@ -33,7 +34,7 @@ from onnxq.check.decompress import decompress_model
 from onnxq.graph import rewrite
 from onnxq.graph.select import find_weights, iter_graphs
 from onnxq.quant.codebooks import CODEBOOKS
-from onnxq.quant.packing import packed_size, unpack_bits
+from onnxq.quant.packing import packed_size
 from onnxq.quant.quantize import quantize
 from onnxq.storage import FORMATS, INDICES_SUFFIX
 from onnxq.storage.fold import DOMAIN
