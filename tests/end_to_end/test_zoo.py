@@ -110,7 +110,9 @@ def test_target_bits_without_data_works_on_real_models(name, tmp_path):
 
 def test_calibration_of_different_lengths_feeds_gptq_and_validation(tmp_path):
     """chars2vec's words differ in length: each runs at its own, and validation runs on them."""
-    report, cosine = compress_and_check("chars2vec", tmp_path, target_bits=4.0, calibrated=True)
+    report, cosine = compress_and_check(
+        "chars2vec", tmp_path, target_bits=4.0, calibrated=True, search="grid", sensitivity_samples=8
+    )
     v = report.validation
     assert v.real and v.inputs.startswith("calibration data") and len(v.shapes["lstm_input"]) > 3
     assert cosine >= MIN_COSINE["chars2vec"]

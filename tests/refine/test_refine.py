@@ -81,6 +81,8 @@ def test_target_bits_is_met_as_the_report_counts_bits_per_weight(cnn_path, calib
         min_elements=1,
         calibration=str(calibration),
         validate=False,
+        search="grid",  # the search is not what this tests, and grid is the quickest exact one
+        sensitivity_samples=8,
     )
     spent = sum(w.index_bytes + w.codebook_bytes for w in report.weights)  # indices and parameters
     budget = target * report.compressed_elements / 8
@@ -92,7 +94,7 @@ def test_target_bits_is_met_as_the_report_counts_bits_per_weight(cnn_path, calib
     assert any("measured sensitivity" in n for n in report.notes)
 
 
-OVERHEAD = {"target_bits": 4.0, "min_elements": 1, "codebook": "linear", "group_size": 8}
+OVERHEAD = {"target_bits": 4.0, "min_elements": 1, "codebook": "linear", "group_size": 8, "search": "grid"}
 
 
 def test_large_parameter_overhead_is_met_per_tensor_not_with_an_error(cnn_path, calibration, tmp_path):
@@ -228,7 +230,13 @@ def test_calibration_that_does_not_fit_the_model_is_a_one_line_error(cnn_path, t
 
 def test_without_calibration_the_steps_run_on_synthetic_inputs_and_say_so(cnn_path, tmp_path):
     report = onnxq.compress(
-        cnn_path, tmp_path / "out.onnx", target_bits=5.0, rounding="gptq", min_elements=1, validate=False
+        cnn_path,
+        tmp_path / "out.onnx",
+        target_bits=5.0,
+        rounding="gptq",
+        min_elements=1,
+        validate=False,
+        search="grid",
     )
     assert report.calibration.startswith("synthetic (")
     assert {w.rounding for w in report.weights} == {"gptq"}
