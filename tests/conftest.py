@@ -20,7 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxq.graph.rewrite import group_rows
 from onnxq.graph.select import find_weights, iter_graphs
 from onnxq.quant.codebooks import CODEBOOKS
-from onnxq.quant.quantize import quantize
+from onnxq.quant.quantize import quantize, with_codes
+from onnxq.refine.gptq import gptq_codes
 
 OPSET = 13
 IR_VERSION = 8
@@ -395,3 +396,8 @@ def unpack_bits(blob: np.ndarray, bits: int, count: int) -> np.ndarray:
         if planes.size
         else np.zeros(0, np.uint8)
     )
+
+
+def gptq(q, rows, hessian):
+    """q with codes from gptq_codes, for rows laid out as q's own groups (O, K)."""
+    return with_codes(q, rows, gptq_codes(q, rows, hessian).reshape(q.codes.shape))

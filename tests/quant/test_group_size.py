@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import matmul_model, run, with_outputs
+from conftest import gptq, matmul_model, run, with_outputs
 
 import onnxq
 from onnxq.errors import OnnxqError
 from onnxq.graph.rewrite import block_size, group_rows
 from onnxq.graph.select import find_weights
 from onnxq.quant.codebooks import CODEBOOKS
-from onnxq.quant.quantize import quantize, with_codes
-from onnxq.refine.gptq import gptq_codes
+from onnxq.quant.quantize import quantize
 
 
 def weight_of(model):
@@ -93,8 +92,3 @@ def test_tensors_it_does_not_divide_are_named_in_a_note(rng):
     assert any("--group-size 16" in n for n in report.notes)
     assert report.weights[0].groups == 12
     onnx.checker.check_model(_, full_check=True)
-
-
-def gptq(q, rows, hessian):
-    """q with codes from gptq_codes, for rows laid out as q's own groups (O, K)."""
-    return with_codes(q, rows, gptq_codes(q, rows, hessian).reshape(q.codes.shape))

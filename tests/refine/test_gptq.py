@@ -6,12 +6,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import gptq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxq.quant.codebooks import CODEBOOKS
 from onnxq.quant.quantize import nearest_codes, quantize
-from onnxq.refine.gptq import DAMPING, Nearest, damping_for, gptq, gptq_codes, prepare_hessian
+from onnxq.refine.gptq import DAMPING, Nearest, damping_for, gptq_codes, prepare_hessian
 
 
 def layer(seed: int, rows: int = 12, cols: int = 40, samples: int = 400, groups: int = 1):
