@@ -130,9 +130,10 @@ def choose(
         + ", ".join(f"{noise[label]:.3g} with {label}" for label in options)
         + f"; kept {kept}",
     ]
-    if kept != min(noise, key=lambda label: noise[label]):
+    best = min(noise, key=lambda label: noise[label])
+    if kept != best:
         notes.append(
-            f"kept {kept} although {min(noise, key=lambda label: noise[label])} measured less noise: without "
+            f"kept {kept} although {best} measured less noise: without "
             "real data uniform widths are kept whenever they fit, and otherwise the measured allocation "
             f"only below {SYNTHETIC_MARGIN:g} of the near-uniform widths' noise, since synthetic inputs can "
             "rank tensors unlike real ones do; pass --calibration to measure on real data"
