@@ -52,9 +52,13 @@ class LayerStats:
     mean: np.ndarray  # (G, K)
     hessian: np.ndarray  # (G, K, K)
     count: int  # columns accumulated per group: samples x output positions
+    samples: int = 1  # the inputs (calibration samples) these columns came from
 
     def __repr__(self) -> str:
-        return f"LayerStats(mean{self.mean.shape}, hessian{self.hessian.shape}, count={self.count})"
+        return (
+            f"LayerStats(mean{self.mean.shape}, hessian{self.hessian.shape}, count={self.count}, "
+            f"samples={self.samples})"
+        )
 
 
 def layer_specs(model: onnx.ModelProto, weights: Sequence[Weight]) -> tuple[list[LayerSpec], list[Skip]]:
@@ -137,10 +141,11 @@ def collect_layer_stats(
     if not layers:
         return {}
     sums = {s.key: _Sums(s) for s in layers}
-    for inputs in _layer_inputs(model, layers, samples, specs, batch):
+    for inputs, count in _layer_inputs(model, layers, samples, specs, batch):
         for s in layers:
             for x in inputs[s.key]:
                 sums[s.key].add(x)
+            sums[s.key].samples += count if inputs[s.key] else 0
     return {key: stats for key, acc in sums.items() if (stats := acc.result()) is not None}
 
 
@@ -150,8 +155,9 @@ def _layer_inputs(
     samples: Sequence[Sample],
     specs: Sequence[InputSpec],
     batch: int,
-) -> Iterator[dict[str, list[np.ndarray]]]:
-    """Each layer's input rows (see _rows_first), padding left out, for about batch samples at a time."""
+) -> Iterator[tuple[dict[str, list[np.ndarray]], int]]:
+    """Each layer's input rows (see _rows_first), padding left out, for about batch samples at a
+    time, and how many samples they came from."""
     fed = {s.name for s in specs}
     fetch = sorted({s.activation for s in layers} - fed)
     sess = runtime.session(_with_outputs(model, fetch).SerializeToString(), spin=False) if fetch else None
@@ -166,11 +172,11 @@ def _layer_inputs(
             pending[s.key].append(_rows_first(s, values[s.activation], feed.get(mask) if mask else None))
         waiting += count
         if waiting >= batch:
-            yield pending
+            yield pending, waiting
             pending = {s.key: [] for s in layers}
             waiting = 0
     if waiting:
-        yield pending
+        yield pending, waiting
 
 
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -203,6 +209,7 @@ class _Sums:
         self.total = np.zeros((spec.groups, spec.columns))
         self.outer = np.zeros((spec.groups, spec.columns, spec.columns))
         self.count = 0
+        self.samples = 0
 
     def add(self, x: np.ndarray) -> None:
         """Add a batch: (N, C, *S) for a Conv, (M, K) rows otherwise."""
@@ -247,4 +254,9 @@ class _Sums:
         if self.count == 0:
             return None
         hessian = self.outer / self.count
-        return LayerStats(self.total / self.count, (hessian + hessian.transpose(0, 2, 1)) / 2, self.count)
+        return LayerStats(
+            self.total / self.count,
+            (hessian + hessian.transpose(0, 2, 1)) / 2,
+            self.count,
+            max(self.samples, 1),
+        )

@@ -44,13 +44,14 @@ class Probe:
         weights: Sequence[Weight],
         feeds: Sequence[Sample],
         mask: str | None = None,
+        counts: Sequence[int] | None = None,
     ):
         self.model = model
         self._weights = {w.name: w for w in weights}
         self.feeds = list(feeds)
-        self._samples = sum(
-            len(next(iter(f.values()))) if f and next(iter(f.values())).ndim else 1 for f in self.feeds
-        )
+        # Samples per run (data.batches stacks them along axis 0); None: one per run.
+        self.counts = list(counts) if counts is not None else [1] * len(self.feeds)
+        self._samples = sum(self.counts)
         self.mask = mask
         sess = runtime.session(model.SerializeToString())
         start = time.perf_counter()
@@ -85,19 +86,40 @@ class Probe:
 
     def noise_all(self, values: dict[str, np.ndarray]) -> float:
         """Output noise with every weight in values swapped at once (a whole allocation)."""
+        return float(self.noise_parts(values).sum())
+
+    def noise_parts(self, values: dict[str, np.ndarray]) -> np.ndarray:
+        """noise_all split by sample (by run where a run's outputs do not line up with its samples):
+        each part's error energy over the float outputs' total, so the parts sum to noise_all."""
         swapped = onnx.ModelProto()
         swapped.CopyFrom(self.model)
         for weight, tensor in _tensors(swapped, [self._weights[n] for n in values]):
             tensor.CopyFrom(numpy_helper.from_array(np.asarray(values[weight], _dtype(tensor)), tensor.name))
-        return self._noise(runtime.session(swapped.SerializeToString()), {})
+        return self._parts(runtime.session(swapped.SerializeToString()), {})
 
     def _noise(self, sess, extra: dict[str, np.ndarray]) -> float:
-        err = 0.0
-        for ys, refs, feed in zip(self._outputs(sess, extra), self.reference, self.feeds):
-            for y, r in zip(ys, refs):
-                d = y.astype(np.float64) - r
-                err += float(np.sum(_kept(d, feed, self.mask) ** 2))
-        return err / self.energy if self.energy > 0 else err
+        return float(self._parts(sess, extra).sum())
+
+    def _parts(self, sess, extra: dict[str, np.ndarray]) -> np.ndarray:
+        parts: list[float] = []
+        for ys, refs, feed, k in zip(self._outputs(sess, extra), self.reference, self.feeds, self.counts):
+            diffs = [y.astype(np.float64) - r for y, r in zip(ys, refs)]
+            parts.extend(
+                sum(float(np.sum(_kept(d, sample, self.mask) ** 2)) for d in row)
+                for row, sample in _by_sample(diffs, feed, k)
+            )
+        scale = self.energy if self.energy > 0 else 1.0
+        return np.asarray(parts, dtype=np.float64) / scale
+
+
+def _by_sample(diffs: list[np.ndarray], feed: Sample, k: int) -> Iterator[tuple[list[np.ndarray], Sample]]:
+    """A run of k samples: its output differences per sample, with the sample's own feed, when
+    every output has the k samples along axis 0; else the run whole."""
+    if k <= 1 or any(np.ndim(d) == 0 or len(d) != k for d in diffs):
+        yield diffs, feed
+        return
+    for i in range(k):
+        yield [d[i : i + 1] for d in diffs], {n: (a[i : i + 1] if np.ndim(a) else a) for n, a in feed.items()}
 
 
 def _kept(y: np.ndarray, feed: Sample, mask: str | None) -> np.ndarray:

@@ -3,7 +3,7 @@
     data (--calibration npz, or synthetic inputs)  -> E[x], E[x x^T] per layer   (calibrate.py)
     -> widths minimising measured output noise within --target-bits  (sensitivity.py, allocate.py)
     -> codes by error-compensating rounding on each layer's H        (gptq.py)
-    -> biases shifted by -(W_q - W) E[x]                             (bias.py)
+    -> biases shifted by -(W_q - W) E[x], shrunk by its standard error (bias.py)
 
 Plain --bits without calibration, GPTQ or bias correction needs none of this.
 """
@@ -128,13 +128,13 @@ def _hessian(layers: list[Layer]) -> np.ndarray | None:
     return np.sum(hs, axis=0)
 
 
-def probe_feeds(source: Data, count: int = PROBE_SAMPLES) -> tuple[list[Sample], int]:
-    """About count samples spread evenly over the data, as runs; and how many samples they hold."""
+def probe_feeds(source: Data, count: int = PROBE_SAMPLES) -> tuple[list[Sample], list[int]]:
+    """About count samples spread evenly over the data, as runs; and how many samples each holds."""
     n = len(source.samples)
     chosen = sorted({int(i) for i in np.linspace(0, n - 1, min(count, n)).round()})
     picked = [source.samples[i] for i in chosen]
-    runs = [feed for feed, _ in data.batches(picked, source.specs, len(picked))]
-    return runs, len(picked)
+    runs = list(data.batches(picked, source.specs, len(picked)))
+    return [feed for feed, _ in runs], [k for _, k in runs]
 
 
 def output_error(weight: Weight, layers: list[Layer]) -> Callable[[QuantizedTensor], float] | None:
@@ -174,7 +174,8 @@ def correct_biases(
         node = nodes.get(layer.spec.key) or by_output.get(layer.spec.key)
         if node is None:
             continue
-        shift = bias.output_shift(delta, layer.stats.mean)
+        stats = layer.stats
+        shift = bias.shrunk_shift(delta, stats.mean, stats.hessian, stats.samples)
         fresh = f"{weight.name}.onnxq.bias" + (f"{i}" if i else "")
         how = bias.correct(model.graph, node, shift, weight.array.dtype, fresh)
         done.append(f"{layer.spec.key}: {how or 'left alone (its bias is not a constant of the graph)'}")

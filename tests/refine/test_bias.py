@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq.refine.bias import correct, output_shift
+from onnxq.refine.bias import correct, output_shift, shrunk_shift
 
 RNG = np.random.default_rng(0)
 
@@ -137,3 +137,32 @@ def test_a_bias_that_is_not_a_constant_is_left_alone():
         [numpy_helper.from_array(w.astype(np.float32), "w")],
     )
     assert correct(graph, graph.node[0], np.ones(2), np.dtype(np.float32), "w.onnxq.bias") is None
+
+
+def stats_of(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """E[x] and E[x x^T] of rows x, one group."""
+    x = x.astype(np.float64)
+    return x.mean(axis=0)[None], (x.T @ x / len(x))[None]
+
+
+def test_a_shift_the_samples_measure_clearly_is_kept_almost_whole():
+    delta = 0.01 * RNG.standard_normal((16, 32))
+    x = 1.0 + 0.3 * RNG.standard_normal((64, 32))  # a mean far from zero: activations after a ReLU
+    mean, hessian = stats_of(x)
+    shrunk = shrunk_shift(delta, mean, hessian, samples=64)
+    raw = output_shift(delta, mean)
+    assert np.all(np.abs(shrunk) <= np.abs(raw)) and np.all(np.sign(shrunk) == np.sign(raw))
+    np.testing.assert_allclose(shrunk, raw, rtol=0.05)
+
+
+def test_a_shift_measured_from_a_mean_that_is_zero_in_truth_is_mostly_dropped():
+    """A centred signal (audio frames): the measured mean is sampling noise, and so is the shift."""
+    delta = 0.01 * RNG.standard_normal((256, 32))
+    x = RNG.standard_normal((16, 32))
+    mean, hessian = stats_of(x)
+    shrunk = shrunk_shift(delta, mean, hessian, samples=16)
+    raw = output_shift(delta, mean)
+    # Each row's estimate is about one standard error from zero: few stand two away, and they
+    # are shrunk, so the kept energy is a small share of the raw shift's.
+    assert np.mean(shrunk == 0) > 0.8
+    assert np.sum(shrunk**2) < 0.1 * np.sum(raw**2)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import control_flow_model, run, tiny_model
-from onnx import numpy_helper
+from conftest import control_flow_model, make_model, run, tiny_model, value
+from onnx import helper, numpy_helper
 
 from onnxq.graph.select import find_weights, iter_graphs
 from onnxq.refine.sensitivity import Probe
@@ -49,8 +49,8 @@ def test_noise_matches_a_model_with_the_weight_replaced_and_leaves_the_model_alo
     values = [w, w + 0.01 * rng.standard_normal(w.shape).astype(w.dtype), np.round(w * 4) / 4]
     noises = probe.noise(name, values)
     assert noises[0] < 1e-12
-    for value, noise in zip(values[1:], noises[1:]):
-        assert noise == pytest.approx(swapped_noise(model, feeds, {name: value}), rel=1e-4)
+    for swapped, noise in zip(values[1:], noises[1:]):
+        assert noise == pytest.approx(swapped_noise(model, feeds, {name: swapped}), rel=1e-4)
     assert 0 < noises[1] < noises[2]
     assert model.SerializeToString() == before  # the initializer is back, in its place
 
@@ -75,6 +75,34 @@ def test_noise_all_swaps_every_weight_at_once():
     probe = Probe(model, weights, [feeds])
     assert probe.noise_all(values) == pytest.approx(swapped_noise(model, feeds, values), rel=1e-4)
     assert probe.noise_all({}) == 0
+
+
+def test_noise_parts_split_the_noise_by_sample_within_runs_and_by_run_across_them():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        [value("x", ["N", 4])],
+        [value("y", ["N", 3])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    (weight,) = weights_of(model, "w")
+    feeds = [
+        {"x": rng.standard_normal((3, 4)).astype(np.float32)},
+        {"x": rng.standard_normal((2, 4)).astype(np.float32)},
+    ]
+    swapped = (w + 0.1 * rng.standard_normal(w.shape)).astype(np.float32)
+    rows = np.concatenate([f["x"] for f in feeds]).astype(np.float64)
+    errors = np.sum((rows @ (swapped - w)) ** 2, axis=1)
+    energy = float(np.sum((rows @ w.astype(np.float64)) ** 2))
+
+    by_sample = Probe(model, [weight], feeds, counts=[3, 2]).noise_parts({"w": swapped})
+    np.testing.assert_allclose(by_sample, errors / energy, rtol=1e-4)
+    by_run = Probe(model, [weight], feeds).noise_parts({"w": swapped})  # one sample per run assumed
+    np.testing.assert_allclose(by_run, [errors[:3].sum() / energy, errors[3:].sum() / energy], rtol=1e-4)
+    assert Probe(model, [weight], feeds, counts=[3, 2]).noise_all({"w": swapped}) == pytest.approx(
+        errors.sum() / energy, rel=1e-4
+    )
 
 
 def test_before_ir4_an_initializer_that_is_already_an_input_is_fed_too():

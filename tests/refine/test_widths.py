@@ -187,11 +187,6 @@ def test_uniform_widths_are_a_candidate_when_they_fit(fragile, tmp_path):
             "near-uniform widths",
         ),
         (
-            {"the measured allocation": 0.095, "near-uniform widths": 0.099},
-            "calibration",
-            "the measured allocation",
-        ),
-        (
             {"the measured allocation": 0.2, "near-uniform widths": 0.1, "uniform 4 bits": 0.05},
             "synthetic",
             "uniform 4 bits",
@@ -206,4 +201,49 @@ def test_uniform_widths_are_a_candidate_when_they_fit(fragile, tmp_path):
 def test_on_synthetic_inputs_uniform_widths_win_when_they_fit_and_the_measured_must_win_clearly(
     noise, mode, kept
 ):
-    assert widths._keep(noise, mode) == kept
+    assert widths._keep({label: np.array([v]) for label, v in noise.items()}, mode) == kept
+
+
+SPREAD = np.linspace(0.8, 1.2, 16)  # 16 samples' shares of an option's noise, alike
+
+
+@pytest.mark.parametrize(
+    ("parts", "kept"),
+    [
+        (  # less on every sample: a real difference
+            {"the measured allocation": 0.004 * SPREAD, "uniform 4 bits": 0.005 * SPREAD},
+            "the measured allocation",
+        ),
+        (  # less in total only because uniform widths miss one sample badly: chance
+            {
+                "the measured allocation": np.full(16, 0.001),
+                "uniform 4 bits": np.r_[np.full(15, 0.0012), 0.05],
+            },
+            "uniform 4 bits",
+        ),
+        (  # without uniform widths the near-uniform ones are the baseline
+            {"the measured allocation": 0.0095 * SPREAD, "near-uniform widths": 0.0099 * SPREAD[::-1]},
+            "near-uniform widths",
+        ),
+        (
+            {"the measured allocation": 0.005 * SPREAD, "near-uniform widths": 0.0099 * SPREAD},
+            "the measured allocation",
+        ),
+        (  # a baseline that is clearly better is kept
+            {
+                "the measured allocation": 0.02 * SPREAD,
+                "near-uniform widths": 0.03 * SPREAD,
+                "uniform 4 bits": 0.01 * SPREAD,
+            },
+            "uniform 4 bits",
+        ),
+        (  # one sample proves nothing
+            {"the measured allocation": np.array([0.001]), "uniform 4 bits": np.array([0.1])},
+            "uniform 4 bits",
+        ),
+    ],
+)
+def test_with_calibration_the_least_noise_must_beat_the_baseline_on_the_samples_not_only_in_total(
+    parts, kept
+):
+    assert widths._keep(parts, "calibration") == kept
