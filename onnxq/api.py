@@ -497,7 +497,6 @@ def _validate(
     """The float model against the written output: on --inputs, else on the calibration data,
     else on the synthetic inputs."""
     gates = validate.Gates(config.min_cosine, config.min_sqnr, config.min_agreement)
-    ref, cand = runtime.session(src), runtime.session(tmp)
     specs = data.input_specs(validate.load_proto(src))
     if config.inputs is not None:
         samples = data.read_samples(config.inputs, specs, "inputs file")
@@ -517,7 +516,7 @@ def _validate(
             f"random inputs: {plan.describe()}",
             False,
         )
-    return validate.validate_samples(ref, cand, specs, samples, what, real, gates, config.batch)
+    return validate.validate_samples(src, tmp, specs, samples, what, real, gates, config.batch)
 
 
 def compress(

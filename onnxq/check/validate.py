@@ -6,6 +6,10 @@ Positions that an attention mask marks as padding are left out. Gates turn the n
 into a verdict: on real inputs, every output's cosine must reach DEFAULT_MIN_COSINE unless
 --min-cosine says otherwise; on random inputs no default gate runs, and the verdict says
 that nothing was checked against real data.
+
+The two models run one after the other, never side by side: the float model's outputs for a
+chunk of runs (up to CHUNK_BYTES of them) are kept, its session closed, and the compressed
+model's session opened to compare against them. Peak memory is one session plus the outputs.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from onnxq.errors import OnnxqError
 
 DEFAULT_MIN_COSINE = 0.98
 DEFAULT_BATCH = 16  # samples per run of --inputs
+CHUNK_BYTES = 256 << 20  # the float outputs kept at once; more runs take more rounds of sessions
 NOT_CHECKED = "not checked against real data"
 
 
@@ -125,22 +130,61 @@ class _Sums:
         )
 
 
+Source = bytes | str | Path
+
+
 def compare_runs(
-    ref: runtime.Session, cand: runtime.Session, runs: Iterable[Sample], mask: str | None, what: str
+    ref: Source,
+    cand: Source,
+    runs: Iterable[Sample],
+    mask: str | None,
+    what: str,
+    literal: bool = False,
+    opened: list[runtime.Session] | None = None,
 ) -> tuple[list[OutputComparison], int]:
-    """Every numeric output of both sessions over the runs, and how many runs there were."""
-    names = [o.name for o in ref.get_outputs()]
-    sums = {n: _Sums(n) for n in names}
-    count = 0
-    for feed in runs:
-        count += 1
-        ys = runtime.run(ref, feed, names, what)
-        yq = runtime.run(cand, feed, names, what)
-        for n, a, b in zip(names, ys, yq):
-            a, b = np.asarray(a), np.asarray(b)
-            if a.ndim and np.issubdtype(a.dtype, np.number):
-                sums[n].add(a, b, data.kept_rows(a, feed.get(mask) if mask else None))
+    """Every numeric output of both models over the runs, and how many runs there were.
+
+    One session at a time: the float model's outputs for a chunk of runs, then the compressed
+    model's on the same runs. opened: holds a session of ref already open, for the first chunk;
+    it is taken out, so that the caller keeps no reference to it."""
+    sums: dict[str, _Sums] = {}
+    pending = iter(runs)
+    count, full = 0, True
+    while full:
+        sess = opened.pop() if opened else runtime.session(ref, literal=literal)
+        names = [o.name for o in sess.get_outputs()]
+        inputs = sorted((i.name, i.type) for i in sess.get_inputs())
+        chunk, full = _reference_chunk(sess, pending, names, what)
+        del sess
+        if not chunk and count:
+            break
+        other = runtime.session(cand, literal=literal)
+        theirs = sorted((i.name, i.type) for i in other.get_inputs())
+        if theirs != inputs:
+            raise OnnxqError(f"the models take different inputs: {inputs} vs {theirs}")
+        count += len(chunk)
+        for feed, ys in chunk:
+            yq = runtime.run(other, feed, names, what)
+            for n, a, b in zip(names, ys, yq):
+                a, b = np.asarray(a), np.asarray(b)
+                if a.ndim and np.issubdtype(a.dtype, np.number):
+                    keep = data.kept_rows(a, feed.get(mask) if mask else None)
+                    sums.setdefault(n, _Sums(n)).add(a, b, keep)
+        del other
     return [s.result() for s in sums.values() if s.runs], count
+
+
+def _reference_chunk(sess, runs, names: list[str], what: str) -> tuple[list[tuple[Sample, list]], bool]:
+    """The float outputs of the next runs until they hold CHUNK_BYTES; and whether they filled it
+    (runs may be left)."""
+    chunk, held = [], 0
+    for feed in runs:
+        ys = runtime.run(sess, feed, names, what)
+        chunk.append((feed, ys))
+        held += sum(np.asarray(y).nbytes for y in ys)
+        if held >= CHUNK_BYTES:
+            return chunk, True
+    return chunk, False
 
 
 def judge(validation: Validation, gates: Gates) -> Validation:
@@ -177,8 +221,8 @@ def synthetic_plan(
 
 
 def compare_models(
-    reference: bytes | str | Path,
-    candidate: bytes | str | Path,
+    reference: Source,
+    candidate: Source,
     inputs: str | Path | None = None,
     dims: dict[str, int] | None = None,
     samples: int = 4,
@@ -193,39 +237,36 @@ def compare_models(
     """Run both models on the same inputs (an npz or folder of them, else synthetic ones) and
     compare every output; the gates decide whether it passed. literal: run both as their graphs
     state, without the fused kernels that change the arithmetic (runtime.session)."""
-    ref = runtime.session(reference, literal=literal)
-    cand = runtime.session(candidate, literal=literal)
-    ref_in = sorted((i.name, i.type) for i in ref.get_inputs())
-    cand_in = sorted((i.name, i.type) for i in cand.get_inputs())
-    if ref_in != cand_in:
-        raise OnnxqError(f"the models take different inputs: {ref_in} vs {cand_in}")
+    opened = [runtime.session(reference, literal=literal)]  # handed on: closed when done with
     proto = load_proto(reference)
     specs = data.input_specs(proto)
     if inputs is not None:
         runs = data.read_samples(inputs, specs, "inputs file")
         what, real = f"{inputs} ({len(runs)} samples)", True
     else:
-        plan = plan or synthetic_plan(proto, ref, specs, dims or {}, seed)
+        plan = plan or synthetic_plan(proto, opened[0], specs, dims or {}, seed)
         runs = plan.feeds(samples, seed)
         what, real = f"random inputs: {plan.describe()}", False
-    return validate_samples(
-        ref, cand, specs, runs, what, real, Gates(min_cosine, min_sqnr, min_agreement), batch
-    )
+    gates = Gates(min_cosine, min_sqnr, min_agreement)
+    return validate_samples(reference, candidate, specs, runs, what, real, gates, batch, literal, opened)
 
 
 def validate_samples(
-    ref: runtime.Session,
-    cand: runtime.Session,
+    ref: Source,
+    cand: Source,
     specs: Sequence[InputSpec],
     samples: Sequence[Sample],
     what: str,
     real: bool,
     gates: Gates,
     batch: int = DEFAULT_BATCH,
+    literal: bool = False,
+    opened: list[runtime.Session] | None = None,
 ) -> Validation:
-    """Compare the sessions on samples, batch by batch, and judge the result."""
+    """Compare the models on samples, batch by batch, and judge the result (see compare_runs)."""
     runs = (feed for feed, _ in data.batches(samples, specs, batch))
-    outputs, _ = compare_runs(ref, cand, runs, data.mask_input(specs), "validation inputs")
+    mask = data.mask_input(specs)
+    outputs, _ = compare_runs(ref, cand, runs, mask, "validation inputs", literal, opened)
     result = Validation(
         inputs=what, samples=len(samples), real=real, shapes=data.shapes(samples), outputs=outputs
     )

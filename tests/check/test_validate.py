@@ -277,3 +277,34 @@ def test_compressed_model_validates_against_its_source(tiny, tmp_path):
     assert v, v.failures
     assert {o.name for o in v.outputs} == {"y", "e"}
     assert all(o.sqnr_db > 15 for o in v.outputs)
+
+
+def test_the_models_run_one_after_the_other_and_in_chunks_when_outputs_are_many(pair, real, monkeypatch):
+    """Never both sessions at once; with a tiny output budget every run is its own round of
+    sessions, and the numbers are those of one round."""
+    import weakref
+
+    from onnxq.check import validate
+
+    live, peak, opened = [0], [0], [0]
+    real_session = validate.runtime.session
+
+    def tracked(*args, **kwargs):
+        sess = real_session(*args, **kwargs)
+        live[0] += 1
+        opened[0] += 1
+        peak[0] = max(peak[0], live[0])
+        weakref.finalize(sess, lambda: live.__setitem__(0, live[0] - 1))
+        return sess
+
+    monkeypatch.setattr(validate.runtime, "session", tracked)
+    whole = compare_models(pair[0], pair[1], inputs=real, batch=8)
+    assert peak[0] == 1 and opened[0] == 2
+    monkeypatch.setattr(validate, "CHUNK_BYTES", 1)
+    opened[0] = 0
+    chunked = compare_models(pair[0], pair[1], inputs=real, batch=8)
+    # 64 samples in runs of 8, one run per round; a last float session finds no run left
+    assert peak[0] == 1 and opened[0] == 2 * 8 + 1
+    (a,), (b,) = whole.outputs, chunked.outputs
+    for metric in ("max_abs_error", "relative_l2_error", "cosine", "sqnr_db", "top1_agreement"):
+        assert getattr(b, metric) == pytest.approx(getattr(a, metric), rel=1e-9)
