@@ -78,7 +78,9 @@ def replace_weights(
     edit = _Edit(model, default_opset(model), {f.name: f for f in model.functions})
     whole = stores_whole(fmt)
     for weight, q in items:
-        result = _replace_consumers(weight.graph, weight, q, fmt, block, edit.opset, packed_rows)
+        # A weight the blocks do not split was quantized per channel (group_rows): no block for it.
+        own = block_size(weight, block) if block else None
+        result = _replace_consumers(weight.graph, weight, q, fmt, own, edit.opset, packed_rows)
         if isinstance(result, tuple):
             edit.remove(weight.graph, weight.name)
             new_nodes, called = result

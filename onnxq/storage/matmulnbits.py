@@ -28,6 +28,9 @@ MS_DOMAIN = "com.microsoft"
 DOMAINS: tuple[str, ...] = (MS_DOMAIN,)
 BITS = (2, 4, 8)
 BLOCK = 128  # per-channel scales are repeated over blocks of up to this many inputs
+# The kernel stores a scale per block of inputs anyway, so a scale per channel would pay for per-block
+# scales and use one: without --group-size each block gets its own (as onnxruntime's quantizer does).
+DEFAULT_GROUP: int | None = BLOCK
 
 # Weights MatMulNBits cannot take (Conv, Gather, ...) are stored whole by fold: fold's
 # opsets and byte counts hold for them, and (as bounds) for the fused ones.
