@@ -54,6 +54,7 @@ from imagenet_eval import DEFAULT_IMAGES
 import onnxq
 from onnxq.api import GRANULARITIES
 from onnxq.quant.codebooks import CODEBOOKS, Codebook
+from onnxq.quant.quantize import SEARCHES
 from onnxq.quant.search import LOG_X0_MIN, SortedGroups, level_magnitudes, maximize_correlation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,9 +287,10 @@ METHODS = {
 
 
 def method_config(
-    method: Method, bits: int, codebook: str, granularity: str, calibration: Path
+    method: Method, bits: int, codebook: str, granularity: str, calibration: Path, search: str | None = None
 ) -> onnxq.Config:
     return onnxq.Config(
+        search=search or onnxq.Config().search,
         bits=bits,
         codebook=codebook,
         granularity=granularity,
@@ -416,7 +418,9 @@ def sweep_model(model: Path, args: argparse.Namespace, command: str, commit: str
     for bits, codebook, granularity, method in todo:
         row = {"model": model.stem, "bits": bits, "codebook": codebook, "granularity": granularity}
         row |= {"method": method, "commit": commit, "command": command}
-        config = method_config(METHODS[method], bits, codebook, granularity, calibration)
+        if args.search:
+            row["search"] = args.search
+        config = method_config(METHODS[method], bits, codebook, granularity, calibration, args.search)
         try:
             row |= measure(model, base, config, tmp)
         except Exception as exc:  # noqa: BLE001 - a failed config is a result, not the end of the sweep
@@ -744,6 +748,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--codebooks", nargs="+", choices=list(CODEBOOKS), default=list(CODEBOOKS))
     sweep.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=list(GRANULARITIES))
     sweep.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    sweep.add_argument(
+        "--search",
+        choices=SEARCHES,
+        help="how x0 is found (default: onnxq's); use one results file per search",
+    )
     sweep.set_defaults(run=cmd_sweep)
 
     report = sub.add_parser("report", help="render the sweep's results file as Markdown")
