@@ -11,7 +11,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -80,14 +81,7 @@ def run(
     # Ranking a choosing codebook's candidates by output error needs the layers' statistics: that stays here.
     ranked = bool(layers) and bool(CODEBOOKS[settings.codebook].candidates())
     processes = settings.jobs > 1 and len(jobs) > 1 and not ranked
-    pool: Executor
-    if processes:
-        pool = ProcessPoolExecutor(
-            min(settings.jobs, len(jobs)), mp_context=multiprocessing.get_context("spawn")
-        )
-    else:
-        pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
-    with pool:
+    with _safe_path(), _pool(processes, min(settings.jobs, len(jobs))) as pool:
         if processes:
             rows = [weight_rows(jobs[i][0], settings, jobs[i][1].per_tensor) for i in order]
             results = pool.map(quantize_rows, rows, [settings] * len(order), [jobs[i][1].bits for i in order])
@@ -104,3 +98,26 @@ def run(
                 "caller's main module); retry with --jobs 1"
             ) from None
     return out  # type: ignore[return-value]
+
+
+def _pool(processes: bool, workers: int) -> Executor:
+    if processes:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
+
+
+@contextmanager
+def _safe_path() -> Iterator[None]:
+    """PYTHONSAFEPATH=1 while the pool and its workers start: a spawned worker (and multiprocessing's
+    resource tracker) runs `python -c ...`, which would put the current folder first on sys.path,
+    so that a multiprocessing/, pickle.py or socket.py in the folder where onnxq runs would be
+    imported, and run, in place of the standard library's."""
+    before = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = before

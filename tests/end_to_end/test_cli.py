@@ -460,3 +460,27 @@ def test_an_old_opset_is_upgraded_and_said_so(tmp_path):
     assert any("upgraded the default opset from 10 to 11" in n for n in notes)
     out = onnx.load(tmp_path / "out.onnx")
     assert [i.version for i in out.opset_import if i.domain == ""] == [11]
+
+
+def test_worker_processes_import_nothing_from_the_folder_onnxq_runs_in(tiny_path, tmp_path):
+    """A multiprocessing/ package, pickle.py or socket.py planted where the user runs onnxq is
+    never imported: spawned workers would put that folder first on sys.path."""
+    script = Path(sys.executable).parent / "onnxq"
+    if not script.is_file():
+        pytest.skip(f"no onnxq console script beside {sys.executable}: install the package to run this")
+    planted = tmp_path / "cwd"
+    (planted / "multiprocessing").mkdir(parents=True)
+    for module in ("multiprocessing/__init__.py", "pickle.py", "socket.py"):
+        marker = tmp_path / f"ran-{module.replace('/', '-')}"
+        (planted / module).write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('planted')\n")
+    done = subprocess.run(
+        [str(script), "compress", str(tiny_path), str(tmp_path / "out.onnx"), "--jobs", "2", "--no-validate"],
+        cwd=planted,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not list(tmp_path.glob("ran-*")), "a planted module ran"
+    assert (tmp_path / "out.onnx").is_file()
