@@ -108,6 +108,13 @@ class Config:
             if getattr(self, key) not in valid:
                 names = ", ".join(v for v in valid if v is not None)
                 raise OnnxqError(f"--{key} must be one of {names}; got {getattr(self, key)!r}")
+        if not 1 <= self.bits <= 8:
+            raise OnnxqError(f"--bits must be between 1 and 8; got {self.bits}")
+        # Written so that NaN fails too (every comparison with NaN is False).
+        if self.target_bits is not None and not MIN_TARGET_BITS <= self.target_bits <= 8:
+            raise OnnxqError(
+                f"--target-bits must be between {MIN_TARGET_BITS:g} and 8; got {self.target_bits}"
+            )
         fmt = FORMATS[self.format]
         widths = [self.bits] if self.target_bits is None else candidate_widths(self.target_bits)
         reasons = [fmt.supports(self.codebook, b) for b in widths]
@@ -116,10 +123,6 @@ class Config:
             able = [n for n, f in FORMATS.items() if f.supports(self.codebook, widths[0]) is None]
             fix = f"use --format {' or '.join(able)} for" if able else "no format stores"
             raise OnnxqError(f"{reason}; {fix} --codebook {self.codebook}")
-        if not 1 <= self.bits <= 8:
-            raise OnnxqError(f"--bits must be between 1 and 8; got {self.bits}")
-        if self.target_bits is not None and not MIN_TARGET_BITS <= self.target_bits <= 8:
-            raise OnnxqError(f"--target-bits must be between {MIN_TARGET_BITS} and 8; got {self.target_bits}")
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
             raise OnnxqError(f"--min-agreement is a fraction between 0 and 1; got {self.min_agreement}")
         if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:

@@ -13,7 +13,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from onnxq import __version__
-from onnxq.api import GRANULARITIES, MAX_DEFAULT_JOBS, NO_WEIGHTS, ROUNDINGS, Config, compress, default_jobs
+from onnxq.api import (
+    GRANULARITIES,
+    MAX_DEFAULT_JOBS,
+    MIN_TARGET_BITS,
+    NO_WEIGHTS,
+    ROUNDINGS,
+    Config,
+    compress,
+    default_jobs,
+)
 from onnxq.check.decompress import decompress
 from onnxq.check.report import Report
 from onnxq.check.validate import DEFAULT_BATCH, DEFAULT_MIN_COSINE, Validation, compare_models
@@ -149,8 +158,10 @@ _SensitivitySamples = Annotated[
 _TargetBits = Annotated[
     float | None,
     typer.Option(
+        min=MIN_TARGET_BITS,
+        max=8.0,
         help="Average bits per weight, counting the indices and the codebooks/scales as the report does; "
-        "chooses a width per tensor by measured sensitivity. Overrides --bits."
+        "chooses a width per tensor by measured sensitivity. Overrides --bits.",
     ),
 ]
 _Calibration = Annotated[

@@ -256,7 +256,7 @@ def test_the_calibration_file_must_exist(cnn_path, tmp_path):
     assert not (tmp_path / "out.onnx").exists()
 
 
-@pytest.mark.parametrize("target", [1.0, 9.0])
+@pytest.mark.parametrize("target", [1.0, 9.0, float("nan"), float("inf"), -float("inf")])
 def test_target_bits_out_of_range_is_refused(cnn_path, tmp_path, target):
     with pytest.raises(OnnxqError, match="--target-bits must be between"):
         onnxq.compress(cnn_path, tmp_path / "out.onnx", target_bits=target)
