@@ -213,6 +213,10 @@ class _Sums:
 
     def add(self, x: np.ndarray) -> None:
         """Add a batch: (N, C, *S) for a Conv, (M, K) rows otherwise."""
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by result()
+            self._add_batch(x)
+
+    def _add_batch(self, x: np.ndarray) -> None:
         if self.spec.op != "Conv":
             self._add(slice(0, 1), x.T[None], x.sum(axis=0, dtype=np.float64)[None], len(x))
             return
@@ -253,6 +257,11 @@ class _Sums:
         """The statistics, or None when no column was seen."""
         if self.count == 0:
             return None
+        if not (np.isfinite(self.total).all() and np.isfinite(self.outer).all()):
+            raise OnnxqError(
+                f"{self.spec.key}: the calibration data drives its input to values too large to square "
+                "(beyond about 1e19 in float32); give inputs on the scale the model was trained on"
+            )
         hessian = self.outer / self.count
         return LayerStats(
             self.total / self.count,

@@ -256,6 +256,16 @@ def test_the_calibration_file_must_exist(cnn_path, tmp_path):
     assert not (tmp_path / "out.onnx").exists()
 
 
+@pytest.mark.parametrize("value", [3e38, 1e20])
+def test_calibration_values_too_large_to_square_are_an_error_naming_the_layer(cnn_path, tmp_path, value):
+    x = np.random.default_rng(2).standard_normal((4, 3, 12, 12)).astype(np.float32)
+    x[0, 0, 0, 0] = value
+    np.savez(tmp_path / "huge.npz", x=x)
+    with pytest.raises(OnnxqError, match="too large to square.*scale the model was trained on"):
+        onnxq.compress(cnn_path, tmp_path / "out.onnx", calibration=str(tmp_path / "huge.npz"), bits=4)
+    assert not (tmp_path / "out.onnx").exists()
+
+
 @pytest.mark.parametrize("target", [1.0, 9.0, float("nan"), float("inf"), -float("inf")])
 def test_target_bits_out_of_range_is_refused(cnn_path, tmp_path, target):
     with pytest.raises(OnnxqError, match="--target-bits must be between"):
