@@ -27,6 +27,7 @@ from onnxq.check.decompress import decompress
 from onnxq.check.report import Report
 from onnxq.check.validate import DEFAULT_BATCH, DEFAULT_MIN_COSINE, Validation, compare_models
 from onnxq.errors import OnnxqError
+from onnxq.graph import io
 from onnxq.quant.codebooks import CODEBOOKS, DEFAULT_CODEBOOK
 from onnxq.quant.quantize import SCALES, SEARCHES
 from onnxq.storage import DEFAULT_FORMAT, FORMATS
@@ -260,6 +261,7 @@ def compress_cmd(
 ) -> None:
     """Compress the weights of SRC into DST and check the result in onnxruntime."""
     _check_report_and_excludes(report, exclude)
+    _check_report_path(report, src, dst)
     config = Config(
         bits=bits,
         codebook=codebook,
@@ -304,6 +306,19 @@ def _check_report_and_excludes(report: Path | None, exclude: list[str] | None) -
             raise typer.BadParameter(
                 f"{pattern!r} is not a valid regular expression: {exc}", param_hint="--exclude"
             ) from None
+
+
+def _check_report_path(report: Path | None, src: Path, dst: Path) -> None:
+    """The report may overwrite neither the input model's files nor the output's."""
+    if report is None:
+        return
+    if report.is_dir():
+        fail(OnnxqError(f"--report {report} is a folder; give a file name such as {report}/report.json"))
+    taken = io.input_files(src)
+    if io.is_one_of(report, taken):
+        fail(OnnxqError(f"--report {report} is a file of the input model; choose another report path"))
+    if io.is_one_of(report, {dst.resolve(), io.data_file(dst).resolve()}):
+        fail(OnnxqError(f"--report {report} is where the output goes; choose another report path"))
 
 
 def _compress_with_progress(src: Path, dst: Path, config: Config, report: Path | None) -> None:

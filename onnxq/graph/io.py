@@ -69,15 +69,51 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
     return model, path.stat().st_size + sum(f.stat().st_size for f in data_files)
 
 
+def input_files(src: str | os.PathLike) -> set[Path]:
+    """The files a model consists of: the .onnx file and the external data files it names (read
+    without the data; a model that cannot be parsed is its file alone, and read_model says why)."""
+    path = Path(src)
+    files = {path.resolve()}
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - read_model reports an unreadable model
+        return files
+    folder = path.resolve().parent
+    for tensor in _external_tensors(model):
+        if uses_external_data(tensor):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            if location and "\x00" not in location:
+                files.add((folder / location).resolve())
+    return files
+
+
+def is_one_of(path: str | os.PathLike, files: set[Path]) -> bool:
+    """Whether path names one of files: the same path, or the same file through a link."""
+    path = Path(path)
+    if path.resolve() in files:
+        return True
+    if not path.exists():
+        return False
+    return any(f.exists() and os.path.samefile(path, f) for f in files)
+
+
 def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """The output path, after checking that it can be written and is not the input."""
+    """The output path, after checking that it can be written and overwrites no file of the input."""
     dst_path = Path(dst)
     if not dst_path.parent.resolve().is_dir():
         raise OnnxqError(f"output folder {dst_path.parent} does not exist; create it or choose another path")
-    if dst_path.exists() and dst_path.resolve() == Path(src).resolve():
-        raise OnnxqError("the output path is the input file; choose a different output path")
     if dst_path.is_dir():
         raise OnnxqError(f"{dst_path} is a folder; give a file name such as {dst_path}/out.onnx")
+    inputs = input_files(src)
+    if is_one_of(dst_path, inputs):
+        raise OnnxqError(
+            f"the output path {dst_path} is a file of the input model; choose a different output path"
+        )
+    if is_one_of(data_file(dst_path), inputs):
+        raise OnnxqError(
+            f"the output's external data would go to {data_file(dst_path)}, a file of the input model; "
+            "choose a different output name"
+        )
     return dst_path
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model, no_weights_model, relocate, save_external, sha256, value
+from conftest import make_model, no_weights_model, relocate, save_external, sha256, small_cnn, value
 from onnx import helper, numpy_helper
 from typer.testing import CliRunner
 
@@ -297,7 +297,7 @@ def bad_inputs(kind: str, tmp_path: Path, tiny) -> tuple[Path, Path, str]:
     if kind == "no-output-folder":
         return good, tmp_path / "nowhere" / "out.onnx", "does not exist"
     if kind == "output-is-input":
-        return good, good, "the output path is the input file"
+        return good, good, "is a file of the input model"
     if kind == "output-is-folder":
         return good, tmp_path, "is a folder"
     raise AssertionError(kind)
@@ -487,3 +487,47 @@ def test_worker_processes_import_nothing_from_the_folder_onnxq_runs_in(tiny_path
     assert done.returncode == 0, done.stderr
     assert not list(tmp_path.glob("ran-*")), "a planted module ran"
     assert (tmp_path / "out.onnx").is_file()
+
+
+COLLISIONS = [
+    "output-is-input-data",
+    "output-data-is-input-data",
+    "report-is-input",
+    "report-is-output",
+    "report-is-folder",
+]
+
+
+def collision(kind: str, tmp_path: Path) -> tuple[list, Path, str]:
+    """(compress arguments, the input's file that must survive, the error's words) for a kind of
+    output or report path that names a file of the input or of the output."""
+    src = save_external(small_cnn(), tmp_path / "in")
+    data = src.parent / "model.bin"
+    if kind == "output-is-input-data":
+        return [src, data], data, "is a file of the input model"
+    if kind == "output-data-is-input-data":
+        relocate(src, "out.onnx.data")
+        data.rename(src.parent / "out.onnx.data")
+        return [src, src.parent / "out.onnx"], src.parent / "out.onnx.data", "external data would go to"
+    if kind == "report-is-input":
+        named = src.parent / "model.json"  # an ONNX file with another suffix is still the input
+        src.rename(named)
+        return [named, tmp_path / "out.onnx", "--report", named], named, "is a file of the input model"
+    if kind == "report-is-output":
+        out = tmp_path / "out.json"
+        return [src, out, "--report", out], src, "is where the output goes"
+    (tmp_path / "r.json").mkdir()
+    return [src, tmp_path / "out.onnx", "--report", tmp_path / "r.json"], src, "is a folder"
+
+
+@pytest.mark.parametrize("kind", COLLISIONS)
+def test_an_output_or_report_path_that_names_a_file_of_the_input_or_output_is_refused(kind, tmp_path):
+    args, kept, words = collision(kind, tmp_path)
+    before = sha256(kept)
+    listed = files(tmp_path)
+    result = invoke("compress", *args, "--min-elements", "1")
+    no_traceback(result)
+    assert result.exit_code == 1
+    assert words in flat(result.stderr)
+    assert sha256(kept) == before
+    assert files(tmp_path) == listed
