@@ -90,11 +90,29 @@ def input_files(src: str | os.PathLike) -> set[Path]:
 def is_one_of(path: str | os.PathLike, files: set[Path]) -> bool:
     """Whether path names one of files: the same path, or the same file through a link."""
     path = Path(path)
-    if path.resolve() in files:
-        return True
-    if not path.exists():
+    try:
+        if path.resolve() in files:
+            return True
+        return path.exists() and any(f.exists() and os.path.samefile(path, f) for f in files)
+    except OSError:  # a name too long for the file system names no existing file
         return False
-    return any(f.exists() and os.path.samefile(path, f) for f in files)
+
+
+TEMP_EXTRA = len(".") + 1 + 12 + len(".tmp")  # _create_hidden's name: "." + name + "." + 12 hex + ".tmp"
+
+
+def _check_name_length(dst: Path) -> None:
+    """The output's temporary file name (and its data file's) must fit the file system's limit."""
+    try:
+        limit = os.pathconf(dst.parent.resolve(), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    size = len(os.fsencode(dst.name))
+    if size + max(TEMP_EXTRA, len(".data")) > limit:
+        raise OnnxqError(
+            f"the output name is {size} bytes long and its temporary file's {size + TEMP_EXTRA}; the file "
+            f"system allows {limit} bytes per name, so choose a name of at most {limit - TEMP_EXTRA} bytes"
+        )
 
 
 def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
@@ -104,6 +122,7 @@ def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         raise OnnxqError(f"output folder {dst_path.parent} does not exist; create it or choose another path")
     if dst_path.is_dir():
         raise OnnxqError(f"{dst_path} is a folder; give a file name such as {dst_path}/out.onnx")
+    _check_name_length(dst_path)
     inputs = input_files(src)
     if is_one_of(dst_path, inputs):
         raise OnnxqError(

@@ -531,3 +531,16 @@ def test_an_output_or_report_path_that_names_a_file_of_the_input_or_output_is_re
     assert words in flat(result.stderr)
     assert sha256(kept) == before
     assert files(tmp_path) == listed
+
+
+def test_an_output_name_too_long_for_the_temporary_file_is_refused_before_the_work(tiny_path, tmp_path):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    fits = tmp_path / ("a" * (limit - 18 - len(".onnx")) + ".onnx")
+    too_long = tmp_path / ("a" * (limit - 17 - len(".onnx")) + ".onnx")
+    before = files(tmp_path)
+    result = invoke("compress", tiny_path, too_long, "--no-validate")
+    no_traceback(result)
+    assert result.exit_code == 1 and "choose a name of at most" in flat(result.stderr)
+    assert files(tmp_path) == before
+    assert invoke("compress", tiny_path, fits, "--no-validate").exit_code == 0
+    assert fits.is_file() and files(tmp_path) == sorted([*before, fits.name])
