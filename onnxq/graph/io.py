@@ -98,19 +98,21 @@ def is_one_of(path: str | os.PathLike, files: set[Path]) -> bool:
         return False
 
 
-TEMP_EXTRA = len(".") + 1 + 12 + len(".tmp")  # _create_hidden's name: "." + name + "." + 12 hex + ".tmp"
+# The longest name onnxq writes beside the output: temp_data of _create_hidden's name,
+# "." + name + "." + 12 hex digits + ".tmp" + ".data".
+TEMP_EXTRA = len(".") + 1 + 12 + len(".tmp") + len(".data")
 
 
 def _check_name_length(dst: Path) -> None:
-    """The output's temporary file name (and its data file's) must fit the file system's limit."""
+    """The output's temporary file names must fit the file system's limit on a name."""
     try:
         limit = os.pathconf(dst.parent.resolve(), "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = 255
     size = len(os.fsencode(dst.name))
-    if size + max(TEMP_EXTRA, len(".data")) > limit:
+    if size + TEMP_EXTRA > limit:
         raise OnnxqError(
-            f"the output name is {size} bytes long and its temporary file's {size + TEMP_EXTRA}; the file "
+            f"the output name is {size} bytes long and its temporary files' up to {size + TEMP_EXTRA}; the file "
             f"system allows {limit} bytes per name, so choose a name of at most {limit - TEMP_EXTRA} bytes"
         )
 
@@ -181,42 +183,45 @@ def _create_hidden(dst: Path) -> str:
 def write_temp(model: onnx.ModelProto, dst: str | os.PathLike) -> Path:
     """Write the model to a hidden temporary file beside dst, and return its path.
 
-    A model over protobuf's 2 GB limit keeps its tensors of INLINE_BYTES or more in
-    data_file(dst), written now under its final name (discard removes it), and is
-    checked here, by path, since check_built could not take it in memory.
+    A model over protobuf's 2 GB limit keeps its tensors of INLINE_BYTES or more in a hidden
+    data file beside the temporary one (temp_data), which commit renames to data_file(dst): a
+    previous output at dst, and its data, stay whole until then. It is checked here, by path,
+    since check_built could not take it in memory.
     """
     dst = Path(dst)
-    tmp = _create_hidden(dst)
+    tmp = Path(_create_hidden(dst))
     try:
         if model_bytes(model) < PROTOBUF_LIMIT:
-            Path(tmp).write_bytes(model.SerializeToString())
+            tmp.write_bytes(model.SerializeToString())
         else:
-            data_file(dst).unlink(missing_ok=True)
             onnx.save_model(
                 model,
-                tmp,
+                str(tmp),
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,
-                location=data_file(dst).name,
+                location=temp_data(tmp).name,
                 size_threshold=INLINE_BYTES,
             )
-            check_written(Path(tmp))
+            check_written(tmp)
     except BaseException:
-        discard(Path(tmp), dst)
+        discard(tmp, dst)
         raise
-    return Path(tmp)
+    return tmp
+
+
+def temp_data(tmp: Path) -> Path:
+    """The external data file of a temporary output, when it has one."""
+    return tmp.parent / f"{tmp.name}.data"
 
 
 def has_external_data(tmp: Path) -> bool:
-    """Whether a written model keeps tensors in an external data file."""
-    return any(
-        uses_external_data(t) for t in _external_tensors(onnx.load(str(tmp), load_external_data=False))
-    )
+    """Whether a temporary output keeps tensors in an external data file."""
+    return temp_data(tmp).exists()
 
 
 def written_size(tmp: Path, dst: str | os.PathLike) -> int:
     """Bytes of a temporary output, with its external data if it has any."""
-    return tmp.stat().st_size + (data_file(dst).stat().st_size if has_external_data(tmp) else 0)
+    return tmp.stat().st_size + (temp_data(tmp).stat().st_size if has_external_data(tmp) else 0)
 
 
 def check_built(model: onnx.ModelProto) -> None:
@@ -238,20 +243,28 @@ def check_written(tmp: Path) -> None:
 
 
 def discard(tmp: Path, dst: str | os.PathLike) -> None:
-    """Remove a temporary output and the external data written for it, if any."""
-    if tmp.exists():
-        external = has_external_data(tmp)
-        tmp.unlink()
-        if external:
-            data_file(dst).unlink(missing_ok=True)
+    """Remove a temporary output and its external data, if they are still there (nothing is
+    parsed: a partial file from a full disk is removed like any other)."""
+    temp_data(tmp).unlink(missing_ok=True)
+    tmp.unlink(missing_ok=True)
 
 
 def commit(tmp: Path, dst: str | os.PathLike) -> None:
-    """Rename a temporary file into place; remove it if that fails."""
+    """Move a temporary output into place: its data file first, pointed at its final name, then
+    the model; remove both if that fails."""
     try:
+        if has_external_data(tmp):
+            final = data_file(dst)
+            model = onnx.load(str(tmp), load_external_data=False)
+            for tensor in _external_tensors(model):
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = final.name
+            tmp.write_bytes(model.SerializeToString())  # the graph alone: the tensors are external
+            os.replace(temp_data(tmp), final)
         os.replace(tmp, dst)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        discard(tmp, dst)
         raise
 
 

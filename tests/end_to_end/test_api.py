@@ -173,7 +173,7 @@ def test_model_without_compressible_weights_is_written_unchanged(tmp_path, rng):
 
 def test_errors_before_loading_leave_nothing_behind(tiny_path, tmp_path):
     before = sha256(tiny_path)
-    with pytest.raises(onnxq.OnnxqError, match="input file"):
+    with pytest.raises(onnxq.OnnxqError, match="is a file of the input model"):
         onnxq.compress(tiny_path, tiny_path)
     with pytest.raises(onnxq.OnnxqError, match="does not exist"):
         onnxq.compress(tiny_path, tmp_path / "missing" / "out.onnx")

@@ -534,9 +534,11 @@ def test_an_output_or_report_path_that_names_a_file_of_the_input_or_output_is_re
 
 
 def test_an_output_name_too_long_for_the_temporary_file_is_refused_before_the_work(tiny_path, tmp_path):
+    from onnxq.graph.io import TEMP_EXTRA
+
     limit = os.pathconf(tmp_path, "PC_NAME_MAX")
-    fits = tmp_path / ("a" * (limit - 18 - len(".onnx")) + ".onnx")
-    too_long = tmp_path / ("a" * (limit - 17 - len(".onnx")) + ".onnx")
+    fits = tmp_path / ("a" * (limit - TEMP_EXTRA - len(".onnx")) + ".onnx")
+    too_long = tmp_path / ("a" * (limit - TEMP_EXTRA + 1 - len(".onnx")) + ".onnx")
     before = files(tmp_path)
     result = invoke("compress", tiny_path, too_long, "--no-validate")
     no_traceback(result)

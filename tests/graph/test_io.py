@@ -108,10 +108,10 @@ def test_check_output_path(tmp_path, tiny_path):
     assert io.check_output_path(tiny_path, tmp_path / "out.onnx") == tmp_path / "out.onnx"
     with pytest.raises(onnxq.OnnxqError, match="output folder .* does not exist"):
         io.check_output_path(tiny_path, tmp_path / "nowhere" / "out.onnx")
-    with pytest.raises(onnxq.OnnxqError, match="is the input file"):
+    with pytest.raises(onnxq.OnnxqError, match="is a file of the input model"):
         io.check_output_path(tiny_path, tiny_path)
     # The same file through another spelling of its path.
-    with pytest.raises(onnxq.OnnxqError, match="is the input file"):
+    with pytest.raises(onnxq.OnnxqError, match="is a file of the input model"):
         io.check_output_path(tiny_path, tmp_path / "." / tiny_path.name)
     with pytest.raises(onnxq.OnnxqError, match="is a folder"):
         io.check_output_path(tiny_path, tmp_path)
@@ -172,7 +172,38 @@ def test_an_output_over_the_protobuf_limit_goes_to_external_data_and_discard_rem
     monkeypatch.setattr(io, "PROTOBUF_LIMIT", 1000)  # the tiny model counts as huge
     dst = tmp_path / "out.onnx"
     tmp = io.write_temp(tiny[0], dst)
-    assert io.data_file(dst).exists() and io.written_size(tmp, dst) > tmp.stat().st_size
+    assert io.has_external_data(tmp) and io.written_size(tmp, dst) > tmp.stat().st_size
+    assert not io.data_file(dst).exists()  # written beside the temporary file until commit
     io.check_written(tmp)
     io.discard(tmp, dst)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_rewrite_leaves_the_previous_output_and_its_data_whole(tmp_path, monkeypatch, tiny):
+    """Over 2 GB the data file used to be written under its final name at once: a re-run that
+    failed before the rename left the previous DST.onnx pointing at data that was gone."""
+    from onnxq.graph import io
+
+    monkeypatch.setattr(io, "PROTOBUF_LIMIT", 1000)
+    dst = tmp_path / "out.onnx"
+    fresh = lambda: onnx.ModelProto.FromString(tiny[0].SerializeToString())  # saving externalizes in place
+    io.commit(io.write_temp(fresh(), dst), dst)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "out.onnx.data"]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    io.check_written(dst)  # the committed model reads its data under the final name
+
+    tmp = io.write_temp(fresh(), dst)  # a second run, which then fails (validation, a signal)
+    io.discard(tmp, dst)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    io.check_written(dst)
+
+
+def test_discard_removes_a_partial_file_without_reading_it(tmp_path):
+    """A full disk leaves a truncated temporary file: discard used to parse it (DecodeError)."""
+    from onnxq.graph import io
+
+    tmp = tmp_path / ".out.onnx.0123456789ab.tmp"
+    tmp.write_bytes(b"\x08\x07\x12\xff")  # a protobuf cut short
+    io.temp_data(tmp).write_bytes(b"\0" * 10)
+    io.discard(tmp, tmp_path / "out.onnx")
     assert list(tmp_path.iterdir()) == []
