@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -81,6 +82,15 @@ def main(
     ] = False,
 ) -> None:
     """Shrink the weights of trained ONNX models to a few bits each, without retraining."""
+    # SIGTERM ends a run as Ctrl-C does: the temporary files are removed on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+from onnxq.__main__ import EXIT_INTERRUPTED
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 # The options of compress, one alias each, so that its signature fits on a screen.
@@ -338,11 +348,20 @@ def _compress_with_progress(src: Path, dst: Path, config: Config, report: Path |
                 bar.update(task, completed=done, total=total, description=name)
 
             result = compress(src, dst, config, progress)
-        if report is not None:
-            text = result.to_json() if report.suffix == ".json" else result.to_markdown()
-            report.write_text(text)
     except OnnxqError as exc:
         fail(exc)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: {dst} was not written", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if report is not None:
+        text = result.to_json() if report.suffix == ".json" else result.to_markdown()
+        try:
+            io.write_text(report, text)
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted: {dst} was written, the report {report} was not", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as exc:
+            fail(OnnxqError(f"{dst} was written, but the report {report} could not be: {exc.strerror}"))
     render(result)
     if not result:
         typer.echo(f"error: {dst} was written, but it failed its validation gate (see above)", err=True)

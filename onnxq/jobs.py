@@ -11,8 +11,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import signal
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,14 +85,21 @@ def run(
     # Ranking a choosing codebook's candidates by output error needs the layers' statistics: that stays here.
     ranked = bool(layers) and bool(CODEBOOKS[settings.codebook].candidates())
     processes = settings.jobs > 1 and len(jobs) > 1 and not ranked
-    with _safe_path(), _pool(processes, min(settings.jobs, len(jobs))) as pool:
-        if processes:
-            rows = [weight_rows(jobs[i][0], settings, jobs[i][1].per_tensor) for i in order]
-            results = pool.map(quantize_rows, rows, [settings] * len(order), [jobs[i][1].bits for i in order])
-        else:
-            results = pool.map(lambda i: quantize_weight(jobs[i][0], jobs[i][1], settings, layers), order)
+    workers = min(settings.jobs, len(jobs)) if processes else min(4, os.cpu_count() or 1)
+    with _safe_path(), _pool(processes, workers) as pool:
+
+        def submit(i: int) -> Future:
+            weight, choice = jobs[i]
+            if processes:  # the worker gets the rows alone, built as it is submitted
+                rows = weight_rows(weight, settings, choice.per_tensor)
+                with _sigint_blocked():  # a submit may start a worker, which inherits the mask
+                    return pool.submit(quantize_rows, rows, settings, choice.bits)
+            return pool.submit(quantize_weight, weight, choice, settings, layers)
+
         try:
-            for done, (i, q) in enumerate(zip(order, results)):
+            # At most IN_FLIGHT jobs per worker are submitted at once: the rows a process pool
+            # holds are bounded by that, not by the model's size.
+            for done, i, q in _in_order(order, submit, IN_FLIGHT * workers):
                 out[i] = q
                 if progress:
                     progress(done + 1, len(jobs), f"{stage} {jobs[i][0].name}")
@@ -97,13 +108,83 @@ def run(
                 "a quantizing worker process died (out of memory, or it could not import the "
                 "caller's main module); retry with --jobs 1"
             ) from None
+        except BaseException:  # Ctrl-C, SIGTERM: leave at once, not after the queued jobs
+            _stop(pool)
+            raise
     return out  # type: ignore[return-value]
+
+
+IN_FLIGHT = 2  # jobs submitted per worker ahead of the one being collected
+
+
+def _in_order(order: list[int], submit: Callable[[int], Future], window: int):
+    """(k, i, result) for the k-th job i of order, in order, with at most window submitted."""
+    pending: deque[tuple[int, Future]] = deque()
+    upcoming = iter(order)
+    for k in range(len(order)):
+        while len(pending) < window and (i := next(upcoming, None)) is not None:
+            pending.append((i, submit(i)))
+        i, future = pending.popleft()
+        yield k, i, future.result()
 
 
 def _pool(processes: bool, workers: int) -> Executor:
     if processes:
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_start,
+            initargs=(os.getpid(),),
+        )
     return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
+
+
+PARENT_POLL_SECONDS = 1.0
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT held back from this thread for a moment (delivered after): a worker started meanwhile
+    begins with it blocked, so that a Ctrl-C during its start-up cannot kill its interpreter."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _worker_start(parent: int) -> None:
+    """In each worker: Ctrl-C is the parent's to handle (it stops the workers), and a worker whose
+    parent is gone (killed with SIGKILL, which nothing can catch) exits within a second."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked since its start (_sigint_blocked): now ignored
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _stop(pool: Executor) -> None:
+    """Stop a pool at once. Worker processes are terminated, and the pool then fails its pending
+    jobs as broken (cancelling them first made its manager thread raise InvalidStateError on the
+    cancelled futures, in Python 3.11); the queue that feeds them is not waited for at exit, since
+    nobody reads it any more. Threads cannot be stopped: their queued jobs are cancelled."""
+    processes = getattr(pool, "_processes", None)  # ProcessPoolExecutor's own
+    if not processes:
+        pool.shutdown(wait=False, cancel_futures=True)
+        return
+    queue = getattr(pool, "_call_queue", None)
+    if queue is not None:
+        queue.cancel_join_thread()
+    for p in list(processes.values()):
+        p.terminate()
 
 
 @contextmanager

@@ -268,6 +268,17 @@ def commit(tmp: Path, dst: str | os.PathLike) -> None:
         raise
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file through a hidden temporary file and a rename: all of it or nothing."""
+    path = Path(path)
+    tmp = Path(_create_hidden(path))
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_model(model: onnx.ModelProto, dst: str | os.PathLike) -> int:
     """Write the model to dst through a temporary file and a rename; return its size."""
     commit(write_temp(model, dst), dst)

@@ -1,0 +1,96 @@
+"""Signals during a run with worker processes: Ctrl-C and SIGTERM end it at once, in one line,
+with nothing left behind; a parent killed outright takes its workers with it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+MODEL = Path(__file__).resolve().parents[2] / "models" / "efficientnet_lite0.onnx"
+SCRIPT = Path(sys.executable).parent / "onnxq"
+
+pytestmark = pytest.mark.skipif(
+    not (MODEL.is_file() and SCRIPT.is_file() and Path("/proc").is_dir()),
+    reason="needs models/efficientnet_lite0.onnx, the onnxq console script and /proc (Linux)",
+)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def start(tmp_path: Path, pipes: bool = True) -> tuple[subprocess.Popen, list[int]]:
+    """onnxq compress with two workers, once both workers run (mid-quantization)."""
+    proc = subprocess.Popen(
+        [str(SCRIPT), "compress", str(MODEL), str(tmp_path / "out.onnx"), "--jobs", "2"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE if pipes else subprocess.DEVNULL,
+        stderr=subprocess.PIPE if pipes else subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers = [p for p in children(proc.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        if len(workers) >= 2:
+            return proc, workers
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("the workers never started")
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_run_ends_at_once_in_one_line_and_leaves_nothing(sig, tmp_path):
+    proc, workers = start(tmp_path)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # a terminal's Ctrl-C reaches the whole process group
+    else:
+        os.kill(proc.pid, sig)
+    try:
+        _, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("onnxq hung after the signal")
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == [f"interrupted: {tmp_path / 'out.onnx'} was not written"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    deadline = time.monotonic() + 5
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [w for w in workers if alive(w)]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    assert not left
+
+
+def test_workers_exit_when_their_parent_is_killed(tmp_path):
+    proc, workers = start(tmp_path, pipes=False)  # workers left alive would hold the pipes open
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [w for w in workers if alive(w)]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    assert not left
