@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from onnxq import __version__
 from onnxq.api import (
@@ -337,7 +338,7 @@ def _compress_with_progress(src: Path, dst: Path, config: Config, report: Path |
         with Progress(
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),  # tensor names are not markup
             console=err,
             transient=True,
             disable=not err.is_terminal,
@@ -459,7 +460,7 @@ def render(report: Report) -> None:
         weights.add_column(col, justify="left" if col in ("tensor", "shape") else "right")
     for w in d["weights"]:
         weights.add_row(
-            w["name"],
+            Text(w["name"]),  # names are the model's: never read as rich markup
             "x".join(map(str, w["shape"])),
             str(w["groups"]),
             str(w["bits"]),
@@ -489,9 +490,8 @@ def render(report: Report) -> None:
         skipped.add_column("tensors", justify="right")
         skipped.add_column("for example")
         for reason, names in by_reason.items():
-            skipped.add_row(
-                reason, str(len(names)), ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
-            )
+            example = ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
+            skipped.add_row(Text(reason), str(len(names)), Text(example))
         out.print(skipped)
     for note in d["notes"]:
         if note == NO_WEIGHTS:  # a warning, on stderr
@@ -529,7 +529,7 @@ def render_validation(v: Validation) -> None:
         table.add_column(col, justify="left" if col == "output" else "right")
     for o in v.outputs:
         table.add_row(
-            o.name,
+            Text(o.name),
             f"{o.max_abs_error:.4g}",
             f"{o.relative_l2_error:.4g}",
             f"{o.cosine:.5f}",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError, EncodeError
 from onnx.external_data_helper import uses_external_data
@@ -40,6 +42,7 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
         ) from None
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path} holds no ONNX graph; check that the file is really ONNX")
+    _check_inline_sizes(model, path)
     folder = path.resolve().parent
     data_files: set[Path] = set()
     for tensor in _external_tensors(model):
@@ -67,6 +70,30 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
     except onnx.checker.ValidationError as exc:
         raise ModelLoadError(f"{path} is not a valid ONNX model: {first_line(exc)}") from None
     return model, path.stat().st_size + sum(f.stat().st_size for f in data_files)
+
+
+def _check_inline_sizes(model: onnx.ModelProto, path: Path) -> None:
+    """Every inline raw_data holds exactly its shape's bytes (onnx's checker finds too few, not
+    too many, and a reshape would fail later)."""
+    for tensor in _external_tensors(model):
+        if uses_external_data(tensor) or not tensor.raw_data:
+            continue
+        try:
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        except (KeyError, TypeError, ValueError):
+            continue  # strings and types numpy cannot name
+        bits = 4 if tensor.data_type in _FOUR_BIT_TYPES else 8 * itemsize
+        expected = -(-math.prod(tensor.dims) * bits // 8)
+        if len(tensor.raw_data) != expected:
+            raise ModelLoadError(
+                f"{path}: tensor {tensor.name!r} holds {len(tensor.raw_data)} bytes, but its shape "
+                f"{list(tensor.dims)} needs {expected}; the file is damaged: export it again"
+            )
+
+
+_FOUR_BIT_TYPES = {
+    getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)
+}
 
 
 def input_files(src: str | os.PathLike) -> set[Path]:

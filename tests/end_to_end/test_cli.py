@@ -546,3 +546,19 @@ def test_an_output_name_too_long_for_the_temporary_file_is_refused_before_the_wo
     assert files(tmp_path) == before
     assert invoke("compress", tiny_path, fits, "--no-validate").exit_code == 0
     assert fits.is_file() and files(tmp_path) == sorted([*before, fits.name])
+
+
+def test_names_that_look_like_rich_markup_are_printed_as_they_are(tmp_path):
+    w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "[/]"], ["[bold]y"], name="[red]mm")],
+        [value("x", [1, 64])],
+        [value("[bold]y", [1, 32])],
+        [numpy_helper.from_array(w, "[/]")],
+    )
+    src = tmp_path / "markup.onnx"
+    onnx.save(model, src)
+    result = invoke("compress", src, tmp_path / "out.onnx", "--min-elements", "1")
+    no_traceback(result)
+    assert result.exit_code == 0
+    assert "[/]" in result.stdout and "[bold]y" in result.stdout

@@ -207,3 +207,27 @@ def test_discard_removes_a_partial_file_without_reading_it(tmp_path):
     io.temp_data(tmp).write_bytes(b"\0" * 10)
     io.discard(tmp, tmp_path / "out.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra", [-100, 8], ids=["short", "long"])
+def test_raw_data_of_the_wrong_size_is_a_damaged_file_not_a_reshape_error(tmp_path, extra):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((64, 32), np.float32), "w")
+    w.raw_data = w.raw_data[:extra] if extra < 0 else w.raw_data + b"\0" * extra
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+        [w],
+    )
+    path = tmp_path / "damaged.onnx"
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    with pytest.raises(
+        onnxq.OnnxqError, match=r"tensor 'w' holds \d+ bytes, but its shape \[64, 32\] needs 8192"
+    ):
+        onnxq.compress(path, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
