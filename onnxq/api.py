@@ -393,7 +393,7 @@ def _compress(
     config.check()
     config = replace(config, group_size=config.resolved_group_size())
     start = time.perf_counter()
-    model = copy.deepcopy(model)
+    original, model = model, copy.deepcopy(model)
     report = Report(config=_config_dict(config), input_bytes=io.model_bytes(model))
     weights, skips = _select(model, config, report)
     plan = None
@@ -417,7 +417,7 @@ def _compress(
     report.skipped = [SkipReport(s.name, list(s.shape), s.reason) for s in skips] + [
         SkipReport(w.name, list(w.array.shape), KEPT_FLOAT) for w in done.kept_float
     ]
-    io.check_built(model)
+    io.check_built(model, original)
     report.output = _byte_breakdown(model)
     rewrite_seconds = time.perf_counter() - start - quantize_seconds
     report.seconds = {"quantize": quantize_seconds, "rewrite": rewrite_seconds, **report.seconds}

@@ -42,6 +42,7 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
         ) from None
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path} holds no ONNX graph; check that the file is really ONNX")
+    _check_text(model, path)
     _check_inline_sizes(model, path)
     folder = path.resolve().parent
     data_files: set[Path] = set()
@@ -70,6 +71,32 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
     except onnx.checker.ValidationError as exc:
         raise ModelLoadError(f"{path} is not a valid ONNX model: {first_line(exc)}") from None
     return model, path.stat().st_size + sum(f.stat().st_size for f in data_files)
+
+
+def _check_text(model: onnx.ModelProto, path: Path) -> None:
+    """Every name in the graphs is UTF-8 text, as ONNX requires. protobuf hands back the raw
+    bytes of a string field that is not (or fails where it decodes it), and onnxq would fail
+    wherever it first used such a name."""
+
+    def names():
+        for graph in iter_graphs(model.graph):
+            for node in graph.node:
+                yield from (node.name, node.op_type, node.domain, *node.input, *node.output)
+                yield from (a.name for a in node.attribute)
+            for items in (graph.initializer, graph.input, graph.output, graph.value_info):
+                yield from (x.name for x in items)
+        for p in model.metadata_props:
+            yield from (p.key, p.value)
+        yield from (o.domain for o in model.opset_import)
+
+    try:
+        bad = next((n for n in names() if not isinstance(n, str)), None)
+    except UnicodeDecodeError:
+        bad = b"?"
+    if bad is not None:
+        raise ModelLoadError(
+            f"{path} has a name that is not UTF-8 text ({bad!r}), which ONNX requires; re-export the model"
+        )
 
 
 def _check_inline_sizes(model: onnx.ModelProto, path: Path) -> None:
@@ -251,14 +278,33 @@ def written_size(tmp: Path, dst: str | os.PathLike) -> int:
     return tmp.stat().st_size + (temp_data(tmp).stat().st_size if has_external_data(tmp) else 0)
 
 
-def check_built(model: onnx.ModelProto) -> None:
-    """onnx's full check of a model onnxq built; one over the protobuf limit is checked
-    by write_temp once written instead."""
-    if model_bytes(model) < PROTOBUF_LIMIT:
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except onnx.checker.ValidationError as exc:  # a bug in onnxq, not in the input
-            raise RuntimeError(f"onnxq produced an invalid model: {exc}") from exc
+def check_built(model: onnx.ModelProto, original: onnx.ModelProto | None = None) -> None:
+    """onnx's full check of a model onnxq built; one over the protobuf limit is checked by
+    write_temp once written instead. When it fails and the original fails it too, the input is
+    at fault (wrong dims or types, conflicting value_info, sparse initializers), not onnxq."""
+    if model_bytes(model) >= PROTOBUF_LIMIT:
+        return
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        why = _full_check_failure(original) if original is not None else None
+        if why:
+            raise OnnxqError(
+                f"the input model fails onnx's full check (strict shape inference): {why}; "
+                "fix or re-export it, then compress it again"
+            ) from None
+        raise RuntimeError(f"onnxq produced an invalid model: {exc}") from exc  # a bug in onnxq
+
+
+def _full_check_failure(model: onnx.ModelProto) -> str | None:
+    """The first line of why a model fails onnx's full check, or None if it passes."""
+    if model_bytes(model) >= PROTOBUF_LIMIT:
+        return None
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        return first_line(exc)
+    return None
 
 
 def check_written(tmp: Path) -> None:

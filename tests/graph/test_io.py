@@ -231,3 +231,44 @@ def test_raw_data_of_the_wrong_size_is_a_damaged_file_not_a_reshape_error(tmp_pa
     ):
         onnxq.compress(path, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def matmul_graph(weight_name: str, initializer=None, sparse=None):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", weight_name], ["y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+        [initializer] if initializer is not None else [],
+        sparse_initializer=[sparse] if sparse is not None else [],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_name_that_is_not_utf8_is_refused_when_read(tmp_path):
+    from onnx import numpy_helper
+
+    w = numpy_helper.from_array(np.ones((64, 32), np.float32), "wZ")
+    path = tmp_path / "bytes.onnx"
+    path.write_bytes(matmul_graph("wZ", w).SerializeToString().replace(b"wZ", b"w\xff"))
+    with pytest.raises(onnxq.OnnxqError, match="not UTF-8 text"):
+        onnxq.compress(path, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_an_input_that_fails_the_full_check_is_named_as_the_fault_not_onnxq(tmp_path):
+    """A sparse initializer read by MatMul passes onnx's plain check and fails strict shape
+    inference; the built model fails it too, and the user is told the input is at fault."""
+    from onnx import helper, numpy_helper
+
+    values = numpy_helper.from_array(np.ones(100, np.float32), "w")
+    sparse = helper.make_sparse_tensor(
+        values, numpy_helper.from_array(np.arange(100, dtype=np.int64), ""), [64, 32]
+    )
+    path = tmp_path / "sparse.onnx"
+    path.write_bytes(matmul_graph("w", sparse=sparse).SerializeToString())
+    with pytest.raises(onnxq.OnnxqError, match="the input model fails onnx's full check"):
+        onnxq.compress(path, tmp_path / "out.onnx", min_elements=1)
+    assert not (tmp_path / "out.onnx").exists()
