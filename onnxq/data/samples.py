@@ -14,6 +14,8 @@ never read.
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -117,8 +119,45 @@ def samples_from(
     return [{s.name: conform(sample[s.name], s, source) for s in specs} for sample in samples]
 
 
+MEMORY_SHARE = 0.5  # an npz may hold arrays of at most this share of the machine's memory
+
+
+def declared_bytes(path: Path) -> int:
+    """The bytes an npz's arrays take once loaded, from their .npy headers alone: a compressed
+    member (a deflate bomb) is not inflated to find out. 0 when the file is no zip of .npy."""
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                with z.open(info) as member:
+                    major, _ = np.lib.format.read_magic(member)
+                    read = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}
+                    if major not in read:
+                        return 0  # a newer format: np.load reads it
+                    shape, _, dtype = read[major](member)
+                total += math.prod(shape) * np.dtype(dtype).itemsize
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return 0  # read_npz says what is wrong with it
+    return total
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
-    """An npz file's arrays, without pickles; OnnxqError saying how to fix a file that is not one."""
+    """An npz file's arrays, without pickles; OnnxqError saying how to fix a file that is not one,
+    or one whose arrays would take more than MEMORY_SHARE of the machine's memory."""
+    memory, size = _memory_bytes(), declared_bytes(path)
+    if memory and size > MEMORY_SHARE * memory:
+        raise OnnxqError(
+            f"{what} {path} holds {size / 2**20:,.0f} MiB of arrays once loaded, more than "
+            f"{MEMORY_SHARE:.0%} of this machine's {memory / 2**20:,.0f} MiB; pass fewer samples, or a "
+            "folder of smaller npz files"
+        )
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}

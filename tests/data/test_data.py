@@ -171,3 +171,19 @@ def test_only_an_array_numpy_left_unnamed_stands_for_the_only_input(tmp_path, rn
         OnnxqError, match=r"lacks inputs \['x'\]; the model takes \['x'\], the file has \['image'\]"
     ):
         data.read_samples(tmp_path / "named.npz", specs, "inputs file")
+
+
+def test_an_npz_too_big_for_memory_is_refused_from_its_headers_before_inflating(tmp_path, monkeypatch):
+    """A deflate bomb: 30 MB of zeros in a 30 KB file. Its size comes from the .npy headers."""
+    from onnxq.data import samples
+
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, x=np.zeros((50, 3, 224, 224), np.float32))
+    assert path.stat().st_size < 100_000
+    assert samples.declared_bytes(path) == 50 * 3 * 224 * 224 * 4
+    monkeypatch.setattr(samples, "_memory_bytes", lambda: 40_000_000)  # a machine of 40 MB
+    loads = []
+    monkeypatch.setattr(samples.np, "load", lambda *a, **k: loads.append(a))
+    with pytest.raises(OnnxqError, match=r"holds 29 MiB of arrays once loaded, more than 50% of this machine's 38 MiB"):
+        samples.read_npz(path, "inputs file")
+    assert loads == []  # refused before numpy inflated anything
