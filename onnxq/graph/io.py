@@ -178,6 +178,10 @@ def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         raise OnnxqError(f"output folder {dst_path.parent} does not exist; create it or choose another path")
     if dst_path.is_dir():
         raise OnnxqError(f"{dst_path} is a folder; give a file name such as {dst_path}/out.onnx")
+    if not os.access(dst_path.parent.resolve(), os.W_OK | os.X_OK):
+        raise OnnxqError(
+            f"cannot write to the folder {dst_path.parent}: no permission; choose another output path"
+        )
     _check_name_length(dst_path)
     inputs = input_files(src)
     if is_one_of(dst_path, inputs):
@@ -231,6 +235,8 @@ def _create_hidden(dst: Path) -> str:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise _write_error(dst, exc) from None
         return str(tmp)
 
 
@@ -257,10 +263,19 @@ def write_temp(model: onnx.ModelProto, dst: str | os.PathLike) -> Path:
                 size_threshold=INLINE_BYTES,
             )
             check_written(tmp)
+    except OSError as exc:  # a full disk, a file system gone read-only
+        discard(tmp, dst)
+        raise _write_error(dst, exc) from None
     except BaseException:
         discard(tmp, dst)
         raise
     return tmp
+
+
+def _write_error(dst: Path, exc: OSError) -> OnnxqError:
+    return OnnxqError(
+        f"cannot write {dst}: {exc.strerror or exc}; check the free space and permissions of {dst.parent}"
+    )
 
 
 def temp_data(tmp: Path) -> Path:
@@ -336,6 +351,9 @@ def commit(tmp: Path, dst: str | os.PathLike) -> None:
             tmp.write_bytes(model.SerializeToString())  # the graph alone: the tensors are external
             os.replace(temp_data(tmp), final)
         os.replace(tmp, dst)
+    except OSError as exc:
+        discard(tmp, dst)
+        raise _write_error(Path(dst), exc) from None
     except BaseException:
         discard(tmp, dst)
         raise

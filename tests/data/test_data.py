@@ -184,6 +184,8 @@ def test_an_npz_too_big_for_memory_is_refused_from_its_headers_before_inflating(
     monkeypatch.setattr(samples, "_memory_bytes", lambda: 40_000_000)  # a machine of 40 MB
     loads = []
     monkeypatch.setattr(samples.np, "load", lambda *a, **k: loads.append(a))
-    with pytest.raises(OnnxqError, match=r"holds 29 MiB of arrays once loaded, more than 50% of this machine's 38 MiB"):
+    with pytest.raises(
+        OnnxqError, match=r"holds 29 MiB of arrays once loaded, more than 50% of this machine's 38 MiB"
+    ):
         samples.read_npz(path, "inputs file")
     assert loads == []  # refused before numpy inflated anything

@@ -143,7 +143,7 @@ def test_a_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path, tiny, monk
         raise OSError("disk full")
 
     monkeypatch.setattr(io.os, "replace", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(onnxq.OnnxqError, match="cannot write .*: disk full"):
         io.save_model(tiny[0], dst)
     assert dst.read_bytes() == b"old content"
     assert sorted(os.listdir(tmp_path)) == ["out.onnx"]
@@ -272,3 +272,34 @@ def test_an_input_that_fails_the_full_check_is_named_as_the_fault_not_onnxq(tmp_
     with pytest.raises(onnxq.OnnxqError, match="the input model fails onnx's full check"):
         onnxq.compress(path, tmp_path / "out.onnx", min_elements=1)
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, tiny):
+    from onnxq.graph import io
+
+    def full(self, data):
+        with open(self, "wb") as f:
+            f.write(data[: len(data) // 2])  # half of it fits
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io.Path, "write_bytes", full)
+    with pytest.raises(
+        onnxq.OnnxqError, match="cannot write .*out.onnx: No space left on device; check the free space"
+    ):
+        io.save_model(tiny[0], tmp_path / "out.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_without_write_permission_is_refused_before_the_work(tmp_path, tiny):
+    from onnxq.graph import io
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: permissions do not stop writes here")
+        with pytest.raises(onnxq.OnnxqError, match="no permission"):
+            io.check_output_path(tmp_path / "in.onnx", locked / "out.onnx")
+    finally:
+        locked.chmod(0o755)
