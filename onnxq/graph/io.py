@@ -50,13 +50,20 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
         if not uses_external_data(tensor):
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (folder / location).resolve()
+        try:
+            target = (folder / location).resolve()
+            present = target.is_file()
+        except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a name too long, a link loop
+            raise ModelLoadError(
+                f"external data of tensor {tensor.name!r} names {location[:80]!r}, which is not a usable "
+                f"file ({first_line(exc)}); export the model with its data next to it"
+            ) from None
         if not target.is_relative_to(folder):
             raise ModelLoadError(
                 f"external data of tensor {tensor.name!r} points outside the model's folder "
                 f"({location}); move the data file next to the model"
             )
-        if not target.is_file():
+        if not present:
             raise ModelLoadError(
                 f"external data file {location} of tensor {tensor.name!r} is missing; put it in {folder}"
             )
@@ -136,8 +143,10 @@ def input_files(src: str | os.PathLike) -> set[Path]:
     for tensor in _external_tensors(model):
         if uses_external_data(tensor):
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-            if location and "\x00" not in location:
+            try:
                 files.add((folder / location).resolve())
+            except (OSError, ValueError, RuntimeError):
+                continue  # read_model reports it
     return files
 
 

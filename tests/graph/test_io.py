@@ -303,3 +303,16 @@ def test_a_folder_without_write_permission_is_refused_before_the_work(tmp_path, 
             io.check_output_path(tmp_path / "in.onnx", locked / "out.onnx")
     finally:
         locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("kind", ["nul", "too-long", "link-loop"])
+def test_an_external_data_name_that_is_no_usable_file_is_one_line(kind, tmp_path, tiny):
+    path = save_external(tiny[0], tmp_path / "m")
+    location = {"nul": "a\x00b", "too-long": "x" * 300, "link-loop": "loop.bin"}[kind]
+    relocate(path, location)
+    if kind == "link-loop":
+        os.symlink("loop2.bin", tmp_path / "m" / "loop.bin")
+        os.symlink("loop.bin", tmp_path / "m" / "loop2.bin")
+    with pytest.raises(onnxq.OnnxqError, match="which is not a usable file"):
+        onnxq.compress(path, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
