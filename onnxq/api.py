@@ -561,8 +561,9 @@ def compress(
     report.input_bytes = input_bytes
     t = time.perf_counter()
     tmp = io.write_temp(out, dst_path)
+    external = io.has_external_data(tmp)
     try:
-        if io.has_external_data(tmp):
+        if external:
             report.notes.append(f"the output is over 2 GB: its tensors are in {io.data_file(dst_path).name}")
         report.output.settle(io.written_size(tmp, dst_path))
         report.seconds["save"] = time.perf_counter() - t
@@ -575,6 +576,8 @@ def compress(
         io.commit(tmp, dst_path)
     finally:
         io.discard(tmp, dst_path)
+    if external:  # the graph names its data file's final name now, a shorter one
+        report.output.settle(dst_path.stat().st_size + io.data_file(dst_path).stat().st_size)
     return report
 
 

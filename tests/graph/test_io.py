@@ -316,3 +316,16 @@ def test_an_external_data_name_that_is_no_usable_file_is_one_line(kind, tmp_path
     with pytest.raises(onnxq.OnnxqError, match="which is not a usable file"):
         onnxq.compress(path, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_an_output_with_external_data_reports_the_bytes_on_disk_after_its_rename(tmp_path, monkeypatch, tiny):
+    """The graph names its data file's final name only at commit: the report counts that file."""
+    from onnxq.graph import io
+
+    monkeypatch.setattr(io, "PROTOBUF_LIMIT", 1000)
+    src = tmp_path / "tiny.onnx"
+    onnx.save(tiny[0], src)
+    report = onnxq.compress(src, tmp_path / "out.onnx", validate=False, min_elements=1)
+    on_disk = (tmp_path / "out.onnx").stat().st_size + (tmp_path / "out.onnx.data").stat().st_size
+    assert report.output.total == on_disk
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "out.onnx.data", "tiny.onnx"]
