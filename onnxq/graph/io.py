@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError, EncodeError
+from google.protobuf.message import EncodeError
 from onnx.external_data_helper import uses_external_data
 
 from onnxq.errors import ModelLoadError, OnnxqError, first_line
@@ -25,6 +26,24 @@ def _external_tensors(model: onnx.ModelProto):
                     yield attr.t
 
 
+def _parse(path: Path) -> onnx.ModelProto:
+    """The model's graph: binary protobuf, or the text or JSON form its suffix names (as onnx
+    reads it), falling back to binary for a binary file under another suffix."""
+    tries = [None] if path.suffix in ("", ".onnx") else [None, "protobuf"]
+    error: Exception | None = None
+    for form in tries:
+        try:
+            with warnings.catch_warnings():  # onnx warns that its text form is experimental
+                warnings.simplefilter("ignore")
+                return onnx.load(str(path), format=form, load_external_data=False)
+        except Exception as exc:  # noqa: BLE001 - every parser's error means the same: unreadable
+            error = error or exc
+    raise ModelLoadError(
+        f"{path} is not a readable ONNX model ({type(error).__name__}); "
+        "check that the file is complete and really ONNX"
+    )
+
+
 def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
     """Read an ONNX model and its external data, refusing data outside its folder; and the
     model's size on disk: the .onnx file and its external data files."""
@@ -33,13 +52,7 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
         raise ModelLoadError(f"{path} does not exist; check the path")
     if not path.is_file():
         raise ModelLoadError(f"{path} is not a file; pass the .onnx file itself")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError) as exc:
-        raise ModelLoadError(
-            f"{path} is not a readable ONNX model ({type(exc).__name__}); "
-            "check that the file is complete and really ONNX"
-        ) from None
+    model = _parse(path)
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path} holds no ONNX graph; check that the file is really ONNX")
     _check_text(model, path)

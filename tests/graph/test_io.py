@@ -329,3 +329,24 @@ def test_an_output_with_external_data_reports_the_bytes_on_disk_after_its_rename
     on_disk = (tmp_path / "out.onnx").stat().st_size + (tmp_path / "out.onnx.data").stat().st_size
     assert report.output.total == on_disk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "out.onnx.data", "tiny.onnx"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "readable"),
+    [
+        ("model.json", None, True),  # a binary model under another suffix
+        ("model.onnxtxt", None, True),
+        ("bad.json", b'{"a": 1}', False),
+        ("bad.textproto", b"ir_version: {", False),
+    ],
+)
+def test_a_model_is_read_whatever_its_suffix_and_a_bad_text_form_is_one_line(
+    tmp_path, tiny, name, content, readable
+):
+    path = tmp_path / name
+    path.write_bytes(content if content is not None else tiny[0].SerializeToString())
+    if readable:
+        assert onnxq.compress(path, tmp_path / "out.onnx", validate=False).weights
+    else:
+        with pytest.raises(onnxq.OnnxqError, match="is not a readable ONNX model"):
+            onnxq.compress(path, tmp_path / "out.onnx")
