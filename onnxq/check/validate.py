@@ -26,6 +26,7 @@ from onnxq.data import samples as data
 from onnxq.data import synthetic
 from onnxq.data.samples import InputSpec, Sample
 from onnxq.errors import OnnxqError
+from onnxq.graph import io
 
 DEFAULT_MIN_COSINE = 0.98
 DEFAULT_BATCH = 16  # samples per run of --inputs
@@ -206,7 +207,7 @@ def load_proto(model: bytes | str | Path | onnx.ModelProto) -> onnx.ModelProto:
         return model
     if isinstance(model, bytes):
         return onnx.load_from_string(model)
-    return onnx.load(str(model), load_external_data=False)
+    return io.parse(Path(model))
 
 
 def synthetic_plan(

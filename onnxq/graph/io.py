@@ -26,7 +26,7 @@ def _external_tensors(model: onnx.ModelProto):
                     yield attr.t
 
 
-def _parse(path: Path) -> onnx.ModelProto:
+def parse(path: Path) -> onnx.ModelProto:
     """The model's graph: binary protobuf, or the text or JSON form its suffix names (as onnx
     reads it), falling back to binary for a binary file under another suffix."""
     tries = [None] if path.suffix in ("", ".onnx") else [None, "protobuf"]
@@ -52,7 +52,7 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
         raise ModelLoadError(f"{path} does not exist; check the path")
     if not path.is_file():
         raise ModelLoadError(f"{path} is not a file; pass the .onnx file itself")
-    model = _parse(path)
+    model = parse(path)
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path} holds no ONNX graph; check that the file is really ONNX")
     _check_text(model, path)
@@ -149,8 +149,8 @@ def input_files(src: str | os.PathLike) -> set[Path]:
     path = Path(src)
     files = {path.resolve()}
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - read_model reports an unreadable model
+        model = parse(path)
+    except ModelLoadError:  # read_model reports it
         return files
     folder = path.resolve().parent
     for tensor in _external_tensors(model):
