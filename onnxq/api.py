@@ -42,7 +42,7 @@ class Config:
     """What to do. None means "use the default"."""
 
     bits: int = 5
-    codebook: str = DEFAULT_CODEBOOK
+    codebook: str = ""  # "": DEFAULT_CODEBOOK, or linear where the format needs evenly spaced levels
     granularity: str = "channel"
     scale: str = "lsq"
     search: str = DEFAULT_SEARCH  # how x0 is found: exact (proven within 1e-6), or fast (quantize.SEARCHES)
@@ -70,6 +70,10 @@ class Config:
     packed_rows: bool = True  # large Gather tables keep their rows packed (the format's replace_consumer)
     fold_constants: bool = True  # nodes computing small constants become their values (constfold)
     jobs: int = 1  # worker processes for quantizing; 1: threads in this process (see _quantize_all)
+
+    def __post_init__(self) -> None:
+        if not self.codebook:
+            object.__setattr__(self, "codebook", default_codebook(self.format, self.bits))
 
     def resolved_rounding(self) -> str:
         if self.rounding is not None:
@@ -148,6 +152,15 @@ class Config:
                 re.compile(pattern)
             except re.error as exc:
                 raise OnnxqError(f"--exclude {pattern!r} is not a valid regular expression: {exc}") from None
+
+
+def default_codebook(fmt: str, bits: int) -> str:
+    """DEFAULT_CODEBOOK, or the first codebook the format can store at these bits (linear for qdq
+    and matmulnbits, whose kernels take evenly spaced levels only)."""
+    storage = FORMATS.get(fmt)
+    if storage is None or storage.supports(DEFAULT_CODEBOOK, bits) is None:
+        return DEFAULT_CODEBOOK
+    return next((name for name in CODEBOOKS if storage.supports(name, bits) is None), DEFAULT_CODEBOOK)
 
 
 def default_jobs() -> int:

@@ -45,7 +45,7 @@ DECOMPRESS_TOLERANCE = 1e-5
 
 def _choice(name: str, valid) -> Callable[[str], str]:
     def check(value: str) -> str:
-        if value is not None and value not in valid:
+        if value not in (None, "") and value not in valid:  # "" and None: the default
             raise typer.BadParameter(f"{value!r} is not one of: {', '.join(valid)}")
         return value
 
@@ -99,7 +99,13 @@ _Src = Annotated[Path, typer.Argument(help="The float ONNX model.")]
 _Dst = Annotated[Path, typer.Argument(help="Where to write the compressed model.")]
 _Bits = Annotated[int, typer.Option(min=1, max=8, help="Bits per weight, 1..8.")]
 _Codebook = Annotated[
-    str, typer.Option(callback=_choice("codebook", CODEBOOKS), help=f"One of: {', '.join(CODEBOOKS)}.")
+    str,
+    typer.Option(
+        callback=_choice("codebook", CODEBOOKS),
+        show_default=False,
+        help=f"One of: {', '.join(CODEBOOKS)}. Default: {DEFAULT_CODEBOOK}, or linear for the formats "
+        "that store only evenly spaced levels (qdq, matmulnbits).",
+    ),
 ]
 _Granularity = Annotated[
     str,
@@ -242,7 +248,7 @@ def compress_cmd(
     src: _Src,
     dst: _Dst,
     bits: _Bits = 5,
-    codebook: _Codebook = DEFAULT_CODEBOOK,
+    codebook: _Codebook = "",
     granularity: _Granularity = "channel",
     scale: _Scale = "lsq",
     search: _Search = "exact",

@@ -89,7 +89,7 @@ def test_without_group_size_each_block_gets_its_own_scale_as_the_kernel_stores_o
 def test_a_codebook_or_width_no_matmul_can_take_is_an_error_naming_what_can():
     model, _ = stack()
     with pytest.raises(OnnxqError, match="linear levels.*use --format fold for --codebook exponential"):
-        onnxq.compress_model(model, onnxq.Config(format="matmulnbits", bits=4))
+        onnxq.compress_model(model, onnxq.Config(format="matmulnbits", bits=4, codebook="exponential"))
     with pytest.raises(OnnxqError, match="2, 4, 8 bits, not 5"):
         onnxq.compress_model(model, onnxq.Config(format="matmulnbits", bits=5, codebook="linear"))
 

@@ -93,6 +93,15 @@ def test_qdq_is_registered():
     onnxq.Config(format="qdq", codebook="linear").check()
 
 
+@pytest.mark.parametrize("fmt", ["qdq", "matmulnbits"])
+def test_without_a_codebook_the_formats_of_evenly_spaced_levels_take_linear(fmt):
+    assert onnxq.Config(format=fmt, bits=4).codebook == "linear"
+    assert onnxq.Config(format="fold").codebook == "exponential"
+    model, _ = MODELS[next(iter(MODELS))]()
+    _, report = onnxq.compress_model(model, onnxq.Config(format=fmt, bits=4, min_elements=1))
+    assert report.config["codebook"] == "linear" and report.weights
+
+
 @pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 @pytest.mark.parametrize("bits", BITS)
