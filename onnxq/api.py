@@ -28,7 +28,7 @@ from onnxq.refine import steps as refine
 from onnxq.refine import widths as widths_
 from onnxq.refine.widths import Choice
 from onnxq.storage import CODEBOOK_ATTRIBUTES, CODEBOOK_SUFFIXES, DEFAULT_FORMAT, FORMATS, INDICES_SUFFIX
-from onnxq.storage.base import DOMAIN
+from onnxq.storage.base import DOMAIN, MARK
 
 GRANULARITIES = ("tensor", "channel")
 ROUNDINGS = ("nearest", "gptq")
@@ -152,6 +152,18 @@ class Config:
                 re.compile(pattern)
             except re.error as exc:
                 raise OnnxqError(f"--exclude {pattern!r} is not a valid regular expression: {exc}") from None
+
+
+def already_compressed(model: onnx.ModelProto) -> bool:
+    """Whether onnxq compressed this model: its decoder functions, or packed indices it named.
+    (A decompressed model keeps the biases that bias correction named, and is not.)"""
+    if any(f.domain == DOMAIN for f in model.functions):
+        return True
+    return any(
+        MARK in t.name and t.name.endswith(INDICES_SUFFIX)
+        for graph in iter_graphs(model.graph)
+        for t in graph.initializer
+    )
 
 
 def default_codebook(fmt: str, bits: int) -> str:
@@ -564,6 +576,11 @@ def compress(
     t = time.perf_counter()
     model, input_bytes = io.read_model(src)
     load_seconds = time.perf_counter() - t
+    if already_compressed(model):
+        raise OnnxqError(
+            f"{src} was written by onnxq compress already (its weights are packed indices); compress "
+            "the float model, or first run onnxq decompress on this one"
+        )
     if config.validate and config.inputs is not None:
         data.read_samples(
             config.inputs, data.input_specs(model), "inputs file"

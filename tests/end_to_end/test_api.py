@@ -239,3 +239,18 @@ def test_a_failed_gate_keeps_the_output_and_makes_the_report_falsy(tiny, tiny_pa
 def test_thresholds_set_the_report_truthiness(tiny_path, tmp_path):
     assert onnxq.compress(tiny_path, tmp_path / "a.onnx", bits=6, min_sqnr=5, samples=2)
     assert not onnxq.compress(tiny_path, tmp_path / "b.onnx", bits=6, min_sqnr=200, samples=2)
+
+
+@pytest.mark.parametrize("fmt", ["fold", "qdq"])
+def test_compressing_a_compressed_model_is_refused_and_its_decompressed_model_is_not(
+    tiny_path, tmp_path, fmt
+):
+    once = tmp_path / "once.onnx"
+    onnxq.compress(tiny_path, once, validate=False, format=fmt, bits=4)
+    with pytest.raises(onnxq.OnnxqError, match="was written by onnxq compress already"):
+        onnxq.compress(once, tmp_path / "twice.onnx", validate=False)
+    assert not (tmp_path / "twice.onnx").exists()
+    from onnxq.check.decompress import decompress
+
+    decompress(once, tmp_path / "float.onnx")
+    assert onnxq.compress(tmp_path / "float.onnx", tmp_path / "again.onnx", validate=False).weights
