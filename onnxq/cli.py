@@ -370,6 +370,8 @@ def _compress_with_progress(src: Path, dst: Path, config: Config, report: Path |
         except OSError as exc:
             fail(OnnxqError(f"{dst} was written, but the report {report} could not be: {exc.strerror}"))
     render(result)
+    written = f"wrote {dst}" + (f" and {report}" if report is not None else "")
+    out.print(written, markup=False, highlight=False, soft_wrap=True)  # a path to copy, unbroken
     if not result:
         typer.echo(f"error: {dst} was written, but it failed its validation gate (see above)", err=True)
         raise typer.Exit(EXIT_VALIDATION)

@@ -80,6 +80,7 @@ def test_compress(tiny_path, tmp_path):
     assert "x smaller" in stdout
     assert "validation against the float model (2 samples): not checked against real data" in stdout
     assert "hint: pass real inputs with --inputs" in stdout and "passed" not in stdout
+    assert result.stdout.splitlines()[-1] == f"wrote {tmp_path / 'out.onnx'}"
     onnx.checker.check_model(onnx.load(tmp_path / "out.onnx"), full_check=True)
 
 
