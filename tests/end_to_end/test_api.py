@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import onnx
@@ -39,6 +40,22 @@ def test_readme_examples(tiny, tiny_path, tmp_path, monkeypatch):
     assert isinstance(model, onnx.ModelProto)
     assert {w.codebook for w in report.weights} == {"linear"}
     assert {w.bits for w in report.weights} == {4}
+
+
+def test_the_readme_python_example_runs_as_written(tiny_path, tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (block,) = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tiny_path, "in.onnx")
+    rng = np.random.default_rng(0)
+    np.savez("calib.npz", x=rng.standard_normal((4, 3, 8, 8)).astype(np.float32), ids=rng.integers(0, 41, 24))
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
+    assert isinstance(namespace["report"], onnxq.Report) and namespace["report"].weights
+    assert namespace["compressed"].graph.node
+    assert "x smaller" not in capsys.readouterr().out  # the library prints nothing itself
 
 
 @pytest.mark.parametrize(
