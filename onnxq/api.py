@@ -8,7 +8,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import onnx
@@ -84,12 +84,6 @@ class Config:
         if self.bias_correction is not None:
             return self.bias_correction
         return self.calibration is not None
-
-    def resolved_group_size(self) -> int | None:
-        """--group-size, or without it the format's default block when quantizing per channel."""
-        if self.group_size is not None or self.granularity != "channel":
-            return self.group_size
-        return FORMATS[self.format].DEFAULT_GROUP
 
     def needs_data(self) -> bool:
         return (
@@ -330,7 +324,7 @@ def _group_notes(weights: list[Weight], config: Config) -> list[str]:
     if not whole:
         return []
     note = (
-        f"blocks of {config.group_size} do not split {len(whole)} tensors into several "
+        f"--group-size {config.group_size} does not split {len(whole)} tensors into several "
         f"equal blocks per channel; they keep one codebook per channel (e.g. {whole[0]})"
     )
     return [note]
@@ -416,7 +410,6 @@ def _compress(
     """compress_model, and the synthetic inputs' plan when one was made (for validation, or for
     data-driven steps without calibration). source: the model's file, for its float session."""
     config.check()
-    config = replace(config, group_size=config.resolved_group_size())
     start = time.perf_counter()
     original, model = model, copy.deepcopy(model)
     report = Report(config=_config_dict(config), input_bytes=io.model_bytes(model))

@@ -65,7 +65,6 @@ class StorageFormat(Protocol):
     REPLACES_READERS: bool  # replacing the readers is the rule (a weight stored whole is a noted fallback)
     WHOLE: WholeWeights | None  # the format that stores whole weights for this one; None: itself
     DOMAINS: tuple[str, ...]  # the operator domains its nodes use
-    DEFAULT_GROUP: int | None  # the per-block parameters' block without --group-size; None: per channel
 
     def supports(self, codebook: str, bits: int) -> str | None:
         """Why weights quantized with this codebook and width cannot be stored, or None."""

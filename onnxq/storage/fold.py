@@ -28,7 +28,6 @@ from onnxq.storage.base import DOMAIN, ROWS_PREFIX, Encoded, Piece, WholeWeights
 
 NAME = "fold"
 CHANNEL_FIRST = True  # the decoder builds the weight channel-first; rewrite transposes it back
-DEFAULT_GROUP: int | None = None  # one codebook per channel unless --group-size says otherwise
 REPLACES_READERS = False  # a weight's readers are replaced only for packed rows; storing it whole is the rule
 WHOLE: WholeWeights | None = None  # fold stores whole weights itself
 DOMAINS: tuple[str, ...] = (DOMAIN,)

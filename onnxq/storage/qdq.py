@@ -24,7 +24,6 @@ from onnxq.storage.base import Encoded, Piece, WholeWeights
 
 NAME = "qdq"
 CHANNEL_FIRST = False  # the weight keeps its own layout; DequantizeLinear's axis names the channel
-DEFAULT_GROUP: int | None = None  # one scale per channel unless --group-size says otherwise
 REPLACES_READERS = False  # every weight is stored whole
 WHOLE: WholeWeights | None = None  # qdq stores whole weights itself
 DOMAINS: tuple[str, ...] = ()  # DequantizeLinear is a standard op

@@ -89,6 +89,6 @@ def test_group_size_needs_channel_granularity(tmp_path, tiny_path):
 def test_tensors_it_does_not_divide_are_named_in_a_note(rng):
     model, _ = matmul_model(rng.standard_normal((24, 12)).astype(np.float32))
     _, report = onnxq.compress_model(model, onnxq.Config(group_size=16, min_elements=1))
-    assert any("blocks of 16 do not split 1 tensors" in n for n in report.notes)
+    assert any("--group-size 16 does not split 1 tensors" in n for n in report.notes)
     assert report.weights[0].groups == 12
     onnx.checker.check_model(_, full_check=True)

@@ -15,7 +15,6 @@ from onnxq.storage.base import Encoded, Piece, WholeWeights
 
 NAME = "toy"
 CHANNEL_FIRST = True
-DEFAULT_GROUP: int | None = None
 REPLACES_READERS = False
 WHOLE: WholeWeights | None = None
 DOMAINS: tuple[str, ...] = ()

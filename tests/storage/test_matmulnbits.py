@@ -55,10 +55,7 @@ def test_matmuls_become_matmulnbits_and_match_fold(bits, group_size):
     model, feeds = stack()
     # grid: the exact search over 8-bit blocks of 32 took 25 s, and the formats are what is compared
     config = {"bits": bits, "codebook": "linear", "group_size": group_size, "search": "grid"}
-    nbits_config = onnxq.Config(format="matmulnbits", **config)
-    nbits, report = onnxq.compress_model(model, nbits_config)
-    # Without --group-size matmulnbits takes its kernel's blocks: fold is compared with the same.
-    config["group_size"] = nbits_config.resolved_group_size()
+    nbits, report = onnxq.compress_model(model, onnxq.Config(format="matmulnbits", **config))
     fold, _ = onnxq.compress_model(model, onnxq.Config(format="fold", **config))
     counts = op_counts(nbits)
     assert counts["MatMulNBits"] == 6 and counts["MatMul"] == 0
@@ -70,20 +67,16 @@ def test_matmuls_become_matmulnbits_and_match_fold(bits, group_size):
     assert blob.data_type == TensorProto.UINT8 and len(blob.raw_data) == 2 * 96 * 96 * bits // 8
 
 
-def test_without_group_size_each_block_gets_its_own_scale_as_the_kernel_stores_one_anyway():
-    assert onnxq.Config(format="matmulnbits").resolved_group_size() == 128
-    assert onnxq.Config(format="matmulnbits", group_size=32).resolved_group_size() == 32
-    assert onnxq.Config(format="fold").resolved_group_size() is None
+def test_group_size_128_gives_each_kernel_block_its_own_scale_and_weights_it_does_not_split_keep_channels():
     model, _ = stack(width=256)
     config = {"bits": 4, "codebook": "linear", "search": "grid"}
-    _, blocks = onnxq.compress_model(model, onnxq.Config(format="matmulnbits", **config))
-    _, channels = onnxq.compress_model(model, onnxq.Config(format="fold", **config))
+    _, blocks = onnxq.compress_model(model, onnxq.Config(format="matmulnbits", group_size=128, **config))
+    _, channels = onnxq.compress_model(model, onnxq.Config(format="matmulnbits", **config))
     grouped = {w.name: w.groups for w in blocks.weights}
     for w in channels.weights:
         k = w.elements // w.groups  # inputs per channel
         assert grouped[w.name] == (w.groups * k // 128 if k % 128 == 0 and k > 128 else w.groups)
     assert any(grouped[w.name] > w.groups for w in channels.weights)
-    assert blocks.to_dict()["config"]["group_size"] == 128
 
 
 def test_a_codebook_or_width_no_matmul_can_take_is_an_error_naming_what_can():
