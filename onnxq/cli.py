@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from onnxq import __version__
+from onnxq.__main__ import EXIT_INTERRUPTED
 from onnxq.api import (
     GRANULARITIES,
     MAX_DEFAULT_JOBS,
@@ -85,9 +86,6 @@ def main(
     """Shrink the weights of trained ONNX models to a few bits each, without retraining."""
     # SIGTERM ends a run as Ctrl-C does: the temporary files are removed on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
-
-
-from onnxq.__main__ import EXIT_INTERRUPTED
 
 
 def _interrupt(signum: int, frame: object) -> None:
