@@ -35,7 +35,8 @@ from onnxq.quant.codebooks import CODEBOOKS, DEFAULT_CODEBOOK
 from onnxq.quant.quantize import SCALES, SEARCHES
 from onnxq.storage import DEFAULT_FORMAT, FORMATS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+HELP = "Shrink the weights of trained ONNX models to a few bits each, without retraining."
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
 out = Console()
 err = Console(stderr=True)
 
@@ -130,7 +131,11 @@ _Search = Annotated[
 ]
 _Fmt = Annotated[
     str,
-    typer.Option("--format", callback=_choice("format", FORMATS), help=f"One of: {', '.join(FORMATS)}."),
+    typer.Option(
+        "--format",
+        callback=_choice("format", FORMATS),
+        help=f"One of: {', '.join(FORMATS)}.",
+    ),
 ]
 _MinElements = Annotated[int, typer.Option(min=1, help="Leave tensors smaller than this in float.")]
 _Exclude = Annotated[

@@ -66,6 +66,8 @@ def test_no_arguments_shows_usage():
     result = invoke()
     assert result.exit_code in (0, 2)
     assert "compress" in result.stdout + result.stderr and "validate" in result.stdout + result.stderr
+    text = flat(result.stdout + result.stderr)
+    assert "Shrink the weights of trained ONNX models" in text and "Nothing else" not in text
 
 
 def test_compress(tiny_path, tmp_path):
