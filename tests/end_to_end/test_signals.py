@@ -59,6 +59,17 @@ def alive(pid: int) -> bool:
         return False
 
 
+def still_alive(workers: list[int], seconds: float) -> list[int]:
+    """The workers still running after waiting up to seconds for them to exit; those are killed."""
+    deadline = time.monotonic() + seconds
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [w for w in workers if alive(w)]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    return left
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interrupted_run_ends_at_once_in_one_line_and_leaves_nothing(sig, tmp_path):
     proc, workers = start(tmp_path)
@@ -74,23 +85,11 @@ def test_an_interrupted_run_ends_at_once_in_one_line_and_leaves_nothing(sig, tmp
     assert proc.returncode == 130
     assert err.strip().splitlines() == [f"interrupted: {tmp_path / 'out.onnx'} was not written"]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
-    deadline = time.monotonic() + 5
-    while any(alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = [w for w in workers if alive(w)]
-    for w in left:
-        os.kill(w, signal.SIGKILL)
-    assert not left
+    assert not still_alive(workers, seconds=5)
 
 
 def test_workers_exit_when_their_parent_is_killed(tmp_path):
     proc, workers = start(tmp_path, pipes=False)  # workers left alive would hold the pipes open
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 10
-    while any(alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = [w for w in workers if alive(w)]
-    for w in left:
-        os.kill(w, signal.SIGKILL)
-    assert not left
+    assert not still_alive(workers, seconds=10)
