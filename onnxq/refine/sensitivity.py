@@ -98,11 +98,14 @@ class Probe:
         return self._parts(runtime.session(swapped.SerializeToString()), {})
 
     def _noise(self, sess, extra: dict[str, np.ndarray]) -> float:
-        return float(self._parts(sess, extra).sum())
+        return float(self._parts(sess, extra, by_sample=False).sum())
 
-    def _parts(self, sess, extra: dict[str, np.ndarray]) -> np.ndarray:
+    def _parts(self, sess, extra: dict[str, np.ndarray], by_sample: bool = True) -> np.ndarray:
+        """Each sample's error energy as a share of the float outputs' total, or each run's when
+        by_sample is False (the per-tensor measurement needs only the total, as before)."""
         parts: list[float] = []
-        for ys, refs, feed, k in zip(self._outputs(sess, extra), self.reference, self.feeds, self.counts):
+        counts = self.counts if by_sample else [1] * len(self.feeds)
+        for ys, refs, feed, k in zip(self._outputs(sess, extra), self.reference, self.feeds, counts):
             diffs = [y.astype(np.float64) - r for y, r in zip(ys, refs)]
             parts.extend(
                 sum(float(np.sum(_kept(d, sample, self.mask) ** 2)) for d in row)
