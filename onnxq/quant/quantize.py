@@ -52,11 +52,15 @@ class QuantizedTensor:
     slope: np.ndarray  # (2^bits,) float32, per code, multiplies ln x0 (unused when P = 1)
     offset: np.ndarray  # (2^bits,) float32
     sign: np.ndarray  # (2^bits,) float32: -1, 0 or 1
-    dequantized: np.ndarray  # (groups, n) float32, what the graph rebuilds
     correlation: float  # corr(w, w_q) over the whole tensor
     sqnr_db: float  # 10 log10(sum w^2 / sum (w - w_q)^2)
     tensor_offset: bool = False  # offset is this tensor's own (a fitted table), not its codebook's
     rounding: str = "nearest"  # how the codes were chosen: nearest, gptq, or why GPTQ could not run
+
+    @property
+    def dequantized(self) -> np.ndarray:
+        """(groups, n) float32: what the graph rebuilds (computed on each call, never kept)."""
+        return np.take_along_axis(self.level_table(), self.codes.astype(np.int64), axis=1).astype(np.float32)
 
     @property
     def groups(self) -> int:
@@ -121,86 +125,154 @@ def _encode(values: np.ndarray, live: np.ndarray, bits: int, zero_code: bool):
     return codes, rng
 
 
-def _x0_grid(groups: SortedGroups, codebook: Codebook, bits: int, log_x0: np.ndarray, live: np.ndarray):
-    """Codes of ln(x0) on a 64-point grid over the middle 96% of the groups' optima.
+CHUNK_WEIGHTS = 1 << 20  # quantize works on about this many weights at a time
 
-    Each group takes the grid point with the highest correlation, so an outlier
-    group whose optimum lies off the grid still gets the best stored x0. Measured
-    on MobileNetV2 at 5 bits: a grid over the full range lost 9 points of
-    agreement (a few degenerate channels stretched it), and trying only the 5
-    points nearest each optimum lost 1.7 (small groups have several peaks of
-    nearly equal height).
-    """
-    codes = np.zeros(log_x0.shape, dtype=np.int64)
+
+class _Rows:
+    """The rows of w (groups, n) a part at a time, so that quantize's working arrays (some 70
+    bytes per weight) stay near CHUNK_WEIGHTS weights, whatever the tensor's size. Every step
+    works per group, so the parts give the same numbers as the whole."""
+
+    def __init__(self, w: np.ndarray):
+        self.w = w
+        g, n = w.shape
+        step = max(1, CHUNK_WEIGHTS // max(1, n))
+        self.parts = [slice(i, min(g, i + step)) for i in range(0, g, step)]
+        peak = np.zeros(g)
+        for p in self.parts:
+            if n:
+                peak[p] = np.abs(w[p]).max(axis=1)
+        self.live = peak > 0
+        self.norm = np.where(self.live, peak, 1.0)
+
+    def w64(self, rows) -> np.ndarray:
+        return np.asarray(self.w[rows], dtype=np.float64)
+
+    def u(self, rows) -> np.ndarray:
+        """Magnitudes over the group's peak, in [0, 1]."""
+        return np.abs(self.w64(rows)) / self.norm[rows, None]
+
+
+def _x0_range(log_x0: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """The stored grid of ln(x0): 64 points over the middle 96% of the groups' optima."""
     if not live.any():
-        return codes, np.zeros(2, np.float32)
+        return np.zeros(2, np.float32)
     lo, hi = np.percentile(log_x0[live], [2.0, 98.0])
-    steps = (1 << X0_BITS) - 1
-    rng = np.array([lo, (hi - lo) / steps], dtype=np.float32)
+    return np.array([lo, (hi - lo) / ((1 << X0_BITS) - 1)], dtype=np.float32)
+
+
+def _x0_grid(groups: SortedGroups, codebook: Codebook, bits: int, rng: np.ndarray):
+    """Codes of ln(x0) on the stored grid (_x0_range): each group takes the point with the
+    highest correlation.
+
+    So an outlier group whose optimum lies off the grid still gets the best stored x0. Measured
+    on MobileNetV2 at 5 bits: a grid over the full range lost 9 points of agreement (a few
+    degenerate channels stretched it), and trying only the 5 points nearest each optimum lost
+    1.7 (small groups have several peaks of nearly equal height).
+    """
+    codes = np.zeros(groups.groups, dtype=np.int64)
     if rng[1] == 0:
-        return codes, rng
-    best = np.full(log_x0.shape, -np.inf)
+        return codes
+    best = np.full(groups.groups, -np.inf)
     levels: np.ndarray | None = None
     edges: np.ndarray | None = None
-    for code in range(steps + 1):
-        previous, levels = levels, level_magnitudes(codebook, _decode(np.full(log_x0.shape, code), rng), bits)
+    for code in range(1 << X0_BITS):
+        previous, levels = levels, level_magnitudes(codebook, _decode(np.full(groups.groups, code), rng), bits)
         # Levels that only rise from one grid point to the next let the counts walk up.
         rising = previous is not None and bool(np.all(levels >= previous))
         score, edges = groups.correlation_edges(levels, start=edges if rising else None)
         better = score > best
         codes[better] = code
         best[better] = score[better]
-    return codes, rng
+    return codes
 
 
 COARSE_MIDPOINTS = 2048  # the coarse grid's points times the midpoints of each: its cells' edges
 COARSE_ROWS = 512  # groups the coarse grid scores, evenly spaced
 
 
-def _on_grid(u, live, codebook: Codebook, bits: int, two_params: bool):
+@dataclass
+class _Search:
+    """Per group: ln(x0), its stored code and the codes' range (None for a one-parameter
+    codebook), the counts and sums of u per level there, and sum u^2."""
+
+    log_x0: np.ndarray
+    codes: np.ndarray | None
+    rng: np.ndarray | None
+    counts: np.ndarray
+    sums: np.ndarray
+    suu: np.ndarray
+
+
+def _empty_search(g: int, levels: int) -> _Search:
+    return _Search(np.zeros(g), np.zeros(g, dtype=np.int64), None, np.zeros((g, levels)), np.zeros((g, levels)),
+                   np.zeros(g))
+
+
+def _on_grid(rows: _Rows, codebook: Codebook, bits: int, two_params: bool) -> _Search:
     """ln(x0) per group from the exact scores on two grids (grid.py): a coarse one over all of
     [LOG_X0_MIN, 0] (on at most COARSE_ROWS groups), then 64 points spanning the coarse optima of
-    the middle 96% of those groups, widened by a coarse step each way. For a codebook that stores ln(x0) those 64 are the stored
-    grid, so each group gets the best value the file can hold. Returns (ln x0, x0 codes or None,
-    their range or None, counts and sums of u per level)."""
+    the middle 96% of those groups, widened by a coarse step each way. For a codebook that stores
+    ln(x0) those 64 are the stored grid, so each group gets the best value the file can hold."""
+    live = rows.live
     levels = magnitude_count(bits) + (0 if bits == 1 else 1)
     coarse = np.linspace(LOG_X0_MIN, 0.0, int(np.clip(COARSE_MIDPOINTS // levels, 16, 128)))
-    g = u.shape[0]
-    log_x0, counts, sums = np.zeros(g), np.zeros((g, levels)), np.zeros((g, levels))
-    codes = np.zeros(g, dtype=np.int64)
-    if not live.any():
-        return log_x0, codes if two_params else None, np.zeros(2, np.float32), counts, sums
-    sample = u[live][
-        :: max(1, int(live.sum()) // COARSE_ROWS)
-    ]  # the range is a percentile: a sample finds it
-    first = grid.best_on_grid(sample, level_magnitudes(codebook, coarse, bits))
-    step = coarse[1] - coarse[0]
-    lo, hi = np.percentile(coarse[first.index], [2.0, 98.0])
-    lo, hi = max(LOG_X0_MIN, lo - step), min(0.0, hi + step)
-    rng = np.array([lo, (hi - lo) / ((1 << X0_BITS) - 1)], dtype=np.float32)
-    points = _decode(np.arange(1 << X0_BITS), rng) if two_params else np.linspace(lo, hi, 1 << X0_BITS)
-    second = grid.best_on_grid(u[live], level_magnitudes(codebook, points, bits))
-    codes[live] = second.index
-    log_x0[live] = points[second.index]
-    counts[live], sums[live] = second.counts, second.sums
-    return log_x0, codes if two_params else None, rng if two_params else None, counts, sums
+    out = _empty_search(live.size, levels)
+    out.rng = np.zeros(2, np.float32)
+    if live.any():
+        # The range is a percentile: a sample of the groups finds it.
+        sample = rows.u(np.flatnonzero(live)[:: max(1, int(live.sum()) // COARSE_ROWS)])
+        first = grid.best_on_grid(sample, level_magnitudes(codebook, coarse, bits))
+        step = coarse[1] - coarse[0]
+        lo, hi = np.percentile(coarse[first.index], [2.0, 98.0])
+        lo, hi = max(LOG_X0_MIN, lo - step), min(0.0, hi + step)
+        out.rng = np.array([lo, (hi - lo) / ((1 << X0_BITS) - 1)], dtype=np.float32)
+        points = _decode(np.arange(1 << X0_BITS), out.rng) if two_params else np.linspace(lo, hi, 1 << X0_BITS)
+        table = level_magnitudes(codebook, points, bits)
+        for p in rows.parts:
+            u = rows.u(p)
+            out.suu[p] = np.einsum("gn,gn->g", u, u)
+            on = np.flatnonzero(live[p]) + p.start
+            if not on.size:
+                continue
+            second = grid.best_on_grid(u[live[p]], table)
+            out.codes[on] = second.index
+            out.log_x0[on] = points[second.index]
+            out.counts[on], out.sums[on] = second.counts, second.sums
+    if not two_params:
+        out.codes = out.rng = None
+    return out
 
 
-def _searched(u, live, codebook: Codebook, bits: int, two_params: bool, search: str):
+def _searched(rows: _Rows, codebook: Codebook, bits: int, two_params: bool, search: str) -> _Search:
     """ln(x0) per group from a continuous search (CONTINUOUS), then, for a codebook that stores it, the
-    stored grid's best point (_x0_grid). Returns what _on_grid does."""
-    groups = SortedGroups(u)
-    log_x0, _ = CONTINUOUS[search](groups, codebook, bits)
-    codes = rng = None
+    stored grid's best point (_x0_grid)."""
+    out = _empty_search(rows.live.size, 0)
+    sorted_parts = {}
+    for i, p in enumerate(rows.parts):
+        groups = SortedGroups(rows.u(p))
+        out.log_x0[p] = CONTINUOUS[search](groups, codebook, bits)[0]
+        if len(rows.parts) == 1:  # one part: keep its sorting for the stored grid's scores
+            sorted_parts[i] = groups
+    out.codes = out.rng = None
     if two_params:
-        codes, rng = _x0_grid(groups, codebook, bits, log_x0, live)
-        log_x0 = _decode(codes, rng)
-    mags = level_magnitudes(codebook, log_x0, bits)
-    index = bin_index(u, 0.5 * (mags[:, 1:] + mags[:, :-1]))
-    flat = (index + np.arange(u.shape[0])[:, None] * mags.shape[1]).ravel()
-    counts = np.bincount(flat, minlength=mags.size).reshape(mags.shape).astype(np.float64)
-    sums = np.bincount(flat, weights=u.ravel(), minlength=mags.size).reshape(mags.shape)
-    return log_x0, codes, rng, counts, sums
+        out.rng = _x0_range(out.log_x0, rows.live)
+        out.codes = np.zeros(rows.live.size, dtype=np.int64)
+        for i, p in enumerate(rows.parts):
+            groups = sorted_parts.pop(i, None) or SortedGroups(rows.u(p))
+            out.codes[p] = _x0_grid(groups, codebook, bits, out.rng)
+        out.log_x0 = _decode(out.codes, out.rng)
+    mags = level_magnitudes(codebook, out.log_x0, bits)
+    out.counts, out.sums = np.zeros(mags.shape), np.zeros(mags.shape)
+    for p in rows.parts:
+        u = rows.u(p)
+        out.suu[p] = np.einsum("gn,gn->g", u, u)
+        index = bin_index(u, 0.5 * (mags[p, 1:] + mags[p, :-1]))
+        flat = (index + np.arange(u.shape[0])[:, None] * mags.shape[1]).ravel()
+        size = u.shape[0] * mags.shape[1]
+        out.counts[p] = np.bincount(flat, minlength=size).reshape(-1, mags.shape[1])
+        out.sums[p] = np.bincount(flat, weights=u.ravel(), minlength=size).reshape(-1, mags.shape[1])
+    return out
 
 
 def _decode(codes: np.ndarray, rng: np.ndarray) -> np.ndarray:
@@ -239,55 +311,54 @@ def quantize(
         raise ValueError(f"scale must be one of {SCALES}")
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}")
-    w64 = np.asarray(w, dtype=np.float64)
-    if not np.all(np.isfinite(w64)):
+    w = np.asarray(w)
+    rows = _Rows(w)
+    if not all(np.all(np.isfinite(w[p])) for p in rows.parts):
         raise ValueError("weights contain NaN or Inf")
     if codebook.candidates():
-        return _least_error(w64, codebook.candidates(), bits, scale, error, search)
+        return _least_error(np.asarray(w, dtype=np.float64), codebook.candidates(), bits, scale, error, search)
     if codebook.fitted:
-        return _quantize_fitted(w64, codebook, bits, scale)
-    peak = np.abs(w64).max(axis=1)
-    live = peak > 0
-    norm = np.where(live, peak, 1.0)
-    u = np.abs(w64) / norm[:, None]
+        return _quantize_fitted(np.asarray(w, dtype=np.float64), codebook, bits, scale)
 
     slope, offset, sign = _code_coefficients(codebook, bits)
     a, _c = codebook.log_coefficients(bits)
     two_params = bool(np.ptp(a) > 0)
     if search == "grid":
-        log_x0, x0_codes, x0_rng, counts, sums = _on_grid(u, live, codebook, bits, two_params)
+        found = _on_grid(rows, codebook, bits, two_params)
     else:
-        log_x0, x0_codes, x0_rng, counts, sums = _searched(u, live, codebook, bits, two_params, search)
+        found = _searched(rows, codebook, bits, two_params, search)
 
     # The paper's assignment in normalized units (counts and sums of u per level), then its rescale.
-    mags = level_magnitudes(codebook, log_x0, bits)
-    syy = np.einsum("gl,gl->g", mags * mags, counts)
+    mags = level_magnitudes(codebook, found.log_x0, bits)
+    syy = np.einsum("gl,gl->g", mags * mags, found.counts)
     safe = np.where(syy > 0, syy, 1.0)
     if scale == "variance":
-        s = np.sqrt(np.einsum("gn,gn->g", u, u) / safe)
+        s = np.sqrt(found.suu / safe)
     else:
-        s = np.einsum("gl,gl->g", mags, sums) / safe
-    live &= s > 0
-    log_s = np.log(np.where(live, s * norm, 1.0))  # s scales y/norm = the normalized levels
+        s = np.einsum("gl,gl->g", mags, found.sums) / safe
+    live = rows.live & (s > 0)
+    log_s = np.log(np.where(live, s * rows.norm, 1.0))  # s scales y/norm = the normalized levels
 
     if two_params:
-        assert x0_codes is not None and x0_rng is not None
+        assert found.codes is not None and found.rng is not None
         s_codes, s_rng = _encode(log_s, live, SCALE_BITS, zero_code=True)
-        x0_codes[~live] = 0
-        params = (x0_codes * int(SPLIT) + s_codes).astype(np.uint16)
-        ranges = np.stack([x0_rng, s_rng])
+        found.codes[~live] = 0
+        params = (found.codes * int(SPLIT) + s_codes).astype(np.uint16)
+        ranges = np.stack([found.rng, s_rng])
     else:
-        step_codes, step_rng = _encode(a[0] * log_x0 + log_s, live, 16, zero_code=True)
+        step_codes, step_rng = _encode(a[0] * found.log_x0 + log_s, live, 16, zero_code=True)
         params = step_codes.astype(np.uint16)
         ranges = step_rng[None, :]
-    return _nearest(w64, codebook, bits, params, ranges, (slope, offset, sign), live)
+    return _nearest(rows, codebook, bits, params, ranges, (slope, offset, sign), live)
 
 
-def _nearest(w64, codebook, bits, params, ranges, tables, live, tensor_offset=False) -> QuantizedTensor:
+def _nearest(rows: _Rows, codebook, bits, params, ranges, tables, live, tensor_offset=False) -> QuantizedTensor:
     """Every weight at its nearest stored level (zero in dead groups)."""
     slope, offset, sign = tables
     table = level_table(params, ranges, slope, offset, sign)
-    codes = nearest_codes(w64, table, bits)
+    codes = np.empty(rows.w.shape, dtype=np.uint8)
+    for p in rows.parts:
+        codes[p] = nearest_codes(rows.w64(p), table[p], bits)
     codes[~live] = zero_code(bits)
     q = QuantizedTensor(
         bits=bits,
@@ -298,12 +369,11 @@ def _nearest(w64, codebook, bits, params, ranges, tables, live, tensor_offset=Fa
         slope=slope,
         offset=offset,
         sign=sign,
-        dequantized=np.zeros(0, np.float32),
         correlation=0.0,
         sqnr_db=0.0,
         tensor_offset=tensor_offset,
     )
-    return with_codes(q, w64, codes)
+    return with_codes(q, rows.w, codes)
 
 
 def _quantize_fitted(w64: np.ndarray, codebook: Codebook, bits: int, scale: str) -> QuantizedTensor:
@@ -315,7 +385,7 @@ def _quantize_fitted(w64: np.ndarray, codebook: Codebook, bits: int, scale: str)
     live = s > 0
     codes, rng = _encode(np.log(np.where(live, s, 1.0)), live, 16, zero_code=True)
     tables = (np.zeros(sign.size, np.float32), offset, sign.astype(np.float32))
-    return _nearest(w64, codebook, bits, codes.astype(np.uint16), rng[None, :], tables, live, True)
+    return _nearest(_Rows(w64), codebook, bits, codes.astype(np.uint16), rng[None, :], tables, live, True)
 
 
 def _least_error(w64, candidates, bits, scale, error, search) -> QuantizedTensor:
@@ -331,20 +401,17 @@ def _least_error(w64, candidates, bits, scale, error, search) -> QuantizedTensor
 
 
 def with_codes(q: QuantizedTensor, w: np.ndarray, codes: np.ndarray) -> QuantizedTensor:
-    """q with other codes (same levels), its dequantized values and its error against w."""
-    w64 = np.asarray(w, dtype=np.float64).reshape(codes.shape)
+    """q with other codes (same levels), and its error against w."""
+    w = np.asarray(w).reshape(codes.shape)
     table = q.level_table()
-    deq = np.take_along_axis(table, codes.astype(np.int64), axis=1)
-    err = float(np.sum((w64 - deq) ** 2))
-    energy = float(np.sum(w64 * w64))
-    dot = float(np.sum(w64 * deq))
-    dd = float(np.sum(deq.astype(np.float64) ** 2))
+    err = energy = dot = dd = 0.0
+    for p in _Rows(w).parts:
+        w64 = np.asarray(w[p], dtype=np.float64)
+        deq = np.take_along_axis(table[p], codes[p].astype(np.int64), axis=1).astype(np.float32).astype(np.float64)
+        err += float(np.sum((w64 - deq) ** 2))
+        energy += float(np.sum(w64 * w64))
+        dot += float(np.sum(w64 * deq))
+        dd += float(np.sum(deq * deq))
     corr = dot / np.sqrt(energy * dd) if energy > 0 and dd > 0 else (1.0 if err == 0 else 0.0)
     sqnr = 10 * np.log10(energy / err) if err > 0 else float("inf")
-    return replace(
-        q,
-        codes=codes.astype(np.uint8),
-        dequantized=deq.astype(np.float32),
-        correlation=float(corr),
-        sqnr_db=float(sqnr),
-    )
+    return replace(q, codes=codes.astype(np.uint8), correlation=float(corr), sqnr_db=float(sqnr))

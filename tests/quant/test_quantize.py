@@ -239,3 +239,25 @@ def test_nan_weight_in_a_constant_node_raises_too(rng):
 def test_quantize_refuses_nan():
     with pytest.raises(ValueError):
         quantize(np.array([[np.nan, 1.0, 2.0]], np.float32), CODEBOOKS["exponential"], 5, "lsq")
+
+
+# ---------------------------------------------------------------------------
+# Parts: a large tensor is quantized a few groups at a time, with the same result
+
+
+@pytest.mark.parametrize("search", ["exact", "fast", "grid"])
+@pytest.mark.parametrize("name", ["exponential", "linear"])
+@PROPERTY
+@given(w=weight_groups(), bits=st.sampled_from([1, 3, 5]), part=st.integers(1, 60))
+def test_quantizing_in_parts_gives_the_same_tensor(name, search, w, bits, part):
+    import onnxq.quant.quantize as quantize_module
+
+    whole = quantize(w, CODEBOOKS[name], bits, "variance", search=search)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(quantize_module, "CHUNK_WEIGHTS", part)  # parts of one group up to a few
+        parts = quantize(w, CODEBOOKS[name], bits, "variance", search=search)
+    np.testing.assert_array_equal(parts.codes, whole.codes)
+    np.testing.assert_array_equal(parts.params, whole.params)
+    np.testing.assert_array_equal(parts.ranges, whole.ranges)
+    assert parts.correlation == pytest.approx(whole.correlation, abs=1e-12)
+    assert parts.sqnr_db == pytest.approx(whole.sqnr_db, rel=1e-12)

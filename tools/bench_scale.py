@@ -1,0 +1,238 @@
+"""onnxq against onnxruntime's MatMulNBitsQuantizer on Llama-shaped decoders, side by side.
+
+    python tools/bench_scale.py [--presets 30m 125m 500m 1.5b] [--folder /tmp/onnxq-scale] [--write]
+
+The decoders come from ../shared/scale/make_llama.py (random weights with outlier channels,
+external data); they are generated once into --folder and reused. For each preset, one after
+the other in fresh processes (never side by side: timings would lie on a small machine):
+
+- onnxq's default, `--bits 5`, with validation and with --no-validate;
+- onnxq `--bits 4 --codebook linear --format matmulnbits --no-validate`;
+- onnxruntime's MatMulNBitsQuantizer: RTN, 4 bits, block 128, asymmetric (its defaults);
+- onnxruntime session creation for the float model and for each output.
+
+Each run reports CPU seconds (user + system of the whole process tree, from the reaped
+children's rusage), weights per CPU-second, the peak RSS of the whole process tree (the sum of
+every descendant's RSS, sampled every 20 ms), and the output's size. --write puts the table into
+docs/RESULTS.md, section "scale". Needs onnx_ir for onnxruntime's quantizer (pip install onnx_ir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+MAKE_LLAMA = ROOT.parent / "shared" / "scale" / "make_llama.py"
+sys.path.insert(0, str(HERE))
+
+ORT_RTN = """
+import sys, onnx
+from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+q = MatMulNBitsQuantizer(onnx.load(sys.argv[1]), bits=4, block_size=128)
+q.process()
+q.model.save_model_to_file(sys.argv[2], use_external_data_format=True)
+"""
+
+SESSION = """
+import json, sys, time, onnxruntime as ort
+t = time.process_time()
+ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+print(json.dumps({"cpu": time.process_time() - t}))
+"""
+
+
+@dataclass
+class Run:
+    cpu_s: float
+    wall_s: float
+    peak_rss: int  # bytes, whole process tree
+    stdout: str
+
+
+def _tree_rss(root: int) -> int:
+    """The summed RSS in bytes of root and all its descendants, read from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry.name), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def measured(cmd: list[str]) -> Run:
+    """Run cmd to its end; its CPU time, wall time and the peak RSS of its process tree."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(proc.pid))
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode not in (0, 3):
+        tail = (err.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {tail}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Run(cpu, wall, peak, out)
+
+
+def model(preset: str, folder: Path) -> tuple[Path, int]:
+    """The decoder of this preset (generated on first use) and its parameter count."""
+    path = folder / f"llama_{preset}.onnx"
+    info = folder / f"llama_{preset}.json"
+    if not info.exists():
+        done = subprocess.run(
+            [sys.executable, str(MAKE_LLAMA), str(path), "--preset", preset],
+            check=True, capture_output=True, text=True,
+        )
+        info.write_text(done.stdout.strip().splitlines()[-1])
+    return path, int(json.loads(info.read_text())["params"])
+
+
+def size(path: Path) -> int:
+    data = [p for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path]
+    return path.stat().st_size + sum(p.stat().st_size for p in data)
+
+
+def onnxq_cmd(src: Path, dst: Path, options: list[str]) -> list[str]:
+    return [sys.executable, "-m", "onnxq", "compress", str(src), str(dst), *options]
+
+
+CONFIGS = {
+    "onnxq --bits 5": ["--bits", "5"],
+    "onnxq --bits 5 --no-validate": ["--bits", "5", "--no-validate"],
+    "onnxq --bits 4 --codebook linear --format matmulnbits --no-validate": [
+        "--bits", "4", "--codebook", "linear", "--format", "matmulnbits", "--no-validate"
+    ],
+}
+
+
+def session(path: Path) -> Run:
+    run = measured([sys.executable, "-c", SESSION, str(path)])
+    run.cpu_s = json.loads(run.stdout)["cpu"]  # the session's own CPU time, not the interpreter's start
+    return run
+
+
+def measure(preset: str, folder: Path, work: Path, log) -> list[dict]:
+    src, params = model(preset, folder)
+    float_bytes = size(src)
+    float_session = session(src)
+    rows = [_row(preset, "float model (session only)", params, float_bytes, None, float_bytes, float_session, None)]
+    log(rows[-1])
+    outputs = {}
+    for label, options in CONFIGS.items():
+        dst = work / f"{preset}.{len(outputs)}.onnx"
+        run = measured(onnxq_cmd(src, dst, options))
+        outputs[label] = dst
+        rows.append(_row(preset, label, params, float_bytes, run, size(dst), session(dst), float_session))
+        log(rows[-1])
+        if label.endswith("--no-validate") and "matmulnbits" not in label:
+            dst.unlink()
+    ort_dst = work / f"{preset}.ort.onnx"
+    run = measured([sys.executable, "-c", ORT_RTN, str(src), str(ort_dst)])
+    rows.append(_row(preset, "ORT MatMulNBitsQuantizer RTN 4-bit block 128", params, float_bytes, run,
+                     size(ort_dst), session(ort_dst), float_session))
+    log(rows[-1])
+    for p in work.iterdir():
+        p.unlink()
+    return rows
+
+
+def _row(preset, label, params, float_bytes, run: Run | None, out_bytes, sess: Run, float_sess: Run | None) -> dict:
+    row = {
+        "preset": preset, "method": label, "params": params, "float_bytes": float_bytes,
+        "out_bytes": out_bytes, "session_s": sess.cpu_s, "session_rss": sess.peak_rss,
+    }
+    if run is not None:
+        row |= {"cpu_s": run.cpu_s, "wall_s": run.wall_s, "peak_rss": run.peak_rss,
+                "weights_per_cpu_s": params / run.cpu_s}
+    if float_sess is not None:
+        row |= {"session_rss_vs_float": sess.peak_rss / float_sess.peak_rss,
+                "session_s_vs_float": sess.cpu_s / float_sess.cpu_s}
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    ort = {r["preset"]: r for r in rows if r["method"].startswith("ORT")}
+    lines = [
+        "| model | method | CPU s | vs ORT | M weights / CPU-s | peak RSS GB | / float | / ORT "
+        "| output MB | session CPU s (/ float) | session peak RSS GB (/ float) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        o = ort.get(r["preset"])
+        gb = r["float_bytes"] / 1e9
+        if "cpu_s" in r:
+            cells = [
+                f"{r['cpu_s']:.1f}", f"{r['cpu_s'] / o['cpu_s']:.1f}x" if o else "",
+                f"{r['weights_per_cpu_s'] / 1e6:.1f}", f"{r['peak_rss'] / 1e9:.2f}",
+                f"{r['peak_rss'] / r['float_bytes']:.2f}", f"{r['peak_rss'] / o['peak_rss']:.2f}" if o else "",
+            ]
+        else:
+            cells = [""] * 6
+        ratio = lambda k: f" ({r[k]:.2f})" if k in r else ""  # noqa: E731
+        lines.append(
+            f"| {r['preset']} ({r['params'] / 1e6:.0f}M, {gb:.2f} GB) | {r['method']} | " + " | ".join(cells)
+            + f" | {r['out_bytes'] / 1e6:.1f} | {r['session_s']:.2f}{ratio('session_s_vs_float')}"
+            f" | {r['session_rss'] / 1e9:.2f}{ratio('session_rss_vs_float')} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="*", default=["30m", "125m", "500m", "1.5b"])
+    parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "onnxq-scale")
+    parser.add_argument("--write", action="store_true", help="write the section to docs/RESULTS.md")
+    parser.add_argument("--json", type=Path, help="append every row as a JSON line to this file")
+    args = parser.parse_args()
+    args.folder.mkdir(parents=True, exist_ok=True)
+
+    def log(row: dict) -> None:
+        print(json.dumps(row), flush=True)
+        if args.json:
+            with args.json.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.folder) as work:
+        for preset in args.presets:
+            rows += measure(preset, args.folder, Path(work), log)
+    print(table(rows))
+    if args.write:
+        import paper_tables
+
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
+        body = (f"Commit {commit}, `python tools/bench_scale.py --presets {' '.join(args.presets)} --write`, "
+                f"{os.cpu_count()} cores.\n\n" + table(rows))
+        paper_tables.write_section(ROOT / "docs" / "RESULTS.md", "scale", body)
+
+
+if __name__ == "__main__":
+    main()
