@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import onnx
+from onnx import numpy_helper
 
 from onnxq import jobs, runtime
 from onnxq.check import validate
@@ -20,7 +21,7 @@ from onnxq.check.validate import DEFAULT_BATCH
 from onnxq.data import samples as data
 from onnxq.data import synthetic
 from onnxq.errors import OnnxqError, first_line
-from onnxq.graph import constfold, io, rewrite
+from onnxq.graph import constfold, external, io, rewrite
 from onnxq.graph.select import FLOAT_TYPES, Weight, find_weights, iter_graphs
 from onnxq.quant.codebooks import CODEBOOKS, DEFAULT_CODEBOOK
 from onnxq.quant.quantize import DEFAULT_SEARCH, SCALES, SEARCHES, QuantizedTensor
@@ -226,7 +227,12 @@ def _quantize_all(
 
     if config.target_bits is None:
         tensors = jobs.run(
-            [(w, Choice(config.bits)) for w in weights], settings, layers, progress, "quantizing"
+            [(w, Choice(config.bits)) for w in weights],
+            settings,
+            layers,
+            progress,
+            "quantizing",
+            release=not config.needs_data(),  # nothing reads the float values again
         )
         t = time.perf_counter()
         if gptq:
@@ -406,14 +412,22 @@ def _compress(
     progress: Progress | None,
     source: Path | None = None,
     plan_for_validation: bool = False,
+    owned: bool = False,
 ) -> tuple[onnx.ModelProto, Report, synthetic.Plan | None]:
     """compress_model, and the synthetic inputs' plan when one was made (for validation, or for
-    data-driven steps without calibration). source: the model's file, for its float session."""
+    data-driven steps without calibration). source: the model's file, for its float session and
+    for the values of tensors left in their external files (external.py). owned: the model was
+    read for this call alone, and is rewritten in place instead of copied."""
     config.check()
     start = time.perf_counter()
-    original, model = model, copy.deepcopy(model)
+    original: onnx.ModelProto | Callable[[], onnx.ModelProto] = model
+    if owned and source is not None:
+        original = lambda: io.read_model(source)[0]  # read again only if the output fails its check
+    else:
+        model = copy.deepcopy(model)
     report = Report(config=_config_dict(config), input_bytes=io.model_bytes(model))
-    weights, skips = _select(model, config, report)
+    read = external.reader(source.parent) if source is not None else numpy_helper.to_array
+    weights, skips = _select(model, config, report, read)
     plan = None
     if weights and (plan_for_validation or (config.needs_data() and config.calibration is None)):
         t = time.perf_counter()
@@ -426,6 +440,8 @@ def _compress(
     report.notes.extend(fmt.notes({q.bits for q in done.tensors}))
     items = list(zip(done.weights, done.tensors))
     report.notes.extend(rewrite.replace_weights(model, items, fmt, config.group_size, config.packed_rows))
+    if source is not None:
+        external.load_remaining(model, source.parent)  # what stays float goes into the output
     if model.functions and model.ir_version < 8:
         model = rewrite.inline_decoders(model)
         report.notes.append(
@@ -445,11 +461,12 @@ def _compress(
 KEPT_FLOAT = "left in float by --target-bits: its measured output noise cost more than its float bytes"
 
 
-def _select(model: onnx.ModelProto, config: Config, report: Report):
-    """Fold constants, find the weights, upgrade the opset if the format needs it; (weights, skips)."""
+def _select(model: onnx.ModelProto, config: Config, report: Report, read):
+    """Fold constants, find the weights, upgrade the opset if the format needs it; (weights, skips).
+    read: how find_weights reads a weight's values."""
     if config.fold_constants:
         report.notes.extend(constfold.simplify(model).notes())
-    weights, skips = find_weights(model, config.min_elements, config.exclude)
+    weights, skips = find_weights(model, config.min_elements, config.exclude, read)
     opset, target = rewrite.default_opset(model), required_opset(config)
     if weights and opset < target:
         ir = model.ir_version
@@ -460,7 +477,7 @@ def _select(model: onnx.ModelProto, config: Config, report: Report):
             f"at these widths needs it"
             + (f" (and the IR version from {ir} to {model.ir_version})" if model.ir_version != ir else "")
         )
-        weights, skips = find_weights(model, config.min_elements, config.exclude)
+        weights, skips = find_weights(model, config.min_elements, config.exclude, read)
     _check_blocks(weights, config)
     if not weights:
         report.notes.append(NO_WEIGHTS)
@@ -567,7 +584,9 @@ def compress(
     config.check()
     dst_path = io.check_output_path(src, dst)
     t = time.perf_counter()
-    model, input_bytes = io.read_model(src)
+    # Without data-driven steps, each weight's values are read from an external file only to be
+    # quantized, and dropped after: memory then holds the quantized model, not the float one.
+    model, input_bytes = io.read_model(src, lazy=not config.needs_data())
     load_seconds = time.perf_counter() - t
     if already_compressed(model):
         raise OnnxqError(
@@ -579,7 +598,7 @@ def compress(
             config.inputs, data.input_specs(model), "inputs file"
         )  # fail now, not after the work
     wants_plan = config.validate and config.inputs is None and config.calibration is None
-    out, report, plan = _compress(model, config, progress, Path(src), wants_plan)
+    out, report, plan = _compress(model, config, progress, Path(src), wants_plan, owned=True)
     report.seconds["load"] = load_seconds
     report.input_bytes = input_bytes
     t = time.perf_counter()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxq.errors import OnnxqError, WeightError
-from onnxq.graph import rewrite
+from onnxq.graph import external, rewrite
 from onnxq.graph.select import Weight
 from onnxq.quant.codebooks import CODEBOOKS
 from onnxq.quant.quantize import QuantizedTensor, quantize
@@ -76,8 +76,10 @@ def run(
     layers: dict,
     progress: Progress | None,
     stage: str,
+    release: bool = False,
 ) -> list[QuantizedTensor]:
-    """Every job quantized, in the jobs' order."""
+    """Every job quantized, in the jobs' order. release: each weight's values are dropped once it
+    is quantized (external.released), so that a model's float weights are never all in memory."""
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0].array.size)
     out: list[QuantizedTensor | None] = [None] * len(jobs)
     if progress:
@@ -101,6 +103,8 @@ def run(
             # holds are bounded by that, not by the model's size.
             for done, i, q in _in_order(order, submit, IN_FLIGHT * workers):
                 out[i] = q
+                if release:
+                    jobs[i][0].array = external.released(jobs[i][0].array)
                 if progress:
                     progress(done + 1, len(jobs), f"{stage} {jobs[i][0].name}")
         except BrokenProcessPool:

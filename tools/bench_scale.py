@@ -108,7 +108,9 @@ def model(preset: str, folder: Path) -> tuple[Path, int]:
     if not info.exists():
         done = subprocess.run(
             [sys.executable, str(MAKE_LLAMA), str(path), "--preset", preset],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         info.write_text(done.stdout.strip().splitlines()[-1])
     return path, int(json.loads(info.read_text())["params"])
@@ -127,7 +129,13 @@ CONFIGS = {
     "onnxq --bits 5": ["--bits", "5"],
     "onnxq --bits 5 --no-validate": ["--bits", "5", "--no-validate"],
     "onnxq --bits 4 --codebook linear --format matmulnbits --no-validate": [
-        "--bits", "4", "--codebook", "linear", "--format", "matmulnbits", "--no-validate"
+        "--bits",
+        "4",
+        "--codebook",
+        "linear",
+        "--format",
+        "matmulnbits",
+        "--no-validate",
     ],
 }
 
@@ -142,7 +150,11 @@ def measure(preset: str, folder: Path, work: Path, log) -> list[dict]:
     src, params = model(preset, folder)
     float_bytes = size(src)
     float_session = session(src)
-    rows = [_row(preset, "float model (session only)", params, float_bytes, None, float_bytes, float_session, None)]
+    rows = [
+        _row(
+            preset, "float model (session only)", params, float_bytes, None, float_bytes, float_session, None
+        )
+    ]
     log(rows[-1])
     outputs = {}
     for label, options in CONFIGS.items():
@@ -155,33 +167,58 @@ def measure(preset: str, folder: Path, work: Path, log) -> list[dict]:
             dst.unlink()
     ort_dst = work / f"{preset}.ort.onnx"
     run = measured([sys.executable, "-c", ORT_RTN, str(src), str(ort_dst)])
-    rows.append(_row(preset, "ORT MatMulNBitsQuantizer RTN 4-bit block 128", params, float_bytes, run,
-                     size(ort_dst), session(ort_dst), float_session))
+    rows.append(
+        _row(
+            preset,
+            "ORT MatMulNBitsQuantizer RTN 4-bit block 128",
+            params,
+            float_bytes,
+            run,
+            size(ort_dst),
+            session(ort_dst),
+            float_session,
+        )
+    )
     log(rows[-1])
     for p in work.iterdir():
         p.unlink()
     return rows
 
 
-def _row(preset, label, params, float_bytes, run: Run | None, out_bytes, sess: Run, float_sess: Run | None) -> dict:
+def _row(
+    preset, label, params, float_bytes, run: Run | None, out_bytes, sess: Run, float_sess: Run | None
+) -> dict:
     row = {
-        "preset": preset, "method": label, "params": params, "float_bytes": float_bytes,
-        "out_bytes": out_bytes, "session_s": sess.cpu_s, "session_rss": sess.peak_rss,
+        "preset": preset,
+        "method": label,
+        "params": params,
+        "float_bytes": float_bytes,
+        "out_bytes": out_bytes,
+        "session_s": sess.cpu_s,
+        "session_rss": sess.peak_rss,
     }
     if run is not None:
-        row |= {"cpu_s": run.cpu_s, "wall_s": run.wall_s, "peak_rss": run.peak_rss,
-                "weights_per_cpu_s": params / run.cpu_s}
+        row |= {
+            "cpu_s": run.cpu_s,
+            "wall_s": run.wall_s,
+            "peak_rss": run.peak_rss,
+            "weights_per_cpu_s": params / run.cpu_s,
+        }
     if float_sess is not None:
-        row |= {"session_rss_vs_float": sess.peak_rss / float_sess.peak_rss,
-                "session_s_vs_float": sess.cpu_s / float_sess.cpu_s}
+        row |= {
+            "session_rss_vs_float": sess.peak_rss / float_sess.peak_rss,
+            "session_s_vs_float": sess.cpu_s / float_sess.cpu_s,
+        }
     return row
 
 
 def table(rows: list[dict]) -> str:
     ort = {r["preset"]: r for r in rows if r["method"].startswith("ORT")}
     lines = [
-        "| model | method | CPU s | vs ORT | M weights / CPU-s | peak RSS GB | / float | / ORT "
-        "| output MB | session CPU s (/ float) | session peak RSS GB (/ float) |",
+        (
+            "| model | method | CPU s | vs ORT | M weights / CPU-s | peak RSS GB | / float | / ORT "
+            "| output MB | session CPU s (/ float) | session peak RSS GB (/ float) |"
+        ),
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
@@ -189,19 +226,26 @@ def table(rows: list[dict]) -> str:
         gb = r["float_bytes"] / 1e9
         if "cpu_s" in r:
             cells = [
-                f"{r['cpu_s']:.1f}", f"{r['cpu_s'] / o['cpu_s']:.1f}x" if o else "",
-                f"{r['weights_per_cpu_s'] / 1e6:.1f}", f"{r['peak_rss'] / 1e9:.2f}",
-                f"{r['peak_rss'] / r['float_bytes']:.2f}", f"{r['peak_rss'] / o['peak_rss']:.2f}" if o else "",
+                f"{r['cpu_s']:.1f}",
+                f"{r['cpu_s'] / o['cpu_s']:.1f}x" if o else "",
+                f"{r['weights_per_cpu_s'] / 1e6:.1f}",
+                f"{r['peak_rss'] / 1e9:.2f}",
+                f"{r['peak_rss'] / r['float_bytes']:.2f}",
+                f"{r['peak_rss'] / o['peak_rss']:.2f}" if o else "",
             ]
         else:
             cells = [""] * 6
-        ratio = lambda k: f" ({r[k]:.2f})" if k in r else ""  # noqa: E731
         lines.append(
-            f"| {r['preset']} ({r['params'] / 1e6:.0f}M, {gb:.2f} GB) | {r['method']} | " + " | ".join(cells)
-            + f" | {r['out_bytes'] / 1e6:.1f} | {r['session_s']:.2f}{ratio('session_s_vs_float')}"
-            f" | {r['session_rss'] / 1e9:.2f}{ratio('session_rss_vs_float')} |"
+            f"| {r['preset']} ({r['params'] / 1e6:.0f}M, {gb:.2f} GB) | {r['method']} | "
+            + " | ".join(cells)
+            + f" | {r['out_bytes'] / 1e6:.1f} | {r['session_s']:.2f}{_ratio(r, 'session_s_vs_float')}"
+            f" | {r['session_rss'] / 1e9:.2f}{_ratio(r, 'session_rss_vs_float')} |"
         )
     return "\n".join(lines)
+
+
+def _ratio(row: dict, key: str) -> str:
+    return f" ({row[key]:.2f})" if key in row else ""
 
 
 def main() -> None:
@@ -210,6 +254,9 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "onnxq-scale")
     parser.add_argument("--write", action="store_true", help="write the section to docs/RESULTS.md")
     parser.add_argument("--json", type=Path, help="append every row as a JSON line to this file")
+    parser.add_argument(
+        "--table", type=Path, help="measure nothing: the table of the rows in this JSON-lines file"
+    )
     args = parser.parse_args()
     args.folder.mkdir(parents=True, exist_ok=True)
 
@@ -220,17 +267,24 @@ def main() -> None:
                 f.write(json.dumps(row) + "\n")
 
     rows = []
-    with tempfile.TemporaryDirectory(dir=args.folder) as work:
-        for preset in args.presets:
-            rows += measure(preset, args.folder, Path(work), log)
+    if args.table:
+        rows = [json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]
+        args.presets = list(dict.fromkeys(r["preset"] for r in rows))
+    else:
+        with tempfile.TemporaryDirectory(dir=args.folder) as work:
+            for preset in args.presets:
+                rows += measure(preset, args.folder, Path(work), log)
     print(table(rows))
     if args.write:
         import paper_tables
 
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-        body = (f"Commit {commit}, `python tools/bench_scale.py --presets {' '.join(args.presets)} --write`, "
-                f"{os.cpu_count()} cores.\n\n" + table(rows))
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        body = (
+            f"Commit {commit}, `python tools/bench_scale.py --presets {' '.join(args.presets)} --write`, "
+            f"{os.cpu_count()} cores.\n\n" + table(rows)
+        )
         paper_tables.write_section(ROOT / "docs" / "RESULTS.md", "scale", body)
 
 

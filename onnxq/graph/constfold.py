@@ -67,7 +67,10 @@ class Folded:
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto | onnx.TensorProto]:
-    out: dict[str, onnx.NodeProto | onnx.TensorProto] = {t.name: t for t in graph.initializer}
+    # A tensor still in its external file (read lazily, external.py) is large: never folded.
+    out: dict[str, onnx.NodeProto | onnx.TensorProto] = {
+        t.name: t for t in graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL
+    }
     inputs = {i.name for i in graph.input}
     for name in inputs:  # an initializer that is also a graph input can be overridden
         out.pop(name, None)

@@ -6,24 +6,17 @@ import math
 import os
 import secrets
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 from google.protobuf.message import EncodeError
-from onnx.external_data_helper import uses_external_data
+from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
 from onnxq.errors import ModelLoadError, OnnxqError, first_line
+from onnxq.graph import external
 from onnxq.graph.select import iter_graphs
-
-
-def _external_tensors(model: onnx.ModelProto):
-    for graph in iter_graphs(model.graph):
-        yield from graph.initializer
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    yield attr.t
 
 
 def parse(path: Path) -> onnx.ModelProto:
@@ -44,9 +37,10 @@ def parse(path: Path) -> onnx.ModelProto:
     )
 
 
-def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
+def read_model(path: str | os.PathLike, lazy: bool = False) -> tuple[onnx.ModelProto, int]:
     """Read an ONNX model and its external data, refusing data outside its folder; and the
-    model's size on disk: the .onnx file and its external data files."""
+    model's size on disk: the .onnx file and its external data files. lazy: external tensors of
+    external.LAZY_BYTES or more stay in their files (see external.py)."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path} does not exist; check the path")
@@ -59,7 +53,7 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
     _check_inline_sizes(model, path)
     folder = path.resolve().parent
     data_files: set[Path] = set()
-    for tensor in _external_tensors(model):
+    for tensor in external.all_tensors(model):
         if not uses_external_data(tensor):
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -82,7 +76,11 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
             )
         data_files.add(target)
     try:
-        onnx.load_external_data_for_model(model, str(folder))
+        for tensor in external.all_tensors(model):
+            if uses_external_data(tensor) and not (
+                lazy and external.stored_bytes(tensor) >= external.LAZY_BYTES
+            ):
+                load_external_data_for_tensor(tensor, str(folder))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read the external data of {path}: {exc}") from None
     try:
@@ -122,7 +120,7 @@ def _check_text(model: onnx.ModelProto, path: Path) -> None:
 def _check_inline_sizes(model: onnx.ModelProto, path: Path) -> None:
     """Every inline raw_data holds exactly its shape's bytes (onnx's checker finds too few, not
     too many, and a reshape would fail later)."""
-    for tensor in _external_tensors(model):
+    for tensor in external.all_tensors(model):
         if uses_external_data(tensor) or not tensor.raw_data:
             continue
         try:
@@ -153,7 +151,7 @@ def input_files(src: str | os.PathLike) -> set[Path]:
     except ModelLoadError:  # read_model reports it
         return files
     folder = path.resolve().parent
-    for tensor in _external_tensors(model):
+    for tensor in external.all_tensors(model):
         if uses_external_data(tensor):
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
             try:
@@ -227,7 +225,7 @@ def model_bytes(model: onnx.ModelProto) -> int:
     try:
         return model.ByteSize()
     except EncodeError:
-        return sum(len(t.raw_data) or t.ByteSize() for t in _external_tensors(model))
+        return sum(len(t.raw_data) or t.ByteSize() for t in external.all_tensors(model))
 
 
 def serialize(model: onnx.ModelProto) -> bytes:
@@ -315,15 +313,20 @@ def written_size(tmp: Path, dst: str | os.PathLike) -> int:
     return tmp.stat().st_size + (temp_data(tmp).stat().st_size if has_external_data(tmp) else 0)
 
 
-def check_built(model: onnx.ModelProto, original: onnx.ModelProto | None = None) -> None:
+def check_built(
+    model: onnx.ModelProto, original: onnx.ModelProto | Callable[[], onnx.ModelProto] | None = None
+) -> None:
     """onnx's full check of a model onnxq built; one over the protobuf limit is checked by
-    write_temp once written instead. When it fails and the original fails it too, the input is
-    at fault (wrong dims or types, conflicting value_info, sparse initializers), not onnxq."""
+    write_temp once written instead. When it fails and the original (or what reads it again)
+    fails it too, the input is at fault (wrong dims or types, conflicting value_info, sparse
+    initializers), not onnxq."""
     if model_bytes(model) >= PROTOBUF_LIMIT:
         return
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        if callable(original):
+            original = original()
         why = _full_check_failure(original) if original is not None else None
         if why:
             raise OnnxqError(
@@ -366,7 +369,7 @@ def commit(tmp: Path, dst: str | os.PathLike) -> None:
         if has_external_data(tmp):
             final = data_file(dst)
             model = onnx.load(str(tmp), load_external_data=False)
-            for tensor in _external_tensors(model):
+            for tensor in external.all_tensors(model):
                 for entry in tensor.external_data:
                     if entry.key == "location":
                         entry.value = final.name

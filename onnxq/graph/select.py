@@ -8,7 +8,7 @@ Gemm A or B, either MatMul input, or Gather data.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -160,8 +160,10 @@ def find_weights(
     model: onnx.ModelProto,
     min_elements: int,
     exclude: Sequence[str] = (),
+    read: Callable[[onnx.TensorProto], np.ndarray] = numpy_helper.to_array,
 ) -> tuple[list[Weight], list[Skip]]:
-    """The weights to compress, and a reason for every float tensor left alone."""
+    """The weights to compress, and a reason for every float tensor left alone. read: how a
+    weight's values are read (external.reader maps a file's data instead of loading it)."""
     patterns = [re.compile(p) for p in exclude]
     uses = _uses(model)
     weights: list[Weight] = []
@@ -207,7 +209,7 @@ def find_weights(
         weights.append(
             Weight(
                 name=name,
-                array=numpy_helper.to_array(tensor),
+                array=read(tensor),
                 axis=int(axes[0]),  # type: ignore[arg-type]
                 graph=graph,
                 constant_node=const_node,

@@ -177,7 +177,10 @@ def _x0_grid(groups: SortedGroups, codebook: Codebook, bits: int, rng: np.ndarra
     levels: np.ndarray | None = None
     edges: np.ndarray | None = None
     for code in range(1 << X0_BITS):
-        previous, levels = levels, level_magnitudes(codebook, _decode(np.full(groups.groups, code), rng), bits)
+        previous, levels = (
+            levels,
+            level_magnitudes(codebook, _decode(np.full(groups.groups, code), rng), bits),
+        )
         # Levels that only rise from one grid point to the next let the counts walk up.
         rising = previous is not None and bool(np.all(levels >= previous))
         score, edges = groups.correlation_edges(levels, start=edges if rising else None)
@@ -205,8 +208,14 @@ class _Search:
 
 
 def _empty_search(g: int, levels: int) -> _Search:
-    return _Search(np.zeros(g), np.zeros(g, dtype=np.int64), None, np.zeros((g, levels)), np.zeros((g, levels)),
-                   np.zeros(g))
+    return _Search(
+        np.zeros(g),
+        np.zeros(g, dtype=np.int64),
+        None,
+        np.zeros((g, levels)),
+        np.zeros((g, levels)),
+        np.zeros(g),
+    )
 
 
 def _on_grid(rows: _Rows, codebook: Codebook, bits: int, two_params: bool) -> _Search:
@@ -227,7 +236,9 @@ def _on_grid(rows: _Rows, codebook: Codebook, bits: int, two_params: bool) -> _S
         lo, hi = np.percentile(coarse[first.index], [2.0, 98.0])
         lo, hi = max(LOG_X0_MIN, lo - step), min(0.0, hi + step)
         out.rng = np.array([lo, (hi - lo) / ((1 << X0_BITS) - 1)], dtype=np.float32)
-        points = _decode(np.arange(1 << X0_BITS), out.rng) if two_params else np.linspace(lo, hi, 1 << X0_BITS)
+        points = (
+            _decode(np.arange(1 << X0_BITS), out.rng) if two_params else np.linspace(lo, hi, 1 << X0_BITS)
+        )
         table = level_magnitudes(codebook, points, bits)
         for p in rows.parts:
             u = rows.u(p)
@@ -316,7 +327,9 @@ def quantize(
     if not all(np.all(np.isfinite(w[p])) for p in rows.parts):
         raise ValueError("weights contain NaN or Inf")
     if codebook.candidates():
-        return _least_error(np.asarray(w, dtype=np.float64), codebook.candidates(), bits, scale, error, search)
+        return _least_error(
+            np.asarray(w, dtype=np.float64), codebook.candidates(), bits, scale, error, search
+        )
     if codebook.fitted:
         return _quantize_fitted(np.asarray(w, dtype=np.float64), codebook, bits, scale)
 
@@ -352,7 +365,9 @@ def quantize(
     return _nearest(rows, codebook, bits, params, ranges, (slope, offset, sign), live)
 
 
-def _nearest(rows: _Rows, codebook, bits, params, ranges, tables, live, tensor_offset=False) -> QuantizedTensor:
+def _nearest(
+    rows: _Rows, codebook, bits, params, ranges, tables, live, tensor_offset=False
+) -> QuantizedTensor:
     """Every weight at its nearest stored level (zero in dead groups)."""
     slope, offset, sign = tables
     table = level_table(params, ranges, slope, offset, sign)
@@ -407,7 +422,11 @@ def with_codes(q: QuantizedTensor, w: np.ndarray, codes: np.ndarray) -> Quantize
     err = energy = dot = dd = 0.0
     for p in _Rows(w).parts:
         w64 = np.asarray(w[p], dtype=np.float64)
-        deq = np.take_along_axis(table[p], codes[p].astype(np.int64), axis=1).astype(np.float32).astype(np.float64)
+        deq = (
+            np.take_along_axis(table[p], codes[p].astype(np.int64), axis=1)
+            .astype(np.float32)
+            .astype(np.float64)
+        )
         err += float(np.sum((w64 - deq) ** 2))
         energy += float(np.sum(w64 * w64))
         dot += float(np.sum(w64 * deq))

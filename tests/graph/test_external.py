@@ -1,0 +1,84 @@
+"""External data read lazily: a weight is mapped from its file, quantized and dropped, and the
+output is the same as with every tensor loaded first."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import WEIGHT_NAMES, run, save_external, sha256
+from onnx import numpy_helper
+
+import onnxq
+from onnxq.errors import ModelLoadError
+from onnxq.graph import constfold, external, io
+
+
+@pytest.fixture
+def lazy_everything(monkeypatch):
+    monkeypatch.setattr(external, "LAZY_BYTES", 1)  # the tiny model's tensors are all "large"
+
+
+def test_a_lazy_read_leaves_large_tensors_in_their_file(tmp_path, tiny, lazy_everything):
+    path = save_external(tiny[0], tmp_path / "m")
+    model, _ = io.read_model(path, lazy=True)
+    lazy = [t.name for t in external.all_tensors(model) if onnx.external_data_helper.uses_external_data(t)]
+    assert set(WEIGHT_NAMES) <= set(lazy)
+    eager = {t.name: numpy_helper.to_array(t) for t in io.read_model(path)[0].graph.initializer}
+    read = external.reader(path.parent)
+    for tensor in model.graph.initializer:
+        np.testing.assert_array_equal(read(tensor), eager[tensor.name])
+    external.load_remaining(model, path.parent)
+    for a, b in zip(run(model, tiny[1]), run(tiny[0], tiny[1])):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("options", [{}, {"exclude": ["^mm"]}, {"format": "matmulnbits", "bits": 4}])
+def test_compress_reads_lazily_and_writes_the_same_bytes(tmp_path, tiny, monkeypatch, options):
+    path = save_external(tiny[0], tmp_path / "m")
+    before = sha256(path), sha256(tmp_path / "m" / "model.bin")
+    onnxq.compress(path, tmp_path / "eager.onnx", validate=False, jobs=1, **options)
+    monkeypatch.setattr(external, "LAZY_BYTES", 1)
+    report = onnxq.compress(path, tmp_path / "lazy.onnx", validate=False, jobs=1, **options)
+    assert sha256(tmp_path / "lazy.onnx") == sha256(tmp_path / "eager.onnx")
+    assert (sha256(path), sha256(tmp_path / "m" / "model.bin")) == before
+    out = onnx.load(tmp_path / "lazy.onnx")
+    assert not any(onnx.external_data_helper.uses_external_data(t) for t in out.graph.initializer)
+    assert report.output.total == (tmp_path / "lazy.onnx").stat().st_size
+
+
+def test_released_keeps_shape_and_type_but_no_memory():
+    a = np.arange(12, dtype=np.float16).reshape(3, 4)
+    r = external.released(a)
+    assert (r.shape, r.dtype, r.size, r.ndim) == (a.shape, a.dtype, a.size, a.ndim)
+    assert r.strides == (0, 0) and not r.flags.writeable
+
+
+def test_a_mapped_tensor_whose_length_does_not_match_its_shape_is_one_line(tmp_path, tiny):
+    path = save_external(tiny[0], tmp_path / "m")
+    model = onnx.load(path, load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if t.name == "mm.b")
+    for entry in tensor.external_data:
+        if entry.key == "length":
+            entry.value = str(int(entry.value) - 4)
+    with pytest.raises(ModelLoadError, match="'mm.b' holds .* needs 38400; re-export"):
+        external.mapped_array(tensor, path.parent)
+
+
+def test_constant_folding_leaves_a_tensor_still_in_its_file_alone(tmp_path, lazy_everything):
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.INT64, [2])
+    w = numpy_helper.from_array(np.ones((2, 3), np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Shape", ["w"], ["s"]), onnx.helper.make_node("Add", ["s", "s"], ["y"])],
+        "g",
+        [x],
+        [y],
+        [w],
+    )
+    path = save_external(
+        onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]), tmp_path / "m"
+    )
+    model, _ = io.read_model(path, lazy=True)
+    assert constfold.fold_constants(model).nodes == 0  # the model with its data loaded folds it
+    assert constfold.fold_constants(io.read_model(path)[0]).nodes == 1
