@@ -32,7 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-MAKE_LLAMA = ROOT.parent / "shared" / "scale" / "make_llama.py"
+SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(HERE))
 
 ORT_RTN = """
@@ -101,13 +101,13 @@ def measured(cmd: list[str]) -> Run:
     return Run(cpu, wall, peak, out)
 
 
-def model(preset: str, folder: Path) -> tuple[Path, int]:
+def model(preset: str, folder: Path, shared: Path = SHARED) -> tuple[Path, int]:
     """The decoder of this preset (generated on first use) and its parameter count."""
     path = folder / f"llama_{preset}.onnx"
     info = folder / f"llama_{preset}.json"
     if not info.exists():
         done = subprocess.run(
-            [sys.executable, str(MAKE_LLAMA), str(path), "--preset", preset],
+            [sys.executable, str(shared / "scale" / "make_llama.py"), str(path), "--preset", preset],
             check=True,
             capture_output=True,
             text=True,
@@ -146,8 +146,8 @@ def session(path: Path) -> Run:
     return run
 
 
-def measure(preset: str, folder: Path, work: Path, log) -> list[dict]:
-    src, params = model(preset, folder)
+def measure(preset: str, folder: Path, work: Path, log, shared: Path = SHARED) -> list[dict]:
+    src, params = model(preset, folder, shared)
     float_bytes = size(src)
     float_session = session(src)
     rows = [
@@ -253,6 +253,7 @@ def main() -> None:
     parser.add_argument("--presets", nargs="*", default=["30m", "125m", "500m", "1.5b"])
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "onnxq-scale")
     parser.add_argument("--write", action="store_true", help="write the section to docs/RESULTS.md")
+    parser.add_argument("--shared", type=Path, default=SHARED, help="the folder of scale/make_llama.py")
     parser.add_argument("--json", type=Path, help="append every row as a JSON line to this file")
     parser.add_argument(
         "--table", type=Path, help="measure nothing: the table of the rows in this JSON-lines file"
@@ -273,7 +274,7 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory(dir=args.folder) as work:
             for preset in args.presets:
-                rows += measure(preset, args.folder, Path(work), log)
+                rows += measure(preset, args.folder, Path(work), log, args.shared)
     print(table(rows))
     if args.write:
         import paper_tables
