@@ -46,7 +46,7 @@ class Config:
     codebook: str = ""  # "": DEFAULT_CODEBOOK, or linear where the format needs evenly spaced levels
     granularity: str = "channel"
     scale: str = "lsq"
-    search: str = DEFAULT_SEARCH  # how x0 is found: exact (proven within 1e-6), or fast (quantize.SEARCHES)
+    search: str = DEFAULT_SEARCH  # how x0 is found (quantize.SEARCHES): auto, grid, exact or fast
     format: str = DEFAULT_FORMAT
     min_elements: int = 128
     exclude: tuple[str, ...] = ()

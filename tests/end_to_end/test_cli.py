@@ -241,7 +241,7 @@ def test_min_agreement_not_met_exits_3(tiny, tiny_path, tmp_path):
         (["--codebook", "lloyd"], "kmeans, auto"),
         (["--granularity", "row"], "tensor, channel"),
         (["--scale", "max"], "variance, lsq"),
-        (["--search", "bisect"], "grid, fast, exact"),
+        (["--search", "bisect"], "auto, grid, fast"),
         (["--format", "zip"], "fold"),
         (["--min-elements", "0"], "--min-elements"),
         (["--samples", "0"], "--samples"),
