@@ -561,7 +561,22 @@ def _validate(
             f"random inputs: {plan.describe()}",
             False,
         )
-    return validate.validate_samples(src, tmp, specs, samples, what, real, gates, config.batch)
+    literal = sum(w.elements for w in report.weights) > UNFOLDED_WEIGHTS
+    if literal:
+        report.notes.append(
+            "validated without graph optimizations: onnxruntime would fold the decoders into float "
+            "weights at about 40 bytes per weight while creating the session; unfolded, they run on "
+            "each batch and the session holds the packed weights"
+        )
+    return validate.validate_samples(src, tmp, specs, samples, what, real, gates, config.batch, literal)
+
+
+# Above this many compressed weights, validation runs both models as their graphs state (no
+# graph optimizations). onnxruntime folds a fold decoder when it creates a session, and its
+# intermediates peak at about 40 bytes per weight: 4.9 GB for a 134M-weight decoder whose float
+# session peaks at 0.6 GB. Unfolded, the 30M-weight decoder's session and one run peaked at
+# 224 MB against 930 MB folded and 177 MB for the float model (docs/RESULTS.md, scale).
+UNFOLDED_WEIGHTS = 1 << 25
 
 
 def compress(

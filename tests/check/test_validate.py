@@ -308,3 +308,23 @@ def test_the_models_run_one_after_the_other_and_in_chunks_when_outputs_are_many(
     (a,), (b,) = whole.outputs, chunked.outputs
     for metric in ("max_abs_error", "relative_l2_error", "cosine", "sqnr_db", "top1_agreement"):
         assert getattr(b, metric) == pytest.approx(getattr(a, metric), rel=1e-9)
+
+
+def test_a_large_output_is_validated_unfolded_with_the_same_numbers(tmp_path, tiny_path, monkeypatch):
+    """Over api.UNFOLDED_WEIGHTS, both sessions run without graph optimizations, so that the
+    decoders are not folded at session creation; the comparison is the same to rounding."""
+    from onnxq import api, runtime
+
+    folded = onnxq.compress(tiny_path, tmp_path / "a.onnx", jobs=1)
+    literal_flags = []
+    real_session = runtime.session
+    monkeypatch.setattr(
+        runtime, "session", lambda *a, **k: literal_flags.append(k.get("literal")) or real_session(*a, **k)
+    )
+    monkeypatch.setattr(api, "UNFOLDED_WEIGHTS", 0)
+    unfolded = onnxq.compress(tiny_path, tmp_path / "b.onnx", jobs=1)
+    assert literal_flags and all(literal_flags[-2:])  # the float and the compressed sessions
+    assert any("validated without graph optimizations" in n for n in unfolded.notes)
+    assert not any("validated without graph optimizations" in n for n in folded.notes)
+    for a, b in zip(folded.validation.outputs, unfolded.validation.outputs):
+        assert b.cosine == pytest.approx(a.cosine, abs=1e-6)
