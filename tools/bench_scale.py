@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,7 @@ class Run:
     wall_s: float
     peak_rss: int  # bytes, whole process tree
     stdout: str
+    killed: bool = False  # its tree went over the memory cap, and was killed
 
 
 def _tree_rss(root: int) -> int:
@@ -82,18 +84,29 @@ def _tree_rss(root: int) -> int:
     return total
 
 
+CAP = 16e9  # a run whose process tree goes over this many bytes of RSS is killed (--memory-cap)
+
+
 def measured(cmd: list[str]) -> Run:
-    """Run cmd to its end; its CPU time, wall time and the peak RSS of its process tree."""
+    """Run cmd to its end; its CPU time, wall time and the peak RSS of its process tree. A tree
+    that goes over CAP is killed, and the run says so."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    peak, killed = 0, False
     while proc.poll() is None:
         peak = max(peak, _tree_rss(proc.pid))
+        if peak > CAP and not killed:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
         time.sleep(0.02)
     out, err = proc.communicate()
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if killed:
+        return Run(float("nan"), wall, peak, out, killed=True)
     if proc.returncode not in (0, 3):
         tail = (err.strip().splitlines() or ["(no output)"])[-1]
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {tail}")
@@ -142,74 +155,61 @@ CONFIGS = {
 
 def session(path: Path) -> Run:
     run = measured([sys.executable, "-c", SESSION, str(path)])
-    run.cpu_s = json.loads(run.stdout)["cpu"]  # the session's own CPU time, not the interpreter's start
+    if not run.killed:
+        run.cpu_s = json.loads(run.stdout)["cpu"]  # the session's own CPU time, not the interpreter's start
     return run
 
 
 def measure(preset: str, folder: Path, work: Path, log, shared: Path = SHARED) -> list[dict]:
     src, params = model(preset, folder, shared)
-    float_bytes = size(src)
+    base = {"preset": preset, "params": params, "float_bytes": size(src)}
     float_session = session(src)
     rows = [
-        _row(
-            preset, "float model (session only)", params, float_bytes, None, float_bytes, float_session, None
-        )
+        {
+            **base,
+            "method": "float model (session only)",
+            "out_bytes": base["float_bytes"],
+            **_session_cells(float_session, None),
+        }
     ]
     log(rows[-1])
-    outputs = {}
-    for label, options in CONFIGS.items():
-        dst = work / f"{preset}.{len(outputs)}.onnx"
-        run = measured(onnxq_cmd(src, dst, options))
-        outputs[label] = dst
-        rows.append(_row(preset, label, params, float_bytes, run, size(dst), session(dst), float_session))
-        log(rows[-1])
-        if label.endswith("--no-validate") and "matmulnbits" not in label:
-            dst.unlink()
-    ort_dst = work / f"{preset}.ort.onnx"
-    run = measured([sys.executable, "-c", ORT_RTN, str(src), str(ort_dst)])
-    rows.append(
-        _row(
-            preset,
-            "ORT MatMulNBitsQuantizer RTN 4-bit block 128",
-            params,
-            float_bytes,
-            run,
-            size(ort_dst),
-            session(ort_dst),
-            float_session,
-        )
-    )
-    log(rows[-1])
-    for p in work.iterdir():
-        p.unlink()
-    return rows
-
-
-def _row(
-    preset, label, params, float_bytes, run: Run | None, out_bytes, sess: Run, float_sess: Run | None
-) -> dict:
-    row = {
-        "preset": preset,
-        "method": label,
-        "params": params,
-        "float_bytes": float_bytes,
-        "out_bytes": out_bytes,
-        "session_s": sess.cpu_s,
-        "session_rss": sess.peak_rss,
+    runs = {
+        label: (onnxq_cmd(src, work / f"{preset}.{i}.onnx", options), work / f"{preset}.{i}.onnx")
+        for i, (label, options) in enumerate(CONFIGS.items())
     }
-    if run is not None:
-        row |= {
+    ort_dst = work / f"{preset}.ort.onnx"
+    runs["ORT MatMulNBitsQuantizer RTN 4-bit block 128"] = (
+        [sys.executable, "-c", ORT_RTN, str(src), str(ort_dst)],
+        ort_dst,
+    )
+    for label, (cmd, dst) in runs.items():
+        run = measured(cmd)
+        row = {
+            **base,
+            "method": label,
             "cpu_s": run.cpu_s,
             "wall_s": run.wall_s,
             "peak_rss": run.peak_rss,
+            "killed": run.killed,
             "weights_per_cpu_s": params / run.cpu_s,
         }
+        if not run.killed:
+            row |= {"out_bytes": size(dst), **_session_cells(session(dst), float_session)}
+        rows.append(row)
+        log(row)
+        for p in work.iterdir():
+            p.unlink()
+    return rows
+
+
+def _session_cells(sess: Run, float_sess: Run | None) -> dict:
+    cells = {"session_s": sess.cpu_s, "session_rss": sess.peak_rss, "session_killed": sess.killed}
     if float_sess is not None:
-        row |= {
+        cells |= {
             "session_rss_vs_float": sess.peak_rss / float_sess.peak_rss,
             "session_s_vs_float": sess.cpu_s / float_sess.cpu_s,
         }
-    return row
+    return cells
 
 
 def table(rows: list[dict]) -> str:
@@ -223,23 +223,33 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         o = ort.get(r["preset"])
-        gb = r["float_bytes"] / 1e9
-        if "cpu_s" in r:
+        cells = [""] * 6
+        if r.get("killed"):
+            cells = ["killed", "", "", f"> {r['peak_rss'] / 1e9:.1f}", "", ""]
+        elif "cpu_s" in r:
             cells = [
                 f"{r['cpu_s']:.1f}",
-                f"{r['cpu_s'] / o['cpu_s']:.1f}x" if o else "",
+                f"{r['cpu_s'] / o['cpu_s']:.1f}x" if o and not o.get("killed") else "",
                 f"{r['weights_per_cpu_s'] / 1e6:.1f}",
                 f"{r['peak_rss'] / 1e9:.2f}",
                 f"{r['peak_rss'] / r['float_bytes']:.2f}",
-                f"{r['peak_rss'] / o['peak_rss']:.2f}" if o else "",
+                f"{r['peak_rss'] / o['peak_rss']:.2f}" if o and not o.get("killed") else "",
             ]
+        if "session_s" not in r:
+            tail = ["", "", ""]
+        elif r.get("session_killed"):
+            tail = [f"{r['out_bytes'] / 1e6:.1f}", "killed", f"> {r['session_rss'] / 1e9:.1f}"]
         else:
-            cells = [""] * 6
+            tail = [
+                f"{r['out_bytes'] / 1e6:.1f}",
+                f"{r['session_s']:.2f}{_ratio(r, 'session_s_vs_float')}",
+                f"{r['session_rss'] / 1e9:.2f}{_ratio(r, 'session_rss_vs_float')}",
+            ]
+        gb = r["float_bytes"] / 1e9
         lines.append(
             f"| {r['preset']} ({r['params'] / 1e6:.0f}M, {gb:.2f} GB) | {r['method']} | "
-            + " | ".join(cells)
-            + f" | {r['out_bytes'] / 1e6:.1f} | {r['session_s']:.2f}{_ratio(r, 'session_s_vs_float')}"
-            f" | {r['session_rss'] / 1e9:.2f}{_ratio(r, 'session_rss_vs_float')} |"
+            + " | ".join(cells + tail)
+            + " |"
         )
     return "\n".join(lines)
 
@@ -249,16 +259,21 @@ def _ratio(row: dict, key: str) -> str:
 
 
 def main() -> None:
+    global CAP
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="*", default=["30m", "125m", "500m", "1.5b"])
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "onnxq-scale")
     parser.add_argument("--write", action="store_true", help="write the section to docs/RESULTS.md")
+    parser.add_argument(
+        "--memory-cap", type=float, default=CAP / 1e9, help="GB of RSS at which a run is killed"
+    )
     parser.add_argument("--shared", type=Path, default=SHARED, help="the folder of scale/make_llama.py")
     parser.add_argument("--json", type=Path, help="append every row as a JSON line to this file")
     parser.add_argument(
         "--table", type=Path, help="measure nothing: the table of the rows in this JSON-lines file"
     )
     args = parser.parse_args()
+    CAP = args.memory_cap * 1e9
     args.folder.mkdir(parents=True, exist_ok=True)
 
     def log(row: dict) -> None:
