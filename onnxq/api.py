@@ -35,6 +35,7 @@ GRANULARITIES = ("tensor", "channel")
 ROUNDINGS = ("nearest", "gptq")
 MIN_TARGET_BITS = 2.0
 MAX_DEFAULT_JOBS = 8  # each worker costs about 66 MB before its tensors; few models gain beyond
+# progress(done, total, "stage" or "stage: item"): total 0 when the stage's length is unknown.
 Progress = Callable[[int, int, str], None]
 
 
@@ -236,7 +237,9 @@ def _quantize_all(
         )
         t = time.perf_counter()
         if gptq:
-            tensors = [refine.round_with_gptq(w, q, layers.get(w.name, [])) for w, q in zip(weights, tensors)]
+            for i, w in enumerate(weights):
+                _step(progress, i, len(weights), "rounding with GPTQ", w.name)
+                tensors[i] = refine.round_with_gptq(w, tensors[i], layers.get(w.name, []))
             report.seconds["gptq"] = time.perf_counter() - t
         done = _Quantized(weights, tensors)
     else:
@@ -244,9 +247,16 @@ def _quantize_all(
         done = _allocate(model, weights, config, report, progress, source, layers, make)
     done.notes = notes + done.notes + _group_notes(done.weights, config)
     if config.resolved_bias_correction():
-        for w, q in zip(done.weights, done.tensors):
+        for i, (w, q) in enumerate(zip(done.weights, done.tensors)):
+            _step(progress, i, len(done.weights), "correcting biases", w.name)
             done.biases[w.name] = refine.correct_biases(model, w, q, layers.get(w.name, []))
     return done
+
+
+def _step(progress: Progress | None, done: int, total: int, stage: str, item: str) -> None:
+    """Report that item, the next of a stage's total, starts."""
+    if progress:
+        progress(done, total, f"{stage}: {item}")
 
 
 def _statistics(model, weights, config: Config, report: Report, progress, plan):
@@ -256,7 +266,7 @@ def _statistics(model, weights, config: Config, report: Report, progress, plan):
         return None, {}, []
     source = refine.load_data(model, config.calibration, config.calibration_samples, config.seed, plan)
     if progress:
-        progress(0, 1, "collecting layer statistics")
+        progress(0, 0, "collecting layer statistics")
     t = time.perf_counter()
     layers, notes = refine.layer_statistics(model, weights, source)
     report.seconds["statistics"] = time.perf_counter() - t
@@ -431,6 +441,8 @@ def _compress(
     plan = None
     if weights and (plan_for_validation or (config.needs_data() and config.calibration is None)):
         t = time.perf_counter()
+        if progress:
+            progress(0, 0, "finding inputs the model runs on")
         plan = _plan(model, config, source)  # before quantizing: a model nothing runs fails here
         report.seconds["inputs"] = time.perf_counter() - t
     done = _quantize_all(model, weights, config, report, progress, plan)
@@ -439,6 +451,8 @@ def _compress(
     fmt = FORMATS[config.format]
     report.notes.extend(fmt.notes({q.bits for q in done.tensors}))
     items = list(zip(done.weights, done.tensors))
+    if progress:
+        progress(0, 0, "rewriting the graph")
     report.notes.extend(rewrite.replace_weights(model, items, fmt, config.group_size, config.packed_rows))
     if source is not None:
         external.load_remaining(model, source.parent)  # what stays float goes into the output
@@ -598,6 +612,8 @@ def compress(
             raise OnnxqError(f"unknown option: {exc}") from None
     config.check()
     dst_path = io.check_output_path(src, dst)
+    if progress:
+        progress(0, 0, "reading the model")
     t = time.perf_counter()
     # Without data-driven steps, each weight's values are read from an external file only to be
     # quantized, and dropped after: memory then holds the quantized model, not the float one.
@@ -616,6 +632,8 @@ def compress(
     out, report, plan = _compress(model, config, progress, Path(src), wants_plan, owned=True)
     report.seconds["load"] = load_seconds
     report.input_bytes = input_bytes
+    if progress:
+        progress(0, 0, "writing the output")
     t = time.perf_counter()
     tmp = io.write_temp(out, dst_path)
     external = io.has_external_data(tmp)
@@ -627,6 +645,8 @@ def compress(
         if config.validate and report.weights:
             # Validate before the rename: an error here leaves no output behind. A failed gate
             # keeps the output: the report (and the CLI) say that it was written and failed.
+            if progress:
+                progress(0, 0, "validating")
             t = time.perf_counter()
             report.validation = _validate(report, Path(src), tmp, config, plan)
             report.seconds["validate"] = time.perf_counter() - t

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -31,6 +30,7 @@ from onnxq.check.report import Report
 from onnxq.check.validate import DEFAULT_BATCH, DEFAULT_MIN_COSINE, Validation, compare_models
 from onnxq.errors import OnnxqError
 from onnxq.graph import io
+from onnxq.progress import shown
 from onnxq.quant.codebooks import CODEBOOKS, DEFAULT_CODEBOOK
 from onnxq.quant.quantize import SCALES, SEARCHES
 from onnxq.storage import DEFAULT_FORMAT, FORMATS
@@ -343,21 +343,9 @@ def _check_report_path(report: Path | None, src: Path, dst: Path) -> None:
 
 
 def _compress_with_progress(src: Path, dst: Path, config: Config, report: Path | None) -> None:
-    """compress with a progress bar on a terminal, the report written, the result rendered."""
+    """compress with its progress shown (progress.py), the report written, the result rendered."""
     try:
-        with Progress(
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.description}", markup=False),  # tensor names are not markup
-            console=err,
-            transient=True,
-            disable=not err.is_terminal,
-        ) as bar:
-            task = bar.add_task("", total=None)
-
-            def progress(done: int, total: int, name: str) -> None:
-                bar.update(task, completed=done, total=total, description=name)
-
+        with shown(err) as progress:
             result = compress(src, dst, config, progress)
     except OnnxqError as exc:
         fail(exc)

@@ -106,7 +106,7 @@ def run(
                 if release:
                     jobs[i][0].array = external.released(jobs[i][0].array)
                 if progress:
-                    progress(done + 1, len(jobs), f"{stage} {jobs[i][0].name}")
+                    progress(done + 1, len(jobs), f"{stage}: {jobs[i][0].name}")
         except BrokenProcessPool:
             raise OnnxqError(
                 "a quantizing worker process died (out of memory, or it could not import the "

@@ -326,7 +326,7 @@ def _curves(weights, computed, priced: _Priced, probe: sensitivity.Probe, target
         except OnnxqError:
             measured[w.name] = {}  # onnxruntime cannot take it as an input: scaled by the others' gain
         if progress:
-            progress(i + 1, len(weights), f"sensitivity {w.name}")
+            progress(i + 1, len(weights), f"measuring sensitivity: {w.name}")
     gains = _gains(measured, priced.errors)
     curves = {}
     for w in weights:
