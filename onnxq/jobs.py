@@ -88,34 +88,37 @@ def run(
     ranked = bool(layers) and bool(CODEBOOKS[settings.codebook].candidates())
     processes = settings.jobs > 1 and len(jobs) > 1 and not ranked
     workers = min(settings.jobs, len(jobs)) if processes else min(4, os.cpu_count() or 1)
-    with _safe_path(), _pool(processes, workers) as pool:
+    with _safe_path():
+        with _sigint_blocked():  # a Ctrl-C amid the queues' creation would leak their semaphores
+            pool = _pool(processes, workers)
+        with pool:
 
-        def submit(i: int) -> Future:
-            weight, choice = jobs[i]
-            if processes:  # the worker gets the rows alone, built as it is submitted
-                rows = weight_rows(weight, settings, choice.per_tensor)
-                with _sigint_blocked():  # a submit may start a worker, which inherits the mask
-                    return pool.submit(quantize_rows, rows, settings, choice.bits)
-            return pool.submit(quantize_weight, weight, choice, settings, layers)
+            def submit(i: int) -> Future:
+                weight, choice = jobs[i]
+                if processes:  # the worker gets the rows alone, built as it is submitted
+                    rows = weight_rows(weight, settings, choice.per_tensor)
+                    with _sigint_blocked():  # a submit may start a worker, which inherits the mask
+                        return pool.submit(quantize_rows, rows, settings, choice.bits)
+                return pool.submit(quantize_weight, weight, choice, settings, layers)
 
-        try:
-            # At most IN_FLIGHT jobs per worker are submitted at once: the rows a process pool
-            # holds are bounded by that, not by the model's size.
-            for done, i, q in _in_order(order, submit, IN_FLIGHT * workers):
-                out[i] = q
-                if release:
-                    jobs[i][0].array = external.released(jobs[i][0].array)
-                if progress:
-                    progress(done + 1, len(jobs), f"{stage}: {jobs[i][0].name}")
-        except BrokenProcessPool:
-            raise OnnxqError(
-                "a quantizing worker process died (out of memory, or it could not import the "
-                "caller's main module); retry with --jobs 1"
-            ) from None
-        except BaseException:  # Ctrl-C, SIGTERM: leave at once, not after the queued jobs
-            _stop(pool)
-            raise
-    return out  # type: ignore[return-value]
+            try:
+                # At most IN_FLIGHT jobs per worker are submitted at once: the rows a process pool
+                # holds are bounded by that, not by the model's size.
+                for done, i, q in _in_order(order, submit, IN_FLIGHT * workers):
+                    out[i] = q
+                    if release:
+                        jobs[i][0].array = external.released(jobs[i][0].array)
+                    if progress:
+                        progress(done + 1, len(jobs), f"{stage}: {jobs[i][0].name}")
+            except BrokenProcessPool:
+                raise OnnxqError(
+                    "a quantizing worker process died (out of memory, or it could not import the "
+                    "caller's main module); retry with --jobs 1"
+                ) from None
+            except BaseException:  # Ctrl-C, SIGTERM: leave at once, not after the queued jobs
+                _stop(pool)
+                raise
+        return out  # type: ignore[return-value]
 
 
 IN_FLIGHT = 2  # jobs submitted per worker ahead of the one being collected

@@ -4,8 +4,8 @@ of the time left.
 The library reports progress(done, total, "stage" or "stage: item"), total 0 when a stage's
 length is unknown. On a terminal that drives a bar that rich redraws in place; elsewhere (a CI
 log, a pipe) it prints plain timestamped lines, a few per stage: when the stage starts, then at
-most every LOG_EVERY seconds, and when its last item is done; none in a run's first QUIET
-seconds.
+most every LOG_EVERY seconds, and when its last item is done; none while the input is read
+and checked, unless that takes QUIET seconds.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from rich.progress import (
 from onnxq.api import Progress as Callback
 
 LOG_EVERY = 30.0  # seconds between two plain lines of one stage
-QUIET = 5.0  # seconds from the start without plain lines
+QUIET = 5.0  # seconds without plain lines while the input is read and checked
+# The stages that read and check the input: a refused input prints its error line alone.
+CHECKING = ("reading the model", "finding inputs the model runs on")
 
 
 def split(text: str) -> tuple[str, str]:
@@ -76,8 +78,9 @@ def _bar(console: Console) -> Iterator[Callback]:
 
 
 class _Lines:
-    """Plain lines for a log: '[  12 s] quantizing 40/159, about 30 s left'. Nothing in the first
-    QUIET seconds, so that a quick run, or one refused at once, prints only its result."""
+    """Plain lines for a log: '[  12 s] quantizing 40/159, about 30 s left'. Nothing while the
+    input is checked (CHECKING) in the first QUIET seconds, so that a refused input prints only
+    its error."""
 
     def __init__(self, console: Console, start: float):
         self.console, self.start = console, start
@@ -91,7 +94,7 @@ class _Lines:
             self.stage, self.stage_start = stage, now
         finished = total > 0 and done >= total
         due = stage != self.shown or finished or now - self.last >= LOG_EVERY
-        if not due or now - self.start < QUIET:
+        if not due or (stage in CHECKING and now - self.start < QUIET):
             return
         self.shown, self.last = stage, now
         line = f"[{now - self.start:6.0f} s] {stage}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -401,3 +402,8 @@ def unpack_bits(blob: np.ndarray, bits: int, count: int) -> np.ndarray:
 def gptq(q, rows, hessian):
     """q with codes from gptq_codes, for rows laid out as q's own groups (O, K)."""
     return with_codes(q, rows, gptq_codes(q, rows, hessian).reshape(q.codes.shape))
+
+
+def without_progress(text: str) -> str:
+    """stderr without the CLI's timestamped progress lines (onnxq/progress.py)."""
+    return "\n".join(line for line in text.splitlines() if not re.match(r"^\[ *\d+ s\] ", line))
