@@ -92,17 +92,19 @@ def measured(cmd: list[str]) -> Run:
     that goes over CAP is killed, and the run says so."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    peak, killed = 0, False
-    while proc.poll() is None:
-        peak = max(peak, _tree_rss(proc.pid))
-        if peak > CAP and not killed:
-            os.killpg(proc.pid, signal.SIGKILL)
-            killed = True
-        time.sleep(0.02)
-    out, err = proc.communicate()
+    # Files, not pipes: a child that writes more than a pipe holds would wait for a reader.
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, text=True, start_new_session=True)
+        peak, killed = 0, False
+        while proc.poll() is None:
+            peak = max(peak, _tree_rss(proc.pid))
+            if peak > CAP and not killed:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed = True
+            time.sleep(0.02)
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if killed:
