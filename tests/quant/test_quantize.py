@@ -261,3 +261,17 @@ def test_quantizing_in_parts_gives_the_same_tensor(name, search, w, bits, part):
     np.testing.assert_array_equal(parts.ranges, whole.ranges)
     assert parts.correlation == pytest.approx(whole.correlation, abs=1e-12)
     assert parts.sqnr_db == pytest.approx(whole.sqnr_db, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("name", "n", "expected"),
+    [("exponential", 64, "grid"), ("exponential", 63, "exact"), ("linear", 200, "exact")],
+)
+def test_auto_search_takes_the_grid_only_for_large_exponential_groups(name, n, expected, rng):
+    w = rng.standard_normal((6, n)).astype(np.float32)
+    auto = quantize(w, CODEBOOKS[name], 5, "lsq", search="auto")
+    chosen = quantize(w, CODEBOOKS[name], 5, "lsq", search=expected)
+    np.testing.assert_array_equal(auto.codes, chosen.codes)
+    np.testing.assert_array_equal(auto.params, chosen.params)
+    other = quantize(w, CODEBOOKS[name], 5, "lsq", search="exact" if expected == "grid" else "grid")
+    assert not np.array_equal(other.params, chosen.params)  # so the test tells them apart
