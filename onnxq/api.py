@@ -430,10 +430,8 @@ def _compress(
     read for this call alone, and is rewritten in place instead of copied."""
     config.check()
     start = time.perf_counter()
-    original: onnx.ModelProto | Callable[[], onnx.ModelProto] = model
-    if owned and source is not None:
-        original = lambda: io.read_model(source)[0]  # read again only if the output fails its check
-    else:
+    original = model
+    if not owned:
         model = copy.deepcopy(model)
     report = Report(config=_config_dict(config), input_bytes=io.model_bytes(model))
     read = external.reader(source.parent) if source is not None else numpy_helper.to_array
@@ -450,7 +448,12 @@ def _compress(
     quantize_seconds = time.perf_counter() - start
     fmt = FORMATS[config.format]
     report.notes.extend(fmt.notes({q.bits for q in done.tensors}))
+    report.weights = [
+        _weight_report(w, q, fmt, done.biases.get(w.name, [])) for w, q in zip(done.weights, done.tensors)
+    ]
+    # The rewrite takes the only references to the codes, and drops each batch's once it is stored.
     items = list(zip(done.weights, done.tensors))
+    done.tensors = []
     if progress:
         progress(0, 0, "rewriting the graph")
     report.notes.extend(rewrite.replace_weights(model, items, fmt, config.group_size, config.packed_rows))
@@ -461,11 +464,11 @@ def _compress(
         report.notes.append(
             f"IR version {model.ir_version} has no local functions: the decoders were inlined"
         )
-    report.weights = [_weight_report(w, q, fmt, done.biases.get(w.name, [])) for w, q in items]
     report.skipped = [SkipReport(s.name, list(s.shape), s.reason) for s in skips] + [
         SkipReport(w.name, list(w.array.shape), KEPT_FLOAT) for w in done.kept_float
     ]
-    io.check_built(model, original)
+    if not owned:  # compress checks the file it writes instead: a copy of the model the fewer
+        io.check_built(model, original)
     report.output = _byte_breakdown(model)
     rewrite_seconds = time.perf_counter() - start - quantize_seconds
     report.seconds = {"quantize": quantize_seconds, "rewrite": rewrite_seconds, **report.seconds}
@@ -636,10 +639,12 @@ def compress(
         progress(0, 0, "writing the output")
     t = time.perf_counter()
     tmp = io.write_temp(out, dst_path)
+    del out  # the graph and its packed weights are in the file now
     external = io.has_external_data(tmp)
     try:
         if external:
             report.notes.append(f"the output is over 2 GB: its tensors are in {io.data_file(dst_path).name}")
+        io.check_written(tmp, Path(src))
         report.output.settle(io.written_size(tmp, dst_path))
         report.seconds["save"] = time.perf_counter() - t
         if config.validate and report.weights:

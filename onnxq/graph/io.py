@@ -6,7 +6,6 @@ import math
 import os
 import secrets
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -313,20 +312,15 @@ def written_size(tmp: Path, dst: str | os.PathLike) -> int:
     return tmp.stat().st_size + (temp_data(tmp).stat().st_size if has_external_data(tmp) else 0)
 
 
-def check_built(
-    model: onnx.ModelProto, original: onnx.ModelProto | Callable[[], onnx.ModelProto] | None = None
-) -> None:
+def check_built(model: onnx.ModelProto, original: onnx.ModelProto | None = None) -> None:
     """onnx's full check of a model onnxq built; one over the protobuf limit is checked by
-    write_temp once written instead. When it fails and the original (or what reads it again)
-    fails it too, the input is at fault (wrong dims or types, conflicting value_info, sparse
-    initializers), not onnxq."""
+    write_temp once written instead. When it fails and the original fails it too, the input is
+    at fault (wrong dims or types, conflicting value_info, sparse initializers), not onnxq."""
     if model_bytes(model) >= PROTOBUF_LIMIT:
         return
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        if callable(original):
-            original = original()
         why = _full_check_failure(original) if original is not None else None
         if why:
             raise OnnxqError(
@@ -336,23 +330,32 @@ def check_built(
         raise RuntimeError(f"onnxq produced an invalid model: {exc}") from exc  # a bug in onnxq
 
 
-def _full_check_failure(model: onnx.ModelProto) -> str | None:
-    """The first line of why a model fails onnx's full check, or None if it passes."""
-    if model_bytes(model) >= PROTOBUF_LIMIT:
+def _full_check_failure(model: onnx.ModelProto | Path) -> str | None:
+    """The first line of why a model (or the model file) fails onnx's full check, or None if it
+    passes."""
+    if isinstance(model, onnx.ModelProto) and model_bytes(model) >= PROTOBUF_LIMIT:
         return None
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(str(model) if isinstance(model, Path) else model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         return first_line(exc)
     return None
 
 
-def check_written(tmp: Path) -> None:
-    """onnx's checker on a written output (by path, which works beyond 2 GB)."""
+def check_written(tmp: Path, original: Path | None = None) -> None:
+    """onnx's full check of a written output, by path (which works beyond 2 GB, and holds no
+    second copy of the model in this process). When it fails and the original file fails it
+    too, the input is at fault, as in check_built."""
     try:
         onnx.checker.check_model(str(tmp), full_check=True)
-    except onnx.checker.ValidationError as exc:  # a bug in onnxq, not in the input
-        raise RuntimeError(f"onnxq produced an invalid model: {exc}") from exc
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        why = _full_check_failure(original) if original is not None else None
+        if why:
+            raise OnnxqError(
+                f"the input model fails onnx's full check (strict shape inference): {why}; "
+                "fix or re-export it, then compress it again"
+            ) from None
+        raise RuntimeError(f"onnxq produced an invalid model: {exc}") from exc  # a bug in onnxq
 
 
 def discard(tmp: Path, dst: str | os.PathLike) -> None:

@@ -73,11 +73,15 @@ def replace_weights(
     """Swap every weight for its decoder call, and add the decoder functions.
 
     A format whose replace_consumer fuses the weight into its readers does so
-    where it can; the notes say where it could not, and the weight is stored whole.
+    where it can; the notes say where it could not, and the weight is stored whole. items is
+    emptied as it goes, and so is each batch once stored: a caller that keeps no other
+    reference to the codes lets them go as the model fills.
     """
     edit = _Edit(model, default_opset(model), {f.name: f for f in model.functions})
     whole = stores_whole(fmt)
-    for weight, q in items:
+    items.reverse()
+    while items:
+        weight, q = items.pop()
         # A weight the blocks do not split was quantized per channel (group_rows): no block for it.
         own = block_size(weight, block) if block else None
         result = _replace_consumers(weight.graph, weight, q, fmt, own, edit.opset, packed_rows)
@@ -95,6 +99,7 @@ def replace_weights(
     for graph, chunks in edit.batches.values():
         for batch in chunks:
             _insert_batch(edit, graph, whole, batch)
+            batch.clear()
     _finish(edit)
     return _notes(edit, fmt, whole)
 
