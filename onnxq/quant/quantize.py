@@ -35,14 +35,15 @@ SCALES = ("variance", "lsq")
 CONTINUOUS = {"fast": maximize_correlation, "exact": search_exact.maximize_correlation}
 SEARCHES = ("auto", "grid", *CONTINUOUS)
 DEFAULT_SEARCH = "auto"  # the pipeline's (api.Config.search) and quantize's
-# auto: the grid where it is what the file stores (a codebook with ln(x0) per group) and a
-# group has at least GRID_MIN_GROUP weights; else the exact search. The grid is 3-6x faster and
-# as accurate on the shared models, except on depthwise 3x3 channels (9 weights), whose
-# correlation has many near-equal spikes: there its 64 points, spread over a sample of
-# channels' optima, lost 12 points of MobileNetV2's top-1 (docs/RESULTS.md, search). A linear
-# codebook stores its step on 16 bits, finer than the grid's 64 points (at 8 bits a ramp left
-# 4 of its 255 levels unused).
+# auto: the grid for groups of at least GRID_MIN_GROUP weights, else the exact search. The grid
+# is 3-6x faster and as accurate on the shared models, except on depthwise 3x3 channels (9
+# weights), whose correlation has many near-equal spikes: there its 64 points, spread over a
+# sample of channels' optima, lost 12 points of MobileNetV2's top-1 (docs/RESULTS.md, search).
+# A linear codebook stores its step on 16 bits, finer than the grid's 64 points: up to
+# LINEAR_GRID_BITS the grid's SQNR is within 0.004 dB of the exact search's (1024 x 1024
+# Gaussian channels), at 8 bits 0.17 dB below, and a dense ramp left 4 of 255 levels unused.
 GRID_MIN_GROUP = 64
+LINEAR_GRID_BITS = 6
 X0_BITS = 6  # ln(x0): codes 0..63; each group takes the one that correlates best
 SCALE_BITS = 10  # ln(s): codes 1..1023, and 0 for an all-zero group
 SPLIT = float(1 << SCALE_BITS)  # params = x0_code * SPLIT + scale_code
@@ -345,7 +346,8 @@ def quantize(
     a, _c = codebook.log_coefficients(bits)
     two_params = bool(np.ptp(a) > 0)
     if search == "auto":
-        search = "grid" if two_params and w.shape[1] >= GRID_MIN_GROUP else "exact"
+        grid_holds = two_params or bits <= LINEAR_GRID_BITS  # see GRID_MIN_GROUP
+        search = "grid" if grid_holds and w.shape[1] >= GRID_MIN_GROUP else "exact"
     if search == "grid":
         found = _on_grid(rows, codebook, bits, two_params)
     else:

@@ -264,14 +264,21 @@ def test_quantizing_in_parts_gives_the_same_tensor(name, search, w, bits, part):
 
 
 @pytest.mark.parametrize(
-    ("name", "n", "expected"),
-    [("exponential", 64, "grid"), ("exponential", 63, "exact"), ("linear", 200, "exact")],
+    ("name", "n", "bits", "expected"),
+    [
+        ("exponential", 64, 5, "grid"),
+        ("exponential", 63, 5, "exact"),
+        ("exponential", 64, 8, "grid"),
+        ("linear", 200, 6, "grid"),
+        ("linear", 200, 7, "exact"),
+        ("linear", 20, 4, "exact"),
+    ],
 )
-def test_auto_search_takes_the_grid_only_for_large_exponential_groups(name, n, expected, rng):
+def test_auto_search_takes_the_grid_for_large_groups_where_it_holds(name, n, bits, expected, rng):
     w = rng.standard_normal((6, n)).astype(np.float32)
-    auto = quantize(w, CODEBOOKS[name], 5, "lsq", search="auto")
-    chosen = quantize(w, CODEBOOKS[name], 5, "lsq", search=expected)
+    auto = quantize(w, CODEBOOKS[name], bits, "lsq", search="auto")
+    chosen = quantize(w, CODEBOOKS[name], bits, "lsq", search=expected)
     np.testing.assert_array_equal(auto.codes, chosen.codes)
     np.testing.assert_array_equal(auto.params, chosen.params)
-    other = quantize(w, CODEBOOKS[name], 5, "lsq", search="exact" if expected == "grid" else "grid")
+    other = quantize(w, CODEBOOKS[name], bits, "lsq", search="exact" if expected == "grid" else "grid")
     assert not np.array_equal(other.params, chosen.params)  # so the test tells them apart
