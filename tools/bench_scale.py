@@ -296,12 +296,16 @@ def main() -> None:
     if args.write:
         import paper_tables
 
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
+        commit = (
+            args.commit
+            or subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        )
         body = (
-            f"Commit {commit}, `python tools/bench_scale.py --presets {' '.join(args.presets)} --write`, "
-            f"{os.cpu_count()} cores.\n\n" + table(rows)
+            f"## Scale: Llama-shaped decoders at onnxq {commit}, beside onnxruntime's quantizer\n\n"
+            f"`python tools/bench_scale.py --presets {' '.join(args.presets)} --write`, "
+            f"{os.cpu_count()} cores, one run at a time.\n\n" + table(rows) + "\n" + (args.reading or "")
         )
         paper_tables.write_section(ROOT / "docs" / "RESULTS.md", "scale", body)
 
