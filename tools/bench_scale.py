@@ -270,6 +270,8 @@ def main() -> None:
         "--memory-cap", type=float, default=CAP / 1e9, help="GB of RSS at which a run is killed"
     )
     parser.add_argument("--shared", type=Path, default=SHARED, help="the folder of scale/make_llama.py")
+    parser.add_argument("--commit", help="the commit measured, for --write (default: HEAD)")
+    parser.add_argument("--reading", help="a paragraph under the table, for --write")
     parser.add_argument("--json", type=Path, help="append every row as a JSON line to this file")
     parser.add_argument(
         "--table", type=Path, help="measure nothing: the table of the rows in this JSON-lines file"
