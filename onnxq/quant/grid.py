@@ -94,29 +94,45 @@ MAX_TABLES = 512  # row signatures with a table of their own; more rows fall bac
 
 def count_at_or_below(v: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Per row, how many of the row's ascending thresholds are <= each value in [0, 1] (int64):
-    search.bin_index, through tables of 2^16 bins shared by the rows whose thresholds fall in the
-    same bins (a codebook's rows differ only in their scale, which the caller divides out); the
-    values in a bin that holds a threshold of their row are resolved exactly."""
-    from onnxq.quant.search import bin_index
+    search.bin_index, through the tables of Bins."""
+    return Bins(thresholds).count(v)
 
-    size = 1 << LUT_BITS
-    marks = np.minimum((thresholds * size).astype(np.int64), size)  # the bin of each threshold
-    kinds, kind = np.unique(marks, axis=0, return_inverse=True)
-    kind = kind.ravel()
-    if kinds.shape[0] > MAX_TABLES:
-        return bin_index(v, thresholds)
-    bins = np.arange(size + 1)
-    tables = np.stack([np.searchsorted(k, bins, side="left") for k in kinds]).astype(np.int32)
-    for t, k in zip(tables, kinds):
-        t[k] = -1  # a bin that holds a threshold: its values go either way
-    at = (v * np.float32(size)).astype(np.int32)
-    np.minimum(at, size, out=at)
-    at += (kind.astype(np.int32) * (size + 1))[:, None]
-    out = np.take(tables, at).astype(np.int64)
-    rows, cols = np.nonzero(out < 0)
-    if rows.size:
-        out[rows, cols] = _count_rows(v[rows, cols], thresholds, rows)
-    return out
+
+class Bins:
+    """count_at_or_below for rows of ascending thresholds, prepared once and applied to the rows
+    a part at a time: tables of 2^16 bins shared by the rows whose thresholds fall in the same
+    bins (a codebook's rows differ only in their scale, which the caller divides out); the values
+    in a bin that holds a threshold of their row are resolved exactly."""
+
+    def __init__(self, thresholds: np.ndarray):
+        self.thresholds = thresholds
+        size = 1 << LUT_BITS
+        marks = np.minimum((thresholds * size).astype(np.int64), size)  # the bin of each threshold
+        kinds, kind = np.unique(marks, axis=0, return_inverse=True)
+        self.kind = kind.ravel().astype(np.int32)
+        self.tables = None  # too many kinds: a plain search instead
+        if kinds.shape[0] <= MAX_TABLES:
+            bins = np.arange(size + 1)
+            self.tables = np.stack([np.searchsorted(k, bins, side="left") for k in kinds]).astype(np.int32)
+            for t, k in zip(self.tables, kinds):
+                t[k] = -1  # a bin that holds a threshold: its values go either way
+
+    def count(self, v: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+        """The counts for values v of the rows `rows` of the thresholds."""
+        from onnxq.quant.search import bin_index
+
+        thresholds = self.thresholds[rows]
+        if self.tables is None:
+            return bin_index(v, thresholds)
+        size = 1 << LUT_BITS
+        at = (v * np.float32(size)).astype(np.int32)
+        np.minimum(at, size, out=at)
+        at += (self.kind[rows] * (size + 1))[:, None]
+        out = np.take(self.tables, at).astype(np.int64)
+        r, c = np.nonzero(out < 0)
+        if r.size:
+            out[r, c] = _count_rows(v[r, c], thresholds, r)
+        return out
 
 
 def _count_rows(values: np.ndarray, thresholds: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -301,17 +301,31 @@ def _decode(codes: np.ndarray, rng: np.ndarray) -> np.ndarray:
 
 def nearest_codes(w: np.ndarray, table: np.ndarray, bits: int) -> np.ndarray:
     """The code of the nearest level of every weight; ties go away from zero."""
-    m = magnitude_count(bits)
-    mags = np.abs(table[:, -m - 1 : -1] if bits > 1 else table[:, -m:]).astype(np.float64)
-    if bits > 1:
+    return Nearest(table, bits).codes(w)
+
+
+class Nearest:
+    """nearest_codes for a level table (groups, 2^bits), prepared once for all of its rows and
+    applied a part of the rows at a time."""
+
+    def __init__(self, table: np.ndarray, bits: int):
+        self.bits = bits
+        if bits == 1:
+            return
+        m = magnitude_count(bits)
+        mags = np.abs(table[:, -m - 1 : -1]).astype(np.float64)
         mags = np.concatenate([np.zeros((mags.shape[0], 1)), mags], axis=1)
-    if bits == 1:
-        return np.where(w < 0, 0, 1).astype(np.uint8)
-    top = mags[:, -1:].copy()
-    top[top == 0] = 1.0
-    index = grid.count_at_or_below(np.minimum(np.abs(w) / top, 1.0), 0.5 * (mags[:, 1:] + mags[:, :-1]) / top)
-    signed = np.where(w < 0, -index, index)
-    return (signed + zero_code(bits)).astype(np.uint8)
+        self.top = mags[:, -1:].copy()
+        self.top[self.top == 0] = 1.0
+        self.bins = grid.Bins(0.5 * (mags[:, 1:] + mags[:, :-1]) / self.top)
+
+    def codes(self, w: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+        """The codes of weights w, the rows `rows` of the table."""
+        if self.bits == 1:
+            return np.where(w < 0, 0, 1).astype(np.uint8)
+        index = self.bins.count(np.minimum(np.abs(w) / self.top[rows], 1.0), rows)
+        signed = np.where(w < 0, -index, index)
+        return (signed + zero_code(self.bits)).astype(np.uint8)
 
 
 def quantize(
@@ -384,8 +398,9 @@ def _nearest(
     slope, offset, sign = tables
     table = level_table(params, ranges, slope, offset, sign)
     codes = np.empty(rows.w.shape, dtype=np.uint8)
+    nearest = Nearest(table, bits)
     for p in rows.parts:
-        codes[p] = nearest_codes(rows.w64(p), table[p], bits)
+        codes[p] = nearest.codes(rows.w64(p), p)
     codes[~live] = zero_code(bits)
     q = QuantizedTensor(
         bits=bits,
