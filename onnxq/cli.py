@@ -126,8 +126,8 @@ _Search = Annotated[
         callback=_choice("search", SEARCHES),
         help="How x0 is found: grid (every value the file can store, scored exactly), exact "
         "(branch and bound, proven within 1e-6 of the maximum correlation; 3-6x slower), fast "
-        "(grid and golden section, within about 1e-5), or auto: grid for the exponential "
-        "codebook's groups of 64 weights or more, else exact.",
+        "(grid and golden section, within about 1e-5), or auto: grid for groups of 64 weights or "
+        "more, exact for smaller ones, for linear codebooks over 6 bits and under GPTQ rounding.",
     ),
 ]
 _Fmt = Annotated[

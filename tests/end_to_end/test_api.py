@@ -273,3 +273,13 @@ def test_compressing_a_compressed_model_is_refused_and_its_decompressed_model_is
 
     decompress(once, tmp_path / "float.onnx")
     assert onnxq.compress(tmp_path / "float.onnx", tmp_path / "again.onnx", validate=False).weights
+
+
+@pytest.mark.parametrize(
+    ("options", "search"),
+    [({}, "auto"), ({"rounding": "gptq"}, "exact"), ({"rounding": "gptq", "search": "grid"}, "grid")],
+)
+def test_auto_search_keeps_the_exact_search_under_gptq(options, search):
+    from onnxq.api import resolved_search
+
+    assert resolved_search(onnxq.Config(**options)) == search
