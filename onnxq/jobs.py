@@ -1,9 +1,13 @@
-"""Quantize many (weight, choice) jobs at once: in worker processes, or in threads.
+"""Quantize many (weight, choice) jobs at once: in threads, or in worker processes.
 
-The x0 searches run many small numpy calls that hold the GIL, so threads share about
-one core between them; worker processes use every core. Spawned workers import the
-caller's main module, so only a caller that guards it (the CLI) asks for them. Jobs
-run largest first, so that no large tensor starts last while the other workers idle.
+The continuous x0 searches (--search exact or fast) run many small numpy calls that hold the
+GIL, so threads share about one core between them, and worker processes use every core. The
+stored grid (--search grid, and auto's) works in large numpy calls that release the GIL, so
+threads use every core too, without copying the weights to other processes or starting them:
+134M-weight decoder at --search auto, 10.6 s and 0.54 GB in threads against 14.0 s and 0.94 GB
+in two processes; EfficientNet-Lite0 3.9-4.3 s against 4.5 s (docs/RESULTS.md, section search).
+Spawned workers import the caller's main module, so only a caller that guards it (the CLI) asks
+for them. Jobs run largest first, so that no large tensor starts last while the others idle.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from onnxq.errors import OnnxqError, WeightError
 from onnxq.graph import external, rewrite
 from onnxq.graph.select import Weight
 from onnxq.quant.codebooks import CODEBOOKS
-from onnxq.quant.quantize import QuantizedTensor, quantize
+from onnxq.quant.quantize import CONTINUOUS, QuantizedTensor, quantize
 from onnxq.refine import steps as refine
 from onnxq.refine.widths import Choice
 
@@ -86,7 +90,8 @@ def run(
         progress(0, len(jobs), stage)
     # Ranking a choosing codebook's candidates by output error needs the layers' statistics: that stays here.
     ranked = bool(layers) and bool(CODEBOOKS[settings.codebook].candidates())
-    processes = settings.jobs > 1 and len(jobs) > 1 and not ranked
+    continuous = settings.search in CONTINUOUS  # small numpy calls that hold the GIL
+    processes = settings.jobs > 1 and len(jobs) > 1 and not ranked and continuous
     workers = min(settings.jobs, len(jobs)) if processes else min(4, os.cpu_count() or 1)
     with _safe_path():
         with _sigint_blocked():  # a Ctrl-C amid the queues' creation would leak their semaphores

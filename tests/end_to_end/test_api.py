@@ -120,10 +120,26 @@ def test_compress_is_deterministic(tiny_path, tmp_path):
 
 
 def test_worker_processes_write_the_same_file_as_threads(tiny_path, tmp_path):
-    onnxq.compress(tiny_path, tmp_path / "threads.onnx", validate=False)
-    report = onnxq.compress(tiny_path, tmp_path / "processes.onnx", validate=False, jobs=2)
+    # The exact search runs in worker processes when jobs > 1 (the grid, in threads).
+    onnxq.compress(tiny_path, tmp_path / "threads.onnx", validate=False, search="exact")
+    report = onnxq.compress(tiny_path, tmp_path / "processes.onnx", validate=False, jobs=2, search="exact")
     assert report.config["jobs"] == 2
     assert sha256(tmp_path / "threads.onnx") == sha256(tmp_path / "processes.onnx")
+
+
+@pytest.mark.parametrize(
+    ("search", "processes"), [("auto", False), ("grid", False), ("exact", True), ("fast", True)]
+)
+def test_only_the_continuous_searches_start_worker_processes(
+    tiny_path, tmp_path, monkeypatch, search, processes
+):
+    from onnxq import jobs
+
+    used = []
+    real_pool = jobs._pool
+    monkeypatch.setattr(jobs, "_pool", lambda p, workers: used.append(p) or real_pool(False, workers))
+    onnxq.compress(tiny_path, tmp_path / "out.onnx", validate=False, jobs=2, search=search)
+    assert used == [processes]
 
 
 def test_jobs_below_one_is_an_error(tiny_path, tmp_path):

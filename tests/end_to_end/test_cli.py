@@ -489,7 +489,8 @@ def test_worker_processes_import_nothing_from_the_folder_onnxq_runs_in(tiny_path
         marker = tmp_path / f"ran-{module.replace('/', '-')}"
         (planted / module).write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('planted')\n")
     done = subprocess.run(
-        [str(script), "compress", str(tiny_path), str(tmp_path / "out.onnx"), "--jobs", "2", "--no-validate"],
+        [str(script), "compress", str(tiny_path), str(tmp_path / "out.onnx"), "--jobs", "2", "--no-validate"]
+        + ["--search", "exact"],  # worker processes run the exact search
         cwd=planted,
         capture_output=True,
         text=True,

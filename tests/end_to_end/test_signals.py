@@ -36,7 +36,8 @@ def children(pid: int) -> list[int]:
 def start(tmp_path: Path, pipes: bool = True) -> tuple[subprocess.Popen, list[int]]:
     """onnxq compress with two workers, once both workers run (mid-quantization)."""
     proc = subprocess.Popen(
-        [str(SCRIPT), "compress", str(MODEL), str(tmp_path / "out.onnx"), "--jobs", "2"],
+        # The exact search runs in worker processes (the grid, in threads).
+        [str(SCRIPT), "compress", str(MODEL), str(tmp_path / "out.onnx"), "--jobs", "2", "--search", "exact"],
         cwd=tmp_path,
         stdout=subprocess.PIPE if pipes else subprocess.DEVNULL,
         stderr=subprocess.PIPE if pipes else subprocess.DEVNULL,

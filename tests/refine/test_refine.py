@@ -160,7 +160,7 @@ def test_worker_processes_serve_the_calibrated_pipeline_too(cnn_path, calibratio
             calibration=str(calibration),
             validate=False,
             jobs=jobs,
-            search="grid",
+            search="fast",  # a continuous search: the workers are processes
             sensitivity_samples=8,  # the default count follows the clock, which differs run to run
         )
     assert files[0].read_bytes() == files[1].read_bytes()
