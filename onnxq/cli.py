@@ -457,7 +457,9 @@ def render(report: Report) -> None:
     s, b = d["summary"], d["bytes"]
     weights = Table(title=f"compressed {s['compressed_tensors']} tensors", title_justify="left")
     for col in ("tensor", "shape", "groups", "bits", "rounding", "corr", "SQNR dB", "bytes"):
-        weights.add_column(col, justify="left" if col in ("tensor", "shape") else "right")
+        text = col in ("tensor", "shape")
+        # A long name wraps within its cell rather than losing its end: the user copies it.
+        weights.add_column(col, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
     for w in d["weights"]:
         weights.add_row(
             Text(w["name"]),  # names are the model's: never read as rich markup
@@ -486,9 +488,9 @@ def render(report: Report) -> None:
         for x in d["skipped"]:
             by_reason.setdefault(x["reason"], []).append(x["name"])
         skipped = Table(title=f"left in float: {len(d['skipped'])} tensors", title_justify="left")
-        skipped.add_column("reason")
+        skipped.add_column("reason", overflow="fold")
         skipped.add_column("tensors", justify="right")
-        skipped.add_column("for example")
+        skipped.add_column("for example", overflow="fold")
         for reason, names in by_reason.items():
             example = ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
             skipped.add_row(Text(reason), str(len(names)), Text(example))
@@ -526,7 +528,11 @@ def render_validation(v: Validation) -> None:
         title_justify="left",
     )
     for col in ("output", "max abs", "rel L2", "cosine", "SQNR dB", "top-1 agree"):
-        table.add_column(col, justify="left" if col == "output" else "right")
+        table.add_column(
+            col,
+            justify="left" if col == "output" else "right",
+            overflow="fold" if col == "output" else "ellipsis",
+        )
     for o in v.outputs:
         table.add_row(
             Text(o.name),

@@ -575,3 +575,23 @@ def test_names_that_look_like_rich_markup_are_printed_as_they_are(tmp_path):
     no_traceback(result)
     assert result.exit_code == 0
     assert "[/]" in result.stdout and "[bold]y" in result.stdout
+
+
+def test_long_names_wrap_in_the_terminal_tables_and_are_never_cut(tmp_path):
+    from conftest import tiny_model
+
+    model, _ = tiny_model()
+    long = "encoder.layers.0.attention.self.query_projection.weight_" + "x" * 60
+    for t in model.graph.initializer:
+        if t.name == "mm.b":
+            t.name = long
+    for node in model.graph.node:
+        node.input[:] = [long if i == "mm.b" else i for i in node.input]
+    src = tmp_path / "long.onnx"
+    onnx.save(model, src)
+    result = invoke("compress", src, tmp_path / "out.onnx", "--samples", "1")
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout
+    cells = "".join(line.split("│")[1].strip() for line in result.stdout.splitlines() if line.count("│") > 2)
+    assert long in cells  # the name's pieces, read down its column, make it whole
+    assert all(len(line) <= 100 for line in result.stdout.splitlines())
