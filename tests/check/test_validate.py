@@ -328,3 +328,15 @@ def test_a_large_output_is_validated_unfolded_with_the_same_numbers(tmp_path, ti
     assert not any("validated without graph optimizations" in n for n in folded.notes)
     for a, b in zip(folded.validation.outputs, unfolded.validation.outputs):
         assert b.cosine == pytest.approx(a.cosine, abs=1e-6)
+
+
+def test_a_large_fold_output_says_what_loading_it_will_need(tmp_path, tiny_path, monkeypatch):
+    from onnxq import api
+
+    monkeypatch.setattr(api, "UNFOLDED_WEIGHTS", 0)
+    report = onnxq.compress(tiny_path, tmp_path / "a.onnx", jobs=1, validate=False)
+    (note,) = [n for n in report.notes if n.startswith("creating an onnxruntime session")]
+    folded = sum(w.elements for w in report.weights)  # the tiny embedding table is folded whole too
+    assert f"decoders of {folded:,} weights" in note
+    qdq = onnxq.compress(tiny_path, tmp_path / "b.onnx", jobs=1, validate=False, format="qdq")
+    assert not any(n.startswith("creating an onnxruntime session") for n in qdq.notes)
