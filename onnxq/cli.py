@@ -36,7 +36,7 @@ from onnxq.quant.quantize import SCALES, SEARCHES
 from onnxq.storage import DEFAULT_FORMAT, FORMATS
 
 HELP = "Shrink the weights of trained ONNX models to a few bits each, without retraining."
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, rich_markup_mode=None)
 out = Console()
 err = Console(stderr=True)
 

@@ -595,3 +595,13 @@ def test_long_names_wrap_in_the_terminal_tables_and_are_never_cut(tmp_path):
     cells = "".join(line.split("│")[1].strip() for line in result.stdout.splitlines() if line.count("│") > 2)
     assert long in cells  # the name's pieces, read down its column, make it whole
     assert all(len(line) <= 100 for line in result.stdout.splitlines())
+
+
+def test_compress_help_fits_80_columns_without_cutting_words():
+    result = CliRunner().invoke(app, ["compress", "--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert "…" not in result.output
+    assert "--search <str>" in result.output and "under GPTQ rounding" in flat(result.output)
+    assert len(lines) < 120  # 221 lines in rich's boxes, with most words cut
