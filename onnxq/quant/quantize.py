@@ -137,6 +137,12 @@ def _encode(values: np.ndarray, live: np.ndarray, bits: int, zero_code: bool):
 CHUNK_WEIGHTS = 1 << 20  # quantize works on about this many weights at a time
 
 
+def _parts(groups: int, n: int) -> list[slice]:
+    """Slices of the groups (rows of n weights) of about CHUNK_WEIGHTS weights each."""
+    step = max(1, CHUNK_WEIGHTS // max(1, n))
+    return [slice(i, min(groups, i + step)) for i in range(0, groups, step)]
+
+
 class _Rows:
     """The rows of w (groups, n) a part at a time, so that quantize's working arrays (some 70
     bytes per weight) stay near CHUNK_WEIGHTS weights, whatever the tensor's size. Every step
@@ -145,14 +151,13 @@ class _Rows:
     def __init__(self, w: np.ndarray):
         self.w = w
         g, n = w.shape
-        step = max(1, CHUNK_WEIGHTS // max(1, n))
-        self.parts = [slice(i, min(g, i + step)) for i in range(0, g, step)]
-        peak = np.zeros(g)
+        self.parts = _parts(g, n)
+        self.peak = np.zeros(g)  # NaN where a group holds a NaN, inf where it holds an infinity
         for p in self.parts:
             if n:
-                peak[p] = np.abs(w[p]).max(axis=1)
-        self.live = peak > 0
-        self.norm = np.where(self.live, peak, 1.0)
+                self.peak[p] = np.abs(w[p]).max(axis=1)
+        self.live = self.peak > 0
+        self.norm = np.where(self.live, self.peak, 1.0)
 
     def w64(self, rows) -> np.ndarray:
         return np.asarray(self.w[rows], dtype=np.float64)
@@ -347,7 +352,7 @@ def quantize(
         raise ValueError(f"search must be one of {SEARCHES}")
     w = np.asarray(w)
     rows = _Rows(w)
-    if not all(np.all(np.isfinite(w[p])) for p in rows.parts):
+    if not np.all(np.isfinite(rows.peak)):  # the largest magnitude of each group tells
         raise ValueError("weights contain NaN or Inf")
     if codebook.candidates():
         return _least_error(
@@ -447,7 +452,7 @@ def with_codes(q: QuantizedTensor, w: np.ndarray, codes: np.ndarray) -> Quantize
     w = np.asarray(w).reshape(codes.shape)
     table = q.level_table()
     err = energy = dot = dd = 0.0
-    for p in _Rows(w).parts:
+    for p in _parts(*codes.shape):
         w64 = np.asarray(w[p], dtype=np.float64)
         deq = (
             np.take_along_axis(table[p], codes[p].astype(np.int64), axis=1)

@@ -236,9 +236,10 @@ def test_nan_weight_in_a_constant_node_raises_too(rng):
         onnxq.compress_model(model)
 
 
-def test_quantize_refuses_nan():
-    with pytest.raises(ValueError):
-        quantize(np.array([[np.nan, 1.0, 2.0]], np.float32), CODEBOOKS["exponential"], 5, "lsq")
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_quantize_refuses_nan(bad):
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        quantize(np.array([[1.0, bad, 2.0], [1.0, 3.0, 2.0]], np.float32), CODEBOOKS["exponential"], 5, "lsq")
 
 
 # ---------------------------------------------------------------------------
