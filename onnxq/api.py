@@ -515,8 +515,8 @@ def _load_note(report: Report, config: Config) -> list[str]:
     note = (
         f"creating an onnxruntime session for this output will need about "
         f"{FOLD_PEAK_BYTES * folded / 1e9:.1f} GB for a while: it folds the decoders of {folded:,} "
-        "weights into float weights, at about 45 bytes per weight; --bits 4 --codebook linear "
-        "--format matmulnbits keeps MatMul weights packed in memory"
+        f"weights into float weights, at about {FOLD_PEAK_BYTES} bytes per weight; --bits 4 "
+        "--codebook linear --format matmulnbits keeps MatMul weights packed in memory"
     )
     return [note]
 
@@ -628,8 +628,8 @@ def _validate(
     if literal:
         report.notes.append(
             "validated without graph optimizations: onnxruntime would fold the decoders into float "
-            "weights at about 45 bytes per weight while creating the session; unfolded, they run on "
-            "each batch and the session holds the packed weights"
+            f"weights at about {FOLD_PEAK_BYTES} bytes per weight while creating the session; "
+            "unfolded, they run on each batch and the session holds the packed weights"
         )
     return validate.validate_samples(src, tmp, specs, samples, what, real, gates, config.batch, literal)
 
@@ -686,9 +686,9 @@ def compress(
     t = time.perf_counter()
     tmp = io.write_temp(out, dst_path)
     del out  # the graph and its packed weights are in the file now
-    external = io.has_external_data(tmp)
+    data_beside = io.has_external_data(tmp)
     try:
-        if external:
+        if data_beside:
             report.notes.append(f"the output is over 2 GB: its tensors are in {io.data_file(dst_path).name}")
         io.check_written(tmp, Path(src))
         report.output.settle(io.written_size(tmp, dst_path))
@@ -704,7 +704,7 @@ def compress(
         io.commit(tmp, dst_path)
     finally:
         io.discard(tmp, dst_path)
-    if external:  # the graph names its data file's final name now, a shorter one
+    if data_beside:  # the graph names its data file's final name now, a shorter one
         report.output.settle(dst_path.stat().st_size + io.data_file(dst_path).stat().st_size)
     return report
 
