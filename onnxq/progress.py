@@ -63,12 +63,13 @@ def _bar(console: Console) -> Iterator[Callback]:
         transient=True,
     ) as bar:
         task = bar.add_task("", total=None, stage="", item="")
-        current = [""]
+        current = ""
 
         def update(done: int, total: int, text: str) -> None:
+            nonlocal current
             stage, item = split(text)
-            if stage != current[0]:  # a new stage: its own clock, so the estimate is its own
-                current[0] = stage
+            if stage != current:  # a new stage: its own clock, so the estimate is its own
+                current = stage
                 bar.reset(
                     task, total=total or None, stage=f"{time.monotonic() - start:6.0f}s {stage}", item=""
                 )

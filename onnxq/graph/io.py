@@ -328,7 +328,7 @@ def check_written(tmp: Path, original: Path | None = None) -> None:
 
 def _full_check(model: onnx.ModelProto | Path, original: onnx.ModelProto | Path | None) -> None:
     try:
-        onnx.checker.check_model(str(model) if isinstance(model, Path) else model, full_check=True)
+        _checker(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         why = _full_check_failure(original) if original is not None else None
         if why:
@@ -339,13 +339,18 @@ def _full_check(model: onnx.ModelProto | Path, original: onnx.ModelProto | Path 
         raise RuntimeError(f"onnxq produced an invalid model: {exc}") from exc  # a bug in onnxq
 
 
+def _checker(model: onnx.ModelProto | Path) -> None:
+    """onnx's full check, of a model in memory or of a file (by path, with its external data)."""
+    onnx.checker.check_model(str(model) if isinstance(model, Path) else model, full_check=True)
+
+
 def _full_check_failure(model: onnx.ModelProto | Path) -> str | None:
     """The first line of why a model (or the model file) fails onnx's full check, or None if it
     passes."""
     if isinstance(model, onnx.ModelProto) and model_bytes(model) >= PROTOBUF_LIMIT:
         return None
     try:
-        onnx.checker.check_model(str(model) if isinstance(model, Path) else model, full_check=True)
+        _checker(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         return first_line(exc)
     return None
