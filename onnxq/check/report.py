@@ -9,6 +9,9 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
+from onnxq import __version__
 from onnxq.check.validate import Validation
 
 SCHEMA_VERSION = 2  # 2: validation says what it ran on (inputs, real, shapes), its gates and verdict
@@ -56,6 +59,31 @@ class Bytes:
 
 
 @dataclass
+class LevelPicture:
+    """One group of a weight (its worst, by SQNR) as a histogram, with the levels its codes take:
+    what the HTML report draws. Kept in memory only, never in the JSON."""
+
+    group: int  # which row of the (groups, n) layout
+    counts: list[int]
+    edges: list[float]  # len(counts) + 1 bin edges
+    levels: list[float]  # the group's 2^bits levels
+    sqnr_db: float  # of this group alone
+
+    @classmethod
+    def of(cls, rows: np.ndarray, levels: np.ndarray, restored: np.ndarray, bins: int = 80) -> LevelPicture:
+        """rows, restored: (groups, n) weights and what the codes rebuild; levels: (groups, 2^bits)."""
+        signal = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+        error = rows - restored
+        noise = np.einsum("ij,ij->i", error, error, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sqnr = 10 * np.log10(signal / noise)
+        sqnr = np.where(np.isnan(sqnr), np.inf, sqnr)
+        g = int(np.argmin(sqnr))
+        counts, edges = np.histogram(rows[g], bins=bins)
+        return cls(g, counts.tolist(), edges.tolist(), sorted(set(levels[g].tolist())), float(sqnr[g]))
+
+
+@dataclass
 class Report:
     """Truthy when validation passed (or did not run)."""
 
@@ -68,6 +96,9 @@ class Report:
     validation: Validation | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     calibration: str | None = None  # which data the data-driven steps ran on, if any
+    paths: dict[str, str] = field(default_factory=dict)  # input, output: set by api.compress
+    # For the HTML report, per weight name; None when compress was not asked to keep them.
+    pictures: dict[str, LevelPicture] | None = field(default=None, repr=False)
 
     def __bool__(self) -> bool:
         return self.validation is None or bool(self.validation)
@@ -102,6 +133,8 @@ class Report:
         return _finite(
             {
                 "schema_version": SCHEMA_VERSION,
+                "onnxq_version": __version__,
+                "paths": self.paths,
                 "config": self.config,
                 "summary": {
                     "input_bytes": self.input_bytes,
@@ -134,7 +167,8 @@ class Report:
         lines = [
             "# onnxq compression report",
             "",
-            f"- config: `{json.dumps(self.config)}`",
+            f"- onnxq {__version__}",
+            *[f"- {role}: `{path}`" for role, path in self.paths.items()],
             f"- data: {self.calibration or 'none (no step needed calibration data)'}",
             (
                 f"- size: {s['input_bytes']:,} -> {s['output_bytes']:,} bytes "
@@ -150,6 +184,11 @@ class Report:
         ]
         for key in ("indices", "codebooks", "float_tensors", "graph"):
             lines.append(f"| {key} | {b[key]:,} | {_pct(b[key], b['total'])} |")
+        lines += ["", "## Settings", "", "| setting | value |", "|---|---|"]
+        lines += [f"| {k} | {_cell(v)} |" for k, v in self.config.items()]
+        if self.seconds:
+            lines += ["", "## Time", "", "| stage | seconds |", "|---|---:|"]
+            lines += [f"| {k} | {v:.2f} |" for k, v in self.seconds.items()]
         if d["validation"]:
             v = d["validation"]
             lines += [
@@ -185,11 +224,31 @@ class Report:
                 f"| {w['index_bytes']:,} | {w['codebook_bytes']:,} | {_num(w['correlation'], 5)} "
                 f"| {_num(w['sqnr_db'], 1)} |"
             )
-        lines += ["", "## Skipped float tensors", "", "| name | shape | reason |", "|---|---|---|"]
-        lines += [f"| {x['name']} | {x['shape']} | {x['reason']} |" for x in d["skipped"]]
+        lines += self._skipped_markdown()
         if d["notes"]:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in d["notes"]]
         return "\n".join(lines) + "\n"
+
+    def _skipped_markdown(self) -> list[str]:
+        """Biases as one count line per reason (they all stay float, by design); every other
+        skipped tensor as a row with its reason."""
+        biases: dict[str, int] = {}
+        rows = []
+        for x in self.skipped:
+            if x.reason.startswith("bias of "):
+                biases[x.reason] = biases.get(x.reason, 0) + 1
+            else:
+                rows.append(f"| {x.name} | {list(x.shape)} | {x.reason} |")
+        lines = ["", "## Skipped float tensors", ""]
+        lines += [f"- {n} tensor{'s' * (n != 1)}: {reason}" for reason, n in biases.items()]
+        if rows:
+            lines += ["", "| name | shape | reason |", "|---|---|---|", *rows]
+        return lines
+
+
+def _cell(value) -> str:
+    """A config value in a Markdown cell: JSON, with the pipe escaped."""
+    return f"`{json.dumps(value)}`".replace("|", "\\|")
 
 
 def _num(x, digits: int) -> str:

@@ -132,7 +132,12 @@ def test_markdown(report):
     assert "## Compressed weights" in md and "## Skipped float tensors" in md
     for name in WEIGHT_NAMES:
         assert any(line.startswith(f"| {name} |") for line in lines)
-    assert any(line.startswith("| conv.b | [8] | bias of Conv") for line in lines)
+    # Biases are one count line per reason, not a row each; the version, paths and settings are there.
+    assert "- 1 tensor: bias of Conv (biases stay in float)" in lines
+    assert not any(line.startswith("| conv.b |") for line in lines)
+    assert f"- onnxq {onnxq.__version__}" in lines
+    assert any(line.startswith("- input: `") and line.endswith("tiny.onnx`") for line in lines), lines[:8]
+    assert "| bits | `4` |" in lines
     # Every table row has as many cells as its header.
     header_cells = None
     for line in lines:
