@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import onnx
@@ -16,12 +17,13 @@ from onnx import numpy_helper
 
 from onnxq import jobs, runtime
 from onnxq.check import validate
-from onnxq.check.report import Bytes, Report, SkipReport, WeightReport
+from onnxq.check.report import Bytes, LevelPicture, Report, SkipReport, WeightReport
 from onnxq.check.validate import DEFAULT_BATCH
 from onnxq.data import samples as data
 from onnxq.data import synthetic
 from onnxq.errors import OnnxqError, first_line
 from onnxq.graph import constfold, external, io, rewrite
+from onnxq.graph.rewrite import group_rows
 from onnxq.graph.select import FLOAT_TYPES, Weight, find_weights, iter_graphs
 from onnxq.quant.codebooks import CODEBOOKS, DEFAULT_CODEBOOK
 from onnxq.quant.quantize import DEFAULT_SEARCH, SCALES, SEARCHES, QuantizedTensor
@@ -249,6 +251,7 @@ def _quantize_all(
             progress,
             "quantizing",
             release=not config.needs_data(),  # nothing reads the float values again
+            before_release=None if report.pictures is None else partial(_keep_picture, report.pictures),
         )
         t = time.perf_counter()
         if gptq:
@@ -438,17 +441,20 @@ def _compress(
     source: Path | None = None,
     plan_for_validation: bool = False,
     owned: bool = False,
+    pictures: bool = False,
 ) -> tuple[onnx.ModelProto, Report, synthetic.Plan | None]:
     """compress_model, and the synthetic inputs' plan when one was made (for validation, or for
     data-driven steps without calibration). source: the model's file, for its float session and
     for the values of tensors left in their external files (external.py). owned: the model was
-    read for this call alone, and is rewritten in place instead of copied."""
+    read for this call alone, and is rewritten in place instead of copied. pictures: keep each
+    weight's worst group for the HTML report (Report.pictures)."""
     config.check()
     start = time.perf_counter()
     original = model
     if not owned:
         model = copy.deepcopy(model)
     report = Report(config=_config_dict(config), input_bytes=io.model_bytes(model))
+    report.pictures = {} if pictures else None
     read = external.reader(source.parent) if source is not None else numpy_helper.to_array
     weights, skips = _select(model, config, report, read)
     plan = None
@@ -466,6 +472,9 @@ def _compress(
     report.weights = [
         _weight_report(w, q, fmt, done.biases.get(w.name, [])) for w, q in zip(done.weights, done.tensors)
     ]
+    if report.pictures is not None:
+        for w, q in zip(done.weights, done.tensors):
+            _keep_picture(report.pictures, w, q)
     # The rewrite takes the only references to the codes, and drops each batch's once it is stored.
     items = list(zip(done.weights, done.tensors))
     done.tensors = []
@@ -592,6 +601,21 @@ def _weight_report(w: Weight, q: QuantizedTensor, fmt, biases: list[str]) -> Wei
     )
 
 
+# Tensors above this many weights get no picture: the worst-group search would copy them twice.
+PICTURE_MAX_WEIGHTS = 1 << 24
+
+
+def _keep_picture(pictures: dict[str, LevelPicture], w: Weight, q: QuantizedTensor) -> None:
+    """The weight's worst group with its levels, for the HTML report, unless it is kept already,
+    too large, or let go (a weight read lazily is dropped once quantized: kept before that)."""
+    if w.name in pictures or w.array.size > PICTURE_MAX_WEIGHTS or external.is_released(w.array):
+        return
+    granularity = _granularity(w, q)
+    rows = group_rows(w, granularity, q.codes.shape[1] if granularity == "block" else None)
+    if rows.shape == q.codes.shape:
+        pictures[w.name] = LevelPicture.of(rows, q.level_table(), q.dequantized)
+
+
 def _granularity(w: Weight, q: QuantizedTensor) -> str:
     channels = w.array.shape[w.axis] if w.array.ndim >= 2 else 1
     if q.groups == 1 and channels > 1:
@@ -647,12 +671,14 @@ def compress(
     dst: str | os.PathLike,
     config: Config | None = None,
     progress: Progress | None = None,
+    pictures: bool = False,
     **options,
 ) -> Report:
     """Compress the model at src into dst, validate it, and return the report.
 
     Options are Config fields (e.g. bits=5); dst is written atomically and src is
-    never modified. --inputs is read and checked before any work.
+    never modified. --inputs is read and checked before any work. pictures: keep what the HTML
+    report draws (onnxq.check.html.to_html), at the cost of one more pass over each weight.
     """
     if config is None:
         try:
@@ -678,9 +704,12 @@ def compress(
             config.inputs, data.input_specs(model), "inputs file"
         )  # fail now, not after the work
     wants_plan = config.validate and config.inputs is None and config.calibration is None
-    out, report, plan = _compress(model, config, progress, Path(src), wants_plan, owned=True)
+    out, report, plan = _compress(
+        model, config, progress, Path(src), wants_plan, owned=True, pictures=pictures
+    )
     report.seconds["load"] = load_seconds
     report.input_bytes = input_bytes
+    report.paths = {"input": str(src), "output": str(dst_path)}
     if progress:
         progress(0, 0, "writing the output")
     t = time.perf_counter()

@@ -25,6 +25,7 @@ from onnxq.api import (
     compress,
     default_jobs,
 )
+from onnxq.check import html
 from onnxq.check.decompress import decompress
 from onnxq.check.report import Report
 from onnxq.check.validate import DEFAULT_BATCH, DEFAULT_MIN_COSINE, Validation, compare_models
@@ -142,7 +143,10 @@ _MinElements = Annotated[int, typer.Option(min=1, help="Leave tensors smaller th
 _Exclude = Annotated[
     list[str] | None, typer.Option(help="Regex on tensor or node names to leave in float; repeatable.")
 ]
-_Report = Annotated[Path | None, typer.Option(help="Write the report: .json or .md.")]
+_Report = Annotated[
+    Path | None,
+    typer.Option(help="Write the report: .json, .md, or .html (plots; needs the onnxq[report] extra)."),
+]
 _Inputs = Annotated[Path | None, typer.Option(help="Validation inputs: an .npz keyed by graph input name.")]
 _Dim = Annotated[
     list[str] | None,
@@ -315,9 +319,17 @@ def compress_cmd(
     _compress_with_progress(src, dst, config, report)
 
 
+REPORT_WRITERS = {".json": Report.to_json, ".md": Report.to_markdown, ".html": html.to_html}
+
+
 def _check_report_and_excludes(report: Path | None, exclude: list[str] | None) -> None:
-    if report is not None and report.suffix not in (".json", ".md"):
-        raise typer.BadParameter("the report must end in .json or .md", param_hint="--report")
+    if report is not None and report.suffix not in REPORT_WRITERS:
+        raise typer.BadParameter("the report must end in .json, .md or .html", param_hint="--report")
+    if report is not None and report.suffix == ".html":
+        try:
+            html.require()
+        except OnnxqError as exc:
+            fail(exc)
     if report is not None and not report.parent.resolve().is_dir():
         fail(OnnxqError(f"report folder {report.parent} does not exist; create it or choose another path"))
     for pattern in exclude or ():
@@ -346,14 +358,16 @@ def _compress_with_progress(src: Path, dst: Path, config: Config, report: Path |
     """compress with its progress shown (progress.py), the report written, the result rendered."""
     try:
         with shown(err) as progress:
-            result = compress(src, dst, config, progress)
+            result = compress(
+                src, dst, config, progress, pictures=report is not None and report.suffix == ".html"
+            )
     except OnnxqError as exc:
         fail(exc)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: {dst} was not written", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if report is not None:
-        text = result.to_json() if report.suffix == ".json" else result.to_markdown()
+        text = REPORT_WRITERS[report.suffix](result)
         try:
             io.write_text(report, text)
         except KeyboardInterrupt:

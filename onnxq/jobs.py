@@ -81,9 +81,11 @@ def run(
     progress: Progress | None,
     stage: str,
     release: bool = False,
+    before_release: Callable[[Weight, QuantizedTensor], None] | None = None,
 ) -> list[QuantizedTensor]:
     """Every job quantized, in the jobs' order. release: each weight's values are dropped once it
-    is quantized (external.released), so that a model's float weights are never all in memory."""
+    is quantized (external.released), so that a model's float weights are never all in memory;
+    before_release sees each weight and its codes while both are there."""
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0].array.size)
     out: list[QuantizedTensor | None] = [None] * len(jobs)
     if progress:
@@ -111,6 +113,8 @@ def run(
                 # holds are bounded by that, not by the model's size.
                 for done, i, q in _in_order(order, submit, IN_FLIGHT * workers):
                     out[i] = q
+                    if release and before_release is not None:
+                        before_release(jobs[i][0], q)
                     if release:
                         jobs[i][0].array = external.released(jobs[i][0].array)
                     if progress:

@@ -79,6 +79,11 @@ def released(array: np.ndarray) -> np.ndarray:
     return np.broadcast_to(np.zeros((), array.dtype), array.shape)
 
 
+def is_released(array: np.ndarray) -> bool:
+    """Whether the array is a released() stand-in rather than a weight's values."""
+    return array.size > 1 and not any(array.strides) and not array.flags.writeable
+
+
 def load_remaining(model: onnx.ModelProto, folder: Path) -> None:
     """Load the values of every tensor still in its external file into the model."""
     for tensor in all_tensors(model):
