@@ -28,7 +28,8 @@ def by_name(items) -> dict:
 def test_tiny_model_weights_and_axes(tiny):
     weights, skips = find_weights(tiny[0], 128)
     got = {w.name: w.axis for w in weights}
-    # README: Conv axis 0, ConvTranspose axis 1, Gemm by transB, MatMul the output-feature axis, Gather rows.
+    # docs/METHOD.md: Conv axis 0, ConvTranspose axis 1, Gemm by transB, MatMul the output-feature
+    # axis, Gather rows.
     assert got == {"conv.w": 0, "convt.w": 1, "mm.b": 1, "gemm.b": 0, "gemm2.b": 1, "emb": 0}
     assert by_name(weights)["conv.w"].uses == ["Conv input 1"]
     assert by_name(weights)["emb"].uses == ["Gather input 0"]

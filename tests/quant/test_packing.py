@@ -43,7 +43,7 @@ def test_extreme_codes_survive(bits):
 
 
 def test_documented_layout_for_3_bits():
-    # README: plane 0 holds every code's high bit, eight codes per byte, the first code
+    # docs/FORMATS.md: plane 0 holds every code's high bit, eight codes per byte, the first code
     # in the byte's high bit; then the middle bits; then the low bits.
     codes = np.array([0b101, 0b011, 0b111, 0b000, 0b100, 0b010, 0b001, 0b110, 0b111])
     blob = pack_bits(codes, 3)

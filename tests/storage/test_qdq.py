@@ -225,7 +225,7 @@ def test_blocks_across_several_input_axes_fail_clearly():
 
 
 def test_default_session_options_use_approximate_matmulnbits():
-    """Documented in the README: default onnxruntime sessions lose about 5e-3 on a qdq MatMul."""
+    """Documented in docs/FORMATS.md: default onnxruntime sessions lose about 5e-3 on a qdq MatMul."""
     model, feeds = mm_model()
     out, _ = compress(model, 4)
     options = ort.SessionOptions()
