@@ -1,6 +1,7 @@
 """The Report of one compression: what was done, what it cost, how close it is.
 
-Serialized as JSON (schema_version 2, documented in the README) and Markdown.
+Serialized as JSON (schema_version 2, documented in docs/FORMATS.md), Markdown, and HTML
+(check/html.py).
 """
 
 from __future__ import annotations

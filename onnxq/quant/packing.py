@@ -1,6 +1,6 @@
 """Exact b-bit packing as bit planes: codes in [0, 2^b) -> ceil(n/8) * b bytes, and back.
 
-Layout (documented in the README): the codes are padded with zeros to a
+Layout (documented in docs/FORMATS.md): the codes are padded with zeros to a
 multiple of 8. Plane j (j = 0 .. b-1) holds bit b-1-j of every code, the most
 significant first, eight codes per byte, the first code in the byte's most
 significant bit (numpy.packbits order). The planes follow each other in one

@@ -394,7 +394,7 @@ def replace_consumer(
     float32 table of at least ROWS_MIN_ELEMENTS with per-row levels (and packed_rows),
     else None: the table is then stored whole and folded at session creation, as
     every other weight.
-    Measured on a 50k x 512 table at 5 bits (tools/bench.py): see the README.
+    Measured on a 50k x 512 table at 5 bits (tools/bench.py): see docs/FORMATS.md.
     """
     if (
         not packed_rows
