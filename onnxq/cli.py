@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from onnxq import __version__
+from onnxq import sweep as sweep_mod
 from onnxq.__main__ import EXIT_INTERRUPTED
 from onnxq.api import (
     GRANULARITIES,
@@ -35,6 +36,10 @@ from onnxq.progress import shown
 from onnxq.quant.codebooks import CODEBOOKS, DEFAULT_CODEBOOK
 from onnxq.quant.quantize import SCALES, SEARCHES
 from onnxq.storage import DEFAULT_FORMAT, FORMATS
+from onnxq.sweep import cells as sweep_cells
+from onnxq.sweep import front as sweep_front
+from onnxq.sweep import runners as sweep_runners
+from onnxq.sweep import table as sweep_table
 
 HELP = "Shrink the weights of trained ONNX models to a few bits each, without retraining."
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, rich_markup_mode=None)
@@ -572,3 +577,114 @@ def render_validation(v: Validation) -> None:
 
 def _fmt(x, digits: int) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+@app.command("sweep")
+def sweep_cmd(
+    model: Annotated[Path, typer.Argument(help="The float ONNX model.")],
+    inputs: _Inputs = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=V1,V2,... of a compress option to vary, e.g. bits=3,4,5 or target_bits=none,4,5; "
+            "repeatable, crossed. Keys: " + ", ".join(sweep_cells.AXES) + ". Default: bits=3,4,5,6,8 "
+            "and codebook=exponential,linear.",
+        ),
+    ] = None,
+    gate: Annotated[
+        str | None,
+        typer.Option(
+            help="METRIC>=VALUE: choose the smallest output that meets it, e.g. cosine>=0.99. "
+            "Metrics: " + ", ".join(sweep_front.METRICS) + "."
+        ),
+    ] = None,
+    metric_command: Annotated[
+        str | None,
+        typer.Option(
+            help="A command that evaluates {model} and prints a number last, e.g. "
+            "'python eval.py {model}'; its number is the metric 'metric'."
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="The sweep's folder. Default: MODEL's name + .sweep, here.")
+    ] = None,
+    calibration: _Calibration = None,
+    dim: _Dim = None,
+    batch: _Batch = DEFAULT_BATCH,
+    parallel: Annotated[
+        int | None, typer.Option(min=1, help="Cells compressed at once. Default: one per core, at most 4.")
+    ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the cells on Ray: local (a cluster on this machine), auto, or ray://HOST:PORT. "
+            "Needs onnxq[ray], and the same paths on every node."
+        ),
+    ] = None,
+) -> None:
+    """Compress MODEL over a grid of settings and measure each output; print the size/accuracy
+    Pareto front and the smallest setting that meets --gate. Finished cells are kept: a re-run
+    skips them."""
+    folder = out_dir or Path(model.name.removesuffix(".onnx") + ".sweep")
+    try:  # a malformed grid or gate is a usage error
+        axes = dict(sweep_cells.parse_axis(g) for g in grid) if grid else None
+        if gate:
+            sweep_front.Gate.parse(gate)
+    except OnnxqError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        workers = parallel or sweep_runners.default_parallel()
+        runner = sweep_runners.on_ray(ray, workers) if ray else sweep_runners.local(workers)
+        with shown(err) as progress:
+            result = sweep_mod.sweep(
+                model,
+                folder,
+                axes,
+                gate,
+                metric_command,
+                runner,
+                progress,
+                inputs=str(inputs) if inputs else None,
+                batch=batch,
+                dims=_dims(dim or []),
+                calibration=str(calibration) if calibration else None,
+            )
+    except OnnxqError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: the cells finished so far are kept in {folder}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    render_sweep(result)
+    if not result:
+        typer.echo(f"error: no setting meets --gate {result.gate}", err=True)
+        raise typer.Exit(EXIT_VALIDATION)
+
+
+SWEEP_HEADERS = {"output_bytes": "MB", "agreement": "agree", "sqnr": "SQNR dB", "rel_l2": "rel L2"}
+
+
+def render_sweep(result) -> None:
+    """The front at 80 columns: the setting wraps, the numbers keep to short columns."""
+    cols = [c for c in sweep_table.shown_columns(result) if c not in ("seconds", "bits_per_weight")]
+    chosen = result.chosen
+    table = Table(title=f"Pareto front: size against {result.metric}", title_justify="left")
+    table.add_column("setting", overflow="fold", min_width=24)
+    for c in cols:
+        table.add_column(SWEEP_HEADERS.get(c, c), justify="right")
+    for r in result.front:
+        mark = " (chosen)" if chosen and r["key"] == chosen["key"] else ""
+        table.add_row(Text(r["options"] + mark), *(sweep_table.cell(r, c).removesuffix(" MB") for c in cols))
+    if result.front:
+        out.print(table)
+    failed = [r for r in result.rows if r.get("error")]
+    reused = f", {result.reused} kept from an earlier run" if result.reused else ""
+    lines = [f"cells: {len(result.rows)}{reused}, {len(failed)} failed, {len(result.refused)} refused"]
+    lines += [f"failed: {r['options']}: {r['error']}" for r in failed]
+    if result.gate:
+        lines.append(
+            f"chosen for {result.gate}: {chosen['options']}" if chosen else f"none meets {result.gate}"
+        )
+    names = ", ".join(p.name for p in result.written)
+    lines.append(f"wrote {names} and the models (models/) in {result.folder}")
+    for line in lines:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -218,3 +218,18 @@ def _safe_path() -> Iterator[None]:
             os.environ.pop("PYTHONSAFEPATH", None)
         else:
             os.environ["PYTHONSAFEPATH"] = before
+
+
+@contextmanager
+def worker_processes(workers: int) -> Iterator[Executor]:
+    """A pool of worker processes started as run starts its own (no code from the current folder,
+    Ctrl-C the parent's, gone with the parent), and stopped at once when the caller fails."""
+    with _safe_path():
+        with _sigint_blocked():
+            pool = _pool(True, workers)
+        with pool:
+            try:
+                yield pool
+            except BaseException:
+                _stop(pool)
+                raise
