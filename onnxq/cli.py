@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 from collections.abc import Callable
@@ -471,15 +472,24 @@ def fail(exc: OnnxqError) -> None:
     raise typer.Exit(EXIT_ERROR) from None
 
 
+ALL_ROWS = 8  # the terminal lists every compressed tensor up to this many
+WORST_ROWS = 3  # above it, only the worst by SQNR
+
+
 def render(report: Report) -> None:
     d = report.to_dict()
     s, b = d["summary"], d["bytes"]
-    weights = Table(title=f"compressed {s['compressed_tensors']} tensors", title_justify="left")
+    shown = d["weights"]
+    title = f"compressed {s['compressed_tensors']} tensors"
+    if len(shown) > ALL_ROWS:  # one screen: the worst few; --report lists them all
+        shown = sorted(shown, key=lambda w: w["sqnr_db"] if w["sqnr_db"] is not None else math.inf)[:WORST_ROWS]
+        title += f"; the worst {WORST_ROWS} by SQNR (--report lists all)"
+    weights = Table(title=title, title_justify="left")
     for col in ("tensor", "shape", "groups", "bits", "rounding", "corr", "SQNR dB", "bytes"):
         text = col in ("tensor", "shape")
         # A long name wraps within its cell rather than losing its end: the user copies it.
         weights.add_column(col, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
-    for w in d["weights"]:
+    for w in shown:
         weights.add_row(
             Text(w["name"]),  # names are the model's: never read as rich markup
             "x".join(map(str, w["shape"])),
@@ -531,7 +541,7 @@ def render(report: Report) -> None:
         highlight=False,
     )
     widths = report.widths()
-    if len(widths) > 1 or "float" in widths:
+    if widths:
         total = sum(widths.values())
         shown = ", ".join(f"{k}: {n} ({100 * n / total:.0f}%)" for k, n in widths.items())
         out.print(f"widths (tensors): {shown}", markup=False, highlight=False)

@@ -605,3 +605,26 @@ def test_compress_help_fits_80_columns_without_cutting_words():
     assert "…" not in result.output
     assert "--search <str>" in result.output and "under GPTQ rounding" in flat(result.output)
     assert len(lines) < 120  # 221 lines in rich's boxes, with most words cut
+
+
+def test_summary_lists_the_worst_tensors_of_a_large_model(tmp_path):
+    """Over cli.ALL_ROWS tensors, the terminal shows the worst few by SQNR; the report has all."""
+    rng = np.random.default_rng(0)
+    count = cli.ALL_ROWS + 4
+    nodes, inits = [], []
+    for i in range(count):
+        # Heavier tails give lower SQNR: the worst are the last ones.
+        w = rng.standard_t(2 + 30 / (i + 1), (16, 16)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [f"h{i}" if i else "x", f"w{i}"], [f"h{i + 1}"]))
+    src = tmp_path / "deep.onnx"
+    onnx.save(make_model(nodes, [value("x", [1, 16])], [value(f"h{count}", [1, 16])], inits), src)
+    result = invoke("compress", src, tmp_path / "out.onnx", "--bits", "3", "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    sqnr = {w["name"]: w["sqnr_db"] for w in json.loads((tmp_path / "r.json").read_text())["weights"]}
+    worst = sorted(sqnr, key=sqnr.get)[: cli.WORST_ROWS]
+    rows = [line.split("│")[1].strip() for line in result.stdout.splitlines() if line.count("│") > 7]
+    tensor_rows = [r for r in rows if r in sqnr]
+    assert sorted(tensor_rows) == sorted(worst)
+    assert f"compressed {count} tensors; the worst {cli.WORST_ROWS} by SQNR" in flat(result.stdout)
+    assert "widths (tensors): 3 bits: 12 (100%)" in flat(result.stdout)
