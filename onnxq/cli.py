@@ -6,6 +6,7 @@ import math
 import re
 import signal
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -153,6 +154,15 @@ _Report = Annotated[
     Path | None,
     typer.Option(help="Write the report: .json, .md, or .html (plots; needs the onnxq[report] extra)."),
 ]
+_Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print errors alone; the exit code tells the rest.")
+]
+_Json = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print the report as JSON on stdout instead of the summary; progress stays on stderr."
+    ),
+]
 _Inputs = Annotated[Path | None, typer.Option(help="Validation inputs: an .npz keyed by graph input name.")]
 _Dim = Annotated[
     list[str] | None,
@@ -289,8 +299,12 @@ def compress_cmd(
     fold_constants: _FoldConstants = True,
     bias_correction: _BiasCorrection = None,
     jobs: _Jobs = None,
+    quiet: _Quiet = False,
+    as_json: _Json = False,
 ) -> None:
     """Compress the weights of SRC into DST and check the result in onnxruntime."""
+    if quiet and as_json:
+        raise typer.BadParameter("choose one of --quiet and --json", param_hint="--quiet")
     _check_report_and_excludes(report, exclude)
     _check_report_path(report, src, dst)
     config = Config(
@@ -322,7 +336,8 @@ def compress_cmd(
         fold_constants=fold_constants,
         jobs=jobs or default_jobs(),
     )
-    _compress_with_progress(src, dst, config, report)
+    show = "quiet" if quiet else "json" if as_json else "summary"
+    _compress_with_progress(src, dst, config, report, show)
 
 
 REPORT_WRITERS = {".json": Report.to_json, ".md": Report.to_markdown, ".html": html.to_html}
@@ -360,10 +375,11 @@ def _check_report_path(report: Path | None, src: Path, dst: Path) -> None:
         fail(OnnxqError(f"--report {report} is where the output goes; choose another report path"))
 
 
-def _compress_with_progress(src: Path, dst: Path, config: Config, report: Path | None) -> None:
-    """compress with its progress shown (progress.py), the report written, the result rendered."""
+def _compress_with_progress(src: Path, dst: Path, config: Config, report: Path | None, show: str) -> None:
+    """compress with its progress shown (progress.py), the report written, the result rendered.
+    show: summary (progress and the summary), quiet (errors alone) or json (the report on stdout)."""
     try:
-        with shown(err) as progress:
+        with shown(err) if show != "quiet" else nullcontext() as progress:
             result = compress(
                 src, dst, config, progress, pictures=report is not None and report.suffix == ".html"
             )
@@ -381,11 +397,17 @@ def _compress_with_progress(src: Path, dst: Path, config: Config, report: Path |
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except OSError as exc:
             fail(OnnxqError(f"{dst} was written, but the report {report} could not be: {exc.strerror}"))
-    render(result)
-    written = f"wrote {dst}" + (f" and {report}" if report is not None else "")
-    out.print(written, markup=False, highlight=False, soft_wrap=True)  # a path to copy, unbroken
+    if show == "json":
+        typer.echo(result.to_json())
+    elif show == "summary":
+        render(result)
+        written = f"wrote {dst}" + (f" and {report}" if report is not None else "")
+        out.print(written, markup=False, highlight=False, soft_wrap=True)  # a path to copy, unbroken
     if not result:
-        typer.echo(f"error: {dst} was written, but it failed its validation gate (see above)", err=True)
+        where = (
+            " (see above)" if show == "summary" else ": see its validation.failures" if show == "json" else ""
+        )
+        typer.echo(f"error: {dst} was written, but it failed its validation gate{where}", err=True)
         raise typer.Exit(EXIT_VALIDATION)
 
 
@@ -482,7 +504,9 @@ def render(report: Report) -> None:
     shown = d["weights"]
     title = f"compressed {s['compressed_tensors']} tensors"
     if len(shown) > ALL_ROWS:  # one screen: the worst few; --report lists them all
-        shown = sorted(shown, key=lambda w: w["sqnr_db"] if w["sqnr_db"] is not None else math.inf)[:WORST_ROWS]
+        shown = sorted(shown, key=lambda w: w["sqnr_db"] if w["sqnr_db"] is not None else math.inf)[
+            :WORST_ROWS
+        ]
         title += f"; the worst {WORST_ROWS} by SQNR (--report lists all)"
     weights = Table(title=title, title_justify="left")
     for col in ("tensor", "shape", "groups", "bits", "rounding", "corr", "SQNR dB", "bytes"):

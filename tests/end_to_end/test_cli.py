@@ -98,7 +98,7 @@ def test_compress(tiny_path, tmp_path):
 def test_options_reach_the_library(tiny_path, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_compress(src, dst, config, progress=None):
+    def fake_compress(src, dst, config, progress=None, pictures=False):
         seen.update(src=src, dst=dst, config=config)
         return onnxq.Report(config={})
 
@@ -157,14 +157,17 @@ def test_options_reach_the_library(tiny_path, tmp_path, monkeypatch):
 def test_defaults_reach_the_library(tiny_path, tmp_path, monkeypatch):
     seen = []
 
-    def fake_compress(src, dst, config, progress=None):
-        seen.append(config)
+    def fake_compress(src, dst, config, progress=None, pictures=False):
+        seen.append((config, pictures))
         return onnxq.Report(config={})
 
     monkeypatch.setattr(cli, "compress", fake_compress)
     assert invoke("compress", tiny_path, tmp_path / "out.onnx").exit_code == 0
     # Only the worker processes differ: the library runs in its caller's process unless asked.
-    assert seen == [onnxq.Config(jobs=min(os.cpu_count() or 1, 8))]
+    assert seen == [(onnxq.Config(jobs=min(os.cpu_count() or 1, 8)), False)]
+    # An HTML report asks the library to keep what it draws.
+    assert invoke("compress", tiny_path, tmp_path / "out.onnx", "--report", tmp_path / "r.html").exit_code == 0
+    assert seen[-1][1] is True
 
 
 def test_report_json(tiny_path, tmp_path):
@@ -264,7 +267,7 @@ def test_min_agreement_not_met_exits_3(tiny, tiny_path, tmp_path):
         (["--target-bits", "9"], "--target-bits"),
         (["--target-bits", "nan"], "--target-bits"),
         (["--target-bits", "inf"], "--target-bits"),
-        (["--report", "r.txt"], ".json or .md"),
+        (["--report", "r.txt"], ".json, .md or .html"),
         (["--no-such-option"], "No such option"),
     ],
 )
@@ -628,3 +631,20 @@ def test_summary_lists_the_worst_tensors_of_a_large_model(tmp_path):
     assert sorted(tensor_rows) == sorted(worst)
     assert f"compressed {count} tensors; the worst {cli.WORST_ROWS} by SQNR" in flat(result.stdout)
     assert "widths (tensors): 3 bits: 12 (100%)" in flat(result.stdout)
+
+
+def test_quiet_and_json_are_for_scripts(tiny_path, tmp_path):
+    quiet = invoke("compress", tiny_path, tmp_path / "q.onnx", "--quiet", "--samples", "1")
+    assert quiet.exit_code == 0 and quiet.stdout == "" and quiet.stderr == ""
+    assert (tmp_path / "q.onnx").is_file()
+    as_json = invoke("compress", tiny_path, tmp_path / "j.onnx", "--json", "--samples", "1")
+    assert as_json.exit_code == 0, as_json.output
+    d = json.loads(as_json.stdout)  # stdout is the report and nothing else
+    assert d["summary"]["compressed_tensors"] == 6 and d["paths"]["output"] == str(tmp_path / "j.onnx")
+    both = invoke("compress", tiny_path, tmp_path / "b.onnx", "--quiet", "--json")
+    assert both.exit_code == 2 and not (tmp_path / "b.onnx").exists()
+    failed = invoke("compress", tiny_path, tmp_path / "f.onnx", "-q", "--samples", "1", "--min-sqnr", "200")
+    assert failed.exit_code == 3 and failed.stdout == ""
+    assert failed.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'f.onnx'} was written, but it failed its validation gate"
+    ]
