@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,11 @@ def run_cell(job: Job) -> dict:
         row["error"] = str(exc)
     row["seconds"] = round(time.perf_counter() - t, 2)
     return row
+
+
+def failed(job: Job, why: str) -> dict:
+    """The row of a cell that could not run."""
+    return {"key": job.cell.key, "options": job.cell.options, "settings": job.cell.as_dict(), "error": why}
 
 
 def measures(report: Report) -> dict:
@@ -149,8 +155,14 @@ def local(parallel: int) -> Runner:
             return
         with jobs.worker_processes(min(parallel, len(todo))) as pool:
             futures = [pool.submit(run_cell, job) for job in todo]
-            for future in as_completed(futures):
-                yield future.result()
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+            except BrokenProcessPool:
+                raise OnnxqError(
+                    "a sweep worker process died (out of memory?); the finished cells are kept: run "
+                    "again with a smaller --parallel"
+                ) from None
 
     return run
 
@@ -176,10 +188,14 @@ def on_ray(address: str, cpus: int | None) -> Runner:
                 ) from None
         try:
             task = ray.remote(num_cpus=1)(run_cell)
-            pending = [task.remote(job) for job in todo]
+            jobs_of = {task.remote(job): job for job in todo}
+            pending = list(jobs_of)
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
-                yield ray.get(ready[0])
+                try:
+                    yield ray.get(ready[0])
+                except ray.exceptions.RayError as exc:  # the task's worker died, or Ray gave up on it
+                    yield failed(jobs_of[ready[0]], f"its Ray task failed: {first_line(exc)}")
         finally:
             if started:
                 ray.shutdown()
