@@ -121,6 +121,17 @@ def choose(
     }
     noise = {label: float(p.sum()) for label, p in parts.items()}
     kept = _keep(parts, source.mode)
+    notes = _notes(probe, source, weights, probed, why, noise, kept, len(parts[kept]))
+    chosen = options[kept]
+    quantized = {
+        w.name: _quantized(w, chosen[w.name], computed, make) for w in weights if chosen[w.name] != FLOAT
+    }
+    return Allocation(chosen, quantized, notes)
+
+
+def _notes(probe, source: Data, weights, probed, why: str, noise: dict, kept: str, samples: int) -> list[str]:
+    """What the allocation measured, what it kept, and why, for the report."""
+    options = list(noise)
     notes = [
         (
             f"widths chosen by measured sensitivity on {probe.samples} of the {len(source.samples)} "
@@ -135,7 +146,7 @@ def choose(
     best = min(noise, key=lambda label: noise[label])
     if kept != best and source.mode == "calibration":
         notes.append(
-            f"kept {kept} although {best} measured less noise: on these {len(parts[best])} samples it "
+            f"kept {kept} although {best} measured less noise: on these {samples} samples it "
             f"is not less by {SIGNIFICANCE:g} standard errors of the per-sample difference, and an "
             "allocation chosen on the same few samples it is judged on looks better on them than it is"
         )
@@ -146,11 +157,7 @@ def choose(
             f"only below {SYNTHETIC_MARGIN:g} of the near-uniform widths' noise, since synthetic inputs can "
             "rank tensors unlike real ones do; pass --calibration to measure on real data"
         )
-    chosen = options[kept]
-    quantized = {
-        w.name: _quantized(w, chosen[w.name], computed, make) for w in weights if chosen[w.name] != FLOAT
-    }
-    return Allocation(chosen, quantized, notes)
+    return notes
 
 
 MEASURED = "the measured allocation"
