@@ -194,7 +194,7 @@ _SensitivitySamples = Annotated[
     typer.Option(
         min=1,
         help="--target-bits: samples each tensor's output noise is measured on (each tensor runs "
-        "them twice). Default: up to 16, fewer when that would take more than a minute.",
+        "them twice). Default: up to 16, fewer when that would exceed 10^12 multiply-adds.",
     ),
 ]
 _TargetBits = Annotated[

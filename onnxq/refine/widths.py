@@ -92,14 +92,14 @@ def choose(
     Without real data (source.mode synthetic) no tensor is left in float: a tensor that looks
     fragile on synthetic inputs may not be on real ones. probe_samples: the samples each tensor's
     noise is measured on; None: up to PROBE_SAMPLES, fewer (at least MIN_PROBE_SAMPLES) when
-    the measurement would take more than PROBE_SECONDS.
+    the measurement would take more than PROBE_MACS multiply-adds.
     """
     elements = sum(w.array.size for w in weights)
     budget = target_bits * elements / 8
     priced = _price(weights, computed, layers, fmt)
     if source.mode == "calibration":
         _offer_floats(weights, priced, round(target_bits))
-    probe, why = _probe(model, weights, source, probe_samples)
+    probe, why = _probe(model, weights, source, probe_samples, layers)
     curves, probed = _curves(weights, computed, priced, probe, round(target_bits), progress)
     pools = [_pool(priced, widths), _pool(priced, [b for b in WIDTHS if b <= widths[-1] and storable(b)])]
     options = {
@@ -209,29 +209,44 @@ def _significantly_less(a: np.ndarray, b: np.ndarray) -> bool:
     return float(d.mean() + SIGNIFICANCE * d.std(ddof=1) / np.sqrt(d.size)) < 0
 
 
-PROBE_SECONDS = 60.0  # the sensitivity measurement's time, when the sample count is not given
+# The sensitivity measurement's size, when the sample count is not given, follows the model's
+# work, not the clock, so that every machine chooses the same widths: each tensor runs the probe's
+# samples twice, and all of it should stay within PROBE_MACS multiply-adds (about 100 s at
+# 10^10 a second; EfficientNet-Lite0, 0.4G per image, keeps all 16 samples).
+PROBE_MACS = 1e12
 MIN_PROBE_SAMPLES = 4
 
 
-def _probe(model, weights: list[Weight], source: Data, samples: int | None) -> tuple[sensitivity.Probe, str]:
-    """The probe, on the samples asked for, or on as many as PROBE_SECONDS allow; and why that many."""
+def _probe(
+    model, weights: list[Weight], source: Data, samples: int | None, layers: dict[str, list[Layer]]
+) -> tuple[sensitivity.Probe, str]:
+    """The probe, on the samples asked for, or on as many as PROBE_MACS allow; and why that many."""
     count = samples or PROBE_SAMPLES
+    if samples is None:
+        per_sample = _macs_per_sample(weights, layers)
+        affordable = int(PROBE_MACS / max(2 * len(weights) * per_sample, 1.0))
+        count = max(MIN_PROBE_SAMPLES, min(count, affordable))
     feeds, counts = probe_feeds(source, count)
-    used = sum(counts)
     probe = sensitivity.Probe(model, weights, feeds, mask=_mask(source), counts=counts)
-    per_sample = probe.seconds / max(used, 1)
     if samples is not None:
         return probe, "--sensitivity-samples"
-    affordable = int(PROBE_SECONDS / max(2 * len(weights) * per_sample, 1e-9))
-    if affordable >= used or used <= MIN_PROBE_SAMPLES:
+    if count == PROBE_SAMPLES or sum(counts) < count:
         return probe, "--sensitivity-samples sets more"
-    fewer = max(MIN_PROBE_SAMPLES, affordable)
-    feeds, counts = probe_feeds(source, fewer)
     why = (
-        f"{fewer} rather than {used}: a sample takes {1000 * per_sample:.0f} ms and each tensor runs them "
-        f"twice, within {PROBE_SECONDS:.0f} s; --sensitivity-samples sets more"
+        f"{count} rather than {PROBE_SAMPLES}: a sample takes {per_sample / 1e9:.2g}G multiply-adds and "
+        f"each tensor runs them twice, within {PROBE_MACS:.0e}; --sensitivity-samples sets more"
     )
-    return sensitivity.Probe(model, weights, feeds, mask=_mask(source), counts=counts), why
+    return probe, why
+
+
+def _macs_per_sample(weights: list[Weight], layers: dict[str, list[Layer]]) -> float:
+    """Multiply-adds of one sample through the weights' layers: each weight's elements times the
+    output positions per sample that its layers' statistics counted (one for a weight without)."""
+    total = 0.0
+    for w in weights:
+        positions = [layer.stats.count / max(layer.stats.samples, 1) for layer in layers.get(w.name, [])]
+        total += w.array.size * (sum(positions) or 1.0)
+    return total
 
 
 def _mask(source: Data) -> str | None:

@@ -247,3 +247,38 @@ def test_with_calibration_the_least_noise_must_beat_the_baseline_on_the_samples_
     parts, kept
 ):
     assert widths._keep(parts, "calibration") == kept
+
+
+def test_the_probe_size_follows_the_model_not_the_clock(cnn_path, tmp_path, monkeypatch):
+    """The same widths on any machine: the probe's sample count comes from the layers' counted
+    multiply-adds, so a clock that runs 1000x slower changes nothing, and a model whose work
+    exceeds PROBE_MACS gets fewer samples, and says why."""
+    first, out = compress(cnn_path, tmp_path)
+    probe_note = next(n for n in first.notes if n.startswith("widths chosen by measured sensitivity"))
+    import time as time_module
+
+    real = time_module.perf_counter
+    monkeypatch.setattr(time_module, "perf_counter", lambda: real() * 1000)
+    (tmp_path / "slow").mkdir()
+    again, out2 = compress(cnn_path, tmp_path / "slow")
+    assert next(n for n in again.notes if n.startswith("widths chosen")) == probe_note
+    assert out.read_bytes() == out2.read_bytes()
+    monkeypatch.setattr(time_module, "perf_counter", real)
+    monkeypatch.setattr(widths, "PROBE_MACS", 1.0)  # every sample is over budget: the floor
+    (tmp_path / "tight").mkdir()
+    tight, _ = compress(cnn_path, tmp_path / "tight")
+    note = next(n for n in tight.notes if n.startswith("widths chosen"))
+    assert f"{widths.MIN_PROBE_SAMPLES} rather than {widths.PROBE_SAMPLES}" in note, note
+
+
+def test_macs_per_sample_counts_output_positions():
+    from onnxq.refine.calibrate import LayerStats
+    from onnxq.refine.steps import Layer
+
+    w = onnxq.api.Weight(
+        name="w", array=np.zeros((8, 3, 3, 3), np.float32), axis=0, graph=None, constant_node=None, uses=[]
+    )
+    stats = LayerStats(mean=np.zeros((1, 27)), hessian=np.zeros((1, 27, 27)), count=4 * 100, samples=4)
+    layers = {"w": [Layer(spec=None, stats=stats), Layer(spec=None, stats=stats)]}
+    assert widths._macs_per_sample([w], layers) == 216 * 100 * 2  # two layers read it
+    assert widths._macs_per_sample([w], {}) == 216  # no statistics: one position
