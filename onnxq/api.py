@@ -481,7 +481,7 @@ def _compress(
     if progress:
         progress(0, 0, "rewriting the graph")
     report.notes.extend(rewrite.replace_weights(model, items, fmt, config.group_size, config.packed_rows))
-    report.notes.extend(_load_note(report, config))
+    report.notes.extend(fmt.load_notes([(w.uses, w.elements) for w in report.weights], config.packed_rows))
     if source is not None:
         external.load_remaining(model, source.parent)  # what stays float goes into the output
     if model.functions and model.ir_version < 8:
@@ -498,36 +498,6 @@ def _compress(
     rewrite_seconds = time.perf_counter() - start - quantize_seconds
     report.seconds = {"quantize": quantize_seconds, "rewrite": rewrite_seconds, **report.seconds}
     return model, report, plan
-
-
-FOLD_PEAK_BYTES = 45  # per folded weight, onnxruntime's peak while it creates the session: 4.93 GB
-# for the 134M decoder's 109.5M folded weights (its embedding rows stay packed; RESULTS, scale)
-
-
-def _load_note(report: Report, config: Config) -> list[str]:
-    """A warning when loading a fold output will need much memory: onnxruntime folds its decoders
-    into float weights when it creates a session (large embedding tables, whose rows stay packed,
-    excepted; fold.replace_consumer has the exact rule)."""
-    if config.format != "fold":
-        return []
-    folded = sum(
-        w.elements
-        for w in report.weights
-        if not (
-            config.packed_rows
-            and w.uses == ["Gather input 0"]
-            and w.elements >= FORMATS["fold"].ROWS_MIN_ELEMENTS
-        )
-    )
-    if folded <= UNFOLDED_WEIGHTS:
-        return []
-    note = (
-        f"creating an onnxruntime session for this output will need about "
-        f"{FOLD_PEAK_BYTES * folded / 1e9:.1f} GB for a while: it folds the decoders of {folded:,} "
-        f"weights into float weights, at about {FOLD_PEAK_BYTES} bytes per weight; --bits 4 "
-        "--codebook linear --format matmulnbits keeps MatMul weights packed in memory"
-    )
-    return [note]
 
 
 KEPT_FLOAT = "left in float by --target-bits: its measured output noise cost more than its float bytes"
@@ -652,7 +622,7 @@ def _validate(
     if literal:
         report.notes.append(
             "validated without graph optimizations: onnxruntime would fold the decoders into float "
-            f"weights at about {FOLD_PEAK_BYTES} bytes per weight while creating the session; "
+            "weights while creating the session, at several times the float model's memory; "
             "unfolded, they run on each batch and the session holds the packed weights"
         )
     return validate.validate_samples(src, tmp, specs, samples, what, real, gates, config.batch, literal)

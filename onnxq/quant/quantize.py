@@ -261,7 +261,7 @@ def _on_grid(rows: _Rows, codebook: Codebook, bits: int, two_params: bool) -> _S
             if not on.size:
                 continue
             second = grid.best_on_grid(u[live[p]], table)
-            out.codes[on] = second.index
+            out.codes[on] = second.index  # type: ignore[index]  # set above when two_params
             out.log_x0[on] = points[second.index]
             out.counts[on], out.sums[on] = second.counts, second.sums
     if not two_params:
@@ -273,7 +273,7 @@ def _searched(rows: _Rows, codebook: Codebook, bits: int, two_params: bool, sear
     """ln(x0) per group from a continuous search (CONTINUOUS), then, for a codebook that stores it, the
     stored grid's best point (_x0_grid)."""
     out = _empty_search(rows.live.size, 0)
-    sorted_parts = {}
+    sorted_parts: dict[int, SortedGroups] = {}
     for i, p in enumerate(rows.parts):
         groups = SortedGroups(rows.u(p))
         out.log_x0[p] = CONTINUOUS[search](groups, codebook, bits)[0]
@@ -284,7 +284,7 @@ def _searched(rows: _Rows, codebook: Codebook, bits: int, two_params: bool, sear
         out.rng = _x0_range(out.log_x0, rows.live)
         out.codes = np.zeros(rows.live.size, dtype=np.int64)
         for i, p in enumerate(rows.parts):
-            groups = sorted_parts.pop(i, None) or SortedGroups(rows.u(p))
+            groups = sorted_parts.pop(i) if i in sorted_parts else SortedGroups(rows.u(p))
             out.codes[p] = _x0_grid(groups, codebook, bits, out.rng)
         out.log_x0 = _decode(out.codes, out.rng)
     mags = level_magnitudes(codebook, out.log_x0, bits)

@@ -47,6 +47,32 @@ def notes(widths: set[int]) -> list[str]:
     return []
 
 
+# onnxruntime's peak while it creates a session, per folded weight: 4.93 GB for the 134M
+# decoder's 109.5M folded weights (its embedding rows stay packed; docs/RESULTS.md, scale).
+PEAK_BYTES = 45
+NOTE_ABOVE = 1 << 25  # folded weights from which the report warns
+
+
+def load_notes(weights: list[tuple[list[str], int]], packed_rows: bool) -> list[str]:
+    """onnxruntime folds every decoder into float weights when it creates a session, except the
+    large embedding tables whose rows stay packed (replace_consumer has the exact rule)."""
+    folded = sum(
+        n
+        for uses, n in weights
+        if not (packed_rows and uses == ["Gather input 0"] and n >= ROWS_MIN_ELEMENTS)
+    )
+    if folded <= NOTE_ABOVE:
+        return []
+    return [
+        (
+            f"creating an onnxruntime session for this output will need about {PEAK_BYTES * folded / 1e9:.1f} "
+            f"GB for a while: it folds the decoders of {folded:,} weights into float weights, at about "
+            f"{PEAK_BYTES} bytes per weight; --bits 4 --codebook linear --format matmulnbits keeps MatMul "
+            "weights packed in memory"
+        )
+    ]
+
+
 def index_bytes(q: QuantizedTensor) -> int:
     return -(-q.codes.size // 8) * q.bits  # b planes of ceil(n / 8) bytes
 

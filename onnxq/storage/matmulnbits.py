@@ -40,6 +40,13 @@ REPLACES_READERS = True  # a weight whose readers cannot be replaced falls back 
 min_opset = fold.min_opset
 weight_problem = fold.weight_problem
 notes = fold.notes
+
+
+def load_notes(weights: list[tuple[list[str], int]], packed_rows: bool) -> list[str]:
+    """MatMul weights stay packed in memory (MatMulNBits reads them so); no warning."""
+    return []
+
+
 index_bytes = fold.index_bytes
 codebook_bytes = fold.codebook_bytes
 

@@ -63,6 +63,11 @@ def min_opset(bits: int, granularity: str, group_size: int | None) -> int:
     return need
 
 
+def load_notes(weights: list[tuple[list[str], int]], packed_rows: bool) -> list[str]:
+    """Loading keeps the stored weights as they are: nothing to warn of."""
+    return []
+
+
 def notes(widths: set[int]) -> list[str]:
     """What the report should say about how these widths are stored."""
     out = []

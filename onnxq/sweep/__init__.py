@@ -72,7 +72,7 @@ def sweep(
     stamp = fingerprint(model, files, base)
     all_jobs = [Job(str(model), str(folder), c, base, metric_command, stamp) for c in todo_cells]
     store = Store(folder)
-    rows = {job.cell.key: store.saved(job) for job in all_jobs}
+    rows: dict[str, dict | None] = {job.cell.key: store.saved(job) for job in all_jobs}
     todo = [job for job in all_jobs if rows[job.cell.key] is None]
     reused = len(all_jobs) - len(todo)
     if progress:
@@ -84,7 +84,7 @@ def sweep(
             progress(k, len(all_jobs), f"compressing and measuring: {row['options']}")
     metric = parsed.metric if parsed else ("metric" if metric_command else "cosine")
     result = Sweep(
-        [rows[j.cell.key] for j in all_jobs],
+        [saved for j in all_jobs if (saved := rows[j.cell.key]) is not None],
         [(c.options, why) for c, why in refused],
         metric,
         parsed,

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from onnxq.errors import OnnxqError
+from onnxq.quant.codebooks import CODEBOOKS, DEFAULT_CODEBOOK
 
 # The settings a sweep may vary, with how a value is read from the command line.
 AXES: dict[str, type] = {
@@ -27,7 +28,11 @@ AXES: dict[str, type] = {
     "scale": str,
     "bias_correction": bool,
 }
-DEFAULT_GRID: dict[str, list] = {"bits": [3, 4, 5, 6, 8], "codebook": ["exponential", "linear"]}
+# Every width that matters, with the default codebook and the evenly spaced one.
+DEFAULT_GRID: dict[str, list] = {
+    "bits": [3, 4, 5, 6, 8],
+    "codebook": [DEFAULT_CODEBOOK] + [name for name, c in CODEBOOKS.items() if c.evenly_spaced],
+}
 NONE = "none"  # the value that means "not set" (Config's default), e.g. target_bits=none,4,5
 
 

@@ -4,6 +4,7 @@ processes or as Ray tasks, each cell's row saved as it finishes so that a re-run
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -181,7 +182,7 @@ def on_ray(address: str, cpus: int | None) -> Runner:
         if started:
             kwargs = {"num_cpus": cpus} if address == "local" else {"address": address}
             try:
-                ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kwargs)
+                ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise OnnxqError(
                     f"--ray {address}: Ray could not start or connect: {first_line(exc)}"

@@ -331,9 +331,9 @@ def test_a_large_output_is_validated_unfolded_with_the_same_numbers(tmp_path, ti
 
 
 def test_a_large_fold_output_says_what_loading_it_will_need(tmp_path, tiny_path, monkeypatch):
-    from onnxq import api
+    from onnxq.storage import fold
 
-    monkeypatch.setattr(api, "UNFOLDED_WEIGHTS", 0)
+    monkeypatch.setattr(fold, "NOTE_ABOVE", 0)
     report = onnxq.compress(tiny_path, tmp_path / "a.onnx", jobs=1, validate=False)
     (note,) = [n for n in report.notes if n.startswith("creating an onnxruntime session")]
     folded = sum(w.elements for w in report.weights)  # the tiny embedding table is folded whole too

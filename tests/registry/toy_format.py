@@ -33,6 +33,10 @@ def weight_problem(shape: tuple[int, ...], axis: int, group_size: int) -> str | 
     return None
 
 
+def load_notes(weights: list[tuple[list[str], int]], packed_rows: bool) -> list[str]:
+    return []
+
+
 def notes(widths: set[int]) -> list[str]:
     return [f"toy stores {sorted(widths)} bits as a byte per weight"]
 
