@@ -46,12 +46,19 @@ DECOMPRESS_TOLERANCE = 1e-5
 
 
 def _choice(name: str, valid) -> Callable[[str], str]:
+    """A callback that makes a value outside valid a usage error (exit 2) listing the choices."""
+
     def check(value: str) -> str:
         if value not in (None, "") and value not in valid:  # "" and None: the default
             raise typer.BadParameter(f"{value!r} is not one of: {', '.join(valid)}")
         return value
 
     return check
+
+
+def _choices(valid) -> str:
+    """The metavar that shows an option's choices in --help, e.g. [fold|qdq|matmulnbits]."""
+    return "[" + "|".join(valid) + "]"
 
 
 MAX_DIM = 1 << 24
@@ -101,15 +108,17 @@ _Codebook = Annotated[
     str,
     typer.Option(
         callback=_choice("codebook", CODEBOOKS),
+        metavar=_choices(CODEBOOKS),
         show_default=False,
-        help=f"One of: {', '.join(CODEBOOKS)}. Default: {DEFAULT_CODEBOOK}, or linear for the formats "
-        "that store only evenly spaced levels (qdq, matmulnbits).",
+        help=f"Default: {DEFAULT_CODEBOOK}, or linear for the formats that store only evenly spaced "
+        "levels (qdq, matmulnbits).",
     ),
 ]
 _Granularity = Annotated[
     str,
     typer.Option(
         callback=_choice("granularity", GRANULARITIES),
+        metavar=_choices(GRANULARITIES),
         help="tensor: one codebook per tensor (the paper); channel: one per output channel.",
     ),
 ]
@@ -117,6 +126,7 @@ _Scale = Annotated[
     str,
     typer.Option(
         callback=_choice("scale", SCALES),
+        metavar=_choices(SCALES),
         help="variance: the paper's variance-preserving rescale; lsq: least squares.",
     ),
 ]
@@ -124,6 +134,7 @@ _Search = Annotated[
     str,
     typer.Option(
         callback=_choice("search", SEARCHES),
+        metavar=_choices(SEARCHES),
         help="How x0 is found: grid (every value the file can store, scored exactly), exact "
         "(branch and bound, proven within 1e-6 of the maximum correlation; 3-6x slower), fast "
         "(grid and golden section, within about 1e-5), or auto: grid for groups of 64 weights or "
@@ -135,7 +146,10 @@ _Fmt = Annotated[
     typer.Option(
         "--format",
         callback=_choice("format", FORMATS),
-        help=f"One of: {', '.join(FORMATS)}.",
+        metavar=_choices(FORMATS),
+        help="fold: packed codes that onnxruntime decodes when it loads the model; qdq: "
+        "DequantizeLinear of INT2/4/8; matmulnbits: MatMul weights stay packed for onnxruntime's "
+        "MatMulNBits (2, 4 or 8 bits), other weights as fold.",
     ),
 ]
 _MinElements = Annotated[int, typer.Option(min=1, help="Leave tensors smaller than this in float.")]
@@ -198,6 +212,7 @@ _Rounding = Annotated[
     str | None,
     typer.Option(
         callback=_choice("rounding", ROUNDINGS),
+        metavar=_choices(ROUNDINGS),
         help="nearest, or gptq (error-compensating). Default: gptq with --calibration, else nearest.",
     ),
 ]
@@ -217,8 +232,8 @@ _PackedRows = Annotated[
     typer.Option(
         "--packed-rows/--no-packed-rows",
         help="Keep the rows of large embedding tables (Gather data) packed in memory and unpack "
-        "only the rows gathered, at run time; --no-packed-rows folds the whole table at session "
-        "creation instead.",
+        "only the rows gathered, at run time; otherwise the whole table is folded at session "
+        "creation.",
     ),
 ]
 _FoldConstants = Annotated[

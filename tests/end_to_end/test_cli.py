@@ -603,5 +603,20 @@ def test_compress_help_fits_80_columns_without_cutting_words():
     lines = result.output.splitlines()
     assert all(len(line) <= 80 for line in lines), max(lines, key=len)
     assert "…" not in result.output
-    assert "--search <str>" in result.output and "under GPTQ rounding" in flat(result.output)
+    assert "under GPTQ rounding" in flat(result.output)
     assert len(lines) < 120  # 221 lines in rich's boxes, with most words cut
+    assert not any(line.rstrip().endswith("-") for line in lines), "a word cut at its hyphen"
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress", "validate"])
+def test_help_shows_the_choices_of_an_option_not_its_type(command):
+    result = CliRunner().invoke(app, [command, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert "<str>" not in result.output and "<bool>" not in result.output
+    assert all(len(line) <= 80 for line in result.output.splitlines())
+    if command in ("compress", "inspect"):
+        assert "--format [fold|qdq|matmulnbits]" in result.output
+        assert "--codebook [linear|exponential|kmeans|auto]" in result.output
+    if command == "compress":
+        assert "--search [auto|grid|fast|exact]" in result.output
+        assert "--rounding [nearest|gptq]" in result.output
