@@ -241,8 +241,8 @@ _FoldConstants = Annotated[
     typer.Option(
         "--fold-constants/--no-fold-constants",
         help="Replace the nodes that compute small constants (pad sizes, shapes, axes) by their "
-        "values, as onnxruntime does at session creation; --no-fold-constants keeps the graph's "
-        "other nodes as they are.",
+        "values, as onnxruntime does at session creation; otherwise the graph's other nodes "
+        "stay as they are.",
     ),
 ]
 _BiasCorrection = Annotated[
