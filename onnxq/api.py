@@ -75,7 +75,7 @@ class Config:
 
     def __post_init__(self) -> None:
         if not self.codebook:
-            object.__setattr__(self, "codebook", default_codebook(self.format, self.bits))
+            object.__setattr__(self, "codebook", default_codebook(self.format))
 
     def resolved_rounding(self) -> str:
         if self.rounding is not None:
@@ -162,13 +162,18 @@ def already_compressed(model: onnx.ModelProto) -> bool:
     )
 
 
-def default_codebook(fmt: str, bits: int) -> str:
-    """DEFAULT_CODEBOOK, or the first codebook the format can store at these bits (linear for qdq
-    and matmulnbits, whose kernels take evenly spaced levels only)."""
+def default_codebook(fmt: str) -> str:
+    """DEFAULT_CODEBOOK, or the first codebook the format can store if it cannot store that one at
+    any width (linear for qdq and matmulnbits, whose kernels take evenly spaced levels only).
+    Not per width: --format matmulnbits --bits 3 is then an error about the width, not the levels."""
     storage = FORMATS.get(fmt)
-    if storage is None or storage.supports(DEFAULT_CODEBOOK, bits) is None:
+    if storage is None:
         return DEFAULT_CODEBOOK
-    return next((name for name in CODEBOOKS if storage.supports(name, bits) is None), DEFAULT_CODEBOOK)
+
+    def stored(name: str) -> bool:
+        return any(storage.supports(name, bits) is None for bits in range(1, 9))
+
+    return next((n for n in (DEFAULT_CODEBOOK, *CODEBOOKS) if stored(n)), DEFAULT_CODEBOOK)
 
 
 def default_jobs() -> int:
