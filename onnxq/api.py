@@ -123,6 +123,8 @@ class Config:
             able = [n for n, f in FORMATS.items() if f.supports(self.codebook, widths[0]) is None]
             fix = f"use --format {' or '.join(able)} for" if able else "no format stores"
             raise OnnxqError(f"{reason}; {fix} --codebook {self.codebook}")
+        if self.min_sqnr is not None and math.isnan(self.min_sqnr):
+            raise OnnxqError("--min-sqnr must be a number of dB; got nan")
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
             raise OnnxqError(f"--min-agreement is a fraction between 0 and 1; got {self.min_agreement}")
         if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 from collections.abc import Callable
@@ -59,6 +60,13 @@ def _choice(name: str, valid) -> Callable[[str], str]:
 def _choices(valid) -> str:
     """The metavar that shows an option's choices in --help, e.g. [fold|qdq|matmulnbits]."""
     return "[" + "|".join(valid) + "]"
+
+
+def _number(value: float | None) -> float | None:
+    """A callback that makes NaN a usage error (exit 2): a gate of NaN would pass everything."""
+    if value is not None and math.isnan(value):
+        raise typer.BadParameter("must be a number, not nan")
+    return value
 
 
 MAX_DIM = 1 << 24
@@ -168,7 +176,9 @@ _Dim = Annotated[
 _Validate = Annotated[bool, typer.Option(help="Compare against the float model in onnxruntime.")]
 _Samples = Annotated[int, typer.Option(min=1, help="Random validation runs when --inputs is not given.")]
 _Seed = Annotated[int, typer.Option(help="Seed of the random validation inputs.")]
-_MinSqnr = Annotated[float | None, typer.Option(help="Exit 3 if an output's SQNR (dB) is below this.")]
+_MinSqnr = Annotated[
+    float | None, typer.Option(callback=_number, help="Exit 3 if an output's SQNR (dB) is below this.")
+]
 _MinAgreement = Annotated[
     float | None,
     typer.Option(min=0.0, max=1.0, help="Exit 3 if top-1 agreement falls below this fraction (0..1)."),
@@ -422,7 +432,9 @@ def validate_cmd(
     dim: Annotated[list[str] | None, typer.Option(help="NAME=VALUE for a symbolic dimension.")] = None,
     samples: Annotated[int, typer.Option(min=1, help="Random runs when --inputs is not given.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
-    min_sqnr: Annotated[float | None, typer.Option(help="Exit 3 below this output SQNR (dB).")] = None,
+    min_sqnr: Annotated[
+        float | None, typer.Option(callback=_number, help="Exit 3 below this output SQNR (dB).")
+    ] = None,
     min_agreement: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Exit 3 below this top-1 agreement (0..1).")
     ] = None,

@@ -260,6 +260,7 @@ def test_min_agreement_not_met_exits_3(tiny, tiny_path, tmp_path):
         (["--min-agreement", "1.01"], "--min-agreement"),
         (["--min-agreement", "-0.1"], "--min-agreement"),
         (["--min-cosine", "2"], "--min-cosine"),
+        (["--min-sqnr", "nan"], "--min-sqnr"),
         (["--batch", "0"], "--batch"),
         (["--target-bits", "9"], "--target-bits"),
         (["--target-bits", "nan"], "--target-bits"),
@@ -396,6 +397,13 @@ def test_validate_below_threshold_exits_3(tiny_path, compressed):
     result = invoke("validate", tiny_path, compressed, "--min-sqnr", "200")
     assert result.exit_code == 3
     assert "FAILED" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["--min-sqnr", "nan"], ["--min-cosine", "1.5"], ["--samples", "0"]])
+def test_validate_range_errors_are_usage_errors(args, tiny_path, compressed):
+    result = invoke("validate", tiny_path, compressed, *args)
+    no_traceback(result)
+    assert result.exit_code == 2 and args[0] in flat(result.stderr)
 
 
 def test_validate_missing_model(tiny_path, tmp_path):
