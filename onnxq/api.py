@@ -654,12 +654,15 @@ def compress(
     dst: str | os.PathLike,
     config: Config | None = None,
     progress: Progress | None = None,
+    *,
+    force: bool = False,
     **options,
 ) -> Report:
     """Compress the model at src into dst, validate it, and return the report.
 
     Options are Config fields (e.g. bits=5); dst is written atomically and src is
-    never modified. --inputs is read and checked before any work.
+    never modified. --inputs is read and checked before any work. A model onnxq wrote is
+    an error unless force (then only the tensors it left in float can be compressed).
     """
     if config is None:
         try:
@@ -675,10 +678,11 @@ def compress(
     # quantized, and dropped after: memory then holds the quantized model, not the float one.
     model, input_bytes = io.read_model(src, lazy=not config.needs_data())
     load_seconds = time.perf_counter() - t
-    if already_compressed(model):
+    if already_compressed(model) and not force:
         raise OnnxqError(
             f"{src} was written by onnxq compress already (its weights are packed indices); compress "
-            "the float model, or first run onnxq decompress on this one"
+            "the float model, run onnxq decompress on this one first, or pass --force to compress "
+            "only what it left in float"
         )
     if config.validate and config.inputs is not None:
         data.read_samples(

@@ -262,6 +262,12 @@ _BiasCorrection = Annotated[
         help="Fold each layer's mean output shift into its bias. Default: on with --calibration.",
     ),
 ]
+_Force = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="Compress a model onnxq already compressed: only the tensors it left in float."
+    ),
+]
 _Jobs = Annotated[
     int | None,
     typer.Option(
@@ -304,6 +310,7 @@ def compress_cmd(
     fold_constants: _FoldConstants = True,
     bias_correction: _BiasCorrection = None,
     jobs: _Jobs = None,
+    force: _Force = False,
 ) -> None:
     """Compress the weights of SRC into DST and check the result in onnxruntime."""
     _check_report_and_excludes(report, exclude)
@@ -337,7 +344,7 @@ def compress_cmd(
         fold_constants=fold_constants,
         jobs=jobs or default_jobs(),
     )
-    _compress_with_progress(src, dst, config, report)
+    _compress_with_progress(src, dst, config, report, force)
 
 
 def _check_report_and_excludes(report: Path | None, exclude: list[str] | None) -> None:
@@ -367,11 +374,13 @@ def _check_report_path(report: Path | None, src: Path, dst: Path) -> None:
         fail(OnnxqError(f"--report {report} is where the output goes; choose another report path"))
 
 
-def _compress_with_progress(src: Path, dst: Path, config: Config, report: Path | None) -> None:
+def _compress_with_progress(
+    src: Path, dst: Path, config: Config, report: Path | None, force: bool = False
+) -> None:
     """compress with its progress shown (progress.py), the report written, the result rendered."""
     try:
         with shown(err) as progress:
-            result = compress(src, dst, config, progress)
+            result = compress(src, dst, config, progress, force=force)
     except OnnxqError as exc:
         fail(exc)
     except KeyboardInterrupt:

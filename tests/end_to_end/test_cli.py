@@ -16,6 +16,7 @@ from conftest import (
     make_model,
     no_weights_model,
     relocate,
+    run,
     save_external,
     sha256,
     small_cnn,
@@ -98,8 +99,8 @@ def test_compress(tiny_path, tmp_path):
 def test_options_reach_the_library(tiny_path, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_compress(src, dst, config, progress=None):
-        seen.update(src=src, dst=dst, config=config)
+    def fake_compress(src, dst, config, progress=None, force=False):
+        seen.update(src=src, dst=dst, config=config, force=force)
         return onnxq.Report(config={})
 
     monkeypatch.setattr(cli, "compress", fake_compress)
@@ -152,12 +153,13 @@ def test_options_reach_the_library(tiny_path, tmp_path, monkeypatch):
     assert c.min_elements == 10 and c.exclude == ("^emb", "conv")
     assert c.dims == {"batch": 4} and c.samples == 2 and c.seed == 7
     assert c.min_sqnr == 12.5 and c.min_agreement == 0.9 and c.validate is False
+    assert seen["force"] is False
 
 
 def test_defaults_reach_the_library(tiny_path, tmp_path, monkeypatch):
     seen = []
 
-    def fake_compress(src, dst, config, progress=None):
+    def fake_compress(src, dst, config, progress=None, force=False):
         seen.append(config)
         return onnxq.Report(config={})
 
@@ -457,6 +459,26 @@ def test_entry_point_compress_and_bad_input(tiny_path, tmp_path):
     assert "Traceback" not in done.stderr + done.stdout
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, repr(done.stderr)
     assert not (tmp_path / "out2.onnx").exists()
+
+
+@pytest.mark.parametrize("fmt", ["fold", "qdq"])
+def test_compressing_an_onnxq_output_exits_1_unless_forced(fmt, tiny, tiny_path, tmp_path):
+    once, twice = tmp_path / "once.onnx", tmp_path / "twice.onnx"
+    first = invoke(
+        "compress", tiny_path, once, "--format", fmt, "--exclude", "conv", "--report", tmp_path / "1.json"
+    )
+    assert first.exit_code == 0
+    refused = error_message(invoke("compress", once, twice))
+    assert "written by onnxq compress already" in refused and "--force" in refused
+    assert not twice.exists()
+    result = invoke("compress", once, twice, "--force", "--format", fmt, "--report", tmp_path / "2.json")
+    assert result.exit_code == 0, result.output
+    skipped = json.loads((tmp_path / "1.json").read_text())["skipped"]
+    excluded = {x["name"] for x in skipped if x["reason"].startswith("excluded")}
+    assert (
+        excluded and {w["name"] for w in json.loads((tmp_path / "2.json").read_text())["weights"]} == excluded
+    )
+    assert run(twice, tiny[1])
 
 
 def test_a_bad_exclude_regex_is_a_usage_error(tiny_path, tmp_path):
