@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
@@ -14,7 +15,7 @@ from pathlib import Path
 import onnx
 from onnx import numpy_helper
 
-from onnxq import jobs, runtime
+from onnxq import __version__, jobs, runtime
 from onnxq.check import validate
 from onnxq.check.report import Bytes, Report, SkipReport, WeightReport
 from onnxq.check.validate import DEFAULT_BATCH
@@ -29,7 +30,7 @@ from onnxq.refine import steps as refine
 from onnxq.refine import widths as widths_
 from onnxq.refine.widths import Choice
 from onnxq.storage import CODEBOOK_ATTRIBUTES, CODEBOOK_SUFFIXES, DEFAULT_FORMAT, FORMATS, INDICES_SUFFIX
-from onnxq.storage.base import DOMAIN, MARK
+from onnxq.storage.base import CONFIG_KEY, DOMAIN, MARK, VERSION_KEY
 
 GRANULARITIES = ("tensor", "channel")
 ROUNDINGS = ("nearest", "gptq")
@@ -490,6 +491,7 @@ def _compress(
     report.skipped = [SkipReport(s.name, list(s.shape), s.reason) for s in skips] + [
         SkipReport(w.name, list(w.array.shape), KEPT_FLOAT) for w in done.kept_float
     ]
+    stamp(model, config)
     if not owned:  # compress checks the file it writes instead: a copy of the model the fewer
         io.check_built(model, original)
     report.output = _byte_breakdown(model)
@@ -718,6 +720,41 @@ def compress(
     if data_beside:  # the graph names its data file's final name now, a shorter one
         report.output.settle(dst_path.stat().st_size + io.data_file(dst_path).stat().st_size)
     return report
+
+
+# The settings an output records (stamp): those that shaped its weights. Not the paths of the
+# user's data files, which would travel with the model, nor what only ran validation.
+STAMPED = (
+    "bits",
+    "target_bits",
+    "codebook",
+    "format",
+    "granularity",
+    "group_size",
+    "scale",
+    "search",
+    "rounding",
+    "bias_correction",
+    "min_elements",
+    "exclude",
+    "packed_rows",
+    "fold_constants",
+)
+
+
+def stamp(model: onnx.ModelProto, config: Config) -> None:
+    """Record in the model's metadata_props which onnxq wrote it and with which settings (for
+    onnxq inspect), replacing an earlier run's record and keeping the model's own entries."""
+    settings = {key: value for key, value in _config_dict(config).items() if key in STAMPED}
+    settings |= {
+        "rounding": config.resolved_rounding(),
+        "bias_correction": config.resolved_bias_correction(),
+        "calibrated": config.calibration is not None,
+    }
+    record = {VERSION_KEY: __version__, CONFIG_KEY: json.dumps(settings, sort_keys=True)}
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in record]
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, dict(kept) | record)
 
 
 def _config_dict(config: Config) -> dict:

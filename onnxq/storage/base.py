@@ -19,6 +19,9 @@ from onnxq.quant.quantize import QuantizedTensor
 DOMAIN = "onnxq"  # the domain of the decoder functions onnxq adds to a model
 ROWS_PREFIX = "GatherRows_"  # the decoder functions that unpack only the gathered rows of a table
 MARK = ".onnxq."  # in the name of every tensor onnxq adds
+# The output's metadata_props that say what wrote it: the onnxq version and its settings (JSON).
+VERSION_KEY = "onnxq.version"
+CONFIG_KEY = "onnxq.config"
 
 
 class Piece(NamedTuple):
