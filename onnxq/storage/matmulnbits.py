@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 from onnxq.quant.codebooks import CODEBOOKS, magnitude_count
 from onnxq.quant.quantize import QuantizedTensor
 from onnxq.storage import fold
-from onnxq.storage.base import MARK
+from onnxq.storage.base import MARK, Read, Stored
 
 NAME = "matmulnbits"
 MS_DOMAIN = "com.microsoft"
@@ -243,3 +243,30 @@ def unfuse(model: onnx.ModelProto, graph: onnx.GraphProto, evaluate) -> int:
         graph.node.remove(node)
         count += 1
     return count
+
+
+def stored(model: onnx.ModelProto, graph: onnx.GraphProto, read: Read) -> list[Stored]:
+    """Every MatMulNBits and GatherBlockQuantized that reads onnxq's packed weights (the weights
+    stored as fold are fold's), with the bytes they hold: codes padded to whole blocks, and a
+    float32 scale per block."""
+    inits = {t.name: t for t in graph.initializer}
+    out = []
+    for node in graph.node:
+        if node.domain != MS_DOMAIN or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
+            continue
+        packed_name = node.input[1] if node.op_type == "MatMulNBits" else node.input[0]
+        if MARK not in packed_name or packed_name not in inits:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        bits = int(attrs["bits"])
+        packed = inits[packed_name]
+        if node.op_type == "MatMulNBits":
+            shape = (int(attrs["K"]), int(attrs["N"]))
+        else:
+            shape = (int(packed.dims[0]), int(packed.dims[1]) * 8 // bits)
+        groups = int(np.prod(inits[node.input[2]].dims))
+        name = packed_name.removesuffix(".onnxq.indices")
+        out.append(
+            Stored(name, shape, NAME, _evenly_spaced(), bits, groups, int(np.prod(packed.dims)), 4 * groups)
+        )
+    return out
