@@ -25,8 +25,10 @@ from onnxq.api import (
     Config,
     compress,
     default_jobs,
+    inspect,
 )
 from onnxq.check.decompress import decompress
+from onnxq.check.inspect import Inspection
 from onnxq.check.report import Report
 from onnxq.check.validate import DEFAULT_BATCH, DEFAULT_MIN_COSINE, Validation, compare_models
 from onnxq.errors import OnnxqError
@@ -482,6 +484,46 @@ def validate_cmd(
         raise typer.Exit(EXIT_VALIDATION)
 
 
+@app.command("inspect")
+def inspect_cmd(
+    model: Annotated[Path, typer.Argument(help="A float ONNX model, or one onnxq compressed.")],
+    bits: _Bits = 5,
+    target_bits: Annotated[
+        float | None,
+        typer.Option(min=MIN_TARGET_BITS, max=8.0, help="Predict the size at this average instead."),
+    ] = None,
+    codebook: _Codebook = "",
+    fmt: _Fmt = DEFAULT_FORMAT,
+    granularity: _Granularity = "channel",
+    group_size: _GroupSize = None,
+    min_elements: _MinElements = 128,
+    exclude: _Exclude = None,
+    fold_constants: _FoldConstants = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout, for scripts.")] = False,
+) -> None:
+    """Show the weights onnxq would compress and the predicted size, or what an output stores."""
+    _check_report_and_excludes(None, exclude)
+    config = Config(
+        bits=bits,
+        target_bits=target_bits,
+        codebook=codebook,
+        format=fmt,
+        granularity=granularity,
+        group_size=group_size,
+        min_elements=min_elements,
+        exclude=tuple(exclude or ()),
+        fold_constants=fold_constants,
+    )
+    try:
+        result = inspect(model, config)
+    except OnnxqError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(result.to_json())
+    else:
+        render_inspection(result)
+
+
 def fail(exc: OnnxqError) -> None:
     """One unwrapped line on stderr, and exit 1."""
     typer.echo(f"error: {exc}", err=True)
@@ -518,19 +560,7 @@ def render(report: Report) -> None:
             markup=False,
             highlight=False,
         )
-    if d["skipped"]:
-        # The full list is in --report; the terminal gets one row per reason.
-        by_reason: dict[str, list[str]] = {}
-        for x in d["skipped"]:
-            by_reason.setdefault(x["reason"], []).append(x["name"])
-        skipped = Table(title=f"left in float: {len(d['skipped'])} tensors", title_justify="left")
-        skipped.add_column("reason", overflow="fold")
-        skipped.add_column("tensors", justify="right")
-        skipped.add_column("for example", overflow="fold")
-        for reason, names in by_reason.items():
-            example = ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
-            skipped.add_row(Text(reason), str(len(names)), Text(example))
-        out.print(skipped)
+    render_skipped(d["skipped"])
     for note in d["notes"]:
         if note == NO_WEIGHTS:  # a warning, on stderr
             typer.echo(f"warning: {note}", err=True)
@@ -556,6 +586,23 @@ def render(report: Report) -> None:
         render_validation(report.validation)
     else:
         out.print("validation: skipped")
+
+
+def render_skipped(skipped: list[dict]) -> None:
+    """One row per reason (the full list is in the report or the JSON)."""
+    if not skipped:
+        return
+    by_reason: dict[str, list[str]] = {}
+    for x in skipped:
+        by_reason.setdefault(x["reason"], []).append(x["name"])
+    table = Table(title=f"left in float: {len(skipped)} tensors", title_justify="left")
+    table.add_column("reason", overflow="fold")
+    table.add_column("tensors", justify="right")
+    table.add_column("for example", overflow="fold")
+    for reason, names in by_reason.items():
+        example = ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
+        table.add_row(Text(reason), str(len(names)), Text(example))
+    out.print(table)
 
 
 def render_validation(v: Validation) -> None:
@@ -594,3 +641,86 @@ def render_validation(v: Validation) -> None:
 
 def _fmt(x, digits: int) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+def render_inspection(result: Inspection) -> None:
+    d = result.to_dict()
+    version = f", written by onnxq {d['written_by']}" if d["written_by"] else ""
+    _say(f"{d['kind']}: {d['path']} ({d['file_bytes']:,} bytes){version}")
+    if d["settings"]:
+        _say(
+            "settings: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(d["settings"].items()) if v not in (None, []))
+        )
+    if result.compressed:
+        _render_stored(d)
+    else:
+        _render_float(d)
+    render_skipped(d["skipped"])
+    for note in d["notes"]:
+        _say(f"note: {note}")
+    p = d["prediction"]
+    if p is not None and p["weights"]:
+        at = ", ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in p["settings"].items()
+            if v is not None
+            and (k, v) != ("granularity", "channel")
+            and not (k == "bits" and p["settings"]["target_bits"])
+        )
+        _say(
+            f"predicted at {at}:\n  size {d['file_bytes']:,} -> {p['output_bytes']:,} bytes, "
+            f"{_fmt(p['ratio'], 2)}x smaller; {_fmt(p['bits_per_weight'], 3)} bits per compressed weight"
+        )
+        for assumption in p["assumptions"]:
+            _say(f"  assumes: {assumption}")
+
+
+def _render_float(d: dict) -> None:
+    n = sum(math.prod(w["shape"]) for w in d["weights"])
+    table = Table(title=f"would compress {len(d['weights'])} tensors, {n:,} weights", title_justify="left")
+    for col in ("tensor", "shape", "bytes", "min", "max", "std"):
+        text = col in ("tensor", "shape")
+        table.add_column(col, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
+    for w in d["weights"]:
+        table.add_row(
+            Text(w["name"]),
+            "x".join(map(str, w["shape"])),
+            f"{w['bytes']:,}",
+            *(_num(w[k]) for k in ("min", "max", "std")),
+        )
+    if d["weights"]:
+        out.print(table)
+
+
+def _render_stored(d: dict) -> None:
+    table = Table(title=f"stores {len(d['stored'])} tensors", title_justify="left")
+    for col in ("tensor", "shape", "format", "codebook", "bits", "groups", "bytes"):
+        text = col in ("tensor", "shape", "format", "codebook")
+        table.add_column(col, justify="left" if text else "right", overflow="fold")
+    for w in d["stored"]:
+        table.add_row(
+            Text(w["name"]),
+            "x".join(map(str, w["shape"])),
+            w["format"],
+            w["codebook"],
+            str(w["bits"]),
+            f"{w['groups']:,}",
+            f"{w['index_bytes'] + w['codebook_bytes']:,}",
+        )
+    if d["stored"]:
+        out.print(table)
+    s = d["stored_summary"]
+    _say(
+        f"stored: {s['weights']:,} weights in {', '.join(s['formats']) or 'no format'}: indices "
+        f"{s['index_bytes']:,} bytes, codebooks {s['codebook_bytes']:,} bytes, "
+        f"{_fmt(s['bits_per_weight'], 3)} bits per weight"
+    )
+
+
+def _say(text: str) -> None:
+    out.print(text, markup=False, highlight=False)
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3g}"
