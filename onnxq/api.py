@@ -780,10 +780,11 @@ PREDICTED = ("format", "codebook", "bits", "target_bits", "granularity", "group_
 
 def _assumptions(config: Config) -> list[str]:
     """What inspect's predicted size takes for granted at these settings."""
-    out = [
+    decoders = (
         "not counted: the nodes that decode the weights (some KB, and a few hundred bytes per "
         "weight: 0.6% of EfficientNet-Lite0's output)"
-    ]
+    )
+    out = [decoders]
     if config.target_bits is not None:
         out.append(
             f"--target-bits {config.target_bits:g}: the whole budget is counted ({config.target_bits:g} "
@@ -793,11 +794,6 @@ def _assumptions(config: Config) -> list[str]:
     if CODEBOOKS[config.codebook].candidates():
         out.append(
             f"--codebook {config.codebook} chooses per tensor: each is counted at its costliest choice"
-        )
-    if FORMATS[config.format].REPLACES_READERS:
-        out.append(
-            f"weights counted as --format {config.format} counts them in the report; its fused "
-            "operators may pad the codes and keep float32 scales"
         )
     return out
 

@@ -137,7 +137,7 @@ def float_weight(
     stored = None
     if bits is not None:
         q = layout(CODEBOOKS[codebook], bits, groups, n)
-        stored = fmt.index_bytes(q) + fmt.codebook_bytes(q)
+        stored = sum(fmt.file_bytes(q, tuple(w.array.shape), w.uses))
     lo, hi, std = value_range(w.array)
     shape = [int(d) for d in w.array.shape]
     return FloatWeight(w.name, shape, w.uses, int(w.array.nbytes), lo, hi, std, groups, stored)

@@ -104,6 +104,11 @@ class StorageFormat(Protocol):
 
     def codebook_bytes(self, q: QuantizedTensor) -> int: ...
 
+    def file_bytes(self, q: QuantizedTensor, shape: tuple[int, ...], uses: list[str]) -> tuple[int, int]:
+        """(index, codebook) bytes the output will hold for a weight of this shape and these uses
+        ("MatMul input 1", ...), for a prediction: what a fused reader pads and keeps included."""
+        ...
+
     def replace_consumer(
         self,
         q: QuantizedTensor,

@@ -55,6 +55,11 @@ def codebook_bytes(q: QuantizedTensor) -> int:
     return q.codebook_bytes
 
 
+def file_bytes(q: QuantizedTensor, shape: tuple[int, ...], uses: list[str]) -> tuple[int, int]:
+    """index_bytes and codebook_bytes: the weight is stored whole, whatever reads it."""
+    return index_bytes(q), codebook_bytes(q)
+
+
 def weight_problem(shape: tuple[int, ...], axis: int, group_size: int) -> str | None:
     """None: fold stores any grouping of the rows."""
     return None

@@ -44,6 +44,28 @@ index_bytes = fold.index_bytes
 codebook_bytes = fold.codebook_bytes
 
 
+def file_bytes(q: QuantizedTensor, shape: tuple[int, ...], uses: list[str]) -> tuple[int, int]:
+    """A weight only MatMul (as B) or only Gather (rows) reads, at a width with kernels: its codes
+    padded to whole blocks, and a float32 scale per block (replace_consumer); else as fold."""
+    if len(shape) == 2 and supports(q.codebook, q.bits) is None:
+        if uses == ["MatMul input 1"] and (block := _block_of(q, shape[1], shape[0])):
+            k, n = shape
+            blocks = -(-k // block)
+            return n * blocks * block * q.bits // 8, 4 * n * blocks
+        if uses == ["Gather input 0"] and shape[1] % (8 // q.bits) == 0 and (block := _block_of(q, *shape)):
+            v, d = shape
+            return v * d * q.bits // 8, 4 * v * -(-d // block)
+    return fold.index_bytes(q), fold.codebook_bytes(q)
+
+
+def _block_of(q: QuantizedTensor, channels: int, k: int) -> int | None:
+    """The kernel's block: the quantizer's blocks if it cut each channel, else _block_for; None
+    when the kernels take no such block (the weight is then stored as fold)."""
+    per_channel = q.groups // channels if q.groups > channels else 1
+    block = k // per_channel if per_channel > 1 else _block_for(k)
+    return block if block >= 16 and not block & (block - 1) else None
+
+
 def _block_for(k: int) -> int:
     """The largest power of two from 16 to BLOCK dividing k (no padding), else 16."""
     return next((b for b in (128, 64, 32, 16) if b <= BLOCK and k % b == 0), 16)

@@ -90,6 +90,11 @@ def codebook_bytes(q: QuantizedTensor) -> int:
     return 4 * q.groups  # one float32 step per group
 
 
+def file_bytes(q: QuantizedTensor, shape: tuple[int, ...], uses: list[str]) -> tuple[int, int]:
+    """index_bytes and codebook_bytes: the weight is stored whole, whatever reads it."""
+    return index_bytes(q), codebook_bytes(q)
+
+
 def block_axis(shape: tuple[int, ...], axis: int) -> int | None:
     """The weight's one input axis (all others but the channel axis are 1), or None.
 

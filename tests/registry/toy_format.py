@@ -45,6 +45,10 @@ def codebook_bytes(q: QuantizedTensor) -> int:
     return 4 * q.groups << q.bits
 
 
+def file_bytes(q: QuantizedTensor, shape: tuple[int, ...], uses: list[str]) -> tuple[int, int]:
+    return index_bytes(q), codebook_bytes(q)
+
+
 def batch_key(q: QuantizedTensor) -> None:
     return None
 
