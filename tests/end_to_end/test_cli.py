@@ -638,7 +638,7 @@ def test_compress_help_fits_80_columns_without_cutting_words():
     assert not any(line.rstrip().endswith("-") for line in lines), "a word cut at its hyphen"
 
 
-@pytest.mark.parametrize("command", ["compress", "decompress", "validate"])
+@pytest.mark.parametrize("command", ["compress", "decompress", "validate", "inspect"])
 def test_help_shows_the_choices_of_an_option_not_its_type(command):
     result = CliRunner().invoke(app, [command, "--help"], terminal_width=80, env={"COLUMNS": "80"})
     assert result.exit_code == 0
@@ -650,3 +650,56 @@ def test_help_shows_the_choices_of_an_option_not_its_type(command):
     if command == "compress":
         assert "--search [auto|grid|fast|exact]" in result.output
         assert "--rounding [nearest|gptq]" in result.output
+
+
+# ---------------------------------------------------------------------------
+# inspect
+
+
+def test_inspect_a_float_model_and_its_output_at_80_columns(tmp_path):
+    from conftest import tiny_model
+
+    model, _ = tiny_model()
+    long = "encoder.layers.0.attention.self.query_projection.weight_" + "x" * 60
+    for t in model.graph.initializer:
+        if t.name == "mm.b":
+            t.name = long
+    for node in model.graph.node:
+        node.input[:] = [long if i == "mm.b" else i for i in node.input]
+    src, dst = tmp_path / "long.onnx", tmp_path / "out.onnx"
+    onnx.save(model, src)
+    for path, words in [(src, "predicted at --format fold"), (dst, f"written by onnxq {onnxq.__version__}")]:
+        if path == dst:
+            assert invoke("compress", src, dst, "--no-validate").exit_code == 0
+        result = CliRunner().invoke(app, ["inspect", str(path)], terminal_width=80, env={"COLUMNS": "80"})
+        no_traceback(result)
+        assert result.exit_code == 0, result.output
+        assert words in flat(result.stdout) and "bias of Conv" in flat(result.stdout)
+        assert all(len(line) <= 80 for line in result.stdout.splitlines())
+        cells = "".join(
+            line.split("│")[1].strip() for line in result.stdout.splitlines() if line.count("│") > 2
+        )
+        assert long in cells and "…" not in result.stdout
+
+
+def test_inspect_json_is_the_librarys_inspection(tiny_path):
+    result = invoke("inspect", tiny_path, "--json", "--format", "qdq", "--bits", "4")
+    assert result.exit_code == 0 and result.stderr == ""
+    d = json.loads(result.stdout)
+    assert d == onnxq.api.inspect(tiny_path, format="qdq", bits=4).to_dict()
+    assert d["kind"] == "float model" and d["prediction"]["settings"]["codebook"] == "linear"
+
+
+@pytest.mark.parametrize("kind", ["not-onnx", "truncated", "missing", "external-missing", "external-outside"])
+def test_inspect_bad_input_is_one_error_line(kind, tmp_path, tiny):
+    src, _, words = bad_inputs(kind, tmp_path, tiny)
+    assert words in error_message(invoke("inspect", src))
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"), [(["--bits", "9"], "--bits"), (["--format", "zip"], "fold, qdq")]
+)
+def test_inspect_bad_options_are_usage_errors(args, expected, tiny_path):
+    result = invoke("inspect", tiny_path, *args)
+    no_traceback(result)
+    assert result.exit_code == 2 and expected in flat(result.stderr)
