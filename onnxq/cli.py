@@ -694,20 +694,27 @@ def _render_float(d: dict) -> None:
 
 
 def _render_stored(d: dict) -> None:
-    table = Table(title=f"stores {len(d['stored'])} tensors", title_justify="left")
-    for col in ("tensor", "shape", "format", "codebook", "bits", "groups", "bytes"):
+    # A column that is the same on every row goes to the title: the names keep their width.
+    same = [k for k in ("format", "codebook") if len({w[k] for w in d["stored"]}) == 1]
+    common = f" ({', '.join(d['stored'][0][k] for k in same)})" if d["stored"] and same else ""
+    table = Table(title=f"stores {len(d['stored'])} tensors{common}", title_justify="left")
+    columns = [
+        c for c in ("tensor", "shape", "format", "codebook", "bits", "groups", "bytes") if c not in same
+    ]
+    for col in columns:
         text = col in ("tensor", "shape", "format", "codebook")
         table.add_column(col, justify="left" if text else "right", overflow="fold")
     for w in d["stored"]:
-        table.add_row(
-            Text(w["name"]),
-            "x".join(map(str, w["shape"])),
-            w["format"],
-            w["codebook"],
-            str(w["bits"]),
-            f"{w['groups']:,}",
-            f"{w['index_bytes'] + w['codebook_bytes']:,}",
-        )
+        cells = {
+            "tensor": Text(w["name"]),
+            "shape": "x".join(map(str, w["shape"])),
+            "format": w["format"],
+            "codebook": w["codebook"],
+            "bits": str(w["bits"]),
+            "groups": f"{w['groups']:,}",
+            "bytes": f"{w['index_bytes'] + w['codebook_bytes']:,}",
+        }
+        table.add_row(*(cells[c] for c in columns))
     if d["stored"]:
         out.print(table)
     s = d["stored_summary"]
