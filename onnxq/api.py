@@ -493,7 +493,8 @@ def _compress(
     report.skipped = [SkipReport(s.name, list(s.shape), s.reason) for s in skips] + [
         SkipReport(w.name, list(w.array.shape), KEPT_FLOAT) for w in done.kept_float
     ]
-    stamp(model, config)
+    if report.weights:  # a model with nothing compressed is written unchanged
+        stamp(model, config)
     if not owned:  # compress checks the file it writes instead: a copy of the model the fewer
         io.check_built(model, original)
     report.output = _byte_breakdown(model)

@@ -25,6 +25,7 @@ def test_public_names():
         "compare_models",
         "compress",
         "compress_model",
+        "inspect",
     }
     for name in onnxq.__all__:
         assert hasattr(onnxq, name)

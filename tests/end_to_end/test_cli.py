@@ -686,7 +686,7 @@ def test_inspect_json_is_the_librarys_inspection(tiny_path):
     result = invoke("inspect", tiny_path, "--json", "--format", "qdq", "--bits", "4")
     assert result.exit_code == 0 and result.stderr == ""
     d = json.loads(result.stdout)
-    assert d == onnxq.api.inspect(tiny_path, format="qdq", bits=4).to_dict()
+    assert d == onnxq.inspect(tiny_path, format="qdq", bits=4).to_dict()
     assert d["kind"] == "float model" and d["prediction"]["settings"]["codebook"] == "linear"
 
 

@@ -58,13 +58,13 @@ def test_file_ratio(compressed):
 
 def test_inspect_predicts_the_output_and_reads_it_back(compressed):
     src, dst, report = compressed
-    before = onnxq.api.inspect(src, bits=5)
+    before = onnxq.inspect(src, bits=5)
     p = before.prediction
     assert [w.name for w in before.weights] == [w.name for w in report.weights]
     assert p.bits_per_weight == pytest.approx(report.bits_per_weight)
     # only the decoder nodes are not counted: a few KB, and a few hundred bytes per weight
     assert 0 < report.output.total - p.output_bytes < 8000 + 300 * len(report.weights)
-    after = onnxq.api.inspect(dst)
+    after = onnxq.inspect(dst)
     assert after.compressed and after.written_by == onnxq.__version__ and after.settings["bits"] == 5
     summary = after.stored_summary()
     assert (

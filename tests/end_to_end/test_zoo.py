@@ -163,11 +163,11 @@ def _first_feed(name: str, path) -> dict:
 @pytest.mark.parametrize("name", zoo.names())
 def test_inspect_reads_every_zoo_model_and_its_output(name, tmp_path):
     src = fetched(name)
-    before = onnxq.api.inspect(src)
+    before = onnxq.inspect(src)
     assert before.weights and before.prediction.ratio > 1, f"{name}: nothing to compress"
     dst = tmp_path / f"{name}.onnx"
     report = onnxq.compress(src, dst, bits=5, validate=False)
     assert before.prediction.bits_per_weight == pytest.approx(report.bits_per_weight)
-    after = onnxq.api.inspect(dst)
+    after = onnxq.inspect(dst)
     assert after.compressed and after.written_by == onnxq.__version__
     assert {s.name: s.bits for s in after.stored} == {w.name: w.bits for w in report.weights}
