@@ -21,6 +21,7 @@ _WHERE = {
     "compare_models": "onnxq.check.validate",
     "compress": "onnxq.api",
     "compress_model": "onnxq.api",
+    "inspect": "onnxq.api",
 }
 
 __all__ = [
@@ -34,10 +35,11 @@ __all__ = [
     "compare_models",
     "compress",
     "compress_model",
+    "inspect",
 ]
 
 if TYPE_CHECKING:
-    from onnxq.api import Config, compress, compress_model
+    from onnxq.api import Config, compress, compress_model, inspect
     from onnxq.check.report import Report
     from onnxq.check.validate import Validation, compare_models
     from onnxq.errors import OnnxqError

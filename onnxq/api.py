@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
@@ -15,8 +16,10 @@ from pathlib import Path
 import onnx
 from onnx import numpy_helper
 
-from onnxq import jobs, runtime
+from onnxq import __version__, jobs, runtime
+from onnxq.check import inspect as inspection
 from onnxq.check import validate
+from onnxq.check.inspect import Inspection
 from onnxq.check.report import Bytes, LevelPicture, Report, SkipReport, WeightReport
 from onnxq.check.validate import DEFAULT_BATCH
 from onnxq.data import samples as data
@@ -31,7 +34,7 @@ from onnxq.refine import steps as refine
 from onnxq.refine import widths as widths_
 from onnxq.refine.widths import Choice
 from onnxq.storage import CODEBOOK_ATTRIBUTES, CODEBOOK_SUFFIXES, DEFAULT_FORMAT, FORMATS, INDICES_SUFFIX
-from onnxq.storage.base import DOMAIN, MARK
+from onnxq.storage.base import CONFIG_KEY, DOMAIN, MARK, VERSION_KEY
 
 GRANULARITIES = ("tensor", "channel")
 ROUNDINGS = ("nearest", "gptq")
@@ -77,7 +80,7 @@ class Config:
 
     def __post_init__(self) -> None:
         if not self.codebook:
-            object.__setattr__(self, "codebook", default_codebook(self.format, self.bits))
+            object.__setattr__(self, "codebook", default_codebook(self.format))
 
     def resolved_rounding(self) -> str:
         if self.rounding is not None:
@@ -125,6 +128,8 @@ class Config:
             able = [n for n, f in FORMATS.items() if f.supports(self.codebook, widths[0]) is None]
             fix = f"use --format {' or '.join(able)} for" if able else "no format stores"
             raise OnnxqError(f"{reason}; {fix} --codebook {self.codebook}")
+        if self.min_sqnr is not None and math.isnan(self.min_sqnr):
+            raise OnnxqError("--min-sqnr must be a number of dB; got nan")
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
             raise OnnxqError(f"--min-agreement is a fraction between 0 and 1; got {self.min_agreement}")
         if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
@@ -164,13 +169,18 @@ def already_compressed(model: onnx.ModelProto) -> bool:
     )
 
 
-def default_codebook(fmt: str, bits: int) -> str:
-    """DEFAULT_CODEBOOK, or the first codebook the format can store at these bits (linear for qdq
-    and matmulnbits, whose kernels take evenly spaced levels only)."""
+def default_codebook(fmt: str) -> str:
+    """DEFAULT_CODEBOOK, or the first codebook the format can store if it cannot store that one at
+    any width (linear for qdq and matmulnbits, whose kernels take evenly spaced levels only).
+    Not per width: --format matmulnbits --bits 3 is then an error about the width, not the levels."""
     storage = FORMATS.get(fmt)
-    if storage is None or storage.supports(DEFAULT_CODEBOOK, bits) is None:
+    if storage is None:
         return DEFAULT_CODEBOOK
-    return next((name for name in CODEBOOKS if storage.supports(name, bits) is None), DEFAULT_CODEBOOK)
+
+    def stored(name: str) -> bool:
+        return any(storage.supports(name, bits) is None for bits in range(1, 9))
+
+    return next((n for n in (DEFAULT_CODEBOOK, *CODEBOOKS) if stored(n)), DEFAULT_CODEBOOK)
 
 
 def default_jobs() -> int:
@@ -492,6 +502,8 @@ def _compress(
     report.skipped = [SkipReport(s.name, list(s.shape), s.reason) for s in skips] + [
         SkipReport(w.name, list(w.array.shape), KEPT_FLOAT) for w in done.kept_float
     ]
+    if report.weights:  # a model with nothing compressed is written unchanged
+        stamp(model, config)
     if not owned:  # compress checks the file it writes instead: a copy of the model the fewer
         io.check_built(model, original)
     report.output = _byte_breakdown(model)
@@ -506,9 +518,8 @@ KEPT_FLOAT = "left in float by --target-bits: its measured output noise cost mor
 def _select(model: onnx.ModelProto, config: Config, report: Report, read):
     """Fold constants, find the weights, upgrade the opset if the format needs it; (weights, skips).
     read: how find_weights reads a weight's values."""
-    if config.fold_constants:
-        report.notes.extend(constfold.simplify(model).notes())
-    weights, skips = find_weights(model, config.min_elements, config.exclude, read)
+    weights, skips, notes = _find(model, config, read)
+    report.notes.extend(notes)
     opset, target = rewrite.default_opset(model), required_opset(config)
     if weights and opset < target:
         ir = model.ir_version
@@ -520,10 +531,19 @@ def _select(model: onnx.ModelProto, config: Config, report: Report, read):
             + (f" (and the IR version from {ir} to {model.ir_version})" if model.ir_version != ir else "")
         )
         weights, skips = find_weights(model, config.min_elements, config.exclude, read)
-    _check_blocks(weights, config)
+        _check_blocks(weights, config)
     if not weights:
         report.notes.append(NO_WEIGHTS)
     return weights, skips
+
+
+def _find(model: onnx.ModelProto, config: Config, read) -> tuple[list[Weight], list, list[str]]:
+    """Fold constants (if asked), find the weights, and check that the format can store their
+    blocks: (weights, skips, notes). compress and inspect share it."""
+    notes = constfold.simplify(model).notes() if config.fold_constants else []
+    weights, skips = find_weights(model, config.min_elements, config.exclude, read)
+    _check_blocks(weights, config)
+    return weights, skips, notes
 
 
 def _check_blocks(weights: list[Weight], config: Config) -> None:
@@ -642,19 +662,19 @@ def compress(
     config: Config | None = None,
     progress: Progress | None = None,
     pictures: bool = False,
+    *,
+    force: bool = False,
     **options,
 ) -> Report:
     """Compress the model at src into dst, validate it, and return the report.
 
     Options are Config fields (e.g. bits=5); dst is written atomically and src is
     never modified. --inputs is read and checked before any work. pictures: keep what the HTML
-    report draws (onnxq.check.html.to_html), at the cost of one more pass over each weight.
+    report draws (onnxq.check.html.to_html), at the cost of one more pass over each weight. A
+    model onnxq wrote is an error unless force (then only the tensors it left in float can be
+    compressed).
     """
-    if config is None:
-        try:
-            config = Config(**options)
-        except TypeError as exc:
-            raise OnnxqError(f"unknown option: {exc}") from None
+    config = _config(config, options)
     config.check()
     dst_path = io.check_output_path(src, dst)
     if progress:
@@ -664,10 +684,11 @@ def compress(
     # quantized, and dropped after: memory then holds the quantized model, not the float one.
     model, input_bytes = io.read_model(src, lazy=not config.needs_data())
     load_seconds = time.perf_counter() - t
-    if already_compressed(model):
+    if already_compressed(model) and not force:
         raise OnnxqError(
             f"{src} was written by onnxq compress already (its weights are packed indices); compress "
-            "the float model, or first run onnxq decompress on this one"
+            "the float model, run onnxq decompress on this one first, or pass --force to compress "
+            "only what it left in float"
         )
     if config.validate and config.inputs is not None:
         data.read_samples(
@@ -706,6 +727,100 @@ def compress(
     if data_beside:  # the graph names its data file's final name now, a shorter one
         report.output.settle(dst_path.stat().st_size + io.data_file(dst_path).stat().st_size)
     return report
+
+
+# The settings an output records (stamp): those that shaped its weights. Not the paths of the
+# user's data files, which would travel with the model, nor what only ran validation.
+STAMPED = (
+    "bits",
+    "target_bits",
+    "codebook",
+    "format",
+    "granularity",
+    "group_size",
+    "scale",
+    "search",
+    "rounding",
+    "bias_correction",
+    "min_elements",
+    "exclude",
+    "packed_rows",
+    "fold_constants",
+)
+
+
+def inspect(src: str | os.PathLike, config: Config | None = None, **options) -> Inspection:
+    """What onnxq would compress in the float model at src and the output's predicted size at the
+    config's settings, or what an onnxq output stores (check/inspect.py). Options are Config fields.
+    Nothing is quantized or run; large external tensors are read a part at a time from their files."""
+    config = _config(config, options)
+    config.check()
+    path = Path(src)
+    model, file_bytes = io.read_model(path, lazy=True)
+    read = external.reader(path.resolve().parent)
+    if already_compressed(model):
+        return inspection.describe_output(model, path, file_bytes, read)
+    before = io.model_bytes(model)
+    weights, skips, notes = _find(model, config, read)
+    settings = {key: getattr(config, key) for key in PREDICTED}
+    folded = file_bytes + io.model_bytes(model) - before  # what constant folding saved counts too
+    found = inspection.describe_float(
+        path, file_bytes, weights, skips, settings, _assumptions(config), folded
+    )
+    opset, target = rewrite.default_opset(model), required_opset(config)
+    if weights and opset < target:
+        notes.append(
+            f"compress upgrades the default opset from {opset} to {target} for --format {config.format}"
+        )
+    found.notes = notes + ([] if weights else [NO_WEIGHTS])
+    return found
+
+
+PREDICTED = ("format", "codebook", "bits", "target_bits", "granularity", "group_size")  # inspect's settings
+
+
+def _assumptions(config: Config) -> list[str]:
+    """What inspect's predicted size takes for granted at these settings."""
+    decoders = (
+        "not counted: the nodes that decode the weights (some KB, and a few hundred bytes per "
+        "weight: 0.6% of EfficientNet-Lite0's output)"
+    )
+    out = [decoders]
+    if config.target_bits is not None:
+        out.append(
+            f"--target-bits {config.target_bits:g}: the whole budget is counted ({config.target_bits:g} "
+            "bits per compressed weight, codebooks included); compress measures which width each "
+            "tensor gets, and may spend less"
+        )
+    if CODEBOOKS[config.codebook].candidates():
+        out.append(
+            f"--codebook {config.codebook} chooses per tensor: each is counted at its costliest choice"
+        )
+    return out
+
+
+def _config(config: Config | None, options: dict) -> Config:
+    if config is not None:
+        return config
+    try:
+        return Config(**options)
+    except TypeError as exc:
+        raise OnnxqError(f"unknown option: {exc}") from None
+
+
+def stamp(model: onnx.ModelProto, config: Config) -> None:
+    """Record in the model's metadata_props which onnxq wrote it and with which settings (for
+    onnxq inspect), replacing an earlier run's record and keeping the model's own entries."""
+    settings = {key: value for key, value in _config_dict(config).items() if key in STAMPED}
+    settings |= {
+        "rounding": config.resolved_rounding(),
+        "bias_correction": config.resolved_bias_correction(),
+        "calibrated": config.calibration is not None,
+    }
+    record = {VERSION_KEY: __version__, CONFIG_KEY: json.dumps(settings, sort_keys=True)}
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in record]
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, dict(kept) | record)
 
 
 def _config_dict(config: Config) -> dict:

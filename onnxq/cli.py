@@ -27,9 +27,11 @@ from onnxq.api import (
     Config,
     compress,
     default_jobs,
+    inspect,
 )
 from onnxq.check import html
 from onnxq.check.decompress import decompress
+from onnxq.check.inspect import Inspection
 from onnxq.check.report import Report
 from onnxq.check.validate import DEFAULT_BATCH, DEFAULT_MIN_COSINE, Validation, compare_models
 from onnxq.errors import OnnxqError
@@ -54,12 +56,26 @@ DECOMPRESS_TOLERANCE = 1e-5
 
 
 def _choice(name: str, valid) -> Callable[[str], str]:
+    """A callback that makes a value outside valid a usage error (exit 2) listing the choices."""
+
     def check(value: str) -> str:
         if value not in (None, "") and value not in valid:  # "" and None: the default
             raise typer.BadParameter(f"{value!r} is not one of: {', '.join(valid)}")
         return value
 
     return check
+
+
+def _choices(valid) -> str:
+    """The metavar that shows an option's choices in --help, e.g. [fold|qdq|matmulnbits]."""
+    return "[" + "|".join(valid) + "]"
+
+
+def _number(value: float | None) -> float | None:
+    """A callback that makes NaN a usage error (exit 2): a gate of NaN would pass everything."""
+    if value is not None and math.isnan(value):
+        raise typer.BadParameter("must be a number, not nan")
+    return value
 
 
 MAX_DIM = 1 << 24
@@ -109,15 +125,17 @@ _Codebook = Annotated[
     str,
     typer.Option(
         callback=_choice("codebook", CODEBOOKS),
+        metavar=_choices(CODEBOOKS),
         show_default=False,
-        help=f"One of: {', '.join(CODEBOOKS)}. Default: {DEFAULT_CODEBOOK}, or linear for the formats "
-        "that store only evenly spaced levels (qdq, matmulnbits).",
+        help=f"Default: {DEFAULT_CODEBOOK}, or linear for the formats that store only evenly spaced "
+        "levels (qdq, matmulnbits).",
     ),
 ]
 _Granularity = Annotated[
     str,
     typer.Option(
         callback=_choice("granularity", GRANULARITIES),
+        metavar=_choices(GRANULARITIES),
         help="tensor: one codebook per tensor (the paper); channel: one per output channel.",
     ),
 ]
@@ -125,6 +143,7 @@ _Scale = Annotated[
     str,
     typer.Option(
         callback=_choice("scale", SCALES),
+        metavar=_choices(SCALES),
         help="variance: the paper's variance-preserving rescale; lsq: least squares.",
     ),
 ]
@@ -132,6 +151,7 @@ _Search = Annotated[
     str,
     typer.Option(
         callback=_choice("search", SEARCHES),
+        metavar=_choices(SEARCHES),
         help="How x0 is found: grid (every value the file can store, scored exactly), exact "
         "(branch and bound, proven within 1e-6 of the maximum correlation; 3-6x slower), fast "
         "(grid and golden section, within about 1e-5), or auto: grid for groups of 64 weights or "
@@ -143,7 +163,10 @@ _Fmt = Annotated[
     typer.Option(
         "--format",
         callback=_choice("format", FORMATS),
-        help=f"One of: {', '.join(FORMATS)}.",
+        metavar=_choices(FORMATS),
+        help="fold: packed codes that onnxruntime decodes when it loads the model; qdq: "
+        "DequantizeLinear of INT2/4/8; matmulnbits: MatMul weights stay packed for onnxruntime's "
+        "MatMulNBits (2, 4 or 8 bits), other weights as fold.",
     ),
 ]
 _MinElements = Annotated[int, typer.Option(min=1, help="Leave tensors smaller than this in float.")]
@@ -174,7 +197,9 @@ _Dim = Annotated[
 _Validate = Annotated[bool, typer.Option(help="Compare against the float model in onnxruntime.")]
 _Samples = Annotated[int, typer.Option(min=1, help="Random validation runs when --inputs is not given.")]
 _Seed = Annotated[int, typer.Option(help="Seed of the random validation inputs.")]
-_MinSqnr = Annotated[float | None, typer.Option(help="Exit 3 if an output's SQNR (dB) is below this.")]
+_MinSqnr = Annotated[
+    float | None, typer.Option(callback=_number, help="Exit 3 if an output's SQNR (dB) is below this.")
+]
 _MinAgreement = Annotated[
     float | None,
     typer.Option(min=0.0, max=1.0, help="Exit 3 if top-1 agreement falls below this fraction (0..1)."),
@@ -218,6 +243,7 @@ _Rounding = Annotated[
     str | None,
     typer.Option(
         callback=_choice("rounding", ROUNDINGS),
+        metavar=_choices(ROUNDINGS),
         help="nearest, or gptq (error-compensating). Default: gptq with --calibration, else nearest.",
     ),
 ]
@@ -237,8 +263,8 @@ _PackedRows = Annotated[
     typer.Option(
         "--packed-rows/--no-packed-rows",
         help="Keep the rows of large embedding tables (Gather data) packed in memory and unpack "
-        "only the rows gathered, at run time; --no-packed-rows folds the whole table at session "
-        "creation instead.",
+        "only the rows gathered, at run time; otherwise the whole table is folded at session "
+        "creation.",
     ),
 ]
 _FoldConstants = Annotated[
@@ -246,8 +272,8 @@ _FoldConstants = Annotated[
     typer.Option(
         "--fold-constants/--no-fold-constants",
         help="Replace the nodes that compute small constants (pad sizes, shapes, axes) by their "
-        "values, as onnxruntime does at session creation; --no-fold-constants keeps the graph's "
-        "other nodes as they are.",
+        "values, as onnxruntime does at session creation; otherwise the graph's other nodes "
+        "stay as they are.",
     ),
 ]
 _BiasCorrection = Annotated[
@@ -255,6 +281,12 @@ _BiasCorrection = Annotated[
     typer.Option(
         "--bias-correction/--no-bias-correction",
         help="Fold each layer's mean output shift into its bias. Default: on with --calibration.",
+    ),
+]
+_Force = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="Compress a model onnxq already compressed: only the tensors it left in float."
     ),
 ]
 _Jobs = Annotated[
@@ -301,6 +333,7 @@ def compress_cmd(
     jobs: _Jobs = None,
     quiet: _Quiet = False,
     as_json: _Json = False,
+    force: _Force = False,
 ) -> None:
     """Compress the weights of SRC into DST and check the result in onnxruntime."""
     if quiet and as_json:
@@ -337,7 +370,7 @@ def compress_cmd(
         jobs=jobs or default_jobs(),
     )
     show = "quiet" if quiet else "json" if as_json else "summary"
-    _compress_with_progress(src, dst, config, report, show)
+    _compress_with_progress(src, dst, config, report, show, force)
 
 
 REPORT_WRITERS = {".json": Report.to_json, ".md": Report.to_markdown, ".html": html.to_html}
@@ -375,14 +408,15 @@ def _check_report_path(report: Path | None, src: Path, dst: Path) -> None:
         fail(OnnxqError(f"--report {report} is where the output goes; choose another report path"))
 
 
-def _compress_with_progress(src: Path, dst: Path, config: Config, report: Path | None, show: str) -> None:
+def _compress_with_progress(
+    src: Path, dst: Path, config: Config, report: Path | None, show: str, force: bool = False
+) -> None:
     """compress with its progress shown (progress.py), the report written, the result rendered.
     show: summary (progress and the summary), quiet (errors alone) or json (the report on stdout)."""
     try:
         with shown(err) if show != "quiet" else nullcontext() as progress:
-            result = compress(
-                src, dst, config, progress, pictures=report is not None and report.suffix == ".html"
-            )
+            pictures = report is not None and report.suffix == ".html"
+            result = compress(src, dst, config, progress, pictures, force=force)
     except OnnxqError as exc:
         fail(exc)
     except KeyboardInterrupt:
@@ -449,7 +483,9 @@ def validate_cmd(
     dim: Annotated[list[str] | None, typer.Option(help="NAME=VALUE for a symbolic dimension.")] = None,
     samples: Annotated[int, typer.Option(min=1, help="Random runs when --inputs is not given.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
-    min_sqnr: Annotated[float | None, typer.Option(help="Exit 3 below this output SQNR (dB).")] = None,
+    min_sqnr: Annotated[
+        float | None, typer.Option(callback=_number, help="Exit 3 below this output SQNR (dB).")
+    ] = None,
     min_agreement: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Exit 3 below this top-1 agreement (0..1).")
     ] = None,
@@ -486,6 +522,46 @@ def validate_cmd(
     render_validation(result)
     if not result:
         raise typer.Exit(EXIT_VALIDATION)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    model: Annotated[Path, typer.Argument(help="A float ONNX model, or one onnxq compressed.")],
+    bits: _Bits = 5,
+    target_bits: Annotated[
+        float | None,
+        typer.Option(min=MIN_TARGET_BITS, max=8.0, help="Predict the size at this average instead."),
+    ] = None,
+    codebook: _Codebook = "",
+    fmt: _Fmt = DEFAULT_FORMAT,
+    granularity: _Granularity = "channel",
+    group_size: _GroupSize = None,
+    min_elements: _MinElements = 128,
+    exclude: _Exclude = None,
+    fold_constants: _FoldConstants = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout, for scripts.")] = False,
+) -> None:
+    """Show the weights onnxq would compress and the predicted size, or what an output stores."""
+    _check_report_and_excludes(None, exclude)
+    config = Config(
+        bits=bits,
+        target_bits=target_bits,
+        codebook=codebook,
+        format=fmt,
+        granularity=granularity,
+        group_size=group_size,
+        min_elements=min_elements,
+        exclude=tuple(exclude or ()),
+        fold_constants=fold_constants,
+    )
+    try:
+        result = inspect(model, config)
+    except OnnxqError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(result.to_json())
+    else:
+        render_inspection(result)
 
 
 def fail(exc: OnnxqError) -> None:
@@ -535,19 +611,7 @@ def render(report: Report) -> None:
             markup=False,
             highlight=False,
         )
-    if d["skipped"]:
-        # The full list is in --report; the terminal gets one row per reason.
-        by_reason: dict[str, list[str]] = {}
-        for x in d["skipped"]:
-            by_reason.setdefault(x["reason"], []).append(x["name"])
-        skipped = Table(title=f"left in float: {len(d['skipped'])} tensors", title_justify="left")
-        skipped.add_column("reason", overflow="fold")
-        skipped.add_column("tensors", justify="right")
-        skipped.add_column("for example", overflow="fold")
-        for reason, names in by_reason.items():
-            example = ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
-            skipped.add_row(Text(reason), str(len(names)), Text(example))
-        out.print(skipped)
+    render_skipped(d["skipped"])
     for note in d["notes"]:
         if note == NO_WEIGHTS:  # a warning, on stderr
             typer.echo(f"warning: {note}", err=True)
@@ -573,6 +637,23 @@ def render(report: Report) -> None:
         render_validation(report.validation)
     else:
         out.print("validation: skipped")
+
+
+def render_skipped(skipped: list[dict]) -> None:
+    """One row per reason (the full list is in the report or the JSON)."""
+    if not skipped:
+        return
+    by_reason: dict[str, list[str]] = {}
+    for x in skipped:
+        by_reason.setdefault(x["reason"], []).append(x["name"])
+    table = Table(title=f"left in float: {len(skipped)} tensors", title_justify="left")
+    table.add_column("reason", overflow="fold")
+    table.add_column("tensors", justify="right")
+    table.add_column("for example", overflow="fold")
+    for reason, names in by_reason.items():
+        example = ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
+        table.add_row(Text(reason), str(len(names)), Text(example))
+    out.print(table)
 
 
 def render_validation(v: Validation) -> None:
@@ -722,3 +803,93 @@ def render_sweep(result) -> None:
     lines.append(f"wrote {names} and the models (models/) in {result.folder}")
     for line in lines:
         out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def render_inspection(result: Inspection) -> None:
+    d = result.to_dict()
+    version = f", written by onnxq {d['written_by']}" if d["written_by"] else ""
+    _say(f"{d['kind']}: {d['path']} ({d['file_bytes']:,} bytes){version}")
+    if d["settings"]:
+        _say(
+            "settings: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(d["settings"].items()) if v not in (None, []))
+        )
+    if result.compressed:
+        _render_stored(d)
+    else:
+        _render_float(d)
+    render_skipped(d["skipped"])
+    for note in d["notes"]:
+        _say(f"note: {note}")
+    p = d["prediction"]
+    if p is not None and p["weights"]:
+        at = ", ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in p["settings"].items()
+            if v is not None
+            and (k, v) != ("granularity", "channel")
+            and not (k == "bits" and p["settings"]["target_bits"])
+        )
+        _say(
+            f"predicted at {at}:\n  size {d['file_bytes']:,} -> {p['output_bytes']:,} bytes, "
+            f"{_fmt(p['ratio'], 2)}x smaller; {_fmt(p['bits_per_weight'], 3)} bits per compressed weight"
+        )
+        for assumption in p["assumptions"]:
+            _say(f"  assumes: {assumption}")
+
+
+def _render_float(d: dict) -> None:
+    n = sum(math.prod(w["shape"]) for w in d["weights"])
+    table = Table(title=f"would compress {len(d['weights'])} tensors, {n:,} weights", title_justify="left")
+    for col in ("tensor", "shape", "bytes", "min", "max", "std"):
+        text = col in ("tensor", "shape")
+        table.add_column(col, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
+    for w in d["weights"]:
+        table.add_row(
+            Text(w["name"]),
+            "x".join(map(str, w["shape"])),
+            f"{w['bytes']:,}",
+            *(_num(w[k]) for k in ("min", "max", "std")),
+        )
+    if d["weights"]:
+        out.print(table)
+
+
+def _render_stored(d: dict) -> None:
+    # A column that is the same on every row goes to the title: the names keep their width.
+    same = [k for k in ("format", "codebook") if len({w[k] for w in d["stored"]}) == 1]
+    common = f" ({', '.join(d['stored'][0][k] for k in same)})" if d["stored"] and same else ""
+    table = Table(title=f"stores {len(d['stored'])} tensors{common}", title_justify="left")
+    columns = [
+        c for c in ("tensor", "shape", "format", "codebook", "bits", "groups", "bytes") if c not in same
+    ]
+    for col in columns:
+        text = col in ("tensor", "shape", "format", "codebook")
+        table.add_column(col, justify="left" if text else "right", overflow="fold")
+    for w in d["stored"]:
+        cells = {
+            "tensor": Text(w["name"]),
+            "shape": "x".join(map(str, w["shape"])),
+            "format": w["format"],
+            "codebook": w["codebook"],
+            "bits": str(w["bits"]),
+            "groups": f"{w['groups']:,}",
+            "bytes": f"{w['index_bytes'] + w['codebook_bytes']:,}",
+        }
+        table.add_row(*(cells[c] for c in columns))
+    if d["stored"]:
+        out.print(table)
+    s = d["stored_summary"]
+    _say(
+        f"stored: {s['weights']:,} weights in {', '.join(s['formats']) or 'no format'}: indices "
+        f"{s['index_bytes']:,} bytes, codebooks {s['codebook_bytes']:,} bytes, "
+        f"{_fmt(s['bits_per_weight'], 3)} bits per weight"
+    )
+
+
+def _say(text: str) -> None:
+    out.print(text, markup=False, highlight=False)
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3g}"

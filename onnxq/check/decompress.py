@@ -19,7 +19,7 @@ from onnxq.graph import io
 from onnxq.graph.select import iter_graphs
 from onnxq.runtime import ORT_ERRORS, session
 from onnxq.storage import FORMATS
-from onnxq.storage.base import DOMAIN, MARK
+from onnxq.storage.base import CONFIG_KEY, DOMAIN, MARK, VERSION_KEY
 
 
 def _added_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -88,6 +88,9 @@ def decompress_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     imports = [i for i in out.opset_import if i.domain not in ours or i.domain in used]
     del out.opset_import[:]
     out.opset_import.extend(imports)
+    kept_props = [p for p in out.metadata_props if p.key not in (VERSION_KEY, CONFIG_KEY)]
+    del out.metadata_props[:]
+    out.metadata_props.extend(kept_props)  # a plain float model now: onnxq did not write it
     io.check_built(out)
     return out, decoded
 

@@ -131,7 +131,7 @@ class Report:
         return 8 * (self.output.indices + self.output.codebooks) / n if n else math.nan
 
     def to_dict(self) -> dict:
-        return _finite(
+        return finite(
             {
                 "schema_version": SCHEMA_VERSION,
                 "onnxq_version": __version__,
@@ -260,12 +260,12 @@ def _pct(part: int, total: int) -> str:
     return f"{100 * part / total:.1f}%" if total else "-"
 
 
-def _finite(obj):
+def finite(obj):
     """JSON has no inf or nan: write them as null."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
     return obj

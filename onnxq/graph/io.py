@@ -126,7 +126,7 @@ def _check_inline_sizes(model: onnx.ModelProto, path: Path) -> None:
             itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
         except (KeyError, TypeError, ValueError):
             continue  # strings and types numpy cannot name
-        bits = 4 if tensor.data_type in _FOUR_BIT_TYPES else 8 * itemsize
+        bits = _SUB_BYTE_TYPES.get(tensor.data_type, 8 * itemsize)
         expected = -(-math.prod(tensor.dims) * bits // 8)
         if len(tensor.raw_data) != expected:
             raise ModelLoadError(
@@ -135,8 +135,11 @@ def _check_inline_sizes(model: onnx.ModelProto, path: Path) -> None:
             )
 
 
-_FOUR_BIT_TYPES = {
-    getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)
+# Element types packed below a byte (qdq stores 1-2 bit weights as INT2, 3-4 bit ones as INT4).
+_SUB_BYTE_TYPES = {
+    getattr(onnx.TensorProto, n): bits
+    for n, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
+    if hasattr(onnx.TensorProto, n)
 }
 
 

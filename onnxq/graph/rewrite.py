@@ -247,10 +247,18 @@ def group_rows(weight: Weight, granularity: str, group_size: int | None = None) 
     a = weight.array.astype(np.float32, copy=False)
     if granularity == "tensor" or a.ndim < 2:
         return a.reshape(1, -1)
-    rows = np.moveaxis(a, weight.axis, 0).reshape(a.shape[weight.axis], -1)
+    return np.moveaxis(a, weight.axis, 0).reshape(rows_shape(weight, granularity, group_size))
+
+
+def rows_shape(weight: Weight, granularity: str, group_size: int | None = None) -> tuple[int, int]:
+    """(groups, n): the shape of group_rows(weight, ...), from the weight's shape alone."""
+    a = weight.array
+    if granularity == "tensor" or a.ndim < 2:
+        return 1, int(a.size)
     if group_size and block_size(weight, group_size) == group_size:
-        return rows.reshape(-1, group_size)
-    return rows
+        return int(a.size) // group_size, group_size
+    channels = int(a.shape[weight.axis])
+    return channels, int(a.size) // channels
 
 
 def block_size(weight: Weight, group_size: int) -> int | None:

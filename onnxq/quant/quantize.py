@@ -363,7 +363,7 @@ def quantize(
 
     slope, offset, sign = _code_coefficients(codebook, bits)
     a, _c = codebook.log_coefficients(bits)
-    two_params = bool(np.ptp(a) > 0)
+    two_params = parameter_count(codebook, bits) == 2
     if search == "auto":
         grid_holds = two_params or bits <= LINEAR_GRID_BITS  # see GRID_MIN_GROUP
         search = "grid" if grid_holds and w.shape[1] >= GRID_MIN_GROUP else "exact"
@@ -445,6 +445,41 @@ def _least_error(w64, candidates, bits, scale, error, search) -> QuantizedTensor
             best, best_error = q, e
     assert best is not None
     return best
+
+
+def parameter_count(codebook: Codebook, bits: int) -> int:
+    """P, the parameters per group: 2 (x0 and the scale) for a codebook whose levels move with x0,
+    1 (a step or a scale) for a linear or a fitted one."""
+    if codebook.fitted:
+        return 1
+    a, _ = codebook.log_coefficients(bits)
+    return 2 if np.ptp(a) > 0 else 1
+
+
+def layout(codebook: Codebook, bits: int, groups: int, n: int) -> QuantizedTensor:
+    """A QuantizedTensor of groups rows of n codes with no values: the shapes a storage format's
+    byte counts read, without quantizing. A choosing codebook (auto) takes its costliest candidate,
+    so that the bytes are an upper bound."""
+    if codebook.candidates():
+        return max(
+            (layout(c, bits, groups, n) for c in codebook.candidates()),
+            key=lambda q: q.codebook_bytes,
+        )
+    p = parameter_count(codebook, bits)
+    levels = np.zeros(1 << bits, np.float32)
+    return QuantizedTensor(
+        bits=bits,
+        codebook=codebook.name,
+        codes=np.broadcast_to(np.zeros((), np.uint8), (groups, n)),
+        params=np.broadcast_to(np.zeros((), np.uint16), (groups,)),
+        ranges=np.zeros((p, 2), np.float32),
+        slope=levels,
+        offset=levels,
+        sign=levels,
+        correlation=float("nan"),
+        sqnr_db=float("nan"),
+        tensor_offset=codebook.fitted,
+    )
 
 
 def with_codes(q: QuantizedTensor, w: np.ndarray, codes: np.ndarray) -> QuantizedTensor:

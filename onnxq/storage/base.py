@@ -9,9 +9,10 @@ sets WHOLE to None and is itself a WholeWeights.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import NamedTuple, Protocol
 
+import numpy as np
 import onnx
 
 from onnxq.quant.quantize import QuantizedTensor
@@ -19,6 +20,9 @@ from onnxq.quant.quantize import QuantizedTensor
 DOMAIN = "onnxq"  # the domain of the decoder functions onnxq adds to a model
 ROWS_PREFIX = "GatherRows_"  # the decoder functions that unpack only the gathered rows of a table
 MARK = ".onnxq."  # in the name of every tensor onnxq adds
+# The output's metadata_props that say what wrote it: the onnxq version and its settings (JSON).
+VERSION_KEY = "onnxq.version"
+CONFIG_KEY = "onnxq.config"
 
 
 class Piece(NamedTuple):
@@ -31,6 +35,22 @@ class Piece(NamedTuple):
     shape: tuple[int, ...]
     axis: int
 
+
+class Stored(NamedTuple):
+    """One weight as an output file stores it, read back from the graph (onnxq inspect)."""
+
+    name: str
+    shape: tuple[int, ...]
+    format: str
+    codebook: str
+    bits: int
+    groups: int  # how many sets of levels (channels, blocks, or one for the tensor)
+    index_bytes: int
+    codebook_bytes: int
+
+
+# read(tensor): a tensor's values, mapped from its external file if it is still there (external.reader)
+Read = Callable[[onnx.TensorProto], np.ndarray]
 
 # (initializers, nodes, local functions they call)
 Encoded = tuple[list[onnx.TensorProto], list[onnx.NodeProto], list[onnx.FunctionProto]]
@@ -89,6 +109,11 @@ class StorageFormat(Protocol):
 
     def codebook_bytes(self, q: QuantizedTensor) -> int: ...
 
+    def file_bytes(self, q: QuantizedTensor, shape: tuple[int, ...], uses: list[str]) -> tuple[int, int]:
+        """(index, codebook) bytes the output will hold for a weight of this shape and these uses
+        ("MatMul input 1", ...), for a prediction: what a fused reader pads and keeps included."""
+        ...
+
     def replace_consumer(
         self,
         q: QuantizedTensor,
@@ -99,6 +124,12 @@ class StorageFormat(Protocol):
         packed_rows: bool,
     ) -> Replacement | str | None:
         """The node that replaces a reader of the weight, or why not, or None: store the weight whole."""
+        ...
+
+    def stored(self, model: onnx.ModelProto, graph: onnx.GraphProto, read: Read) -> list[Stored]:
+        """The weights that this format's own nodes in graph store (a WHOLE format reports the
+        rest), read from the graph; read is for the values only a format that keeps no width in
+        its nodes needs."""
         ...
 
     def unfuse(self, model: onnx.ModelProto, graph: onnx.GraphProto, evaluate) -> int:

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.quant.packing import pack_bits, pack_rows
 from onnxq.quant.quantize import SPLIT, QuantizedTensor
-from onnxq.storage.base import DOMAIN, ROWS_PREFIX, Encoded, Piece, WholeWeights
+from onnxq.storage.base import DOMAIN, MARK, ROWS_PREFIX, Encoded, Piece, Read, Stored, WholeWeights
 
 NAME = "fold"
 CHANNEL_FIRST = True  # the decoder builds the weight channel-first; rewrite transposes it back
@@ -79,6 +79,11 @@ def index_bytes(q: QuantizedTensor) -> int:
 
 def codebook_bytes(q: QuantizedTensor) -> int:
     return q.codebook_bytes
+
+
+def file_bytes(q: QuantizedTensor, shape: tuple[int, ...], uses: list[str]) -> tuple[int, int]:
+    """index_bytes and codebook_bytes: the weight is stored whole, whatever reads it."""
+    return index_bytes(q), codebook_bytes(q)
 
 
 def weight_problem(shape: tuple[int, ...], axis: int, group_size: int) -> str | None:
@@ -477,3 +482,77 @@ def unfuse(model: onnx.ModelProto, graph: onnx.GraphProto, evaluate) -> int:
         graph.node.remove(node)
         count += 1
     return count
+
+
+def stored(model: onnx.ModelProto, graph: onnx.GraphProto, read: Read) -> list[Stored]:
+    """Every weight a decoder call or a packed-rows call in graph rebuilds: its codebook and width
+    from the function's name (function_name), its groups and shape from the call's constants, and
+    its bytes as index_bytes and codebook_bytes count them (a batch's blob is shared)."""
+    functions = {f.name: f for f in model.functions if f.domain == DOMAIN}
+    inits = {t.name: t for t in graph.initializer}
+    readers = {i: n for n in graph.node for i in n.input}
+    out = []
+    for node in graph.node:
+        if node.domain != DOMAIN:
+            continue
+        if node.op_type.startswith(ROWS_PREFIX):
+            out.append(_stored_rows(node, inits))
+        elif node.op_type.startswith("Decode_") and node.op_type in functions:
+            out += _stored_batch(node, functions[node.op_type], inits, readers)
+    return out
+
+
+def _kind(name: str, prefix: str) -> tuple[str, int]:
+    """(codebook, bits) from a function name such as Decode_exponential_5 or Decode_linear_4_1."""
+    codebook, bits = name.removeprefix(prefix).split("_")[:2]
+    return codebook, int(bits)
+
+
+def _stored_batch(node, function: onnx.FunctionProto, inits, readers) -> list[Stored]:
+    codebook, bits = _kind(node.op_type, "Decode_")
+    consts = {
+        n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in function.node if n.op_type == "Constant"
+    }
+    ranges = int(inits[node.input[2]].dims[-1]) if node.input[2] in inits else 0
+    table = 4 << bits if len(node.input) > 3 else 0  # a fitted codebook's own levels
+    out = []
+    for i, output in enumerate(node.output):
+        groups = int(consts[f"qs{i}"][0])
+        shape = tuple(int(d) for d in consts[f"ws{i}"])
+        after = readers.get(output)
+        if after is not None and after.op_type == "Transpose":  # built channel-first
+            perm = next(a.ints for a in after.attribute if a.name == "perm")
+            shape = tuple(shape[p] for p in perm)
+        n = int(np.prod(shape))
+        out.append(
+            Stored(
+                output.split(MARK)[0],
+                shape,
+                NAME,
+                codebook,
+                bits,
+                groups,
+                -(-n // 8) * bits,
+                2 * groups + 4 * ranges + table,
+            )
+        )
+    return out
+
+
+def _stored_rows(node: onnx.NodeProto, inits) -> Stored:
+    codebook, bits = _kind(node.op_type, ROWS_PREFIX)
+    attrs = {a.name: numpy_helper.to_array(a.t) for a in node.attribute}
+    shape = tuple(int(d) for d in attrs["shape"])
+    indices, params = inits[node.input[0]], inits[node.input[1]]
+    groups = int(np.prod(params.dims))
+    extra = sum(4 * attrs[k].size for k in ("ranges", "offset") if k in attrs)
+    return Stored(
+        node.input[0].removesuffix(".onnxq.indices"),
+        shape,
+        NAME,
+        codebook,
+        bits,
+        groups,
+        int(np.prod(indices.dims)),
+        2 * groups + extra,
+    )

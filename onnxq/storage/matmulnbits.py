@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 from onnxq.quant.codebooks import CODEBOOKS, magnitude_count
 from onnxq.quant.quantize import QuantizedTensor
 from onnxq.storage import fold
-from onnxq.storage.base import MARK
+from onnxq.storage.base import MARK, Read, Stored
 
 NAME = "matmulnbits"
 MS_DOMAIN = "com.microsoft"
@@ -49,6 +49,28 @@ def load_notes(weights: list[tuple[list[str], int]], packed_rows: bool) -> list[
 
 index_bytes = fold.index_bytes
 codebook_bytes = fold.codebook_bytes
+
+
+def file_bytes(q: QuantizedTensor, shape: tuple[int, ...], uses: list[str]) -> tuple[int, int]:
+    """A weight only MatMul (as B) or only Gather (rows) reads, at a width with kernels: its codes
+    padded to whole blocks, and a float32 scale per block (replace_consumer); else as fold."""
+    if len(shape) == 2 and supports(q.codebook, q.bits) is None:
+        if uses == ["MatMul input 1"] and (block := _block_of(q, shape[1], shape[0])):
+            k, n = shape
+            blocks = -(-k // block)
+            return n * blocks * block * q.bits // 8, 4 * n * blocks
+        if uses == ["Gather input 0"] and shape[1] % (8 // q.bits) == 0 and (block := _block_of(q, *shape)):
+            v, d = shape
+            return v * d * q.bits // 8, 4 * v * -(-d // block)
+    return fold.index_bytes(q), fold.codebook_bytes(q)
+
+
+def _block_of(q: QuantizedTensor, channels: int, k: int) -> int | None:
+    """The kernel's block: the quantizer's blocks if it cut each channel, else _block_for; None
+    when the kernels take no such block (the weight is then stored as fold)."""
+    per_channel = q.groups // channels if q.groups > channels else 1
+    block = k // per_channel if per_channel > 1 else _block_for(k)
+    return block if block >= 16 and not block & (block - 1) else None
 
 
 def _block_for(k: int) -> int:
@@ -250,3 +272,30 @@ def unfuse(model: onnx.ModelProto, graph: onnx.GraphProto, evaluate) -> int:
         graph.node.remove(node)
         count += 1
     return count
+
+
+def stored(model: onnx.ModelProto, graph: onnx.GraphProto, read: Read) -> list[Stored]:
+    """Every MatMulNBits and GatherBlockQuantized that reads onnxq's packed weights (the weights
+    stored as fold are fold's), with the bytes they hold: codes padded to whole blocks, and a
+    float32 scale per block."""
+    inits = {t.name: t for t in graph.initializer}
+    out = []
+    for node in graph.node:
+        if node.domain != MS_DOMAIN or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
+            continue
+        packed_name = node.input[1] if node.op_type == "MatMulNBits" else node.input[0]
+        if MARK not in packed_name or packed_name not in inits:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        bits = int(attrs["bits"])
+        packed = inits[packed_name]
+        if node.op_type == "MatMulNBits":
+            shape = (int(attrs["K"]), int(attrs["N"]))
+        else:
+            shape = (int(packed.dims[0]), int(packed.dims[1]) * 8 // bits)
+        groups = int(np.prod(inits[node.input[2]].dims))
+        name = packed_name.removesuffix(".onnxq.indices")
+        out.append(
+            Stored(name, shape, NAME, _evenly_spaced(), bits, groups, int(np.prod(packed.dims)), 4 * groups)
+        )
+    return out

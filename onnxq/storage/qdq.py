@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxq.errors import OnnxqError
 from onnxq.quant.codebooks import CODEBOOKS, magnitude_count
 from onnxq.quant.quantize import QuantizedTensor
-from onnxq.storage.base import Encoded, Piece, WholeWeights
+from onnxq.storage.base import MARK, Encoded, Piece, Read, Stored, WholeWeights
 
 NAME = "qdq"
 CHANNEL_FIRST = False  # the weight keeps its own layout; DequantizeLinear's axis names the channel
@@ -93,6 +93,11 @@ def index_bytes(q: QuantizedTensor) -> int:
 
 def codebook_bytes(q: QuantizedTensor) -> int:
     return 4 * q.groups  # one float32 step per group
+
+
+def file_bytes(q: QuantizedTensor, shape: tuple[int, ...], uses: list[str]) -> tuple[int, int]:
+    """index_bytes and codebook_bytes: the weight is stored whole, whatever reads it."""
+    return index_bytes(q), codebook_bytes(q)
 
 
 def block_axis(shape: tuple[int, ...], axis: int) -> int | None:
@@ -197,3 +202,36 @@ def encode_weight(
     node = helper.make_node("DequantizeLinear", [t.name for t in inits], [output], name=output)
     node.attribute.extend(helper.make_attribute(key, v) for key, v in attrs.items())
     return inits, node
+
+
+def stored(model: onnx.ModelProto, graph: onnx.GraphProto, read: Read) -> list[Stored]:
+    """Every weight a DequantizeLinear of onnxq's integers rebuilds. The width is the least one,
+    within the integer type's, whose levels -M..M hold every stored integer: the type alone
+    says only INT8 for 5 to 8 bits. (1 and 2 bits, both -1..1, tell apart by whether 0 occurs.)"""
+    inits = {t.name: t for t in graph.initializer}
+    out = []
+    for node in graph.node:
+        codes = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" and node.domain == "" else None
+        if codes is None or MARK not in codes.name or node.input[1] not in inits:
+            continue
+        n = int(np.prod(codes.dims))
+        groups = int(np.prod(inits[node.input[1]].dims))
+        bits = _width(np.asarray(read(codes)), codes.data_type)
+        name = codes.name.removesuffix(".onnxq.indices")
+        shape = tuple(int(d) for d in codes.dims)
+        out.append(
+            Stored(name, shape, NAME, _linear(), bits, groups, -(-n * stored_bits(bits) // 8), 4 * groups)
+        )
+    return out
+
+
+def _width(k: np.ndarray, element: int) -> int:
+    top = int(np.abs(k.astype(np.int16)).max()) if k.size else 0
+    low = next(b for b in range(1, 9) if _element(b)[0] == element)
+    if top <= 1:
+        return max(low, 2 if top == 0 or (k == 0).any() else 1)
+    return max(low, int(np.ceil(np.log2(top + 1))) + 1)
+
+
+def _linear() -> str:
+    return " or ".join(name for name, c in CODEBOOKS.items() if c.evenly_spaced)

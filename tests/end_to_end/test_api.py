@@ -25,6 +25,7 @@ def test_public_names():
         "compare_models",
         "compress",
         "compress_model",
+        "inspect",
     }
     for name in onnxq.__all__:
         assert hasattr(onnxq, name)
@@ -299,3 +300,21 @@ def test_auto_search_keeps_the_exact_search_under_gptq(options, search):
     from onnxq.api import resolved_search
 
     assert resolved_search(onnxq.Config(**options)) == search
+
+
+def test_the_output_records_the_onnxq_version_and_settings_and_keeps_the_models_own(tiny, tmp_path):
+    import json
+
+    from onnxq.check.decompress import decompress_model
+
+    model = tiny[0]
+    onnx.helper.set_model_props(model, {"author": "someone", "onnxq.version": "0.0.1"})
+    out, _ = onnxq.compress_model(model, onnxq.Config(bits=4, format="qdq", inputs=str(tmp_path / "x.npz")))
+    props = {p.key: p.value for p in out.metadata_props}
+    assert props["author"] == "someone" and props["onnxq.version"] == onnxq.__version__
+    settings = json.loads(props["onnxq.config"])
+    assert settings["bits"] == 4 and settings["format"] == "qdq" and settings["codebook"] == "linear"
+    assert "inputs" not in settings and settings["calibrated"] is False  # no path of the user's data
+    assert len(out.metadata_props) == 3  # replaced, not added twice
+    plain, _ = decompress_model(out)
+    assert {p.key: p.value for p in plain.metadata_props} == {"author": "someone"}

@@ -16,6 +16,7 @@ from conftest import (
     make_model,
     no_weights_model,
     relocate,
+    run,
     save_external,
     sha256,
     small_cnn,
@@ -98,8 +99,8 @@ def test_compress(tiny_path, tmp_path):
 def test_options_reach_the_library(tiny_path, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_compress(src, dst, config, progress=None, pictures=False):
-        seen.update(src=src, dst=dst, config=config)
+    def fake_compress(src, dst, config, progress=None, pictures=False, force=False):
+        seen.update(src=src, dst=dst, config=config, force=force)
         return onnxq.Report(config={})
 
     monkeypatch.setattr(cli, "compress", fake_compress)
@@ -152,12 +153,13 @@ def test_options_reach_the_library(tiny_path, tmp_path, monkeypatch):
     assert c.min_elements == 10 and c.exclude == ("^emb", "conv")
     assert c.dims == {"batch": 4} and c.samples == 2 and c.seed == 7
     assert c.min_sqnr == 12.5 and c.min_agreement == 0.9 and c.validate is False
+    assert seen["force"] is False
 
 
 def test_defaults_reach_the_library(tiny_path, tmp_path, monkeypatch):
     seen = []
 
-    def fake_compress(src, dst, config, progress=None, pictures=False):
+    def fake_compress(src, dst, config, progress=None, pictures=False, force=False):
         seen.append((config, pictures))
         return onnxq.Report(config={})
 
@@ -166,7 +168,9 @@ def test_defaults_reach_the_library(tiny_path, tmp_path, monkeypatch):
     # Only the worker processes differ: the library runs in its caller's process unless asked.
     assert seen == [(onnxq.Config(jobs=min(os.cpu_count() or 1, 8)), False)]
     # An HTML report asks the library to keep what it draws.
-    assert invoke("compress", tiny_path, tmp_path / "out.onnx", "--report", tmp_path / "r.html").exit_code == 0
+    assert (
+        invoke("compress", tiny_path, tmp_path / "out.onnx", "--report", tmp_path / "r.html").exit_code == 0
+    )
     assert seen[-1][1] is True
 
 
@@ -263,6 +267,7 @@ def test_min_agreement_not_met_exits_3(tiny, tiny_path, tmp_path):
         (["--min-agreement", "1.01"], "--min-agreement"),
         (["--min-agreement", "-0.1"], "--min-agreement"),
         (["--min-cosine", "2"], "--min-cosine"),
+        (["--min-sqnr", "nan"], "--min-sqnr"),
         (["--batch", "0"], "--batch"),
         (["--target-bits", "9"], "--target-bits"),
         (["--target-bits", "nan"], "--target-bits"),
@@ -401,6 +406,13 @@ def test_validate_below_threshold_exits_3(tiny_path, compressed):
     assert "FAILED" in result.stdout
 
 
+@pytest.mark.parametrize("args", [["--min-sqnr", "nan"], ["--min-cosine", "1.5"], ["--samples", "0"]])
+def test_validate_range_errors_are_usage_errors(args, tiny_path, compressed):
+    result = invoke("validate", tiny_path, compressed, *args)
+    no_traceback(result)
+    assert result.exit_code == 2 and args[0] in flat(result.stderr)
+
+
 def test_validate_missing_model(tiny_path, tmp_path):
     result = invoke("validate", tiny_path, tmp_path / "missing.onnx")
     assert "does not exist" in error_message(result)
@@ -452,6 +464,26 @@ def test_entry_point_compress_and_bad_input(tiny_path, tmp_path):
     assert "Traceback" not in done.stderr + done.stdout
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, repr(done.stderr)
     assert not (tmp_path / "out2.onnx").exists()
+
+
+@pytest.mark.parametrize("fmt", ["fold", "qdq"])
+def test_compressing_an_onnxq_output_exits_1_unless_forced(fmt, tiny, tiny_path, tmp_path):
+    once, twice = tmp_path / "once.onnx", tmp_path / "twice.onnx"
+    first = invoke(
+        "compress", tiny_path, once, "--format", fmt, "--exclude", "conv", "--report", tmp_path / "1.json"
+    )
+    assert first.exit_code == 0
+    refused = error_message(invoke("compress", once, twice))
+    assert "written by onnxq compress already" in refused and "--force" in refused
+    assert not twice.exists()
+    result = invoke("compress", once, twice, "--force", "--format", fmt, "--report", tmp_path / "2.json")
+    assert result.exit_code == 0, result.output
+    skipped = json.loads((tmp_path / "1.json").read_text())["skipped"]
+    excluded = {x["name"] for x in skipped if x["reason"].startswith("excluded")}
+    assert (
+        excluded and {w["name"] for w in json.loads((tmp_path / "2.json").read_text())["weights"]} == excluded
+    )
+    assert run(twice, tiny[1])
 
 
 def test_a_bad_exclude_regex_is_a_usage_error(tiny_path, tmp_path):
@@ -606,8 +638,9 @@ def test_compress_help_fits_80_columns_without_cutting_words():
     lines = result.output.splitlines()
     assert all(len(line) <= 80 for line in lines), max(lines, key=len)
     assert "…" not in result.output
-    assert "--search <str>" in result.output and "under GPTQ rounding" in flat(result.output)
+    assert "under GPTQ rounding" in flat(result.output)
     assert len(lines) < 120  # 221 lines in rich's boxes, with most words cut
+    assert not any(line.rstrip().endswith("-") for line in lines), "a word cut at its hyphen"
 
 
 def test_summary_lists_the_worst_tensors_of_a_large_model(tmp_path):
@@ -648,3 +681,70 @@ def test_quiet_and_json_are_for_scripts(tiny_path, tmp_path):
     assert failed.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'f.onnx'} was written, but it failed its validation gate"
     ]
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress", "validate", "inspect"])
+def test_help_shows_the_choices_of_an_option_not_its_type(command):
+    result = CliRunner().invoke(app, [command, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert "<str>" not in result.output and "<bool>" not in result.output
+    assert all(len(line) <= 80 for line in result.output.splitlines())
+    if command in ("compress", "inspect"):
+        assert "--format [fold|qdq|matmulnbits]" in result.output
+        assert "--codebook [linear|exponential|kmeans|auto]" in result.output
+    if command == "compress":
+        assert "--search [auto|grid|fast|exact]" in result.output
+        assert "--rounding [nearest|gptq]" in result.output
+
+
+# ---------------------------------------------------------------------------
+# inspect
+
+
+def test_inspect_a_float_model_and_its_output_at_80_columns(tmp_path):
+    from conftest import tiny_model
+
+    model, _ = tiny_model()
+    long = "encoder.layers.0.attention.self.query_projection.weight_" + "x" * 60
+    for t in model.graph.initializer:
+        if t.name == "mm.b":
+            t.name = long
+    for node in model.graph.node:
+        node.input[:] = [long if i == "mm.b" else i for i in node.input]
+    src, dst = tmp_path / "long.onnx", tmp_path / "out.onnx"
+    onnx.save(model, src)
+    for path, words in [(src, "predicted at --format fold"), (dst, f"written by onnxq {onnxq.__version__}")]:
+        if path == dst:
+            assert invoke("compress", src, dst, "--no-validate").exit_code == 0
+        result = CliRunner().invoke(app, ["inspect", str(path)], terminal_width=80, env={"COLUMNS": "80"})
+        no_traceback(result)
+        assert result.exit_code == 0, result.output
+        assert words in flat(result.stdout) and "bias of Conv" in flat(result.stdout)
+        assert all(len(line) <= 80 for line in result.stdout.splitlines())
+        cells = "".join(
+            line.split("│")[1].strip() for line in result.stdout.splitlines() if line.count("│") > 2
+        )
+        assert long in cells and "…" not in result.stdout
+
+
+def test_inspect_json_is_the_librarys_inspection(tiny_path):
+    result = invoke("inspect", tiny_path, "--json", "--format", "qdq", "--bits", "4")
+    assert result.exit_code == 0 and result.stderr == ""
+    d = json.loads(result.stdout)
+    assert d == onnxq.inspect(tiny_path, format="qdq", bits=4).to_dict()
+    assert d["kind"] == "float model" and d["prediction"]["settings"]["codebook"] == "linear"
+
+
+@pytest.mark.parametrize("kind", ["not-onnx", "truncated", "missing", "external-missing", "external-outside"])
+def test_inspect_bad_input_is_one_error_line(kind, tmp_path, tiny):
+    src, _, words = bad_inputs(kind, tmp_path, tiny)
+    assert words in error_message(invoke("inspect", src))
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"), [(["--bits", "9"], "--bits"), (["--format", "zip"], "fold, qdq")]
+)
+def test_inspect_bad_options_are_usage_errors(args, expected, tiny_path):
+    result = invoke("inspect", tiny_path, *args)
+    no_traceback(result)
+    assert result.exit_code == 2 and expected in flat(result.stderr)

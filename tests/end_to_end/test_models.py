@@ -56,6 +56,23 @@ def test_file_ratio(compressed):
     assert report.bits_per_weight < 5.5
 
 
+def test_inspect_predicts_the_output_and_reads_it_back(compressed):
+    src, dst, report = compressed
+    before = onnxq.inspect(src, bits=5)
+    p = before.prediction
+    assert [w.name for w in before.weights] == [w.name for w in report.weights]
+    assert p.bits_per_weight == pytest.approx(report.bits_per_weight)
+    # only the decoder nodes are not counted: a few KB, and a few hundred bytes per weight
+    assert 0 < report.output.total - p.output_bytes < 8000 + 300 * len(report.weights)
+    after = onnxq.inspect(dst)
+    assert after.compressed and after.written_by == onnxq.__version__ and after.settings["bits"] == 5
+    summary = after.stored_summary()
+    assert (
+        summary["index_bytes"] + summary["codebook_bytes"] == report.output.indices + report.output.codebooks
+    )
+    assert {s.name: s.bits for s in after.stored} == {w.name: w.bits for w in report.weights}
+
+
 def test_random_validation_passes_and_the_model_runs(compressed):
     _, dst, report = compressed
     assert report.validation is not None and report.validation

@@ -157,3 +157,21 @@ def _first_feed(name: str, path) -> dict:
 
     model = onnx.load(fetched(name))
     return data.read_samples(path, data.input_specs(model), "inputs")[0]
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("name", zoo.names())
+def test_inspect_reads_every_zoo_model_and_its_output(name, tmp_path):
+    src = fetched(name)
+    before = onnxq.inspect(src)
+    assert before.weights and before.prediction.ratio > 1, f"{name}: nothing to compress"
+    dst = tmp_path / f"{name}.onnx"
+    report = onnxq.compress(src, dst, bits=5, validate=False)
+    assert before.prediction.bits_per_weight == pytest.approx(report.bits_per_weight)
+    after = onnxq.inspect(dst)
+    assert after.compressed and after.written_by == onnxq.__version__
+    if onnx.load(dst, load_external_data=False).ir_version < 8:
+        # Known gap: below IR 8 the decoders are inlined, and no format reads its tensors back yet.
+        assert not after.stored and any("inlined" in n for n in after.notes)
+        return
+    assert {s.name: s.bits for s in after.stored} == {w.name: w.bits for w in report.weights}

@@ -7,6 +7,8 @@ the quantized values, and decompress to a plain float model.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import toy_codebook
@@ -16,6 +18,7 @@ from onnx import numpy_helper
 
 import onnxq
 from onnxq.check.decompress import decompress_model
+from onnxq.check.inspect import describe_output
 from onnxq.quant.codebooks import CODEBOOKS
 from onnxq.storage import FORMATS
 
@@ -36,6 +39,8 @@ def test_a_new_format_and_codebook_compress_and_decompress(registered, fmt, code
     if fmt == "toy":
         assert f"toy stores [{bits}] bits as a byte per weight" in report.notes
         assert report.output.indices == sum(w.elements for w in report.weights)  # a byte per code
+    stored = describe_output(compressed, Path("m.onnx"), 0, numpy_helper.to_array).stored
+    assert sorted((s.name, s.bits, s.format) for s in stored) == sorted((n, bits, fmt) for n in WEIGHT_NAMES)
     floats, count = decompress_model(compressed)
     assert count == len(WEIGHT_NAMES)
     expected = run(compressed, feeds)

@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.quant.quantize import QuantizedTensor
-from onnxq.storage.base import Encoded, Piece, WholeWeights
+from onnxq.storage.base import Encoded, Piece, Read, Stored, WholeWeights
 
 NAME = "toy"
 CHANNEL_FIRST = True
@@ -49,6 +49,10 @@ def codebook_bytes(q: QuantizedTensor) -> int:
     return 4 * q.groups << q.bits
 
 
+def file_bytes(q: QuantizedTensor, shape: tuple[int, ...], uses: list[str]) -> tuple[int, int]:
+    return index_bytes(q), codebook_bytes(q)
+
+
 def batch_key(q: QuantizedTensor) -> None:
     return None
 
@@ -83,3 +87,30 @@ def replace_consumer(q, weight, node, block, opset, packed_rows):
 
 def unfuse(model: onnx.ModelProto, graph: onnx.GraphProto, evaluate) -> int:
     return 0
+
+
+def stored(model: onnx.ModelProto, graph: onnx.GraphProto, read: Read) -> list[Stored]:
+    """Every weight a GatherElements of a toy level table rebuilds."""
+    inits = {t.name: t for t in graph.initializer}
+    out = []
+    for node in graph.node:
+        table = inits.get(node.input[0]) if node.op_type == "GatherElements" else None
+        if table is None or not table.name.endswith(".onnxq.codebook"):
+            continue
+        stem = table.name.removesuffix(".codebook")
+        groups, levels = (int(d) for d in table.dims)
+        shape = tuple(int(d) for d in read(inits[f"{stem}.shape"]))
+        n = int(np.prod(shape))
+        out.append(
+            Stored(
+                stem.removesuffix(".onnxq"),
+                shape,
+                NAME,
+                "levels",
+                levels.bit_length() - 1,
+                groups,
+                n,
+                4 * groups * levels,
+            )
+        )
+    return out

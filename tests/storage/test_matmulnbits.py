@@ -85,6 +85,8 @@ def test_a_codebook_or_width_no_matmul_can_take_is_an_error_naming_what_can():
         onnxq.compress_model(model, onnxq.Config(format="matmulnbits", bits=4, codebook="exponential"))
     with pytest.raises(OnnxqError, match="2, 4, 8 bits, not 5"):
         onnxq.compress_model(model, onnxq.Config(format="matmulnbits", bits=5, codebook="linear"))
+    with pytest.raises(OnnxqError, match="2, 4, 8 bits, not 3"):  # the default codebook is linear
+        onnxq.compress_model(model, onnxq.Config(format="matmulnbits", bits=3))
 
 
 def test_with_target_bits_the_widths_without_kernels_fall_back_to_fold(tmp_path):

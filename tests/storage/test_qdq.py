@@ -96,6 +96,9 @@ def test_qdq_is_registered():
 @pytest.mark.parametrize("fmt", ["qdq", "matmulnbits"])
 def test_without_a_codebook_the_formats_of_evenly_spaced_levels_take_linear(fmt):
     assert onnxq.Config(format=fmt, bits=4).codebook == "linear"
+    # at any width and with --target-bits too, so that a width the format lacks is what an error names
+    assert onnxq.Config(format=fmt, bits=3).codebook == "linear"
+    assert onnxq.Config(format=fmt, target_bits=3.0).codebook == "linear"
     assert onnxq.Config(format="fold").codebook == "exponential"
     model, _ = MODELS[next(iter(MODELS))]()
     _, report = onnxq.compress_model(model, onnxq.Config(format=fmt, bits=4, min_elements=1))
