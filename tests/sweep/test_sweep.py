@@ -4,7 +4,6 @@ sweeps of a tiny model: resumable, the same in worker processes, from the comman
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -141,24 +140,30 @@ def measured(rows: list[dict]) -> list[dict]:
     return [{k: kept(v) for k, v in r.items() if k not in ("seconds", "fingerprint")} for r in rows]
 
 
-def test_sweep_resumes_and_matches_worker_processes(tiny_files, tmp_path):
+def test_sweep_resumes(tiny_files, tmp_path):
     model, inputs = tiny_files
     first = sweep(model, tmp_path / "a", GRID, "cosine>=0.9", inputs=str(inputs))
     assert len(first.rows) == 4 and first.reused == 0 and not any(r.get("error") for r in first.rows)
     assert first.chosen is not None and first.chosen["cosine"] >= 0.9
     assert all((tmp_path / "a" / "models" / f"{r['key']}.onnx").exists() for r in first.rows)
+    table = json.loads((tmp_path / "a" / "sweep.json").read_text())
+    assert table["chosen"] == first.chosen["key"] and len(table["rows"]) == 4
+    assert (tmp_path / "a" / "sweep.md").read_text().count("| `--bits") == 4
     again = sweep(model, tmp_path / "a", GRID, "cosine>=0.9", inputs=str(inputs))
     assert again.reused == 4 and again.rows == first.rows
-    parallel = sweep(model, tmp_path / "b", GRID, "cosine>=0.9", runner=local(2), inputs=str(inputs))
-    assert parallel.reused == 0 and measured(parallel.rows) == measured(first.rows)
-    table = json.loads((tmp_path / "b" / "sweep.json").read_text())
-    assert table["chosen"] == first.chosen["key"] and len(table["rows"]) == 4
-    assert (tmp_path / "b" / "sweep.md").read_text().count("| `--bits") == 4
-    # A changed model, or a deleted output, invalidates a saved row.
+    # A deleted output, or a changed model, invalidates a saved row.
     (tmp_path / "a" / "models" / f"{first.rows[0]['key']}.onnx").unlink()
     assert sweep(model, tmp_path / "a", GRID, inputs=str(inputs)).reused == 3
     model.write_bytes(model.read_bytes())
     assert sweep(model, tmp_path / "a", {"bits": [3]}, inputs=str(inputs)).reused == 0
+
+
+@pytest.mark.heavy  # worker processes take seconds to start
+def test_worker_processes_give_the_same_rows(tiny_files, tmp_path):
+    model, inputs = tiny_files
+    here = sweep(model, tmp_path / "a", GRID, "cosine>=0.9", inputs=str(inputs))
+    parallel = sweep(model, tmp_path / "b", GRID, "cosine>=0.9", runner=local(2), inputs=str(inputs))
+    assert parallel.reused == 0 and measured(parallel.rows) == measured(here.rows)
 
 
 def test_sweep_refuses_bad_data_before_any_work(tiny_files, tmp_path):
@@ -182,29 +187,27 @@ def test_metric_command_is_a_metric(tiny_files, tmp_path):
     assert result.chosen["settings"] == {"bits": 2}
 
 
-CLI = [sys.executable, "-m", "onnxq", "sweep"]
-
-
 def test_cli_prints_the_front_and_the_choice(tiny_files, tmp_path):
+    from typer.testing import CliRunner
+
+    from onnxq.cli import app
+
     model, inputs = tiny_files
-    args = [str(model), "--inputs", str(inputs), "--grid", "bits=3,5", "--out", str(tmp_path / "c")]
-    done = subprocess.run(
-        [*CLI, *args, "--gate", "cosine>=0.9", "--parallel", "1"], check=False, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
+    args = ["sweep", str(model), "--inputs", str(inputs), "--grid", "bits=3,5", "--out", str(tmp_path / "c")]
+    done = CliRunner().invoke(app, [*args, "--gate", "cosine>=0.9", "--parallel", "1"])
+    assert done.exit_code == 0, done.output
     assert "Pareto front: size against cosine" in done.stdout
     assert "chosen for cosine>=0.9: --bits " in done.stdout
     lines = done.stdout.splitlines()
     assert lines[-1] == f"wrote sweep.json, sweep.md, sweep.svg and the models (models/) in {tmp_path / 'c'}"
     assert max(map(len, lines[:-1])) <= 100  # the last line holds a path to copy, unbroken
-    never = subprocess.run(
-        [*CLI, *args, "--gate", "cosine>=1.5"], check=False, capture_output=True, text=True
-    )
-    assert never.returncode == 3 and never.stderr.strip().splitlines()[-1].startswith(
+    never = CliRunner().invoke(app, [*args, "--gate", "cosine>=1.5"])
+    assert never.exit_code == 3 and never.stderr.strip().splitlines()[-1].startswith(
         "error: no setting meets"
     )
-    usage = subprocess.run([*CLI, *args, "--gate", "speed>=1"], check=False, capture_output=True, text=True)
-    assert usage.returncode == 2 and "Traceback" not in usage.stderr and "--gate" in usage.stderr
+    assert "cells: 2, 2 kept from an earlier run" in never.stdout  # the first run's cells
+    usage = CliRunner().invoke(app, [*args, "--gate", "speed>=1"])
+    assert usage.exit_code == 2 and "--gate" in usage.stderr and "Traceback" not in usage.output
 
 
 @pytest.mark.heavy
