@@ -770,6 +770,8 @@ def sweep_cmd(
         typer.echo(f"interrupted: the cells finished so far are kept in {folder}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     render_sweep(result)
+    if not result and not result.measured:
+        fail(OnnxqError("every cell failed (see above); fix the first cause and run again"))
     if not result:
         typer.echo(f"error: no setting meets --gate {result.gate}", err=True)
         raise typer.Exit(EXIT_VALIDATION)
@@ -795,6 +797,7 @@ def render_sweep(result) -> None:
     reused = f", {result.reused} kept from an earlier run" if result.reused else ""
     lines = [f"cells: {len(result.rows)}{reused}, {len(failed)} failed, {len(result.refused)} refused"]
     lines += [f"failed: {r['options']}: {r['error']}" for r in failed]
+    lines += [f"refused: {options}: {why}" for options, why in result.refused]
     if result.gate:
         lines.append(
             f"chosen for {result.gate}: {chosen['options']}" if chosen else f"none meets {result.gate}"

@@ -45,8 +45,13 @@ class Sweep:
     def chosen(self) -> dict | None:
         return choose(self.rows, self.gate) if self.gate else None
 
+    @property
+    def measured(self) -> int:
+        return sum(1 for r in self.rows if not r.get("error"))
+
     def __bool__(self) -> bool:
-        return self.gate is None or self.chosen is not None
+        """A gate met, or, without a gate, some cell measured."""
+        return self.chosen is not None if self.gate else self.measured > 0
 
 
 def sweep(
@@ -64,8 +69,11 @@ def sweep(
     same model, data and settings is reused."""
     model, folder = Path(model), Path(folder)
     parsed = Gate.parse(gate) if gate else None
-    _check(model, folder, base, metric_command, parsed)
     todo_cells, refused = grid_cells(grid or DEFAULT_GRID, lambda s: Config(**base, **s).check())
+    if not todo_cells:
+        cell, why = refused[0]
+        raise OnnxqError(f"no setting of the grid can run: {cell.options}: {why}")
+    _check(model, folder, base, metric_command, parsed)
     if any("target_bits" in c.as_dict() for c in todo_cells):
         base.setdefault("sensitivity_samples", SENSITIVITY_SAMPLES)
     files = [Path(base[k]) for k in ("inputs", "calibration") if base.get(k)]

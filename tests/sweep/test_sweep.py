@@ -221,3 +221,14 @@ def test_ray_gives_the_same_table(tiny_files, tmp_path):
     assert not ray.is_initialized()  # the sweep started the local cluster, and stopped it
     assert measured(there.rows) == measured(here.rows)
     assert there.chosen["key"] == here.chosen["key"]
+
+
+def test_a_grid_nothing_can_run_and_cells_that_all_fail_are_errors(tiny_files, tmp_path):
+    model, inputs = tiny_files
+    with pytest.raises(OnnxqError, match="no setting of the grid can run: --bits 9: --bits must be"):
+        sweep(model, tmp_path / "n", {"bits": [9]}, inputs=str(inputs))
+    assert not (tmp_path / "n").exists()  # refused before anything was written
+    failing = sweep(
+        model, tmp_path / "f", {"bits": [4]}, metric_command=f"{sys.executable} -c 'raise SystemExit(2)'"
+    )
+    assert not failing and failing.measured == 0 and "exited with 2" in failing.rows[0]["error"]
