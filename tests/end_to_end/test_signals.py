@@ -87,7 +87,7 @@ def test_an_interrupted_run_ends_at_once_in_one_line_and_leaves_nothing(sig, tmp
     assert proc.returncode == 130
     assert without_progress(err).strip().splitlines() == [
         f"interrupted: {tmp_path / 'out.onnx'} was not written"
-    ]
+    ], err  # the whole stderr, to see what else was printed
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     assert not still_alive(workers, seconds=5)
 
