@@ -618,6 +618,8 @@ def render(report: Report) -> None:
         else:
             out.print(f"note: {note}", markup=False, highlight=False)
     total = b["total"] or 1
+    for role, path in report.paths.items():  # the paths whole, to copy
+        out.print(f"{role}: {path}", markup=False, highlight=False, soft_wrap=True)
     out.print(
         f"size: {s['input_bytes']:,} -> {s['output_bytes']:,} bytes, {_fmt(s['ratio'], 2)}x smaller; "
         f"{_fmt(s['bits_per_weight'], 3)} bits per compressed weight\n"

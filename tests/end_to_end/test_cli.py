@@ -90,6 +90,8 @@ def test_compress(tiny_path, tmp_path):
     stdout = flat(result.stdout)
     assert "compressed 6 tensors" in stdout
     assert "x smaller" in stdout
+    lines = result.stdout.splitlines()
+    assert f"input: {tiny_path}" in lines and f"output: {tmp_path / 'out.onnx'}" in lines
     assert "validation against the float model (2 samples): not checked against real data" in stdout
     assert "hint: pass real inputs with --inputs" in stdout and "passed" not in stdout
     assert result.stdout.splitlines()[-1] == f"wrote {tmp_path / 'out.onnx'}"
