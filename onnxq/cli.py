@@ -78,6 +78,19 @@ def _number(value: float | None) -> float | None:
     return value
 
 
+def _between(lo: float, hi: float) -> Callable[[float | None], float | None]:
+    """A callback for a float option within [lo, hi]: NaN is told apart from a value out of range
+    (click's own range check called NaN 'above' the maximum)."""
+
+    def check(value: float | None) -> float | None:
+        _number(value)
+        if value is not None and not lo <= value <= hi:
+            raise typer.BadParameter(f"must be between {lo:g} and {hi:g}; got {value:g}")
+        return value
+
+    return check
+
+
 MAX_DIM = 1 << 24
 
 
@@ -202,14 +215,15 @@ _MinSqnr = Annotated[
 ]
 _MinAgreement = Annotated[
     float | None,
-    typer.Option(min=0.0, max=1.0, help="Exit 3 if top-1 agreement falls below this fraction (0..1)."),
+    typer.Option(
+        callback=_between(0.0, 1.0), help="Exit 3 if top-1 agreement falls below this fraction (0..1)."
+    ),
 ]
 _MinCosine = Annotated[
     float | None,
     typer.Option(
-        min=-1.0,
-        max=1.0,
-        help=f"Exit 3 if an output's cosine similarity falls below this. Default: {DEFAULT_MIN_COSINE} "
+        callback=_between(-1.0, 1.0),
+        help=f"Exit 3 if an output's cosine similarity (-1..1) falls below this. Default: {DEFAULT_MIN_COSINE} "
         "on real inputs (--inputs or --calibration), no gate on random ones.",
     ),
 ]
@@ -225,10 +239,9 @@ _SensitivitySamples = Annotated[
 _TargetBits = Annotated[
     float | None,
     typer.Option(
-        min=MIN_TARGET_BITS,
-        max=8.0,
+        callback=_between(MIN_TARGET_BITS, 8.0),
         help="Average bits per weight, counting the indices and the codebooks/scales as the report does; "
-        "chooses a width per tensor by measured sensitivity. Overrides --bits.",
+        "chooses a width per tensor by measured sensitivity. Overrides --bits. 2..8.",
     ),
 ]
 _Calibration = Annotated[
@@ -487,13 +500,13 @@ def validate_cmd(
         float | None, typer.Option(callback=_number, help="Exit 3 below this output SQNR (dB).")
     ] = None,
     min_agreement: Annotated[
-        float | None, typer.Option(min=0.0, max=1.0, help="Exit 3 below this top-1 agreement (0..1).")
+        float | None,
+        typer.Option(callback=_between(0.0, 1.0), help="Exit 3 below this top-1 agreement (0..1)."),
     ] = None,
     min_cosine: Annotated[
         float | None,
         typer.Option(
-            min=-1.0,
-            max=1.0,
+            callback=_between(-1.0, 1.0),
             help=f"Exit 3 below this output cosine. Default: {DEFAULT_MIN_COSINE} with --inputs, none on "
             "random inputs.",
         ),
@@ -530,7 +543,9 @@ def inspect_cmd(
     bits: _Bits = 5,
     target_bits: Annotated[
         float | None,
-        typer.Option(min=MIN_TARGET_BITS, max=8.0, help="Predict the size at this average instead."),
+        typer.Option(
+            callback=_between(MIN_TARGET_BITS, 8.0), help="Predict the size at this average instead."
+        ),
     ] = None,
     codebook: _Codebook = "",
     fmt: _Fmt = DEFAULT_FORMAT,
