@@ -544,7 +544,7 @@ def inspect_cmd(
     target_bits: Annotated[
         float | None,
         typer.Option(
-            callback=_between(MIN_TARGET_BITS, 8.0), help="Predict the size at this average instead."
+            callback=_between(MIN_TARGET_BITS, 8.0), help="Predict the size at this average instead, 2..8."
         ),
     ] = None,
     codebook: _Codebook = "",
