@@ -34,7 +34,6 @@ class LayerSpec:
     op: str  # "Conv", "Gemm" or "MatMul"
     activation: str  # the tensor that the weight multiplies
     weight: str
-    weight_shape: tuple[int, ...]
     groups: int  # G
     columns: int  # K
     trans_a: bool = False  # Gemm: the activation is (K, M)
@@ -96,7 +95,7 @@ def _spec(node: onnx.NodeProto, slot: int, name: str, shape: tuple[int, ...], ke
     """The spec of the weight `name` at input `slot` of node, or why there is none."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-    base = {"key": key, "op": op, "activation": node.input[0], "weight": name, "weight_shape": shape}
+    base = {"key": key, "op": op, "activation": node.input[0], "weight": name}
     if op == "Conv" and slot == 1:
         kernel = shape[2:]
         nd = len(kernel)
