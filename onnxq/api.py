@@ -26,8 +26,8 @@ from onnxq.data import samples as data
 from onnxq.data import synthetic
 from onnxq.errors import OnnxqError, first_line
 from onnxq.graph import constfold, external, io, rewrite
-from onnxq.graph.rewrite import group_rows
 from onnxq.graph.select import FLOAT_TYPES, Weight, find_weights, iter_graphs
+from onnxq.quant import layout
 from onnxq.quant.codebooks import CODEBOOKS, DEFAULT_CODEBOOK
 from onnxq.quant.quantize import DEFAULT_SEARCH, SCALES, SEARCHES, QuantizedTensor
 from onnxq.refine import steps as refine
@@ -364,7 +364,7 @@ def _allocate(model, weights, config: Config, report: Report, progress, source, 
 def _group_notes(weights: list[Weight], config: Config) -> list[str]:
     if not config.group_size:
         return []
-    whole = [w.name for w in weights if rewrite.block_size(w, config.group_size) is None]
+    whole = [w.name for w in weights if layout.block_size(w, config.group_size) is None]
     if not whole:
         return []
     note = (
@@ -553,7 +553,7 @@ def _check_blocks(weights: list[Weight], config: Config) -> None:
     problems = [
         (w.name, why)
         for w in weights
-        if rewrite.block_size(w, config.group_size)
+        if layout.block_size(w, config.group_size)
         and (why := fmt.weight_problem(tuple(w.array.shape), w.axis, config.group_size))
     ]
     if problems:
@@ -601,7 +601,7 @@ def _keep_picture(pictures: dict[str, LevelPicture], w: Weight, q: QuantizedTens
     if w.name in pictures or w.array.size > PICTURE_MAX_WEIGHTS or external.is_released(w.array):
         return
     granularity = _granularity(w, q)
-    rows = group_rows(w, granularity, q.codes.shape[1] if granularity == "block" else None)
+    rows = layout.group_rows(w, granularity, q.codes.shape[1] if granularity == "block" else None)
     if rows.shape == q.codes.shape:
         pictures[w.name] = LevelPicture.of(rows, q.level_table(), q.dequantized)
 

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxq.errors import OnnxqError, WeightError
-from onnxq.graph import external, rewrite
+from onnxq.graph import external
 from onnxq.graph.select import Weight
+from onnxq.quant import layout
 from onnxq.quant.codebooks import CODEBOOKS
 from onnxq.quant.quantize import CONTINUOUS, QuantizedTensor, quantize
 from onnxq.refine import steps as refine
@@ -58,7 +59,7 @@ def weight_rows(weight: Weight, settings: Settings, per_tensor: bool = False) ->
             f"in float with --exclude '^{re.escape(weight.name)}$'"
         )
     granularity = "tensor" if per_tensor else settings.granularity
-    return rewrite.group_rows(weight, granularity, None if per_tensor else settings.group_size)
+    return layout.group_rows(weight, granularity, None if per_tensor else settings.group_size)
 
 
 def quantize_rows(rows: np.ndarray, settings: Settings, bits: int, error=None) -> QuantizedTensor:

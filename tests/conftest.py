@@ -18,9 +18,9 @@ from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq.graph.rewrite import group_rows
 from onnxq.graph.select import find_weights, iter_graphs
 from onnxq.quant.codebooks import CODEBOOKS
+from onnxq.quant.layout import group_rows
 from onnxq.quant.quantize import quantize, with_codes
 from onnxq.refine.gptq import gptq_codes
 

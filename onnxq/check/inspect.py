@@ -3,7 +3,7 @@ onnxq output stores, tensor by tensor. Nothing is quantized and nothing is run.
 
 A float model's predicted output is its file less the float bytes of the weights to compress,
 plus what the storage format counts for each at --bits (index_bytes + codebook_bytes of a
-quantize.layout: shapes only); with --target-bits, the allocation's budget, target * weights / 8.
+quantize.shape_only: shapes only); with --target-bits, the allocation's budget, target * weights / 8.
 An output's tensors are read back from its graph by each format's `stored`, and the version and
 settings that wrote it from its metadata_props (api.stamp).
 """
@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 
 from onnxq.check.report import SkipReport, finite
-from onnxq.graph.rewrite import rows_shape
 from onnxq.graph.select import Skip, Weight, find_weights, iter_graphs
+from onnxq.quant import layout
 from onnxq.quant.codebooks import CODEBOOKS
-from onnxq.quant.quantize import layout
+from onnxq.quant.quantize import shape_only
 from onnxq.storage import FORMATS
 from onnxq.storage.base import CONFIG_KEY, MARK, VERSION_KEY, Read, StorageFormat, Stored
 
@@ -133,10 +133,10 @@ def float_weight(
     w: Weight, fmt: StorageFormat, codebook: str, bits: int | None, granularity: str, group_size
 ):
     """A weight's range and, at bits, its stored bytes as the format counts them."""
-    groups, n = rows_shape(w, granularity, group_size)
+    groups, n = layout.rows_shape(w, granularity, group_size)
     stored = None
     if bits is not None:
-        q = layout(CODEBOOKS[codebook], bits, groups, n)
+        q = shape_only(CODEBOOKS[codebook], bits, groups, n)
         stored = sum(fmt.file_bytes(q, tuple(w.array.shape), w.uses))
     lo, hi, std = value_range(w.array)
     shape = [int(d) for d in w.array.shape]

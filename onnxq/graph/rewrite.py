@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 from onnx import helper
 
 from onnxq.graph.select import Weight
+from onnxq.quant import layout
 from onnxq.quant.quantize import QuantizedTensor
 from onnxq.storage.base import DOMAIN, ROWS_PREFIX, Piece, StorageFormat, WholeWeights, stores_whole
 
@@ -83,7 +83,7 @@ def replace_weights(
     while items:
         weight, q = items.pop()
         # A weight the blocks do not split was quantized per channel (group_rows): no block for it.
-        own = block_size(weight, block) if block else None
+        own = layout.block_size(weight, block) if block else None
         result = _replace_consumers(weight.graph, weight, q, fmt, own, edit.opset, packed_rows)
         if isinstance(result, tuple):
             edit.remove(weight.graph, weight.name)
@@ -235,36 +235,3 @@ def inline_decoders(model: onnx.ModelProto) -> onnx.ModelProto:
     inlined.opset_import.extend(kept)
     del inlined.functions[:]
     return inlined
-
-
-def group_rows(weight: Weight, granularity: str, group_size: int | None = None) -> np.ndarray:
-    """The weight as (groups, n): one row per output channel, or one row in all.
-
-    With group_size G, each output channel's K weights (the input dimensions,
-    flattened) are cut into K / G rows of G, so every block of G has its own
-    parameters; G must divide K (see block_size).
-    """
-    a = weight.array.astype(np.float32, copy=False)
-    if granularity == "tensor" or a.ndim < 2:
-        return a.reshape(1, -1)
-    return np.moveaxis(a, weight.axis, 0).reshape(rows_shape(weight, granularity, group_size))
-
-
-def rows_shape(weight: Weight, granularity: str, group_size: int | None = None) -> tuple[int, int]:
-    """(groups, n): the shape of group_rows(weight, ...), from the weight's shape alone."""
-    a = weight.array
-    if granularity == "tensor" or a.ndim < 2:
-        return 1, int(a.size)
-    if group_size and block_size(weight, group_size) == group_size:
-        return int(a.size) // group_size, group_size
-    channels = int(a.shape[weight.axis])
-    return channels, int(a.size) // channels
-
-
-def block_size(weight: Weight, group_size: int) -> int | None:
-    """group_size if it splits each output channel of the weight evenly into several blocks, else None."""
-    a = weight.array
-    if a.ndim < 2:
-        return None
-    k = a.size // a.shape[weight.axis]
-    return group_size if k % group_size == 0 and k > group_size else None

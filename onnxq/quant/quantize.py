@@ -456,13 +456,13 @@ def parameter_count(codebook: Codebook, bits: int) -> int:
     return 2 if np.ptp(a) > 0 else 1
 
 
-def layout(codebook: Codebook, bits: int, groups: int, n: int) -> QuantizedTensor:
+def shape_only(codebook: Codebook, bits: int, groups: int, n: int) -> QuantizedTensor:
     """A QuantizedTensor of groups rows of n codes with no values: the shapes a storage format's
     byte counts read, without quantizing. A choosing codebook (auto) takes its costliest candidate,
     so that the bytes are an upper bound."""
     if codebook.candidates():
         return max(
-            (layout(c, bits, groups, n) for c in codebook.candidates()),
+            (shape_only(c, bits, groups, n) for c in codebook.candidates()),
             key=lambda q: q.codebook_bytes,
         )
     p = parameter_count(codebook, bits)

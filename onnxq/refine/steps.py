@@ -21,6 +21,7 @@ from onnxq.data import synthetic
 from onnxq.data.samples import InputSpec, Sample
 from onnxq.errors import OnnxqError
 from onnxq.graph.select import Weight
+from onnxq.quant.layout import float_rows, from_rows, to_rows
 from onnxq.quant.quantize import QuantizedTensor, with_codes
 from onnxq.refine import bias, calibrate, sensitivity
 from onnxq.refine.calibrate import LayerSpec, LayerStats
@@ -81,43 +82,6 @@ def layer_statistics(
             "to the nearest level"
         )
     return out, notes
-
-
-def float_rows(weight: Weight) -> np.ndarray:
-    """The weight as (output channels, K), the layout of its layer's input statistics."""
-    a = weight.array
-    if a.ndim < 2:
-        return a.reshape(1, -1)
-    return np.moveaxis(a, weight.axis, 0).reshape(a.shape[weight.axis], -1)
-
-
-def _moved(weight: Weight) -> tuple[int, ...]:
-    s = weight.array.shape
-    return (s[weight.axis], *s[: weight.axis], *s[weight.axis + 1 :])
-
-
-def to_rows(weight: Weight, values: np.ndarray) -> np.ndarray:
-    """Values in a QuantizedTensor's layout (channel rows, or one row in the original order) as (O, K)."""
-    a = weight.array
-    if a.ndim < 2:
-        return values.reshape(1, -1)
-    if values.shape[0] == 1:
-        return np.moveaxis(values.reshape(a.shape), weight.axis, 0).reshape(a.shape[weight.axis], -1)
-    return values.reshape(a.shape[weight.axis], -1)
-
-
-def from_rows(weight: Weight, rows: np.ndarray, layout: tuple[int, ...]) -> np.ndarray:
-    """Inverse of to_rows, for a QuantizedTensor of the given codes shape."""
-    if weight.array.ndim < 2 or layout[0] != 1:
-        return rows.reshape(layout)
-    return to_weight(weight, rows).reshape(layout)
-
-
-def to_weight(weight: Weight, rows: np.ndarray) -> np.ndarray:
-    """(O, K) rows back in the weight's own shape."""
-    if weight.array.ndim < 2:
-        return rows.reshape(weight.array.shape)
-    return np.moveaxis(rows.reshape(_moved(weight)), 0, weight.axis)
 
 
 def _hessian(layers: list[Layer]) -> np.ndarray | None:

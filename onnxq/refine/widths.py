@@ -26,9 +26,10 @@ import onnx
 
 from onnxq.errors import OnnxqError
 from onnxq.graph.select import Weight
+from onnxq.quant.layout import float_rows, to_rows, to_weight
 from onnxq.quant.quantize import QuantizedTensor
 from onnxq.refine import allocate, sensitivity
-from onnxq.refine.steps import PROBE_SAMPLES, Data, Layer, float_rows, probe_feeds, to_rows, to_weight
+from onnxq.refine.steps import PROBE_SAMPLES, Data, Layer, probe_feeds
 
 WIDTHS = range(1, 9)  # every width the allocation prices; the fallback's pool is drawn from it
 PER_TENSOR_OFFER = (

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.errors import OnnxqError
 from onnxq.quant.codebooks import CODEBOOKS, magnitude_count
+from onnxq.quant.layout import channels_first
 from onnxq.quant.quantize import QuantizedTensor
 from onnxq.storage.base import MARK, Encoded, Piece, Read, Stored, WholeWeights
 
@@ -179,8 +180,7 @@ def encode_weight(
         codes = values.reshape(shape)
         scale = step.reshape(())
     else:
-        moved = (shape[axis], *shape[:axis], *shape[axis + 1 :])
-        codes = np.moveaxis(values.reshape(moved), 0, axis)
+        codes = np.moveaxis(values.reshape(channels_first(shape, axis)), 0, axis)
         attrs["axis"] = axis
         if q.groups == shape[axis]:
             scale = step

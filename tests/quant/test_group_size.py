@@ -9,9 +9,9 @@ from conftest import gptq, matmul_model, run, with_outputs
 
 import onnxq
 from onnxq.errors import OnnxqError
-from onnxq.graph.rewrite import block_size, group_rows
 from onnxq.graph.select import find_weights
 from onnxq.quant.codebooks import CODEBOOKS
+from onnxq.quant.layout import block_size, group_rows
 from onnxq.quant.quantize import quantize
 
 

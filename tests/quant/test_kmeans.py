@@ -12,10 +12,10 @@ from onnx import numpy_helper
 from test_codebooks import PROPERTY, weight_groups
 
 import onnxq
-from onnxq.graph.rewrite import group_rows
 from onnxq.graph.select import find_weights
 from onnxq.quant.codebooks import CODEBOOKS, code_layout, magnitude_count, zero_code
 from onnxq.quant.codebooks.kmeans import fit_table
+from onnxq.quant.layout import group_rows
 from onnxq.quant.quantize import quantize
 from onnxq.storage.fold import DOMAIN
 

@@ -33,6 +33,7 @@ import onnxq
 from onnxq.check.decompress import decompress_model
 from onnxq.graph import rewrite
 from onnxq.graph.select import find_weights, iter_graphs
+from onnxq.quant import layout
 from onnxq.quant.codebooks import CODEBOOKS
 from onnxq.quant.packing import packed_size
 from onnxq.quant.quantize import quantize
@@ -169,7 +170,7 @@ def test_mixed_widths_get_a_call_each(rng, tmp_path):
     model, feeds = tiny_model()
     weights, _ = find_weights(model, 1)
     items = [
-        (w, quantize(rewrite.group_rows(w, "channel"), CODEBOOKS["exponential"], 3 + i % 4, "lsq"))
+        (w, quantize(layout.group_rows(w, "channel"), CODEBOOKS["exponential"], 3 + i % 4, "lsq"))
         for i, w in enumerate(weights)
     ]
     rewrite.replace_weights(model, list(items), FORMATS["fold"])  # it empties the list it gets
@@ -178,7 +179,7 @@ def test_mixed_widths_get_a_call_each(rng, tmp_path):
     onnx.checker.check_model(model, full_check=True)
     decoded = run(with_outputs(model, [w.name for w, _ in items]), feeds)
     for (w, q), got in zip(items, decoded):
-        rows = rewrite.group_rows(onnx_weight(got, w), "channel")
+        rows = layout.group_rows(onnx_weight(got, w), "channel")
         np.testing.assert_array_max_ulp(rows, q.dequantized, maxulp=MAX_ULP)
 
 

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 import onnxq
 from onnxq.cli import app
 from onnxq.errors import OnnxqError
-from onnxq.graph import rewrite
 from onnxq.graph.select import find_weights
+from onnxq.quant import layout
 from onnxq.quant.codebooks import CODEBOOKS, magnitude_count
 from onnxq.quant.quantize import quantize
 from onnxq.storage import FORMATS
@@ -65,7 +65,7 @@ def decoded(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
 def expected(model: onnx.ModelProto, bits: int, granularity: str, group_size: int | None = None):
     """k * step in float32 from the quantizer alone, in the weight's layout."""
     (w,) = find_weights(model, 128)[0]
-    q = quantize(rewrite.group_rows(w, granularity, group_size), CODEBOOKS["linear"], bits, "lsq")
+    q = quantize(layout.group_rows(w, granularity, group_size), CODEBOOKS["linear"], bits, "lsq")
     table = q.level_table()
     m = magnitude_count(bits)
     if bits == 1:
