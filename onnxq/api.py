@@ -34,7 +34,7 @@ from onnxq.refine import steps as refine
 from onnxq.refine import widths as widths_
 from onnxq.refine.widths import Choice
 from onnxq.storage import CODEBOOK_ATTRIBUTES, CODEBOOK_SUFFIXES, DEFAULT_FORMAT, FORMATS, INDICES_SUFFIX
-from onnxq.storage.base import CONFIG_KEY, DOMAIN, MARK, VERSION_KEY
+from onnxq.storage.base import CONFIG_KEY, DOMAIN, MARK, TENSORS_KEY, VERSION_KEY
 
 GRANULARITIES = ("tensor", "channel")
 ROUNDINGS = ("nearest", "gptq")
@@ -494,7 +494,8 @@ def _compress(
     report.notes.extend(fmt.load_notes([(w.uses, w.elements) for w in report.weights], config.packed_rows))
     if source is not None:
         external.load_remaining(model, source.parent)  # what stays float goes into the output
-    if model.functions and model.ir_version < 8:
+    inlined = bool(model.functions) and model.ir_version < 8
+    if inlined:
         model = rewrite.inline_decoders(model)
         report.notes.append(
             f"IR version {model.ir_version} has no local functions: the decoders were inlined"
@@ -503,7 +504,7 @@ def _compress(
         SkipReport(w.name, list(w.array.shape), KEPT_FLOAT) for w in done.kept_float
     ]
     if report.weights:  # a model with nothing compressed is written unchanged
-        stamp(model, config)
+        stamp(model, config, report.weights if inlined else None)
     if not owned:  # compress checks the file it writes instead: a copy of the model the fewer
         io.check_built(model, original)
     report.output = _byte_breakdown(model)
@@ -808,9 +809,10 @@ def _config(config: Config | None, options: dict) -> Config:
         raise OnnxqError(f"unknown option: {exc}") from None
 
 
-def stamp(model: onnx.ModelProto, config: Config) -> None:
+def stamp(model: onnx.ModelProto, config: Config, tensors: list[WeightReport] | None = None) -> None:
     """Record in the model's metadata_props which onnxq wrote it and with which settings (for
-    onnxq inspect), replacing an earlier run's record and keeping the model's own entries."""
+    onnxq inspect), replacing an earlier run's record and keeping the model's own entries.
+    tensors: the stored weights, for an output whose inlined decoders no longer show them."""
     settings = {key: value for key, value in _config_dict(config).items() if key in STAMPED}
     settings |= {
         "rounding": config.resolved_rounding(),
@@ -818,7 +820,13 @@ def stamp(model: onnx.ModelProto, config: Config) -> None:
         "calibrated": config.calibration is not None,
     }
     record = {VERSION_KEY: __version__, CONFIG_KEY: json.dumps(settings, sort_keys=True)}
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in record]
+    if tensors is not None:
+        rows = [
+            [w.name, w.shape, config.format, w.codebook, w.bits, w.groups, w.index_bytes, w.codebook_bytes]
+            for w in tensors
+        ]
+        record[TENSORS_KEY] = json.dumps(rows)
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in (*record, TENSORS_KEY)]
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, dict(kept) | record)
 

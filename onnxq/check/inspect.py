@@ -25,7 +25,7 @@ from onnxq.quant import layout
 from onnxq.quant.codebooks import CODEBOOKS
 from onnxq.quant.quantize import shape_only
 from onnxq.storage import FORMATS
-from onnxq.storage.base import CONFIG_KEY, MARK, VERSION_KEY, Read, StorageFormat, Stored
+from onnxq.storage.base import CONFIG_KEY, MARK, TENSORS_KEY, VERSION_KEY, Read, StorageFormat, Stored
 
 CHUNK = 1 << 22  # weights read at once for the ranges: a memory map is read a part at a time
 
@@ -208,12 +208,24 @@ def describe_output(model: onnx.ModelProto, path: Path, file_bytes: int, read: R
         for fmt in FORMATS.values():
             out.stored += fmt.stored(model, graph, read)
     if not out.stored:
-        out.notes.append(
-            "onnxq's decoders are here, but no call of them was recognised (inlined for an IR "
-            "version before 8?)"
-        )
+        out.stored = _recorded(props, out.notes)
     out.skipped = _left_float(model, int((out.settings or {}).get("min_elements", 1)))
     return out
+
+
+def _recorded(props: dict[str, str], notes: list[str]) -> list[Stored]:
+    """The stored tensors as compress recorded them, for an output whose decoders were inlined."""
+    try:
+        rows = json.loads(props[TENSORS_KEY])
+        stored = [Stored(r[0], tuple(r[1]), *r[2:8]) for r in rows]
+    except (KeyError, ValueError, TypeError, IndexError):
+        notes.append("onnxq's decoders are here, but no call of them was recognised, and no record of them")
+        return []
+    notes.append(
+        f"the tensors as compress recorded them ({TENSORS_KEY}): this output's decoders were inlined "
+        "(IR version before 8), so the graph no longer shows which call rebuilds which weight"
+    )
+    return stored
 
 
 def _left_float(model: onnx.ModelProto, min_elements: int) -> list[SkipReport]:

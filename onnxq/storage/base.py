@@ -23,6 +23,9 @@ MARK = ".onnxq."  # in the name of every tensor onnxq adds
 # The output's metadata_props that say what wrote it: the onnxq version and its settings (JSON).
 VERSION_KEY = "onnxq.version"
 CONFIG_KEY = "onnxq.config"
+# The stored tensors as JSON rows of Stored, for outputs whose decoders were inlined (IR < 8),
+# where the graph no longer shows which call rebuilt which weight.
+TENSORS_KEY = "onnxq.tensors"
 
 
 class Piece(NamedTuple):

@@ -153,3 +153,22 @@ def test_bad_input_is_an_onnxq_error(tmp_path):
         api.inspect(tmp_path / "notes.onnx")
     with pytest.raises(OnnxqError, match="--bits must be between 1 and 8"):
         api.inspect(saved(tmp_path, tiny_model()[0]), bits=9)
+
+
+def test_an_output_with_inlined_decoders_lists_its_tensors_from_the_record(tmp_path):
+    """Below IR version 8 there are no local functions: compress inlines its decoders, so the graph
+    no longer shows which call rebuilds which weight, and inspect reads compress's own record."""
+    model = tiny_model()[0]
+    model.ir_version = 7
+    src = saved(tmp_path, model)
+    dst = tmp_path / "out.onnx"
+    report = onnxq.compress(src, dst, bits=4, validate=False)
+    assert onnx.load(dst).ir_version == 7 and not onnx.load(dst).functions
+    found = api.inspect(dst)
+    assert any("inlined" in n for n in found.notes)
+    rows = {s.name: (list(s.shape), s.bits, s.groups, s.index_bytes) for s in found.stored}
+    assert rows == {w.name: (w.shape, w.bits, w.groups, w.index_bytes) for w in report.weights}
+    # An output with local functions keeps no such record: its graph is the truth.
+    model.ir_version = 8
+    onnxq.compress(saved(tmp_path, model, "m8.onnx"), tmp_path / "o8.onnx", bits=4, validate=False)
+    assert "onnxq.tensors" not in {p.key for p in onnx.load(tmp_path / "o8.onnx").metadata_props}
