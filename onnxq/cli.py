@@ -711,48 +711,57 @@ def _fmt(x, digits: int) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+# The options of sweep.
+_Grid = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="KEY=V1,V2,... of a compress option to vary, e.g. bits=3,4,5 or target_bits=none,4,5; "
+        "repeatable, crossed. Keys: " + ", ".join(sweep_cells.AXES) + ". Default: bits=3,4,5,6,8 "
+        "and codebook=exponential,linear.",
+    ),
+]
+_Gate = Annotated[
+    str | None,
+    typer.Option(
+        help="METRIC>=VALUE: choose the smallest output that meets it, e.g. cosine>=0.99. "
+        "Metrics: " + ", ".join(sweep_front.METRICS) + "."
+    ),
+]
+_MetricCommand = Annotated[
+    str | None,
+    typer.Option(
+        help="A command that evaluates {model} and prints a number last, e.g. "
+        "'python eval.py {model}'; its number is the metric 'metric'."
+    ),
+]
+_Out = Annotated[
+    Path | None, typer.Option("--out", help="The sweep's folder. Default: MODEL's name + .sweep, here.")
+]
+_Parallel = Annotated[
+    int | None, typer.Option(min=1, help="Cells compressed at once. Default: one per core, at most 4.")
+]
+_Ray = Annotated[
+    str | None,
+    typer.Option(
+        help="Run the cells on Ray: local (a cluster on this machine), auto, or ray://HOST:PORT. "
+        "Needs onnxq[ray], and the same paths on every node."
+    ),
+]
+
+
 @app.command("sweep")
 def sweep_cmd(
-    model: Annotated[Path, typer.Argument(help="The float ONNX model.")],
+    model: _Src,
     inputs: _Inputs = None,
-    grid: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="KEY=V1,V2,... of a compress option to vary, e.g. bits=3,4,5 or target_bits=none,4,5; "
-            "repeatable, crossed. Keys: " + ", ".join(sweep_cells.AXES) + ". Default: bits=3,4,5,6,8 "
-            "and codebook=exponential,linear.",
-        ),
-    ] = None,
-    gate: Annotated[
-        str | None,
-        typer.Option(
-            help="METRIC>=VALUE: choose the smallest output that meets it, e.g. cosine>=0.99. "
-            "Metrics: " + ", ".join(sweep_front.METRICS) + "."
-        ),
-    ] = None,
-    metric_command: Annotated[
-        str | None,
-        typer.Option(
-            help="A command that evaluates {model} and prints a number last, e.g. "
-            "'python eval.py {model}'; its number is the metric 'metric'."
-        ),
-    ] = None,
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help="The sweep's folder. Default: MODEL's name + .sweep, here.")
-    ] = None,
+    grid: _Grid = None,
+    gate: _Gate = None,
+    metric_command: _MetricCommand = None,
+    out_dir: _Out = None,
     calibration: _Calibration = None,
     dim: _Dim = None,
     batch: _Batch = DEFAULT_BATCH,
-    parallel: Annotated[
-        int | None, typer.Option(min=1, help="Cells compressed at once. Default: one per core, at most 4.")
-    ] = None,
-    ray: Annotated[
-        str | None,
-        typer.Option(
-            help="Run the cells on Ray: local (a cluster on this machine), auto, or ray://HOST:PORT. "
-            "Needs onnxq[ray], and the same paths on every node."
-        ),
-    ] = None,
+    parallel: _Parallel = None,
+    ray: _Ray = None,
 ) -> None:
     """Compress MODEL over a grid of settings and measure each output; print the size/accuracy
     Pareto front and the smallest setting that meets --gate. Finished cells are kept: a re-run
