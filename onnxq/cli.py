@@ -184,7 +184,8 @@ _Fmt = Annotated[
 ]
 _MinElements = Annotated[int, typer.Option(min=1, help="Leave tensors smaller than this in float.")]
 _Exclude = Annotated[
-    list[str] | None, typer.Option(help="Regex on tensor or node names to leave in float; repeatable.")
+    list[str] | None,
+    typer.Option(metavar="REGEX", help="Regex on tensor or node names to leave in float; repeatable."),
 ]
 _Report = Annotated[
     Path | None,
@@ -203,8 +204,9 @@ _Inputs = Annotated[Path | None, typer.Option(help="Validation inputs: an .npz k
 _Dim = Annotated[
     list[str] | None,
     typer.Option(
+        metavar="NAME=SIZE",
         help="NAME=SIZE of a symbolic input dimension, or INPUT[AXIS]=SIZE, for synthetic inputs; "
-        "repeatable. Unset sizes come from the model's hints, else a short search."
+        "repeatable. Unset sizes come from the model's hints, else a short search.",
     ),
 ]
 _Validate = Annotated[bool, typer.Option(help="Compare against the float model in onnxruntime.")]
@@ -493,7 +495,9 @@ def validate_cmd(
     float_model: Annotated[Path, typer.Argument(help="The reference model.")],
     compressed_model: Annotated[Path, typer.Argument(help="The model to check against it.")],
     inputs: Annotated[Path | None, typer.Option(help="An .npz keyed by graph input name.")] = None,
-    dim: Annotated[list[str] | None, typer.Option(help="NAME=VALUE for a symbolic dimension.")] = None,
+    dim: Annotated[
+        list[str] | None, typer.Option(metavar="NAME=SIZE", help="Size of a symbolic dimension.")
+    ] = None,
     samples: Annotated[int, typer.Option(min=1, help="Random runs when --inputs is not given.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
     min_sqnr: Annotated[
@@ -715,6 +719,7 @@ def _fmt(x, digits: int) -> str:
 _Grid = Annotated[
     list[str] | None,
     typer.Option(
+        metavar="KEY=V1,V2",
         help="KEY=V1,V2,... of a compress option to vary, e.g. bits=3,4,5 or target_bits=none,4,5; "
         "repeatable, crossed. Keys: " + ", ".join(sweep_cells.AXES) + ". Default: bits=3,4,5,6,8 "
         "and codebook=exponential,linear.",
@@ -723,15 +728,17 @@ _Grid = Annotated[
 _Gate = Annotated[
     str | None,
     typer.Option(
+        metavar="METRIC>=VALUE",
         help="METRIC>=VALUE: choose the smallest output that meets it, e.g. cosine>=0.99. "
-        "Metrics: " + ", ".join(sweep_front.METRICS) + "."
+        "Metrics: " + ", ".join(sweep_front.METRICS) + ".",
     ),
 ]
 _MetricCommand = Annotated[
     str | None,
     typer.Option(
+        metavar="COMMAND",
         help="A command that evaluates {model} and prints a number last, e.g. "
-        "'python eval.py {model}'; its number is the metric 'metric'."
+        "'python eval.py {model}'; its number is the metric 'metric'.",
     ),
 ]
 _Out = Annotated[
@@ -743,8 +750,9 @@ _Parallel = Annotated[
 _Ray = Annotated[
     str | None,
     typer.Option(
+        metavar="local|auto|ADDRESS",
         help="Run the cells on Ray: local (a cluster on this machine), auto, or ray://HOST:PORT. "
-        "Needs onnxq[ray], and the same paths on every node."
+        "Needs onnxq[ray], and the same paths on every node.",
     ),
 ]
 
