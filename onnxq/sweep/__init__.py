@@ -76,6 +76,9 @@ def sweep(
     _check(model, folder, base, metric_command, parsed)
     if any("target_bits" in c.as_dict() for c in todo_cells):
         base.setdefault("sensitivity_samples", SENSITIVITY_SAMPLES)
+    # Without real inputs the user's metric command is the measure: random inputs would only
+    # fill the table with closeness that means nothing.
+    base.setdefault("validate", base.get("inputs") is not None)
     files = [Path(base[k]) for k in ("inputs", "calibration") if base.get(k)]
     stamp = fingerprint(model, files, base)
     all_jobs = [Job(str(model), str(folder), c, base, metric_command, stamp) for c in todo_cells]

@@ -184,6 +184,7 @@ def test_metric_command_is_a_metric(tiny_files, tmp_path):
     result = sweep(model, tmp_path / "m", {"bits": [2, 6]}, "metric<=100000000", metric_command=command)
     sizes = {r["settings"]["bits"]: r["metric"] for r in result.rows}
     assert sizes[2] < sizes[6]
+    assert all("cosine" not in r for r in result.rows)  # no random-input closeness in the table
     assert result.chosen["settings"] == {"bits": 2}
 
 
