@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from onnxq import __version__
-from onnxq.__main__ import EXIT_INTERRUPTED
+from onnxq.__main__ import _interrupt, interrupted, one_line
 from onnxq.api import (
     GRANULARITIES,
     MAX_DEFAULT_JOBS,
@@ -87,10 +87,6 @@ def main(
     """Shrink the weights of trained ONNX models to a few bits each, without retraining."""
     # SIGTERM ends a run as Ctrl-C does: the temporary files are removed on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 # The options of compress, one alias each, so that its signature fits on a screen.
@@ -350,15 +346,13 @@ def _compress_with_progress(src: Path, dst: Path, config: Config, report: Path |
     except OnnxqError as exc:
         fail(exc)
     except KeyboardInterrupt:
-        typer.echo(f"interrupted: {dst} was not written", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise typer.Exit(interrupted(f"interrupted: {dst} was not written")) from None
     if report is not None:
         text = result.to_json() if report.suffix == ".json" else result.to_markdown()
         try:
             io.write_text(report, text)
         except KeyboardInterrupt:
-            typer.echo(f"interrupted: {dst} was written, the report {report} was not", err=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            raise typer.Exit(interrupted(f"interrupted: {dst} was written, the report {report} was not")) from None
         except OSError as exc:
             fail(OnnxqError(f"{dst} was written, but the report {report} could not be: {exc.strerror}"))
     render(result)
@@ -448,7 +442,7 @@ def validate_cmd(
 
 def fail(exc: OnnxqError) -> None:
     """One unwrapped line on stderr, and exit 1."""
-    typer.echo(f"error: {exc}", err=True)
+    typer.echo(f"error: {one_line(str(exc))}", err=True)
     raise typer.Exit(EXIT_ERROR) from None
 
 
