@@ -72,6 +72,7 @@ class Config:
     packed_rows: bool = True  # large Gather tables keep their rows packed (the format's replace_consumer)
     fold_constants: bool = True  # nodes computing small constants become their values (constfold)
     jobs: int = 1  # worker processes for quantizing; 1: threads in this process (see _quantize_all)
+    max_input_bytes: int | None = None  # --inputs/--calibration arrays; None: data.MAX_INPUT_BYTES
 
     def __post_init__(self) -> None:
         if not self.codebook:
@@ -143,6 +144,8 @@ class Config:
             raise OnnxqError(f"--samples must be at least 1; got {self.samples}")
         if self.jobs < 1:
             raise OnnxqError(f"--jobs must be at least 1; got {self.jobs}")
+        if self.max_input_bytes is not None and self.max_input_bytes < 1:
+            raise OnnxqError(f"--max-input-bytes must be at least 1; got {self.max_input_bytes}")
         for pattern in self.exclude:
             try:
                 re.compile(pattern)
@@ -279,7 +282,9 @@ def _statistics(model, weights, config: Config, report: Report, progress, plan):
     when no step needs data."""
     if not config.needs_data():
         return None, {}, []
-    source = refine.load_data(model, config.calibration, config.calibration_samples, config.seed, plan)
+    source = refine.load_data(
+        model, config.calibration, config.calibration_samples, config.seed, plan, config.max_input_bytes
+    )
     if progress:
         progress(0, 0, "collecting layer statistics")
     t = time.perf_counter()
@@ -607,10 +612,10 @@ def _validate(
     gates = validate.Gates(config.min_cosine, config.min_sqnr, config.min_agreement)
     specs = data.input_specs(validate.load_proto(src))
     if config.inputs is not None:
-        samples = data.read_samples(config.inputs, specs, "inputs file")
+        samples = data.read_samples(config.inputs, specs, "inputs file", config.max_input_bytes)
         what, real = f"{config.inputs} ({len(samples)} samples)", True
     elif config.calibration is not None:
-        samples = data.read_samples(config.calibration, specs, "calibration file")[
+        samples = data.read_samples(config.calibration, specs, "calibration file", config.max_input_bytes)[
             : config.calibration_samples
         ]
         what = (
@@ -675,7 +680,7 @@ def compress(
         )
     if config.validate and config.inputs is not None:
         data.read_samples(
-            config.inputs, data.input_specs(model), "inputs file"
+            config.inputs, data.input_specs(model), "inputs file", config.max_input_bytes
         )  # fail now, not after the work
     wants_plan = config.validate and config.inputs is None and config.calibration is None
     out, report, plan = _compress(model, config, progress, Path(src), wants_plan, owned=True)

@@ -28,6 +28,7 @@ from onnxq.api import (
 from onnxq.check.decompress import decompress
 from onnxq.check.report import Report
 from onnxq.check.validate import DEFAULT_BATCH, DEFAULT_MIN_COSINE, Validation, compare_models
+from onnxq.data.samples import MAX_INPUT_BYTES
 from onnxq.errors import OnnxqError
 from onnxq.graph import io
 from onnxq.progress import shown
@@ -242,6 +243,15 @@ _Jobs = Annotated[
     ),
 ]
 
+_MaxInputBytes = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Refuse --inputs or --calibration files whose arrays would take more than this many "
+        "bytes once loaded, judged from their headers before anything is inflated.",
+    ),
+]
+
 
 @app.command("compress")
 def compress_cmd(
@@ -275,6 +285,7 @@ def compress_cmd(
     fold_constants: _FoldConstants = True,
     bias_correction: _BiasCorrection = None,
     jobs: _Jobs = None,
+    max_input_bytes: _MaxInputBytes = MAX_INPUT_BYTES,
 ) -> None:
     """Compress the weights of SRC into DST and check the result in onnxruntime."""
     _check_report_and_excludes(report, exclude)
@@ -307,6 +318,7 @@ def compress_cmd(
         packed_rows=packed_rows,
         fold_constants=fold_constants,
         jobs=jobs or default_jobs(),
+        max_input_bytes=max_input_bytes,
     )
     _compress_with_progress(src, dst, config, report)
 
@@ -415,6 +427,7 @@ def validate_cmd(
         ),
     ] = None,
     batch: Annotated[int, typer.Option(min=1, help="Samples per run.")] = DEFAULT_BATCH,
+    max_input_bytes: _MaxInputBytes = MAX_INPUT_BYTES,
 ) -> None:
     """Run two models with the same inputs in onnxruntime and compare their outputs."""
     try:
@@ -432,6 +445,7 @@ def validate_cmd(
             min_agreement=min_agreement,
             min_cosine=min_cosine,
             batch=batch,
+            max_input_bytes=max_input_bytes,
         )
     except OnnxqError as exc:
         fail(exc)
