@@ -74,8 +74,10 @@ def _fail(exc: Exception) -> int:
         if code == EXIT_USAGE:  # a usage error: the message, and where the usage is
             message = message.rstrip(".") + f"; see `{ctx.command_path if ctx is not None else 'onnxq'} --help`"
     else:
+        from onnxq.errors import OnnxqError
+
         log.debug("onnxq failed", exc_info=exc)
-        message, code = _explain(exc), EXIT_ERROR
+        message, code = str(exc) if isinstance(exc, OnnxqError) else _explain(exc), EXIT_ERROR
     sys.stderr.write(f"error: {one_line(message)}\n")
     return code
 
@@ -98,7 +100,7 @@ def _explain(exc: BaseException) -> str:
         return "the model is nested too deeply to read; re-export it with fewer nested subgraphs"
     if isinstance(exc, (DecodeError, UnicodeError)):
         return f"a file could not be decoded ({type(exc).__name__}: {what}); check that it is complete"
-    if type(exc).__module__.startswith("onnx"):
+    if type(exc).__module__.split(".")[0] == "onnx":
         return f"onnx refused the model ({what}); check it with onnx.checker and re-export it"
     return f"onnxq failed unexpectedly ({type(exc).__name__}: {what}); this is a bug in onnxq: please report it"
 

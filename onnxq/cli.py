@@ -343,6 +343,11 @@ def _check_report_path(report: Path | None, src: Path, dst: Path) -> None:
         return
     if report.is_dir():
         fail(OnnxqError(f"--report {report} is a folder; give a file name such as {report}/report.json"))
+    try:
+        io.check_special(report, "--report")
+        io.check_name_length(report, "report")
+    except OnnxqError as exc:
+        fail(exc)
     taken = io.input_files(src)
     if io.is_one_of(report, taken):
         fail(OnnxqError(f"--report {report} is a file of the input model; choose another report path"))
