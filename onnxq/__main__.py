@@ -22,7 +22,8 @@ log = logging.getLogger("onnxq")
 
 
 def _quit_while_loading(signum: int, frame: object) -> None:
-    sys.stderr.write("interrupted\n")
+    _received.append(signum)
+    interrupted("interrupted")
     raise SystemExit(128 + signum)
 
 
@@ -47,7 +48,10 @@ def one_line(text: str) -> str:
 def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _quit_while_loading)
-    from onnxq.cli import app
+    try:
+        from onnxq.cli import app
+    except Exception as exc:  # noqa: BLE001 - an extension's init turns our SystemExit into ImportError
+        return 128 + _received[0] if _received else _fail(exc)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
@@ -56,8 +60,11 @@ def main() -> int:
     except KeyboardInterrupt:  # before or after the command ran
         code = EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the one place every other error ends
-        return _fail(exc)
-    if _received or code == EXIT_INTERRUPTED:
+        if _received:  # raised on the way out of an interruption (an import it cut short)
+            code = EXIT_INTERRUPTED
+        else:
+            return _fail(exc)
+    if code == EXIT_INTERRUPTED:  # the line once, whoever caught the KeyboardInterrupt
         return interrupted("interrupted") if not _said else 128 + (_received or [signal.SIGINT])[0]
     return code if isinstance(code, int) else 0
 

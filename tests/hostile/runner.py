@@ -132,6 +132,9 @@ def run_case(case: Case, root: Path) -> Outcome:
         run.seconds += first.seconds
         run.timed_out |= first.timed_out
         run.peak_bytes = max(run.peak_bytes, first.peak_bytes)
+    logs = root / "logs" / _slug(case.cause)
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / f"{_slug(case.name)}.txt").write_text(f"$ onnxq {args}\n{run.stdout}\n--- stderr\n{run.stderr}")
     broken = judge(case if case.then is None else Case(case.cause, case.name, case.setup, case.expect,
                    case.outputs), run, folder, before, snapshot(folder))
     return Outcome(case, run.code, broken, run.seconds, run.peak_bytes, run.stderr, run.stdout)
