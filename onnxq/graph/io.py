@@ -146,6 +146,8 @@ def input_files(src: str | os.PathLike) -> set[Path]:
     without the data; a model that cannot be parsed is its file alone, and read_model says why)."""
     path = Path(src)
     files = {path.resolve()}
+    if not path.is_file():  # a FIFO would block the parse, /dev/zero never end it: read_model says why
+        return files
     try:
         model = parse(path)
     except ModelLoadError:  # read_model reports it

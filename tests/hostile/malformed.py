@@ -70,7 +70,7 @@ def _json(model: onnx.ModelProto) -> bytes:
     return json_format.MessageToJson(model).encode()
 
 
-def _not_a_file(kind: str) -> Case:
+def _not_a_file(kind: str, command: str = "compress") -> Case:
     def setup(folder: Path) -> list[str]:
         target = folder / "m.onnx"
         if kind == "folder":
@@ -84,9 +84,13 @@ def _not_a_file(kind: str) -> Case:
         elif kind == "link-to-model":
             models.save(models.mlp(), folder / "real.onnx")
             os.symlink("real.onnx", target)
-        return ["compress", "m.onnx", "out.onnx", *FAST]
+        if command == "validate":
+            models.save(models.mlp(), folder / "good.onnx")
+            return ["validate", "good.onnx", "m.onnx", *FAST]
+        return [command, "m.onnx", "out.onnx" if command == "compress" else "float.onnx", *FAST]
 
-    return Case(CAUSE, f"src-{kind}", setup, "ok" if kind == "link-to-model" else "refused")
+    name = f"src-{kind}" + ("" if command == "compress" else f"-{command}")
+    return Case(CAUSE, name, setup, "ok" if kind == "link-to-model" else "refused")
 
 
 def _edited(name: str, edit: Edit, base: Callable[[], onnx.ModelProto] = models.mlp, expect: str = "any",
@@ -160,7 +164,7 @@ def _tensors() -> list[Case]:
         "bfloat16-weight": _bf16, "float16-weight": _retype(TensorProto.FLOAT16, np.float16),
         "float64-weight": _retype(TensorProto.DOUBLE, np.float64),
         "int8-weight": _retype(TensorProto.INT8, np.int8), "nan-weight": _set_array(np.full((32, 32), np.nan)),
-        "inf-weight": _set_array(np.where(big > 1, np.inf, big)), "huge-values": _set_array(big * 3e38),
+        "inf-weight": _set_array(np.where(big > 1, np.inf, big)), "huge-values": _set_array(big / np.abs(big).max() * 3e38),
         "tiny-values": _set_array(big * 1e-44), "zero-weight": _set_array(np.zeros((32, 32))),
         "constant-weight": _set_array(np.full((32, 32), 0.25)),
         "no-name-weight": set_field(name=""),
@@ -321,7 +325,8 @@ def _chain(count: int) -> Edit:
 
 def cases() -> list[Case]:
     kinds = ("folder", "fifo", "loop", "dev-zero", "link-to-model")
-    out = _files() + [_not_a_file(k) for k in kinds] + _tensors() + _graphs() + _names() + _subgraphs()
+    out = _files() + [_not_a_file(k) for k in kinds] + _tensors()
+    out += [_not_a_file(k, c) for k in ("fifo", "dev-zero") for c in ("decompress", "validate")] + _graphs() + _names() + _subgraphs()
     out.append(Case(CAUSE, "src-missing", lambda f: ["compress", "none.onnx", "out.onnx"], "refused"))
     out.append(Case(CAUSE, "src-missing-newline", lambda f: ["compress", "no\nne.onnx", "out.onnx"], "refused"))
     out += [_edited("conv-model", lambda m: None, models.conv, "ok")]
