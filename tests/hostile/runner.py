@@ -122,7 +122,10 @@ def run_case(case: Case, root: Path) -> Outcome:
     """Run a case in a new folder under root (see prepare) and judge it."""
     folder = root / "cases" / _slug(case.cause) / _slug(case.name)
     folder.mkdir(parents=True)
-    args = list(case.setup(folder))
+    try:
+        args = list(case.setup(folder))
+    except Exception as exc:  # noqa: BLE001 - a broken case is reported, not the end of the run
+        return Outcome(case, None, [f"setup: {type(exc).__name__}: {exc}"[:200]], 0.0, 0)
     before = snapshot(folder)
     run = _launch(case, root, folder, args)
     if case.then is not None:  # judged as the second run, with the first one's orphans and time
