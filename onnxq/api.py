@@ -625,7 +625,7 @@ def _validate(
     else:
         assert plan is not None
         samples, what, real = (
-            plan.feeds(config.samples, config.seed),
+            plan.feeds(config.samples, config.seed, config.max_input_bytes),
             f"random inputs: {plan.describe()}",
             False,
         )

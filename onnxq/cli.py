@@ -456,6 +456,7 @@ def validate_cmd(
         fail(exc)
     render_validation(result)
     if not result:
+        typer.echo(f"error: {compressed_model} failed the validation gate (see above)", err=True)
         raise typer.Exit(EXIT_VALIDATION)
 
 

@@ -248,7 +248,7 @@ def compare_models(
         what, real = f"{inputs} ({len(runs)} samples)", True
     else:
         plan = plan or synthetic_plan(proto, opened[0], specs, dims or {}, seed)
-        runs = plan.feeds(samples, seed)
+        runs = plan.feeds(samples, seed, max_input_bytes)
         what, real = f"random inputs: {plan.describe()}", False
     gates = Gates(min_cosine, min_sqnr, min_agreement)
     return validate_samples(reference, candidate, specs, runs, what, real, gates, batch, literal, opened)

@@ -64,7 +64,7 @@ def load_data(
     if plan is None:
         raise OnnxqError("synthetic calibration needs the synthetic inputs' plan; pass --calibration")
     count = samples or SYNTHETIC_SAMPLES
-    return Data("synthetic", f"random inputs: {plan.describe()}", plan.feeds(count, seed), specs)
+    return Data("synthetic", f"random inputs: {plan.describe()}", plan.feeds(count, seed, limit), specs)
 
 
 def layer_statistics(

@@ -36,6 +36,8 @@ OPTIONS = {
     "exclude-paren": ["--exclude", "("], "exclude-all": ["--exclude", ".*"],
     "exclude-redos": ["--exclude", "(a*)*b"], "exclude-empty": ["--exclude", ""],
     "calibration-samples-0": ["--calibration-samples", "0"],
+    "calibration-samples-huge": ["--calibration-samples", str(10**9), "--rounding", "gptq"],
+    "target-bits-samples-huge": ["--target-bits", "4", "--calibration-samples", str(10**9)],
     "sensitivity-huge": ["--target-bits", "4", "--sensitivity-samples", str(10**9)],
     "jobs-0": ["--jobs", "0"], "jobs-huge": ["--jobs", str(10**6)],
     "jobs-huge-exact": ["--jobs", "1000", "--search", "exact"],
