@@ -255,9 +255,9 @@ def _names() -> list[Case]:
         def edit(m):
             old = m.graph.initializer[0].name
             m.graph.initializer[0].name = new
-            for node in m.graph.node:
+            for k, node in enumerate(m.graph.node):
                 node.input[:] = [new if i == old else i for i in node.input]
-                node.name = new + "/node"
+                node.name = f"{new}/node{k}"
 
         return edit
 

@@ -16,6 +16,7 @@ from hostile.runner import Case
 
 CAUSE = "write failures"
 FAST = ["--samples", "2"]
+BAD_NAME = os.fsdecode(b"out\xff\xfe.onnx")  # not UTF-8: Python holds it with surrogate escapes
 LIMITS = [0, 100, 3000, 5000, 20000]  # bytes; the tiny output is about 5.3 KB
 COMMANDS = {
     "fold": [],
@@ -84,6 +85,9 @@ def _not_files() -> list[Case]:
         Case(CAUSE, "dst-newline-missing-folder", _compress([], "no\nwhere/out.onnx"), "refused"),
         Case(CAUSE, "dst-newline-name", _compress([], "out\n.onnx"), outputs=("out\n.onnx",)),
         Case(CAUSE, "dst-trailing-slash", _compress([], "out.onnx/")),  # Python reads it as out.onnx
+        Case(CAUSE, "dst-non-utf8-name", _compress([], BAD_NAME), outputs=(BAD_NAME,)),
+        Case(CAUSE, "dst-non-utf8-report", _compress(["--report", BAD_NAME + ".json"]),
+             outputs=("out.onnx", BAD_NAME + ".json")),
     ]
     out += [
         Case(CAUSE, "dst-is-fifo", _special("fifo"), "refused"),
