@@ -79,7 +79,9 @@ def _fail(exc: Exception) -> int:
         message, code = exc.format_message(), exc.exit_code  # type: ignore[attr-defined]
         ctx = getattr(exc, "ctx", None)
         if code == EXIT_USAGE:  # a usage error: the message, and where the usage is
-            message = message.rstrip(".") + f"; see `{ctx.command_path if ctx is not None else 'onnxq'} --help`"
+            message = (
+                message.rstrip(".") + f"; see `{ctx.command_path if ctx is not None else 'onnxq'} --help`"
+            )
     else:
         from onnxq.errors import OnnxqError
 
@@ -109,7 +111,9 @@ def _explain(exc: BaseException) -> str:
         return f"a file could not be decoded ({type(exc).__name__}: {what}); check that it is complete"
     if type(exc).__module__.split(".")[0] == "onnx":
         return f"onnx refused the model ({what}); check it with onnx.checker and re-export it"
-    return f"onnxq failed unexpectedly ({type(exc).__name__}: {what}); this is a bug in onnxq: please report it"
+    return (
+        f"onnxq failed unexpectedly ({type(exc).__name__}: {what}); this is a bug in onnxq: please report it"
+    )
 
 
 if __name__ == "__main__":

@@ -369,7 +369,9 @@ def _compress_with_progress(src: Path, dst: Path, config: Config, report: Path |
         try:
             io.write_text(report, text)
         except KeyboardInterrupt:
-            raise typer.Exit(interrupted(f"interrupted: {dst} was written, the report {report} was not")) from None
+            raise typer.Exit(
+                interrupted(f"interrupted: {dst} was written, the report {report} was not")
+            ) from None
         except OSError as exc:
             fail(OnnxqError(f"{dst} was written, but the report {report} could not be: {exc.strerror}"))
     render(result)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from hostile import corpus, runner  # noqa: E402
+from hostile import corpus, runner
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     biggest = max(outcomes, key=lambda o: o.peak_bytes, default=None)
     print(runner.table(outcomes, corpus.CAUSES))
     if slowest and biggest:
-        print(f"{len(outcomes)} cases in {time.monotonic() - start:.0f} s with {args.jobs} at once; "
-              f"slowest {slowest.case.id} {slowest.seconds:.1f} s; "
-              f"largest peak {biggest.case.id} {biggest.peak_bytes / 2**20:.0f} MiB")
+        print(
+            f"{len(outcomes)} cases in {time.monotonic() - start:.0f} s with {args.jobs} at once; "
+            f"slowest {slowest.case.id} {slowest.seconds:.1f} s; "
+            f"largest peak {biggest.case.id} {biggest.peak_bytes / 2**20:.0f} MiB"
+        )
     return 0 if all(outcomes) else 1
 
 

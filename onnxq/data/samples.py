@@ -147,8 +147,16 @@ def declared_bytes(path: Path, what: str = "inputs file") -> int:
             return sum(max(info.file_size, _npy_bytes(z, info)) for info in z.infolist())
     except OnnxqError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
-            RuntimeError, SyntaxError) as exc:
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+        SyntaxError,
+    ) as exc:
         raise OnnxqError(
             f"{what} {path} is not an npz file ({first_line(exc, 120)}); write one with numpy.savez"
         ) from None
@@ -204,8 +212,17 @@ def read_npz(path: Path, what: str, limit: int | None = None) -> dict[str, np.nd
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, AttributeError, TypeError, EOFError, zipfile.BadZipFile, zlib.error,
-            NotImplementedError, RuntimeError) as exc:
+    except (
+        OSError,
+        ValueError,
+        AttributeError,
+        TypeError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:
         # A .npy file loads as one array, which is no context manager: AttributeError/TypeError.
         raise OnnxqError(
             f"{what} {path} is not an npz file ({first_line(exc, 120)}); write one with numpy.savez"

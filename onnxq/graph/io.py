@@ -285,7 +285,7 @@ def _create_hidden(dst: Path) -> str:
 def remove_stale(folder: Path) -> list[Path]:
     """Remove the temporary files in folder whose writer no longer runs (a run killed with
     SIGKILL cannot remove its own); the files removed."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:

@@ -204,8 +204,11 @@ def test_an_npz_over_max_input_bytes_is_refused_from_its_headers_before_inflatin
     np.savez_compressed(path, ids=np.zeros((64, 1024), np.int64), attention_mask=np.zeros((64, 1024)))
     specs = data.input_specs(token_model())
     loads = _no_load(monkeypatch)
-    with pytest.raises(OnnxqError, match=r"holds 1 MiB of arrays once loaded, more than --max-input-bytes "
-                       r"\(1,000,000 bytes\); pass fewer samples, or raise --max-input-bytes"):
+    with pytest.raises(
+        OnnxqError,
+        match=r"holds 1 MiB of arrays once loaded, more than --max-input-bytes "
+        r"\(1,000,000 bytes\); pass fewer samples, or raise --max-input-bytes",
+    ):
         data.read_samples(path, specs, "inputs file", limit=1_000_000)
     assert loads == []
 
@@ -232,6 +235,8 @@ def test_members_that_are_no_npy_count_their_declared_size_and_bad_headers_are_r
     with zipfile.ZipFile(newer, "w") as z:
         z.writestr("ids.npy", b"\x93NUMPY\x09\x00" + bytes(100))
     loads = _no_load(monkeypatch)
-    with pytest.raises(OnnxqError, match=r"is not an npz file \(ids.npy is in .npy format version \[9, 0\]\)"):
+    with pytest.raises(
+        OnnxqError, match=r"is not an npz file \(ids.npy is in .npy format version \[9, 0\]\)"
+    ):
         samples.read_npz(newer, "inputs file")
     assert loads == []

@@ -16,12 +16,19 @@ CAUSE = "malformed models"
 FAST = ["--samples", "2"]
 
 
-def _ref(name: str, prepare: Callable[[Path], None] | None = None, expect: str = "refused",
-         extra: tuple[str, ...] = (), **entries) -> Case:
+def _ref(
+    name: str,
+    prepare: Callable[[Path], None] | None = None,
+    expect: str = "refused",
+    extra: tuple[str, ...] = (),
+    **entries,
+) -> Case:
     def setup(folder: Path) -> list[str]:
         if prepare is not None:
             prepare(folder)
-        resolved = {k: v.replace("ABS", str(folder)).replace("FOLDER", folder.name) for k, v in entries.items()}
+        resolved = {
+            k: v.replace("ABS", str(folder)).replace("FOLDER", folder.name) for k, v in entries.items()
+        }
         return ["compress", models.external_model(folder, **resolved), "out.onnx", *FAST, *extra]
 
     return Case(CAUSE, f"external-{name}", setup, expect)
@@ -84,10 +91,18 @@ def cases() -> list[Case]:
     # Weights left in float are copied as they are: the secret's bytes would reach the output.
     out += [
         _ref("parent-kept-float", location=secret, extra=("--min-elements", "99999")),
-        _ref("symlink-outside-kept-float", _symlink("link.data", secret), location="link.data",
-             extra=("--min-elements", "99999")),
-        _ref("symlink-dir-kept-float", _symlink("up", "../.."), location="up/secret.bin",
-             extra=("--min-elements", "99999")),
+        _ref(
+            "symlink-outside-kept-float",
+            _symlink("link.data", secret),
+            location="link.data",
+            extra=("--min-elements", "99999"),
+        ),
+        _ref(
+            "symlink-dir-kept-float",
+            _symlink("up", "../.."),
+            location="up/secret.bin",
+            extra=("--min-elements", "99999"),
+        ),
     ]
     out += [_truncated_data(), _validate_external()]
     return out

@@ -16,10 +16,31 @@ CAUSE = "folder code"
 # Standard library modules that onnxq, multiprocessing's spawn or the libraries import; and the
 # libraries themselves, as packages. A trailing "/" plants a package.
 MODULES = [
-    "pickle", "socket", "selectors", "multiprocessing/", "concurrent/", "numpy/", "onnx/", "onnxq/",
-    "onnxruntime", "typing_extensions", "rich/", "typer/", "click/", "google/", "secrets",
-    "tempfile", "queue", "struct", "logging/", "json/", "zipfile", "sitecustomize",
-    "usercustomize", "runpy", "ml_dtypes",
+    "pickle",
+    "socket",
+    "selectors",
+    "multiprocessing/",
+    "concurrent/",
+    "numpy/",
+    "onnx/",
+    "onnxq/",
+    "onnxruntime",
+    "typing_extensions",
+    "rich/",
+    "typer/",
+    "click/",
+    "google/",
+    "secrets",
+    "tempfile",
+    "queue",
+    "struct",
+    "logging/",
+    "json/",
+    "zipfile",
+    "sitecustomize",
+    "usercustomize",
+    "runpy",
+    "ml_dtypes",
 ]
 
 COMMANDS = {

@@ -47,9 +47,14 @@ def _files() -> list[Case]:
     out += [_bytes_case(f"bit-flips-{seed}", _flip(seed)) for seed in range(12)]
     rng = np.random.default_rng(5)
     garbage = {
-        "random-16": rng.bytes(16), "random-4k": rng.bytes(4096), "zeros-1k": bytes(1024),
-        "ff-1k": b"\xff" * 1024, "one-byte": b"\x08", "text": b"this is not a model\n" * 20,
-        "json": b'{"graph": {"node": []}}', "zip": b"PK\x05\x06" + bytes(18),
+        "random-16": rng.bytes(16),
+        "random-4k": rng.bytes(4096),
+        "zeros-1k": bytes(1024),
+        "ff-1k": b"\xff" * 1024,
+        "one-byte": b"\x08",
+        "text": b"this is not a model\n" * 20,
+        "json": b'{"graph": {"node": []}}',
+        "zip": b"PK\x05\x06" + bytes(18),
         "deep-nesting": b"\x3a\x02" * 4000,  # nested length-delimited fields, deeper than protobuf allows
         "huge-length": b"\x3a\xff\xff\xff\xff\x0f" + bytes(32),
     }
@@ -58,7 +63,9 @@ def _files() -> list[Case]:
     for suffix in ("json", "onnxtxt", "textproto", "txt", "ONNX", "pb"):  # binary, whatever the name
         out.append(_bytes_case(f"binary-as-{suffix}", lambda d: d, f"m.{suffix}", "ok"))
     out += [
-        _bytes_case("text-format-onnxtxt", lambda d: onnx.printer.to_text(models.mlp()).encode(), "m.onnxtxt"),
+        _bytes_case(
+            "text-format-onnxtxt", lambda d: onnx.printer.to_text(models.mlp()).encode(), "m.onnxtxt"
+        ),
         _bytes_case("json-format", lambda d: _json(models.mlp()), "m.json"),
     ]
     return out
@@ -93,8 +100,13 @@ def _not_a_file(kind: str, command: str = "compress") -> Case:
     return Case(CAUSE, name, setup, "ok" if kind == "link-to-model" else "refused")
 
 
-def _edited(name: str, edit: Edit, base: Callable[[], onnx.ModelProto] = models.mlp, expect: str = "any",
-            extra: tuple[str, ...] = ()) -> Case:
+def _edited(
+    name: str,
+    edit: Edit,
+    base: Callable[[], onnx.ModelProto] = models.mlp,
+    expect: str = "any",
+    extra: tuple[str, ...] = (),
+) -> Case:
     def setup(folder: Path) -> list[str]:
         model = base()
         edit(model)
@@ -143,7 +155,9 @@ def _tensors() -> list[Case]:
         return edit
 
     def raw(cut: int) -> Edit:
-        return lambda m: setattr(_w(m), "raw_data", _w(m).raw_data[:cut] if cut > 0 else _w(m).raw_data + bytes(-cut))
+        return lambda m: setattr(
+            _w(m), "raw_data", _w(m).raw_data[:cut] if cut > 0 else _w(m).raw_data + bytes(-cut)
+        )
 
     def float_data(count: int) -> Edit:
         def edit(m):
@@ -155,17 +169,30 @@ def _tensors() -> list[Case]:
 
     big = np.random.default_rng(3).standard_normal((32, 32))
     edits = {
-        "dims-too-big": dims(64, 32), "dims-too-small": dims(16, 32), "dims-negative": dims(-32, -32),
-        "dims-huge": dims(2**40, 2**20), "dims-rank-3": dims(32, 32, 1), "dims-zero": dims(0, 32),
-        "raw-short": raw(100), "raw-odd": raw(4095), "raw-long": raw(-4), "raw-empty": raw(0),
-        "float-data-short": float_data(10), "float-data-long": float_data(2000),
-        "type-undefined": set_field(data_type=0), "type-999": set_field(data_type=999),
+        "dims-too-big": dims(64, 32),
+        "dims-too-small": dims(16, 32),
+        "dims-negative": dims(-32, -32),
+        "dims-huge": dims(2**40, 2**20),
+        "dims-rank-3": dims(32, 32, 1),
+        "dims-zero": dims(0, 32),
+        "raw-short": raw(100),
+        "raw-odd": raw(4095),
+        "raw-long": raw(-4),
+        "raw-empty": raw(0),
+        "float-data-short": float_data(10),
+        "float-data-long": float_data(2000),
+        "type-undefined": set_field(data_type=0),
+        "type-999": set_field(data_type=999),
         "type-string": set_field(data_type=TensorProto.STRING),
-        "bfloat16-weight": _bf16, "float16-weight": _retype(TensorProto.FLOAT16, np.float16),
+        "bfloat16-weight": _bf16,
+        "float16-weight": _retype(TensorProto.FLOAT16, np.float16),
         "float64-weight": _retype(TensorProto.DOUBLE, np.float64),
-        "int8-weight": _retype(TensorProto.INT8, np.int8), "nan-weight": _set_array(np.full((32, 32), np.nan)),
-        "inf-weight": _set_array(np.where(big > 1, np.inf, big)), "huge-values": _set_array(big / np.abs(big).max() * 3e38),
-        "tiny-values": _set_array(big * 1e-44), "zero-weight": _set_array(np.zeros((32, 32))),
+        "int8-weight": _retype(TensorProto.INT8, np.int8),
+        "nan-weight": _set_array(np.full((32, 32), np.nan)),
+        "inf-weight": _set_array(np.where(big > 1, np.inf, big)),
+        "huge-values": _set_array(big / np.abs(big).max() * 3e38),
+        "tiny-values": _set_array(big * 1e-44),
+        "zero-weight": _set_array(np.zeros((32, 32))),
         "constant-weight": _set_array(np.full((32, 32), 0.25)),
         "no-name-weight": set_field(name=""),
         "data-location-external-no-entries": set_field(data_location=TensorProto.EXTERNAL),
@@ -224,26 +251,42 @@ def _graphs() -> list[Case]:
         return edit
 
     edits: dict[str, Edit] = {
-        "duplicate-initializer": dup_init, "cycle": cycle,
+        "duplicate-initializer": dup_init,
+        "cycle": cycle,
         "missing-input": lambda m: m.graph.node[0].input.__setitem__(1, "nowhere"),
         "duplicate-output": _add_node("Relu", ["x"], ["y"]),
         "dangling-output": lambda m: m.graph.output.append(helper.make_tensor_value_info("z", 1, [1])),
         "no-outputs": lambda m: m.graph.ClearField("output"),
         "no-nodes": lambda m: m.graph.ClearField("node"),
         "no-inputs": lambda m: m.graph.ClearField("input"),
-        "value-info-wrong-shape": value_info([7, 7]), "value-info-wrong-type": value_info([1, 32], 7),
+        "value-info-wrong-shape": value_info([7, 7]),
+        "value-info-wrong-type": value_info([1, 32], 7),
         "output-wrong-type": lambda m: setattr(m.graph.output[0].type.tensor_type, "elem_type", 7),
-        "output-wrong-shape": lambda m: m.graph.output[0].type.tensor_type.shape.dim[1].__setattr__("dim_value", 99),
+        "output-wrong-shape": lambda m: (
+            m.graph.output[0].type.tensor_type.shape.dim[1].__setattr__("dim_value", 99)
+        ),
         "sparse-initializer": sparse,
         "unknown-op": _add_node("NoSuchOp", ["y"], ["z"]),
         "unknown-attribute": lambda m: m.graph.node[1].attribute.append(helper.make_attribute("nope", 1)),
-        "missing-attribute": lambda m: m.graph.node.append(helper.make_node("Transpose", ["y"], ["t"], perm=[5, 9])),
-        "opset-1": opset(1, 3), "opset-7": opset(7, 3), "opset-99": opset(99), "opset-none": lambda m: m.ClearField("opset_import"),
-        "ir-0": set_ir(0), "ir-99": set_ir(99), "ir-3": set_ir(3),
-        "input-untyped": input_type("none"), "input-sequence": input_type("sequence"),
-        "input-string": input_type("string"), "input-no-shape": input_type("no-shape"),
-        "input-symbolic": input_type("symbolic"), "input-zero-dim": input_type("zero-dim"),
-        "initializer-as-input-wrong-type": lambda m: m.graph.input.append(helper.make_tensor_value_info("W0", 7, [32, 32])),
+        "missing-attribute": lambda m: m.graph.node.append(
+            helper.make_node("Transpose", ["y"], ["t"], perm=[5, 9])
+        ),
+        "opset-1": opset(1, 3),
+        "opset-7": opset(7, 3),
+        "opset-99": opset(99),
+        "opset-none": lambda m: m.ClearField("opset_import"),
+        "ir-0": set_ir(0),
+        "ir-99": set_ir(99),
+        "ir-3": set_ir(3),
+        "input-untyped": input_type("none"),
+        "input-sequence": input_type("sequence"),
+        "input-string": input_type("string"),
+        "input-no-shape": input_type("no-shape"),
+        "input-symbolic": input_type("symbolic"),
+        "input-zero-dim": input_type("zero-dim"),
+        "initializer-as-input-wrong-type": lambda m: m.graph.input.append(
+            helper.make_tensor_value_info("W0", 7, [32, 32])
+        ),
         "huge-doc-string": lambda m: setattr(m, "doc_string", "d" * 5_000_000),
         "many-metadata": lambda m: [m.metadata_props.add(key=f"k{i}", value="v") for i in range(5000)],
     }
@@ -271,10 +314,18 @@ def _names() -> list[Case]:
         return make
 
     names = {
-        "rich-close": "[/]", "rich-markup": "[bold red]W[/bold red]", "newline": "W\n0",
-        "ansi": "\x1b[31mW\x1b[0m", "long-100k": "w" * 100_000, "emoji": "權重🙂",
-        "path-like": "../../etc/passwd", "percent": "%s%n%d{}", "spaces": "  W 0  ", "dot": ".",
-        "nul": "W\x00zero", "brackets-regex": "(a+)+$[",
+        "rich-close": "[/]",
+        "rich-markup": "[bold red]W[/bold red]",
+        "newline": "W\n0",
+        "ansi": "\x1b[31mW\x1b[0m",
+        "long-100k": "w" * 100_000,
+        "emoji": "權重🙂",
+        "path-like": "../../etc/passwd",
+        "percent": "%s%n%d{}",
+        "spaces": "  W 0  ",
+        "dot": ".",
+        "nul": "W\x00zero",
+        "brackets-regex": "(a+)+$[",
     }
     out = [_edited(f"name-{k}", rename(v)) for k, v in names.items()]
     out += [
@@ -287,8 +338,12 @@ def _names() -> list[Case]:
 def _subgraphs() -> list[Case]:
     def nested(depth: int) -> Edit:
         def edit(m):
-            leaf = helper.make_graph([helper.make_node("Identity", ["y"], ["o"])], "b", [],
-                                     [helper.make_tensor_value_info("o", 1, [1, 8])])
+            leaf = helper.make_graph(
+                [helper.make_node("Identity", ["y"], ["o"])],
+                "b",
+                [],
+                [helper.make_tensor_value_info("o", 1, [1, 8])],
+            )
             body = leaf
             for _ in range(depth):  # nested in then_branch only: the model grows linearly
                 node = helper.make_node("If", ["c"], ["o"], then_branch=body, else_branch=leaf)
@@ -300,8 +355,14 @@ def _subgraphs() -> list[Case]:
         return edit
 
     def function(m):
-        f = helper.make_function("local", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
-                                 [helper.make_opsetid("", 13)])
+        f = helper.make_function(
+            "local",
+            "Twice",
+            ["a"],
+            ["b"],
+            [helper.make_node("Add", ["a", "a"], ["b"])],
+            [helper.make_opsetid("", 13)],
+        )
         m.functions.append(f)
         m.opset_import.append(helper.make_opsetid("local", 1))
         m.graph.node.append(helper.make_node("Twice", ["y"], ["z"], domain="local"))
@@ -327,16 +388,27 @@ def _chain(count: int) -> Edit:
 def cases() -> list[Case]:
     kinds = ("folder", "fifo", "loop", "dev-zero", "link-to-model")
     out = _files() + [_not_a_file(k) for k in kinds] + _tensors()
-    out += [_not_a_file(k, c) for k in ("fifo", "dev-zero") for c in ("decompress", "validate")] + _graphs() + _names() + _subgraphs()
+    out += (
+        [_not_a_file(k, c) for k in ("fifo", "dev-zero") for c in ("decompress", "validate")]
+        + _graphs()
+        + _names()
+        + _subgraphs()
+    )
     out.append(Case(CAUSE, "src-missing", lambda f: ["compress", "none.onnx", "out.onnx"], "refused"))
-    out.append(Case(CAUSE, "src-missing-newline", lambda f: ["compress", "no\nne.onnx", "out.onnx"], "refused"))
+    out.append(
+        Case(CAUSE, "src-missing-newline", lambda f: ["compress", "no\nne.onnx", "out.onnx"], "refused")
+    )
     out += [_edited("conv-model", lambda m: None, models.conv, "ok")]
     return out + _other_commands()
 
 
 def _other_commands() -> list[Case]:
     """validate and decompress take the same hostile files."""
-    blobs = {"truncated": lambda d: d[: len(d) // 2], "garbage": lambda d: b"\x12\x34" * 100, "empty": lambda d: b""}
+    blobs = {
+        "truncated": lambda d: d[: len(d) // 2],
+        "garbage": lambda d: b"\x12\x34" * 100,
+        "empty": lambda d: b"",
+    }
 
     def setup(command: str, make: Callable[[bytes], bytes], first: bool):
         def run(folder: Path) -> list[str]:

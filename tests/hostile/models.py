@@ -75,8 +75,12 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
 def save_external(model: onnx.ModelProto, path: Path, location: str = "model.data") -> Path:
     """The model with every weight in one external data file beside it."""
     onnx.save_model(
-        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-        location=location, size_threshold=0,
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=0,
     )
     return path
 

@@ -72,7 +72,10 @@ def _collisions() -> list[Case]:
             _case(f"{command}-dst-is-src", lambda f, c=command: [c, _model(f), "m.onnx"]),
             _case(f"{command}-dst-is-src-data", lambda f, c=command: [c, _external(f), "m.data"]),
             # the output's data file would be m.data: m.onnx's data (written beyond 2 GB only)
-            _case(f"{command}-dst-data-is-src-data", lambda f, c=command: [c, _external(f, "m.onnx", "m.data"), "m"]),
+            _case(
+                f"{command}-dst-data-is-src-data",
+                lambda f, c=command: [c, _external(f, "m.onnx", "m.data"), "m"],
+            ),
             _case(f"{command}-dst-is-src-folder", lambda f, c=command: [c, _model(f), "."]),
         ]
     return out

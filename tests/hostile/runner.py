@@ -138,8 +138,13 @@ def run_case(case: Case, root: Path) -> Outcome:
     logs = root / "logs" / _slug(case.cause)
     logs.mkdir(parents=True, exist_ok=True)
     (logs / f"{_slug(case.name)}.txt").write_text(f"$ onnxq {args}\n{run.stdout}\n--- stderr\n{run.stderr}")
-    broken = judge(case if case.then is None else Case(case.cause, case.name, case.setup, case.expect,
-                   case.outputs), run, folder, before, snapshot(folder))
+    broken = judge(
+        case if case.then is None else Case(case.cause, case.name, case.setup, case.expect, case.outputs),
+        run,
+        folder,
+        before,
+        snapshot(folder),
+    )
     return Outcome(case, run.code, broken, run.seconds, run.peak_bytes, run.stderr, run.stdout)
 
 
@@ -179,8 +184,13 @@ def _spawn(argv: list[str], cwd: Path, fsize: int | None) -> subprocess.Popen:
     if fsize is not None:
         argv = [sys.executable, "-I", "-c", _LIMIT, str(fsize), *argv]
     proc = subprocess.Popen(
-        argv, cwd=cwd, env=environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, start_new_session=True,
+        argv,
+        cwd=cwd,
+        env=environment(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     proc.returncode = 0  # reaped with os.wait4 (for its peak memory), which Popen must not try again
     return proc
@@ -333,8 +343,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80]
 
 
-def run_all(cases: Iterable[Case], root: Path, workers: int = 2,
-            done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+def run_all(
+    cases: Iterable[Case], root: Path, workers: int = 2, done: Callable[[Outcome], None] | None = None
+) -> list[Outcome]:
     """Every case under root (prepared here), workers at a time, in the cases' order; done is
     called with each outcome as it comes."""
     prepare(root)

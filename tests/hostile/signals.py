@@ -37,14 +37,24 @@ def cases() -> list[Case]:
         for delay in DELAYS
     ]
     out += [
-        Case(CAUSE, f"{sig.name}-earlier-output-{delay}s", _slow(MODES["processes"], True),
-             signal=sig, delay=delay)
+        Case(
+            CAUSE,
+            f"{sig.name}-earlier-output-{delay}s",
+            _slow(MODES["processes"], True),
+            signal=sig,
+            delay=delay,
+        )
         for sig in (signal.SIGINT, signal.SIGTERM)
         for delay in (1.0, 3.0)
     ]
     out += [
-        Case(CAUSE, f"SIGINT-report-{delay}s", _slow(["--report", "report.json"]), signal=signal.SIGINT,
-             delay=delay)
+        Case(
+            CAUSE,
+            f"SIGINT-report-{delay}s",
+            _slow(["--report", "report.json"]),
+            signal=signal.SIGINT,
+            delay=delay,
+        )
         for delay in (2.0, 4.0)
     ]
     # After SIGKILL nothing can clean up; the next run (a quick one, in the same folder) must.

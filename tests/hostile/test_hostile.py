@@ -36,13 +36,25 @@ def test_the_runner_runs_this_checkout_and_not_from_the_case_folder(tmp_path):
     (tmp_path / "onnxq" / "__init__.py").write_text("raise SystemExit('planted')\n")
     root = runner.prepare(tmp_path / "root")
     done = subprocess.run(
-        [sys.executable, str(root / "bin" / "onnxq"), "--version"], cwd=tmp_path, env=runner.environment(),
-        capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, str(root / "bin" / "onnxq"), "--version"],
+        cwd=tmp_path,
+        env=runner.environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0 and done.stdout.startswith("onnxq "), done.stderr
     probe = "import onnxq, sys; print(onnxq.__file__)"
-    where = subprocess.run([sys.executable, "-P", "-c", probe], cwd=tmp_path, env=runner.environment(),
-                           capture_output=True, text=True, timeout=60, check=True).stdout
+    where = subprocess.run(
+        [sys.executable, "-P", "-c", probe],
+        cwd=tmp_path,
+        env=runner.environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert Path(where.strip()).is_relative_to(CHECKOUT)
 
 
@@ -87,7 +99,9 @@ def test_the_judge_finds_each_broken_rule(case, run, after, rule, tmp_path):
 def test_the_judge_passes_good_runs(tmp_path):
     ok = {**BEFORE, "out.onnx": "c", "report.json": "r"}
     assert runner.judge(_case(), _run(0), tmp_path, BEFORE, ok) == []
-    assert runner.judge(_case(), _run(1, "[ 0 s] reading\nerror: bad; fix it\n"), tmp_path, BEFORE, BEFORE) == []
+    assert (
+        runner.judge(_case(), _run(1, "[ 0 s] reading\nerror: bad; fix it\n"), tmp_path, BEFORE, BEFORE) == []
+    )
     assert runner.judge(_case(), _run(3, "error: failed its gate\n"), tmp_path, BEFORE, ok) == []
     interrupted = _run(143, "interrupted: out.onnx was not written\n", signalled=True)
     assert runner.judge(_case(signal=signal.SIGTERM), interrupted, tmp_path, BEFORE, BEFORE) == []
@@ -114,3 +128,18 @@ def test_the_whole_corpus(tmp_path):
     outcomes = runner.run_all(corpus.all_cases(), tmp_path, workers=2)
     print(runner.table(outcomes, corpus.CAUSES))
     assert all(outcomes), _failures(outcomes)
+
+
+def test_a_planted_module_leaves_its_canary_when_the_folder_is_on_the_path(tmp_path):
+    from hostile import folder_code
+
+    folder_code.plant(tmp_path, "pickle")
+    folder_code.plant(tmp_path, "multiprocessing/")
+    probe = "import pickle, multiprocessing"  # -c puts the working folder first on the path
+    subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=runner.environment(), timeout=60, check=False
+    )
+    assert sorted(p.name for p in tmp_path.glob(f"{runner.CANARY}*")) == [
+        f"{runner.CANARY}multiprocessing",
+        f"{runner.CANARY}pickle",
+    ]

@@ -17,8 +17,14 @@ from hostile.runner import Case
 CAUSE = "onnxruntime refuses"
 
 
-def _tail(op: str, domain: str = "", inputs: tuple[str, ...] = ("y",), elem: int = TensorProto.FLOAT,
-          cast: int | None = None, **attrs) -> Callable[[], onnx.ModelProto]:
+def _tail(
+    op: str,
+    domain: str = "",
+    inputs: tuple[str, ...] = ("y",),
+    elem: int = TensorProto.FLOAT,
+    cast: int | None = None,
+    **attrs,
+) -> Callable[[], onnx.ModelProto]:
     """The MLP with one more node on its output y (cast first to elem when asked)."""
 
     def build() -> onnx.ModelProto:
@@ -42,7 +48,9 @@ MODELS = {
     "custom-domain-op": _tail("Foo", "com.hostile"),
     "custom-domain-op-two-inputs": _tail("Bar", "org.example", ("y", "x")),
     "microsoft-unknown-op": _tail("NotAnOp", "com.microsoft"),
-    "microsoft-matmulnbits-bad": _tail("MatMulNBits", "com.microsoft", ("y", "W1"), K=8, N=8, bits=4, block_size=16),
+    "microsoft-matmulnbits-bad": _tail(
+        "MatMulNBits", "com.microsoft", ("y", "W1"), K=8, N=8, bits=4, block_size=16
+    ),
     "training-gradient": _tail("Gradient", "ai.onnx.preview.training", ("x", "y"), xs=["x"], y="y"),
     "sqrt-bfloat16": _tail("Sqrt", elem=TensorProto.BFLOAT16, cast=TensorProto.BFLOAT16),
     "add-uint16": _tail("Add", inputs=("y", "y"), elem=TensorProto.UINT16, cast=TensorProto.UINT16),

@@ -42,9 +42,7 @@ def _full_disk() -> list[Case]:
         for limit in LIMITS
         for name, extra in COMMANDS.items()
     ]
-    out += [
-        Case(CAUSE, f"full-disk-{limit}-decompress", _decompress, fsize=limit) for limit in LIMITS[:3]
-    ]
+    out += [Case(CAUSE, f"full-disk-{limit}-decompress", _decompress, fsize=limit) for limit in LIMITS[:3]]
     return out
 
 
@@ -60,8 +58,9 @@ def _names() -> list[Case]:
         out.append(Case(CAUSE, f"dst-name-{size}", _compress([], name), outputs=(name,)))
     for size in (250, 256):
         report = "r" * (size - 5) + ".json"
-        out.append(Case(CAUSE, f"report-name-{size}", _compress(["--report", report]),
-                        outputs=("out.onnx", report)))
+        out.append(
+            Case(CAUSE, f"report-name-{size}", _compress(["--report", report]), outputs=("out.onnx", report))
+        )
     return out
 
 
@@ -86,8 +85,12 @@ def _not_files() -> list[Case]:
         Case(CAUSE, "dst-newline-name", _compress([], "out\n.onnx"), outputs=("out\n.onnx",)),
         Case(CAUSE, "dst-trailing-slash", _compress([], "out.onnx/")),  # Python reads it as out.onnx
         Case(CAUSE, "dst-non-utf8-name", _compress([], BAD_NAME), outputs=(BAD_NAME,)),
-        Case(CAUSE, "dst-non-utf8-report", _compress(["--report", BAD_NAME + ".json"]),
-             outputs=("out.onnx", BAD_NAME + ".json")),
+        Case(
+            CAUSE,
+            "dst-non-utf8-report",
+            _compress(["--report", BAD_NAME + ".json"]),
+            outputs=("out.onnx", BAD_NAME + ".json"),
+        ),
     ]
     out += [
         Case(CAUSE, "dst-is-fifo", _special("fifo"), "refused"),
