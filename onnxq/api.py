@@ -652,12 +652,15 @@ def compress(
     dst: str | os.PathLike,
     config: Config | None = None,
     progress: Progress | None = None,
+    before_commit: Callable[[Report], None] | None = None,
     **options,
 ) -> Report:
     """Compress the model at src into dst, validate it, and return the report.
 
     Options are Config fields (e.g. bits=5); dst is written atomically and src is
-    never modified. --inputs is read and checked before any work.
+    never modified. --inputs is read and checked before any work. before_commit is called with
+    the finished report just before dst is renamed into place (the CLI writes the report's
+    temporary file then): when it raises, dst is left as it was.
     """
     if config is None:
         try:
@@ -706,11 +709,14 @@ def compress(
             t = time.perf_counter()
             report.validation = _validate(report, Path(src), tmp, config, plan)
             report.seconds["validate"] = time.perf_counter() - t
+        if data_beside:  # the graph names its data file's final name now, a shorter one
+            io.finalize(tmp, dst_path)
+            report.output.settle(io.written_size(tmp, dst_path))
+        if before_commit is not None:
+            before_commit(report)
         io.commit(tmp, dst_path)
     finally:
         io.discard(tmp, dst_path)
-    if data_beside:  # the graph names its data file's final name now, a shorter one
-        report.output.settle(dst_path.stat().st_size + io.data_file(dst_path).stat().st_size)
     return report
 
 

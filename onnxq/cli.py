@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 from collections.abc import Callable
@@ -356,24 +357,31 @@ def _check_report_path(report: Path | None, src: Path, dst: Path) -> None:
 
 
 def _compress_with_progress(src: Path, dst: Path, config: Config, report: Path | None) -> None:
-    """compress with its progress shown (progress.py), the report written, the result rendered."""
+    """compress with its progress shown (progress.py), the report written, the result rendered.
+    The report goes to a temporary file before DST is renamed into place, and is renamed after
+    it: a report that cannot be written leaves no output."""
+    staged: list[Path] = []
+
+    def stage(result: Report) -> None:
+        assert report is not None
+        staged.append(
+            io.stage_text(report, result.to_json() if report.suffix == ".json" else result.to_markdown())
+        )
+
     try:
         with shown(err) as progress:
-            result = compress(src, dst, config, progress)
+            result = compress(src, dst, config, progress, **({"before_commit": stage} if report else {}))
+        if staged:
+            os.replace(staged[0], report)  # type: ignore[arg-type]
     except OnnxqError as exc:
         fail(exc)
     except KeyboardInterrupt:
         raise typer.Exit(interrupted(f"interrupted: {dst} was not written")) from None
-    if report is not None:
-        text = result.to_json() if report.suffix == ".json" else result.to_markdown()
-        try:
-            io.write_text(report, text)
-        except KeyboardInterrupt:
-            raise typer.Exit(
-                interrupted(f"interrupted: {dst} was written, the report {report} was not")
-            ) from None
-        except OSError as exc:
-            fail(OnnxqError(f"{dst} was written, but the report {report} could not be: {exc.strerror}"))
+    except OSError as exc:  # the rename of the report alone failed: DST is in place
+        fail(OnnxqError(f"{dst} was written, but the report {report} could not be: {exc.strerror}"))
+    finally:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)
     render(result)
     written = f"wrote {dst}" + (f" and {report}" if report is not None else "")
     out.print(written, markup=False, highlight=False, soft_wrap=True)  # a path to copy, unbroken

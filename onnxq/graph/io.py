@@ -416,19 +416,27 @@ def discard(tmp: Path, dst: str | os.PathLike) -> None:
     tmp.unlink(missing_ok=True)
 
 
+def finalize(tmp: Path, dst: str | os.PathLike) -> None:
+    """Point a temporary output's external data at the name commit gives it, data_file(dst), so
+    that the output's size is final before the rename (nothing to do without external data)."""
+    if not has_external_data(tmp):
+        return
+    final = data_file(dst).name
+    model = onnx.load(str(tmp), load_external_data=False)
+    entries = [e for t in external.all_tensors(model) for e in t.external_data if e.key == "location"]
+    if any(e.value != final for e in entries):
+        for entry in entries:
+            entry.value = final
+        tmp.write_bytes(model.SerializeToString())  # the graph alone: the tensors are external
+
+
 def commit(tmp: Path, dst: str | os.PathLike) -> None:
     """Move a temporary output into place: its data file first, pointed at its final name, then
     the model; remove both if that fails."""
     try:
+        finalize(tmp, dst)
         if has_external_data(tmp):
-            final = data_file(dst)
-            model = onnx.load(str(tmp), load_external_data=False)
-            for tensor in external.all_tensors(model):
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = final.name
-            tmp.write_bytes(model.SerializeToString())  # the graph alone: the tensors are external
-            os.replace(temp_data(tmp), final)
+            os.replace(temp_data(tmp), data_file(dst))
         os.replace(tmp, dst)
     except OSError as exc:
         discard(tmp, dst)
@@ -438,12 +446,26 @@ def commit(tmp: Path, dst: str | os.PathLike) -> None:
         raise
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file through a hidden temporary file and a rename: all of it or nothing."""
+def stage_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file's content to a hidden temporary file beside it (renamed into place by
+    os.replace, or removed, by the caller); OnnxqError when it cannot be written."""
     path = Path(path)
     tmp = Path(_create_hidden(path))
     try:
         tmp.write_text(text)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file through a hidden temporary file and a rename: all of it or nothing."""
+    tmp = stage_text(path, text)
+    try:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -43,7 +43,17 @@ def _full_disk() -> list[Case]:
         for name, extra in COMMANDS.items()
     ]
     out += [Case(CAUSE, f"full-disk-{limit}-decompress", _decompress, fsize=limit) for limit in LIMITS[:3]]
+    # A report larger than the model (60 small layers at 1 bit): the disk fills between the two.
+    deep = ["--format", "qdq", "--bits", "1", "--min-elements", "16", "--report", "report.json"]
+    out += [
+        Case(CAUSE, f"full-disk-{limit}-report-after-model", _compress(deep, model=_deep), fsize=limit)
+        for limit in (20000, 24000)
+    ]
     return out
+
+
+def _deep():
+    return models.mlp(60, 8)
 
 
 def _decompress(folder: Path) -> list[str]:
