@@ -245,11 +245,13 @@ _Jobs = Annotated[
 ]
 
 _MaxInputBytes = Annotated[
-    int,
+    int | None,
     typer.Option(
         min=1,
-        help="Refuse --inputs or --calibration files whose arrays would take more than this many "
-        "bytes once loaded, judged from their headers before anything is inflated.",
+        show_default=False,
+        help="Refuse --inputs or --calibration files, or random inputs, whose arrays would take more "
+        f"than this many bytes once loaded, judged from their headers before anything is inflated. "
+        f"Default: {MAX_INPUT_BYTES} (1 GiB).",
     ),
 ]
 
@@ -286,7 +288,7 @@ def compress_cmd(
     fold_constants: _FoldConstants = True,
     bias_correction: _BiasCorrection = None,
     jobs: _Jobs = None,
-    max_input_bytes: _MaxInputBytes = MAX_INPUT_BYTES,
+    max_input_bytes: _MaxInputBytes = None,
 ) -> None:
     """Compress the weights of SRC into DST and check the result in onnxruntime."""
     _check_report_and_excludes(report, exclude)
@@ -442,7 +444,7 @@ def validate_cmd(
         ),
     ] = None,
     batch: Annotated[int, typer.Option(min=1, help="Samples per run.")] = DEFAULT_BATCH,
-    max_input_bytes: _MaxInputBytes = MAX_INPUT_BYTES,
+    max_input_bytes: _MaxInputBytes = None,
 ) -> None:
     """Run two models with the same inputs in onnxruntime and compare their outputs."""
     try:
