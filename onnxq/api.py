@@ -77,6 +77,7 @@ class Config:
     packed_rows: bool = True  # large Gather tables keep their rows packed (the format's replace_consumer)
     fold_constants: bool = True  # nodes computing small constants become their values (constfold)
     jobs: int = 1  # worker processes for quantizing; 1: threads in this process (see _quantize_all)
+    max_input_bytes: int | None = None  # --inputs/--calibration arrays; None: data.MAX_INPUT_BYTES
 
     def __post_init__(self) -> None:
         if not self.codebook:
@@ -150,6 +151,8 @@ class Config:
             raise OnnxqError(f"--samples must be at least 1; got {self.samples}")
         if self.jobs < 1:
             raise OnnxqError(f"--jobs must be at least 1; got {self.jobs}")
+        if self.max_input_bytes is not None and self.max_input_bytes < 1:
+            raise OnnxqError(f"--max-input-bytes must be at least 1; got {self.max_input_bytes}")
         for pattern in self.exclude:
             try:
                 re.compile(pattern)
@@ -292,7 +295,9 @@ def _statistics(model, weights, config: Config, report: Report, progress, plan):
     when no step needs data."""
     if not config.needs_data():
         return None, {}, []
-    source = refine.load_data(model, config.calibration, config.calibration_samples, config.seed, plan)
+    source = refine.load_data(
+        model, config.calibration, config.calibration_samples, config.seed, plan, config.max_input_bytes
+    )
     if progress:
         progress(0, 0, "collecting layer statistics")
     t = time.perf_counter()
@@ -622,10 +627,10 @@ def _validate(
     gates = validate.Gates(config.min_cosine, config.min_sqnr, config.min_agreement)
     specs = data.input_specs(validate.load_proto(src))
     if config.inputs is not None:
-        samples = data.read_samples(config.inputs, specs, "inputs file")
+        samples = data.read_samples(config.inputs, specs, "inputs file", config.max_input_bytes)
         what, real = f"{config.inputs} ({len(samples)} samples)", True
     elif config.calibration is not None:
-        samples = data.read_samples(config.calibration, specs, "calibration file")[
+        samples = data.read_samples(config.calibration, specs, "calibration file", config.max_input_bytes)[
             : config.calibration_samples
         ]
         what = (
@@ -635,7 +640,7 @@ def _validate(
     else:
         assert plan is not None
         samples, what, real = (
-            plan.feeds(config.samples, config.seed),
+            plan.feeds(config.samples, config.seed, config.max_input_bytes),
             f"random inputs: {plan.describe()}",
             False,
         )
@@ -665,6 +670,7 @@ def compress(
     pictures: bool = False,
     *,
     force: bool = False,
+    before_commit: Callable[[Report], None] | None = None,
     **options,
 ) -> Report:
     """Compress the model at src into dst, validate it, and return the report.
@@ -673,7 +679,9 @@ def compress(
     never modified. --inputs is read and checked before any work. pictures: keep what the HTML
     report draws (onnxq.check.html.to_html), at the cost of one more pass over each weight. A
     model onnxq wrote is an error unless force (then only the tensors it left in float can be
-    compressed).
+    compressed). before_commit is called with the finished report just before dst is renamed
+    into place (the CLI writes the report's temporary file then): when it raises, dst is left as
+    it was.
     """
     config = _config(config, options)
     config.check()
@@ -693,7 +701,7 @@ def compress(
         )
     if config.validate and config.inputs is not None:
         data.read_samples(
-            config.inputs, data.input_specs(model), "inputs file"
+            config.inputs, data.input_specs(model), "inputs file", config.max_input_bytes
         )  # fail now, not after the work
     wants_plan = config.validate and config.inputs is None and config.calibration is None
     out, report, plan = _compress(
@@ -722,11 +730,14 @@ def compress(
             t = time.perf_counter()
             report.validation = _validate(report, Path(src), tmp, config, plan)
             report.seconds["validate"] = time.perf_counter() - t
+        if data_beside:  # the graph names its data file's final name now, a shorter one
+            io.finalize(tmp, dst_path)
+            report.output.settle(io.written_size(tmp, dst_path))
+        if before_commit is not None:
+            before_commit(report)
         io.commit(tmp, dst_path)
     finally:
         io.discard(tmp, dst_path)
-    if data_beside:  # the graph names its data file's final name now, a shorter one
-        report.output.settle(dst_path.stat().st_size + io.data_file(dst_path).stat().st_size)
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import signal
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from rich.text import Text
 
 from onnxq import __version__
 from onnxq import sweep as sweep_mod
-from onnxq.__main__ import EXIT_INTERRUPTED
+from onnxq.__main__ import _interrupt, interrupted, one_line
 from onnxq.api import (
     GRANULARITIES,
     MAX_DEFAULT_JOBS,
@@ -34,6 +35,7 @@ from onnxq.check.decompress import decompress
 from onnxq.check.inspect import Inspection
 from onnxq.check.report import Report
 from onnxq.check.validate import DEFAULT_BATCH, DEFAULT_MIN_COSINE, Validation, compare_models
+from onnxq.data.samples import MAX_INPUT_BYTES
 from onnxq.errors import OnnxqError
 from onnxq.graph import io
 from onnxq.progress import shown
@@ -124,10 +126,6 @@ def main(
     """Shrink the weights of trained ONNX models to a few bits each, without retraining."""
     # SIGTERM ends a run as Ctrl-C does: the temporary files are removed on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 # The options of compress, one alias each, so that its signature fits on a screen.
@@ -313,6 +311,17 @@ _Jobs = Annotated[
     ),
 ]
 
+_MaxInputBytes = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        show_default=False,
+        help="Refuse --inputs or --calibration files, or random inputs, whose arrays would take more "
+        f"than this many bytes once loaded, judged from their headers before anything is inflated. "
+        f"Default: {MAX_INPUT_BYTES} (1 GiB).",
+    ),
+]
+
 
 @app.command("compress")
 def compress_cmd(
@@ -349,6 +358,7 @@ def compress_cmd(
     quiet: _Quiet = False,
     as_json: _Json = False,
     force: _Force = False,
+    max_input_bytes: _MaxInputBytes = None,
 ) -> None:
     """Compress the weights of SRC into DST and check the result in onnxruntime."""
     if quiet and as_json:
@@ -383,6 +393,7 @@ def compress_cmd(
         packed_rows=packed_rows,
         fold_constants=fold_constants,
         jobs=jobs or default_jobs(),
+        max_input_bytes=max_input_bytes,
     )
     show = "quiet" if quiet else "json" if as_json else "summary"
     _compress_with_progress(src, dst, config, report, show, force)
@@ -416,6 +427,11 @@ def _check_report_path(report: Path | None, src: Path, dst: Path) -> None:
         return
     if report.is_dir():
         fail(OnnxqError(f"--report {report} is a folder; give a file name such as {report}/report.json"))
+    try:
+        io.check_special(report, "--report")
+        io.check_name_length(report, "report")
+    except OnnxqError as exc:
+        fail(exc)
     taken = io.input_files(src)
     if io.is_one_of(report, taken):
         fail(OnnxqError(f"--report {report} is a file of the input model; choose another report path"))
@@ -427,25 +443,32 @@ def _compress_with_progress(
     src: Path, dst: Path, config: Config, report: Path | None, show: str, force: bool = False
 ) -> None:
     """compress with its progress shown (progress.py), the report written, the result rendered.
-    show: summary (progress and the summary), quiet (errors alone) or json (the report on stdout)."""
+    show: summary (progress and the summary), quiet (errors alone) or json (the report on stdout).
+    The report goes to a temporary file before DST is renamed into place, and is renamed after
+    it: a report that cannot be written leaves no output."""
+    staged: list[Path] = []
+
+    def stage(result: Report) -> None:
+        assert report is not None
+        staged.append(io.stage_text(report, REPORT_WRITERS[report.suffix](result)))
+
+    pictures = report is not None and report.suffix == ".html"
     try:
         with shown(err) if show != "quiet" else nullcontext() as progress:
-            pictures = report is not None and report.suffix == ".html"
-            result = compress(src, dst, config, progress, pictures, force=force)
+            result = compress(
+                src, dst, config, progress, pictures, force=force, before_commit=stage if report else None
+            )
+        if staged:
+            os.replace(staged[0], report)  # type: ignore[arg-type]
     except OnnxqError as exc:
         fail(exc)
     except KeyboardInterrupt:
-        typer.echo(f"interrupted: {dst} was not written", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    if report is not None:
-        text = REPORT_WRITERS[report.suffix](result)
-        try:
-            io.write_text(report, text)
-        except KeyboardInterrupt:
-            typer.echo(f"interrupted: {dst} was written, the report {report} was not", err=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        except OSError as exc:
-            fail(OnnxqError(f"{dst} was written, but the report {report} could not be: {exc.strerror}"))
+        raise typer.Exit(interrupted(f"interrupted: {dst} was not written")) from None
+    except OSError as exc:  # the rename of the report alone failed: DST is in place
+        fail(OnnxqError(f"{dst} was written, but the report {report} could not be: {exc.strerror}"))
+    finally:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)
     if show == "json":
         typer.echo(result.to_json())
     elif show == "summary":
@@ -516,6 +539,7 @@ def validate_cmd(
         ),
     ] = None,
     batch: Annotated[int, typer.Option(min=1, help="Samples per run.")] = DEFAULT_BATCH,
+    max_input_bytes: _MaxInputBytes = None,
 ) -> None:
     """Run two models with the same inputs in onnxruntime and compare their outputs."""
     try:
@@ -533,11 +557,13 @@ def validate_cmd(
             min_agreement=min_agreement,
             min_cosine=min_cosine,
             batch=batch,
+            max_input_bytes=max_input_bytes,
         )
     except OnnxqError as exc:
         fail(exc)
     render_validation(result)
     if not result:
+        typer.echo(f"error: {compressed_model} failed the validation gate (see above)", err=True)
         raise typer.Exit(EXIT_VALIDATION)
 
 
@@ -585,7 +611,7 @@ def inspect_cmd(
 
 def fail(exc: OnnxqError) -> None:
     """One unwrapped line on stderr, and exit 1."""
-    typer.echo(f"error: {exc}", err=True)
+    typer.echo(f"error: {one_line(str(exc))}", err=True)
     raise typer.Exit(EXIT_ERROR) from None
 
 
@@ -801,8 +827,9 @@ def sweep_cmd(
     except OnnxqError as exc:
         fail(exc)
     except KeyboardInterrupt:
-        typer.echo(f"interrupted: the cells finished so far are kept in {folder}", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise typer.Exit(
+            interrupted(f"interrupted: the cells finished so far are kept in {folder}")
+        ) from None
     render_sweep(result)
     if not result and not result.measured:
         fail(OnnxqError("every cell failed (see above); fix the first cause and run again"))

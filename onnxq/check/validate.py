@@ -234,19 +234,21 @@ def compare_models(
     batch: int = DEFAULT_BATCH,
     plan: synthetic.Plan | None = None,
     literal: bool = False,
+    max_input_bytes: int | None = None,
 ) -> Validation:
     """Run both models on the same inputs (an npz or folder of them, else synthetic ones) and
     compare every output; the gates decide whether it passed. literal: run both as their graphs
-    state, without the fused kernels that change the arithmetic (runtime.session)."""
+    state, without the fused kernels that change the arithmetic (runtime.session).
+    max_input_bytes: the most the inputs' arrays may take (data.read_samples)."""
     opened = [runtime.session(reference, literal=literal)]  # handed on: closed when done with
     proto = load_proto(reference)
     specs = data.input_specs(proto)
     if inputs is not None:
-        runs = data.read_samples(inputs, specs, "inputs file")
+        runs = data.read_samples(inputs, specs, "inputs file", max_input_bytes)
         what, real = f"{inputs} ({len(runs)} samples)", True
     else:
         plan = plan or synthetic_plan(proto, opened[0], specs, dims or {}, seed)
-        runs = plan.feeds(samples, seed)
+        runs = plan.feeds(samples, seed, max_input_bytes)
         what, real = f"random inputs: {plan.describe()}", False
     gates = Gates(min_cosine, min_sqnr, min_agreement)
     return validate_samples(reference, candidate, specs, runs, what, real, gates, batch, literal, opened)

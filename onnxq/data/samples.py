@@ -18,6 +18,7 @@ import math
 import os
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxq.errors import OnnxqError
+from onnxq.errors import OnnxqError, first_line
 
 Sample = dict[str, np.ndarray]
 Dim = int | str | None  # a fixed size, a symbolic dimension's name, or None: free and unnamed
@@ -78,14 +79,21 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
-def read_samples(path: str | Path, specs: Sequence[InputSpec], what: str) -> list[Sample]:
+MAX_INPUT_BYTES = 1 << 30  # the default of --max-input-bytes: arrays of an input file, once loaded
+
+
+def read_samples(
+    path: str | Path, specs: Sequence[InputSpec], what: str, limit: int | None = None
+) -> list[Sample]:
     """Every sample of an npz file, or of a folder of them, checked against the model's inputs.
 
-    what names the file in errors ("inputs file", "calibration file").
+    what names the file in errors ("inputs file", "calibration file"). limit: the most bytes the
+    files' arrays may take once loaded (None: MAX_INPUT_BYTES), read from their headers before
+    anything is inflated.
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("*.npz"))
+        files = sorted(f for f in path.glob("*.npz") if f.is_file())
         if not files:
             raise OnnxqError(
                 f"{what} folder {path} holds no .npz files; put one npz per sample or batch there"
@@ -94,16 +102,17 @@ def read_samples(path: str | Path, specs: Sequence[InputSpec], what: str) -> lis
         files = [path]
     else:
         raise OnnxqError(f"{what} {path} does not exist; pass an .npz from numpy.savez, or a folder of them")
+    _check_size(path, sum(declared_bytes(f, what) for f in files), what, limit)
     samples: list[Sample] = []
     for file in files:
-        samples.extend(_file_samples(file, specs, what))
+        samples.extend(_file_samples(file, specs, what, limit))
     if not samples:
         raise OnnxqError(f"{what} {path} holds no samples; give at least one along axis 0")
     return samples
 
 
-def _file_samples(path: Path, specs: Sequence[InputSpec], what: str) -> list[Sample]:
-    return samples_from(read_npz(path, what), specs, str(path))
+def _file_samples(path: Path, specs: Sequence[InputSpec], what: str, limit: int | None) -> list[Sample]:
+    return samples_from(read_npz(path, what, limit), specs, str(path))
 
 
 def samples_from(
@@ -120,25 +129,72 @@ def samples_from(
 
 
 MEMORY_SHARE = 0.5  # an npz may hold arrays of at most this share of the machine's memory
+_HEADER_READERS = {
+    1: np.lib.format.read_array_header_1_0,
+    2: np.lib.format.read_array_header_2_0,
+    3: np.lib.format.read_array_header_2_0,  # 2.0's layout, the header in UTF-8 (ASCII here)
+}
 
 
-def declared_bytes(path: Path) -> int:
-    """The bytes an npz's arrays take once loaded, from their .npy headers alone: a compressed
-    member (a deflate bomb) is not inflated to find out. 0 when the file is no zip of .npy."""
-    total = 0
+def declared_bytes(path: Path, what: str = "inputs file") -> int:
+    """The bytes an npz's members take once inflated and loaded, from the zip's directory and
+    the .npy headers alone: a compressed member (a deflate bomb) is not inflated to find out.
+    Each member counts as the larger of its .npy header's array and its declared file size (a
+    member that is no .npy would be read whole). OnnxqError for a file that is no zip, or a
+    member whose header cannot be read: numpy would load the members before it first."""
     try:
         with zipfile.ZipFile(path) as z:
-            for info in z.infolist():
-                with z.open(info) as member:
-                    major, _ = np.lib.format.read_magic(member)
-                    read = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}
-                    if major not in read:
-                        return 0  # a newer format: np.load reads it
-                    shape, _, dtype = read[major](member)
-                total += math.prod(shape) * np.dtype(dtype).itemsize
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-        return 0  # read_npz says what is wrong with it
-    return total
+            return sum(max(info.file_size, _npy_bytes(z, info)) for info in z.infolist())
+    except OnnxqError:
+        raise
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+        SyntaxError,
+    ) as exc:
+        raise OnnxqError(
+            f"{what} {path} is not an npz file ({first_line(exc, 120)}); write one with numpy.savez"
+        ) from None
+
+
+def _npy_bytes(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+    """The array bytes a member's .npy header declares (0 for a member that is no .npy)."""
+    with z.open(info) as member:
+        if member.read(6) != b"\x93NUMPY":
+            return 0
+        version = member.read(2)
+        if len(version) < 2 or version[0] not in _HEADER_READERS:
+            raise ValueError(f"{info.filename} is in .npy format version {list(version)}")
+        shape, _, dtype = _HEADER_READERS[version[0]](member)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{info.filename} declares the shape {shape}")
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def _check_size(path: Path, size: int, what: str, limit: int | None) -> None:
+    """OnnxqError when the arrays would take more than limit bytes, or half of the memory."""
+    limit = MAX_INPUT_BYTES if limit is None else limit
+    if size > limit:
+        raise OnnxqError(
+            f"{what} {path} holds {_mib(size)} of arrays once loaded, more than --max-input-bytes "
+            f"({_mib(limit)}); pass fewer samples, or raise --max-input-bytes if the machine has the memory"
+        )
+    memory = _memory_bytes()
+    if memory and size > MEMORY_SHARE * memory:
+        raise OnnxqError(
+            f"{what} {path} holds {_mib(size)} of arrays once loaded, more than "
+            f"{MEMORY_SHARE:.0%} of this machine's {_mib(memory)}; pass fewer samples, or a "
+            "folder of smaller npz files"
+        )
+
+
+def _mib(size: int) -> str:
+    return f"{size:,} bytes" if size < 2**20 else f"{size / 2**20:,.0f} MiB"
 
 
 def _memory_bytes() -> int | None:
@@ -148,22 +204,29 @@ def _memory_bytes() -> int | None:
         return None
 
 
-def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+def read_npz(path: Path, what: str, limit: int | None = None) -> dict[str, np.ndarray]:
     """An npz file's arrays, without pickles; OnnxqError saying how to fix a file that is not one,
-    or one whose arrays would take more than MEMORY_SHARE of the machine's memory."""
-    memory, size = _memory_bytes(), declared_bytes(path)
-    if memory and size > MEMORY_SHARE * memory:
-        raise OnnxqError(
-            f"{what} {path} holds {size / 2**20:,.0f} MiB of arrays once loaded, more than "
-            f"{MEMORY_SHARE:.0%} of this machine's {memory / 2**20:,.0f} MiB; pass fewer samples, or a "
-            "folder of smaller npz files"
-        )
+    or one whose arrays would take more than limit bytes (None: MAX_INPUT_BYTES) or MEMORY_SHARE
+    of the machine's memory (checked from its headers, before anything is inflated)."""
+    _check_size(path, declared_bytes(path, what), what, limit)
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, AttributeError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+    except (
+        OSError,
+        ValueError,
+        AttributeError,
+        TypeError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:
         # A .npy file loads as one array, which is no context manager: AttributeError/TypeError.
-        raise OnnxqError(f"{what} {path} is not an npz file ({exc}); write one with numpy.savez") from None
+        raise OnnxqError(
+            f"{what} {path} is not an npz file ({first_line(exc, 120)}); write one with numpy.savez"
+        ) from None
 
 
 _UNNAMED = re.compile(r"arr_\d+")  # numpy.savez's name for an array given without one

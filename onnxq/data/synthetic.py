@@ -18,6 +18,7 @@ more than one.
 from __future__ import annotations
 
 import ast
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxq.data.samples import LENGTH_NAME, InputSpec, Sample
+from onnxq.data.samples import LENGTH_NAME, MAX_INPUT_BYTES, InputSpec, Sample
 from onnxq.errors import OnnxqError
 
 MAX_TRIES = 40
@@ -74,8 +75,16 @@ class Plan:
             return ()
         return tuple(d if isinstance(d, int) else self.sizes[spec.key(i)] for i, d in enumerate(spec.dims))
 
-    def feeds(self, samples: int, seed: int) -> list[Sample]:
-        """samples feeds, seeded: the same seed gives the same inputs."""
+    def feeds(self, samples: int, seed: int, limit: int | None = None) -> list[Sample]:
+        """samples feeds, seeded: the same seed gives the same inputs; OnnxqError when they would
+        take more than limit bytes (None: MAX_INPUT_BYTES), before any is made."""
+        size = samples * sum(math.prod(self.shape(s)) * s.dtype.itemsize for s in self.specs)
+        limit = MAX_INPUT_BYTES if limit is None else limit
+        if size > limit:
+            raise OnnxqError(
+                f"{samples:,} random samples of {self.describe()} would take {size / 2**20:,.0f} MiB, more "
+                f"than --max-input-bytes ({limit / 2**20:,.0f} MiB); ask for fewer samples"
+            )
         rng = np.random.default_rng(seed)
         return [{s.name: self._value(s, rng) for s in self.specs} for _ in range(samples)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import secrets
 import warnings
 from pathlib import Path
@@ -148,6 +149,8 @@ def input_files(src: str | os.PathLike) -> set[Path]:
     without the data; a model that cannot be parsed is its file alone, and read_model says why)."""
     path = Path(src)
     files = {path.resolve()}
+    if not path.is_file():  # a FIFO would block the parse, /dev/zero never end it: read_model says why
+        return files
     try:
         model = parse(path)
     except ModelLoadError:  # read_model reports it
@@ -179,8 +182,9 @@ def is_one_of(path: str | os.PathLike, files: set[Path]) -> bool:
 TEMP_EXTRA = len(".") + 1 + 12 + len(".tmp") + len(".data")
 
 
-def _check_name_length(dst: Path) -> None:
-    """The output's temporary file names must fit the file system's limit on a name."""
+def check_name_length(dst: Path, what: str = "output") -> None:
+    """The temporary file names of an output (or of the report: what) must fit the file
+    system's limit on a name."""
     try:
         limit = os.pathconf(dst.parent.resolve(), "PC_NAME_MAX")
     except (OSError, ValueError):
@@ -188,9 +192,20 @@ def _check_name_length(dst: Path) -> None:
     size = len(os.fsencode(dst.name))
     if size + TEMP_EXTRA > limit:
         raise OnnxqError(
-            f"the output name is {size} bytes long and its temporary files' up to {size + TEMP_EXTRA}; the file "
+            f"the {what} name is {size} bytes long and its temporary files' up to {size + TEMP_EXTRA}; the file "
             f"system allows {limit} bytes per name, so choose a name of at most {limit - TEMP_EXTRA} bytes"
         )
+
+
+def check_special(path: Path, what: str = "the output path") -> None:
+    """An existing path that is a device, FIFO or socket is no file to replace: writing the
+    output there would replace /dev/null itself, or wait on a FIFO."""
+    try:
+        special = path.exists() and not path.is_file() and not path.is_dir()
+    except OSError:  # a name too long, a link loop: the other checks say so
+        return
+    if special:
+        raise OnnxqError(f"{what} {path} is a device, FIFO or socket, not a file; choose another path")
 
 
 def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
@@ -200,11 +215,12 @@ def check_output_path(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         raise OnnxqError(f"output folder {dst_path.parent} does not exist; create it or choose another path")
     if dst_path.is_dir():
         raise OnnxqError(f"{dst_path} is a folder; give a file name such as {dst_path}/out.onnx")
+    check_special(dst_path)
     if not os.access(dst_path.parent.resolve(), os.W_OK | os.X_OK):
         raise OnnxqError(
             f"cannot write to the folder {dst_path.parent}: no permission; choose another output path"
         )
-    _check_name_length(dst_path)
+    check_name_length(dst_path)
     inputs = input_files(src)
     if is_one_of(dst_path, inputs):
         raise OnnxqError(
@@ -246,13 +262,20 @@ def data_file(dst: str | os.PathLike) -> Path:
     return dst.parent / f"{dst.name}.data"
 
 
+# A temporary file's name: ".{output name}.{pid: 6 hex digits}{6 random hex digits}.tmp", and
+# ".data" after it for its external data. The pid tells a later run whether its writer is gone.
+_TEMP_NAME = re.compile(r"\..+\.(?P<pid>[0-9a-f]{6})[0-9a-f]{6}\.tmp(\.data)?")
+
+
 def _create_hidden(dst: Path) -> str:
-    """A new empty file beside dst with a hidden, unused name, its mode as open() gives.
+    """A new empty file beside dst with a hidden, unused name, its mode as open() gives; the
+    temporary files that killed runs left in the folder are removed first.
 
     (tempfile.mkstemp would make it 0600, and the output would keep that.)
     """
+    remove_stale(dst.parent)
     while True:
-        tmp = dst.parent / f".{dst.name}.{secrets.token_hex(6)}.tmp"
+        tmp = dst.parent / f".{dst.name}.{os.getpid() & 0xFFFFFF:06x}{secrets.token_hex(3)}.tmp"
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
         except FileExistsError:
@@ -260,6 +283,36 @@ def _create_hidden(dst: Path) -> str:
         except OSError as exc:
             raise _write_error(dst, exc) from None
         return str(tmp)
+
+
+def remove_stale(folder: Path) -> list[Path]:
+    """Remove the temporary files in folder whose writer no longer runs (a run killed with
+    SIGKILL cannot remove its own); the files removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP_NAME.fullmatch(entry.name)
+        if m is None or _running(int(m.group("pid"), 16)) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            continue  # another run removed it first, or the folder is read-only: harmless
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process: alive
+    return True
 
 
 def write_temp(model: onnx.ModelProto, dst: str | os.PathLike) -> Path:
@@ -366,19 +419,27 @@ def discard(tmp: Path, dst: str | os.PathLike) -> None:
     tmp.unlink(missing_ok=True)
 
 
+def finalize(tmp: Path, dst: str | os.PathLike) -> None:
+    """Point a temporary output's external data at the name commit gives it, data_file(dst), so
+    that the output's size is final before the rename (nothing to do without external data)."""
+    if not has_external_data(tmp):
+        return
+    final = data_file(dst).name
+    model = onnx.load(str(tmp), load_external_data=False)
+    entries = [e for t in external.all_tensors(model) for e in t.external_data if e.key == "location"]
+    if any(e.value != final for e in entries):
+        for entry in entries:
+            entry.value = final
+        tmp.write_bytes(model.SerializeToString())  # the graph alone: the tensors are external
+
+
 def commit(tmp: Path, dst: str | os.PathLike) -> None:
     """Move a temporary output into place: its data file first, pointed at its final name, then
     the model; remove both if that fails."""
     try:
+        finalize(tmp, dst)
         if has_external_data(tmp):
-            final = data_file(dst)
-            model = onnx.load(str(tmp), load_external_data=False)
-            for tensor in external.all_tensors(model):
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = final.name
-            tmp.write_bytes(model.SerializeToString())  # the graph alone: the tensors are external
-            os.replace(temp_data(tmp), final)
+            os.replace(temp_data(tmp), data_file(dst))
         os.replace(tmp, dst)
     except OSError as exc:
         discard(tmp, dst)
@@ -388,12 +449,26 @@ def commit(tmp: Path, dst: str | os.PathLike) -> None:
         raise
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file through a hidden temporary file and a rename: all of it or nothing."""
+def stage_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file's content to a hidden temporary file beside it (renamed into place by
+    os.replace, or removed, by the caller); OnnxqError when it cannot be written."""
     path = Path(path)
     tmp = Path(_create_hidden(path))
     try:
         tmp.write_text(text)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file through a hidden temporary file and a rename: all of it or nothing."""
+    tmp = stage_text(path, text)
+    try:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -49,17 +49,23 @@ class Layer:
 
 
 def load_data(
-    model: onnx.ModelProto, path: str | None, samples: int | None, seed: int, plan: synthetic.Plan | None
+    model: onnx.ModelProto,
+    path: str | None,
+    samples: int | None,
+    seed: int,
+    plan: synthetic.Plan | None,
+    limit: int | None = None,
 ) -> Data:
-    """The calibration samples (at most `samples`), or synthetic ones from plan when there is no file."""
+    """The calibration samples (at most `samples`), or synthetic ones from plan when there is no file;
+    limit: the most bytes the file's arrays may take (data.read_samples)."""
     specs = data.input_specs(model)
     if path is not None:
-        found = data.read_samples(path, specs, "calibration file")
+        found = data.read_samples(path, specs, "calibration file", limit)
         return Data("calibration", path, found[:samples] if samples else found, specs)
     if plan is None:
         raise OnnxqError("synthetic calibration needs the synthetic inputs' plan; pass --calibration")
     count = samples or SYNTHETIC_SAMPLES
-    return Data("synthetic", f"random inputs: {plan.describe()}", plan.feeds(count, seed), specs)
+    return Data("synthetic", f"random inputs: {plan.describe()}", plan.feeds(count, seed, limit), specs)
 
 
 def layer_statistics(

@@ -101,7 +101,7 @@ def test_compress(tiny_path, tmp_path):
 def test_options_reach_the_library(tiny_path, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_compress(src, dst, config, progress=None, pictures=False, force=False):
+    def fake_compress(src, dst, config, progress=None, pictures=False, force=False, before_commit=None):
         seen.update(src=src, dst=dst, config=config, force=force)
         return onnxq.Report(config={})
 
@@ -161,7 +161,7 @@ def test_options_reach_the_library(tiny_path, tmp_path, monkeypatch):
 def test_defaults_reach_the_library(tiny_path, tmp_path, monkeypatch):
     seen = []
 
-    def fake_compress(src, dst, config, progress=None, pictures=False, force=False):
+    def fake_compress(src, dst, config, progress=None, pictures=False, force=False, before_commit=None):
         seen.append((config, pictures))
         return onnxq.Report(config={})
 

@@ -350,3 +350,26 @@ def test_a_model_is_read_whatever_its_suffix_and_a_bad_text_form_is_one_line(
     else:
         with pytest.raises(onnxq.OnnxqError, match="is not a readable ONNX model"):
             onnxq.compress(path, tmp_path / "out.onnx")
+
+
+def test_a_later_save_removes_the_temporary_files_of_a_killed_run_and_no_live_ones(tmp_path, tiny):
+    import subprocess
+    import sys
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    dead, alive = int(gone.stdout), os.getpid()
+    stale = [
+        tmp_path / f".out.onnx.{dead:06x}a1b2c3.tmp",
+        tmp_path / f".out.onnx.{dead:06x}a1b2c3.tmp.data",
+        tmp_path / f".other.onnx.{dead:06x}d4e5f6.tmp",
+    ]
+    live = tmp_path / f".out.onnx.{alive:06x}a1b2c3.tmp"
+    mine = [tmp_path / ".notes.tmp", tmp_path / f"out.onnx.{dead:06x}a1b2c3.tmp"]  # not onnxq's names
+    for path in [*stale, live, *mine]:
+        path.write_bytes(b"partial")
+    io.save_model(tiny[0], tmp_path / "out.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out.onnx", live.name, *(p.name for p in mine)]
+    )
