@@ -9,6 +9,7 @@ traceback: a usage error exits 2, anything else 1 (the traceback goes to the deb
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
@@ -22,9 +23,12 @@ log = logging.getLogger("onnxq")
 
 
 def _quit_while_loading(signum: int, frame: object) -> None:
+    """Leave at once: nothing is written yet, and unwinding out of a C extension's init (numpy,
+    onnxruntime) then finalizing the interpreter crashed it once in about 500 runs (SIGSEGV)."""
     _received.append(signum)
     interrupted("interrupted")
-    raise SystemExit(128 + signum)
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 def _interrupt(signum: int, frame: object) -> None:
