@@ -195,6 +195,16 @@ def reference_weights(
     return refs
 
 
+def rename_weight(model: onnx.ModelProto, old: str, new: str) -> onnx.ModelProto:
+    """The model with initializer old renamed new, and every node input that read it."""
+    for t in model.graph.initializer:
+        if t.name == old:
+            t.name = new
+    for node in model.graph.node:
+        node.input[:] = [new if i == old else i for i in node.input]
+    return model
+
+
 def replace_weights(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
     """A copy with the named initializers / Constant values (in any subgraph) replaced."""
     out = onnx.ModelProto()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import MEASUREMENTS, MODELS, WEIGHT_NAMES
+from conftest import MEASUREMENTS, MODELS, WEIGHT_NAMES, rename_weight
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,11 +37,7 @@ HOSTILE = 'w<script>alert("x")</script>&'
 def hostile_path(tiny, tmp_path) -> Path:
     """The tiny model with a weight named like markup: the page must show it as text."""
     model = tiny[0]
-    for t in model.graph.initializer:
-        if t.name == "mm.b":
-            t.name = HOSTILE
-    for node in model.graph.node:
-        node.input[:] = [HOSTILE if i == "mm.b" else i for i in node.input]
+    rename_weight(model, "mm.b", HOSTILE)
     path = tmp_path / "tiny.onnx"
     onnx.save(model, path)
     return path

@@ -16,10 +16,12 @@ from conftest import (
     make_model,
     no_weights_model,
     relocate,
+    rename_weight,
     run,
     save_external,
     sha256,
     small_cnn,
+    tiny_model,
     value,
     without_progress,
 )
@@ -616,15 +618,9 @@ def test_names_that_look_like_rich_markup_are_printed_as_they_are(tmp_path):
 
 
 def test_long_names_wrap_in_the_terminal_tables_and_are_never_cut(tmp_path):
-    from conftest import tiny_model
-
     model, _ = tiny_model()
     long = "encoder.layers.0.attention.self.query_projection.weight_" + "x" * 60
-    for t in model.graph.initializer:
-        if t.name == "mm.b":
-            t.name = long
-    for node in model.graph.node:
-        node.input[:] = [long if i == "mm.b" else i for i in node.input]
+    rename_weight(model, "mm.b", long)
     src = tmp_path / "long.onnx"
     onnx.save(model, src)
     result = invoke("compress", src, tmp_path / "out.onnx", "--samples", "1")
@@ -705,15 +701,9 @@ def test_help_shows_the_choices_of_an_option_not_its_type(command):
 
 
 def test_inspect_a_float_model_and_its_output_at_80_columns(tmp_path):
-    from conftest import tiny_model
-
     model, _ = tiny_model()
     long = "encoder.layers.0.attention.self.query_projection.weight_" + "x" * 60
-    for t in model.graph.initializer:
-        if t.name == "mm.b":
-            t.name = long
-    for node in model.graph.node:
-        node.input[:] = [long if i == "mm.b" else i for i in node.input]
+    rename_weight(model, "mm.b", long)
     src, dst = tmp_path / "long.onnx", tmp_path / "out.onnx"
     onnx.save(model, src)
     for path, words in [(src, "predicted at --format fold"), (dst, f"written by onnxq {onnxq.__version__}")]:
