@@ -33,7 +33,7 @@ from onnxq.api import (
 from onnxq.check import html
 from onnxq.check.decompress import decompress
 from onnxq.check.inspect import Inspection
-from onnxq.check.report import Report
+from onnxq.check.report import Report, number
 from onnxq.check.validate import DEFAULT_BATCH, DEFAULT_MIN_COSINE, Validation, compare_models
 from onnxq.data.samples import MAX_INPUT_BYTES
 from onnxq.errors import OnnxqError
@@ -642,7 +642,7 @@ def render(report: Report) -> None:
             str(w["bits"]),
             w["rounding"],
             f"{w['correlation']:.5f}",
-            _fmt(w["sqnr_db"], 1),
+            number(w["sqnr_db"], 1),
             f"{w['index_bytes'] + w['codebook_bytes']:,}",
         )
     if d["weights"]:
@@ -666,8 +666,8 @@ def render(report: Report) -> None:
     for role, path in report.paths.items():  # the paths whole, to copy
         out.print(f"{role}: {path}", markup=False, highlight=False, soft_wrap=True)
     out.print(
-        f"size: {s['input_bytes']:,} -> {s['output_bytes']:,} bytes, {_fmt(s['ratio'], 2)}x smaller; "
-        f"{_fmt(s['bits_per_weight'], 3)} bits per compressed weight\n"
+        f"size: {s['input_bytes']:,} -> {s['output_bytes']:,} bytes, {number(s['ratio'], 2)}x smaller; "
+        f"{number(s['bits_per_weight'], 3)} bits per compressed weight\n"
         f"bytes: indices {b['indices']:,} ({100 * b['indices'] / total:.1f}%), "
         f"codebooks {b['codebooks']:,} ({100 * b['codebooks'] / total:.1f}%), "
         f"float tensors {b['float_tensors']:,} ({100 * b['float_tensors'] / total:.1f}%), "
@@ -720,8 +720,8 @@ def render_validation(v: Validation) -> None:
             f"{o.max_abs_error:.4g}",
             f"{o.relative_l2_error:.4g}",
             f"{o.cosine:.5f}",
-            _fmt(o.sqnr_db, 1),
-            _fmt(o.top1_agreement, 3),
+            number(o.sqnr_db, 1),
+            number(o.top1_agreement, 3),
         )
     out.print(table)
     out.print(f"inputs: {v.inputs}", markup=False, highlight=False)
@@ -735,10 +735,6 @@ def render_validation(v: Validation) -> None:
             markup=False,
             highlight=False,
         )
-
-
-def _fmt(x, digits: int) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
 
 
 # The options of sweep.
@@ -896,7 +892,7 @@ def render_inspection(result: Inspection) -> None:
         )
         _say(
             f"predicted at {at}:\n  size {d['file_bytes']:,} -> {p['output_bytes']:,} bytes, "
-            f"{_fmt(p['ratio'], 2)}x smaller; {_fmt(p['bits_per_weight'], 3)} bits per compressed weight"
+            f"{number(p['ratio'], 2)}x smaller; {number(p['bits_per_weight'], 3)} bits per compressed weight"
         )
         for assumption in p["assumptions"]:
             _say(f"  assumes: {assumption}")
@@ -947,7 +943,7 @@ def _render_stored(d: dict) -> None:
     _say(
         f"stored: {s['weights']:,} weights in {', '.join(s['formats']) or 'no format'}: indices "
         f"{s['index_bytes']:,} bytes, codebooks {s['codebook_bytes']:,} bytes, "
-        f"{_fmt(s['bits_per_weight'], 3)} bits per weight"
+        f"{number(s['bits_per_weight'], 3)} bits per weight"
     )
 
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from html import escape
 
 from onnxq import __version__
-from onnxq.check.report import LevelPicture, Report
+from onnxq.check.report import LevelPicture, Report, number
 from onnxq.errors import OnnxqError
 
 EXTRA_HINT = "the HTML report draws its plots with matplotlib: pip install 'onnxq[report]'"
@@ -185,8 +185,8 @@ def _summary(report: Report, d: dict) -> str:
         f"onnxq {__version__}",
         *[f"{role}: <code>{escape(path)}</code>" for role, path in report.paths.items()],
         (
-            f"size: {s['input_bytes']:,} → {s['output_bytes']:,} bytes, <b>{_num(s['ratio'], 2)}x</b> smaller; "
-            f"{_num(s['bits_per_weight'], 3)} bits per compressed weight"
+            f"size: {s['input_bytes']:,} → {s['output_bytes']:,} bytes, <b>{number(s['ratio'], 2)}x</b> smaller; "
+            f"{number(s['bits_per_weight'], 3)} bits per compressed weight"
         ),
         (
             f"compressed {s['compressed_tensors']} tensors ({s['compressed_weights']:,} weights); "
@@ -224,8 +224,8 @@ def _validation_table(d: dict) -> str:
         return ""
     head = ["output", "max abs", "rel L2", "cosine", "SQNR dB", "top-1 agreement"]
     rows = [
-        [o["name"], _num(o["max_abs_error"], 4), _num(o["relative_l2_error"], 4), _num(o["cosine"], 5)]
-        + [_num(o["sqnr_db"], 1), _num(o["top1_agreement"], 3)]
+        [o["name"], number(o["max_abs_error"], 4), number(o["relative_l2_error"], 4), number(o["cosine"], 5)]
+        + [number(o["sqnr_db"], 1), number(o["top1_agreement"], 3)]
         for o in v["outputs"]
     ]
     fails = "".join(f"<p class='bad'>FAILED: {escape(f)}</p>" for f in v["failures"])
@@ -246,7 +246,7 @@ def _weights_table(report: Report, worst: list) -> str:
             w.codebook,
             w.rounding,
             f"{w.correlation:.5f}",
-            _num(w.sqnr_db, 1),
+            number(w.sqnr_db, 1),
             f"{w.index_bytes + w.codebook_bytes:,}",
         ]
 
@@ -285,10 +285,6 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 def _value(v) -> str:
     return "-" if v is None else re.sub(r"\s+", " ", str(v))
-
-
-def _num(x, digits: int) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
 
 
 PAGE = """<!DOCTYPE html>

@@ -173,7 +173,7 @@ class Report:
             f"- data: {self.calibration or 'none (no step needed calibration data)'}",
             (
                 f"- size: {s['input_bytes']:,} -> {s['output_bytes']:,} bytes "
-                f"({_num(s['ratio'], 2)}x smaller), {_num(s['bits_per_weight'], 3)} bits per weight"
+                f"({number(s['ratio'], 2)}x smaller), {number(s['bits_per_weight'], 3)} bits per weight"
             ),
             (
                 f"- compressed {s['compressed_tensors']} tensors ({s['compressed_weights']:,} weights), "
@@ -204,8 +204,8 @@ class Report:
             ]
             for o in v["outputs"]:
                 lines.append(
-                    f"| {o['name']} | {_num(o['max_abs_error'], 4)} | {_num(o['relative_l2_error'], 4)}"
-                    f" | {_num(o['cosine'], 5)} | {_num(o['sqnr_db'], 1)} | {_num(o['top1_agreement'], 3)} |"
+                    f"| {o['name']} | {number(o['max_abs_error'], 4)} | {number(o['relative_l2_error'], 4)}"
+                    f" | {number(o['cosine'], 5)} | {number(o['sqnr_db'], 1)} | {number(o['top1_agreement'], 3)} |"
                 )
             lines += [f"- {f}" for f in v["failures"]]
         lines += [
@@ -222,8 +222,8 @@ class Report:
             lines.append(
                 f"| {w['name']} | {w['shape']} | {w['groups']} | {w['bits']} | {w['codebook']} "
                 f"| {w['rounding']} | {'; '.join(w['bias_correction']) or '-'} "
-                f"| {w['index_bytes']:,} | {w['codebook_bytes']:,} | {_num(w['correlation'], 5)} "
-                f"| {_num(w['sqnr_db'], 1)} |"
+                f"| {w['index_bytes']:,} | {w['codebook_bytes']:,} | {number(w['correlation'], 5)} "
+                f"| {number(w['sqnr_db'], 1)} |"
             )
         lines += self._skipped_markdown()
         if d["notes"]:
@@ -252,7 +252,8 @@ def _cell(value) -> str:
     return f"`{json.dumps(value)}`".replace("|", "\\|")
 
 
-def _num(x, digits: int) -> str:
+def number(x, digits: int) -> str:
+    """A figure to fixed digits, or '-' for one that is missing (a null in the JSON)."""
     return "-" if x is None else f"{x:.{digits}f}"
 
 
