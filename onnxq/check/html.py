@@ -61,8 +61,9 @@ def _sortable(x: float) -> float:
 
 
 @contextmanager
-def _figure_of(width: float, height: float) -> Iterator:
-    """A matplotlib Figure (no pyplot state), text kept as text in the SVG."""
+def figure(width: float, height: float) -> Iterator:
+    """A matplotlib Figure (no pyplot state), text kept as text in the SVG; save it (svg_file)
+    within the block, where those settings hold. The sweep's plot draws with it too."""
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -70,17 +71,22 @@ def _figure_of(width: float, height: float) -> Iterator:
         yield Figure(figsize=(width, height), layout="constrained")
 
 
-def _svg(fig) -> str:
+def svg_file(fig) -> str:
+    """The figure as an SVG document, with no date in it (the same plot, the same bytes)."""
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None})
-    text = buf.getvalue()
+    return buf.getvalue()
+
+
+def _svg(fig) -> str:
+    text = svg_file(fig)
     return text[text.index("<svg") :]  # inline: no XML declaration or DOCTYPE
 
 
 def _per_layer(report: Report) -> str:
     if not report.weights:
         return ""
-    with _figure_of(9, 4.2) as fig:
+    with figure(9, 4.2) as fig:
         top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
         widths = sorted({w.bits for w in report.weights})
         colors = _palette(len(widths))
@@ -103,7 +109,7 @@ def _levels(report: Report, names: list[str]) -> str:
     if not shown:
         return ""
     bits = {w.name: w.bits for w in report.weights}
-    with _figure_of(9, 2.4 * len(shown)) as fig:
+    with figure(9, 2.4 * len(shown)) as fig:
         axes = fig.subplots(len(shown), 1, squeeze=False)[:, 0]
         for ax, (name, pic) in zip(axes, shown):
             _draw_levels(ax, pic)
@@ -131,7 +137,7 @@ def _bytes(report: Report) -> str:
         ("float tensors", b.float_tensors, "#7f8c8d"),
         ("graph", b.graph, "#27ae60"),
     ]
-    with _figure_of(9, 1.9) as fig:
+    with figure(9, 1.9) as fig:
         ax = fig.subplots()
         ax.barh(["input"], [report.input_bytes / MB], color="#bdc3c7")
         left = 0.0
@@ -149,7 +155,7 @@ def _output_error(report: Report) -> str:
     v = report.validation
     assert v is not None
     names = [_short(o.name, 24) for o in v.outputs]
-    with _figure_of(9, 0.6 + 0.35 * len(names) + 1.2) as fig:
+    with figure(9, 0.6 + 0.35 * len(names) + 1.2) as fig:
         sqnr_ax, cos_ax = fig.subplots(1, 2, sharey=True)
         sqnr_ax.barh(names, [_finite(o.sqnr_db) for o in v.outputs], color="#2e86c1", height=0.5)
         sqnr_ax.set_xlabel("SQNR dB (higher is closer)")

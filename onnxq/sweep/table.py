@@ -3,12 +3,13 @@ atomically into its folder."""
 
 from __future__ import annotations
 
-import io as text_io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onnxq import __version__
+from onnxq.check import html
+from onnxq.errors import OnnxqError
 from onnxq.graph import io
 
 if TYPE_CHECKING:
@@ -86,15 +87,13 @@ def plot(s: Sweep) -> str | None:
     """Size against the accuracy axis, the front as a line, the chosen point ringed; None without
     matplotlib."""
     try:
-        import matplotlib
-        from matplotlib.figure import Figure
-    except ImportError:
+        html.require()
+    except OnnxqError:
         return None
     rows = [r for r in s.rows if not r.get("error") and r.get(s.metric) is not None]
     if not rows:
         return None
-    with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9, "svg.hashsalt": "onnxq"}):
-        fig = Figure(figsize=(7, 4.2), layout="constrained")
+    with html.figure(7, 4.2) as fig:
         ax = fig.subplots()
         ax.scatter(
             [r["output_bytes"] / 1e6 for r in rows], [r[s.metric] for r in rows], color="#7f8c8d", s=18
@@ -123,6 +122,4 @@ def plot(s: Sweep) -> str | None:
         ax.set_xlabel("output size, MB")
         ax.set_ylabel(s.metric)
         ax.legend(loc="lower right", fontsize=8)
-        buf = text_io.StringIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    return buf.getvalue()
+        return html.svg_file(fig)
