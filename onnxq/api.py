@@ -34,7 +34,7 @@ from onnxq.refine import steps as refine
 from onnxq.refine import widths as widths_
 from onnxq.refine.widths import Choice
 from onnxq.storage import CODEBOOK_ATTRIBUTES, CODEBOOK_SUFFIXES, DEFAULT_FORMAT, FORMATS, INDICES_SUFFIX
-from onnxq.storage.base import CONFIG_KEY, DOMAIN, MARK, TENSORS_KEY, VERSION_KEY
+from onnxq.storage.base import CONFIG_KEY, DOMAIN, MARK, TENSORS_KEY, VERSION_KEY, stores_whole
 
 GRANULARITIES = ("tensor", "channel")
 ROUNDINGS = ("nearest", "gptq")
@@ -832,8 +832,9 @@ def stamp(model: onnx.ModelProto, config: Config, tensors: list[WeightReport] | 
     }
     record = {VERSION_KEY: __version__, CONFIG_KEY: json.dumps(settings, sort_keys=True)}
     if tensors is not None:
+        whole = stores_whole(FORMATS[config.format]).NAME  # inlined calls are whole-weight decoders
         rows = [
-            [w.name, w.shape, config.format, w.codebook, w.bits, w.groups, w.index_bytes, w.codebook_bytes]
+            [w.name, w.shape, whole, w.codebook, w.bits, w.groups, w.index_bytes, w.codebook_bytes]
             for w in tensors
         ]
         record[TENSORS_KEY] = json.dumps(rows)

@@ -207,8 +207,9 @@ def describe_output(model: onnx.ModelProto, path: Path, file_bytes: int, read: R
     for graph in iter_graphs(model.graph):
         for fmt in FORMATS.values():
             out.stored += fmt.stored(model, graph, read)
-    if not out.stored:
-        out.stored = _recorded(props, out.notes)
+    if TENSORS_KEY in props or not out.stored:  # inlined decoders: the graph shows only the rest
+        seen = {t.name for t in out.stored}
+        out.stored += [t for t in _recorded(props, out.notes) if t.name not in seen]
     out.skipped = _left_float(model, int((out.settings or {}).get("min_elements", 1)))
     return out
 

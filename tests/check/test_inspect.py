@@ -168,6 +168,11 @@ def test_an_output_with_inlined_decoders_lists_its_tensors_from_the_record(tmp_p
     assert any("inlined" in n for n in found.notes)
     rows = {s.name: (list(s.shape), s.bits, s.groups, s.index_bytes) for s in found.stored}
     assert rows == {w.name: (w.shape, w.bits, w.groups, w.index_bytes) for w in report.weights}
+    # matmulnbits keeps its MatMul weights in MatMulNBits nodes, which the graph shows; the rest
+    # come from the record, as the whole-weight format that stored them.
+    onnxq.compress(src, tmp_path / "mnb.onnx", bits=4, format="matmulnbits", validate=False)
+    formats = {s.name: s.format for s in api.inspect(tmp_path / "mnb.onnx").stored}
+    assert formats == {n: "matmulnbits" if n == "mm.b" else "fold" for n in WEIGHT_NAMES}
     # An output with local functions keeps no such record: its graph is the truth.
     model.ir_version = 8
     onnxq.compress(saved(tmp_path, model, "m8.onnx"), tmp_path / "o8.onnx", bits=4, validate=False)
