@@ -72,7 +72,7 @@ def test_bias_correction_adds_the_missing_biases(cnn_path, calibration, tmp_path
     assert convs["dw"].input[2] == "dw.w.onnxq.bias" and convs["pw"].input[2] == "pw.w.onnxq.bias"
 
 
-@pytest.mark.parametrize("target", [4.5, 5.5])
+@pytest.mark.parametrize("target", [4.5, pytest.param(5.5, marks=pytest.mark.heavy)])  # 5.5: 8 s
 def test_target_bits_is_met_as_the_report_counts_bits_per_weight(cnn_path, calibration, tmp_path, target):
     report = onnxq.compress(
         cnn_path,
@@ -167,6 +167,7 @@ def test_worker_processes_serve_the_calibrated_pipeline_too(cnn_path, calibratio
     assert files[0].read_bytes() == files[1].read_bytes()
 
 
+@pytest.mark.heavy  # 13 s: two calibrated --target-bits runs
 def test_more_target_bits_give_a_closer_model(cnn_path, calibration, tmp_path):
     x = held_out()
     reference = outputs(cnn_path, x)
