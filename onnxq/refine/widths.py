@@ -4,7 +4,8 @@ minimises the model's measured output noise within the budget:
     min sum_t noise_t(c_t)  subject to  sum_t bytes_t(c_t) <= target_bits * sum_t n_t / 8
 
 bytes count the indices, the per-group parameters and, for a tensor left in float, its
-float bytes. noise_t(c) is measured in onnxruntime with t alone swapped (sensitivity.Probe)
+float bytes; a mix of widths also pays for the decoder each width beyond the first adds in
+each graph, which on a small model can cost as much as its weights (_solve_with_decoders). noise_t(c) is measured in onnxruntime with t alone swapped (sensitivity.Probe)
 at two widths and scaled to the others by the layer's own output error (sensitivity.py).
 The solution is then checked as a whole: the model with every tensor swapped at once is
 measured against an allocation blind to sensitivity (each tensor's relative error counts
@@ -25,11 +26,13 @@ import numpy as np
 import onnx
 
 from onnxq.errors import OnnxqError
+from onnxq.graph.rewrite import inline_decoders
 from onnxq.graph.select import Weight
 from onnxq.quant.layout import float_rows, to_rows, to_weight
 from onnxq.quant.quantize import QuantizedTensor
 from onnxq.refine import allocate, sensitivity
 from onnxq.refine.steps import PROBE_SAMPLES, Data, Layer, probe_feeds
+from onnxq.storage.base import DOMAIN, Piece
 
 WIDTHS = range(1, 9)  # every width the allocation prices; the fallback's pool is drawn from it
 PER_TENSOR_OFFER = (
@@ -103,9 +106,15 @@ def choose(
     probe, why = _probe(model, weights, source, probe_samples, layers)
     curves, probed = _curves(weights, computed, priced, probe, round(target_bits), progress)
     pools = [_pool(priced, widths), _pool(priced, [b for b in WIDTHS if b <= widths[-1] and storable(b)])]
+    decoders = decoder_bytes(model, weights, computed, make, fmt, pools[-1])
+    graph_of = {w.name: id(w.graph) for w in weights}
     options = {
-        MEASURED: _solve(priced.costs, curves, pools, budget, fmt, elements),
-        "near-uniform widths": _solve(priced.costs, _blind(priced.relative), pools, budget, fmt, elements),
+        MEASURED: _solve_with_decoders(
+            priced.costs, curves, pools, budget, fmt, elements, decoders, graph_of
+        ),
+        "near-uniform widths": _solve_with_decoders(
+            priced.costs, _blind(priced.relative), pools, budget, fmt, elements, decoders, graph_of
+        ),
     }
     uniform = {w.name: Choice(round(target_bits)) for w in weights}
     if sum(priced.costs[n][c] for n, c in uniform.items() if c in priced.costs[n]) <= budget * (1 + 1e-9):
@@ -124,6 +133,12 @@ def choose(
     kept = _keep(parts, source.mode)
     notes = _notes(probe, source, weights, probed, why, noise, kept, len(parts[kept]))
     chosen = options[kept]
+    extra = extra_decoders(chosen, decoders, graph_of)
+    if extra:
+        notes.append(
+            f"{extra:.0f} bytes of the budget pay the decoders of the "
+            f"{len({c.bits for c in chosen.values() if c.bits})} widths mixed (one per width and graph)"
+        )
     quantized = {
         w.name: _quantized(w, chosen[w.name], computed, make) for w in weights if chosen[w.name] != FLOAT
     }
@@ -392,6 +407,106 @@ def _blind(relative: dict[str, dict[Choice, float]]) -> dict[str, dict[Choice, f
 def _pool(priced: _Priced, widths) -> set[Choice]:
     allowed = set(widths)
     return {c for costs in priced.costs.values() for c in costs if c.bits == 0 or c.bits in allowed}
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((int(i.version) for i in model.opset_import if i.domain in ("", "ai.onnx")), 1)
+
+
+def decoder_bytes(model, weights: list[Weight], computed, make: Make, fmt, pool) -> dict[int, float]:
+    """Per width, the bytes one more decoder costs (its function, or its nodes once inlined for an
+    IR version without functions, beyond its pieces' own), for a format that rebuilds every weight
+    of a width with one shared call; {} for one that replaces the readers. Measured by encoding the
+    smallest weight, per channel and per tensor, once and twice."""
+    if fmt.WHOLE is not None or not weights:
+        return {}
+    smallest = min(weights, key=lambda w: w.array.size)
+    inline = model.ir_version < 8
+    opset = _opset(model)
+    out = {}
+    for bits in sorted({c.bits for c in pool if c.bits}):
+        pieces = [
+            Piece(q, f"w{i}", f"w{i}.out", tuple(q.codes.shape), 0)
+            for i, q in enumerate(
+                _quantized(smallest, Choice(bits, t), computed, make) for t in (False, True)
+            )
+        ]
+        if fmt.batch_key(pieces[0].q) is None:
+            return {}
+        again = [p._replace(name=p.name + "b", output=p.output + "b") for p in pieces]
+        one = _encoded_bytes(fmt.encode(pieces, opset, "d"), opset, inline)
+        two = _encoded_bytes(fmt.encode(pieces + again, opset, "d"), opset, inline)
+        out[bits] = float(max(0, 2 * one - two))
+    return out
+
+
+def _encoded_bytes(encoded, opset: int, inline: bool) -> int:
+    if not inline:
+        return sum(p.ByteSize() for part in encoded for p in part)
+    inits, nodes, functions = encoded
+    imports = [onnx.helper.make_opsetid("", opset), onnx.helper.make_opsetid(DOMAIN, 1)]
+    graph = onnx.helper.make_graph(nodes, "d", [], [], inits)
+    return inline_decoders(
+        onnx.helper.make_model(graph, functions=functions, opset_imports=imports)
+    ).graph.ByteSize()
+
+
+def extra_decoders(chosen: dict[str, Choice], decoders: dict[int, float], graph_of: dict[str, int]) -> float:
+    """The bytes of the decoders a mix of widths adds, in each graph that holds weights (a
+    subgraph decodes its own), beyond the one per graph that uniform widths need."""
+    used: dict[int, set[int]] = {}
+    for name, c in chosen.items():
+        if c.bits:
+            used.setdefault(graph_of.get(name, 0), set()).add(c.bits)
+    costs = [[decoders.get(b, 0.0) for b in widths] for widths in used.values()]
+    return sum(sum(c) - max(c) for c in costs)
+
+
+# Below this share of the budget the decoders a mix of widths adds are only set aside; above it
+# every contiguous range of widths is solved with its own decoders paid (a small model's
+# decoders can cost as much as its weights: ocr_cls at --target-bits 4 mixed six widths whose
+# decoders took 18 KiB, a tenth of its file, and came out larger than uniform --bits 4).
+DECODER_SHARE = 1e-3
+
+
+def _solve_with_decoders(
+    costs, curves, pools, budget: float, fmt, elements: int, decoders, graph_of: dict[str, int]
+) -> dict[str, Choice]:
+    """The least-noise choices within budget, the decoders of the widths they mix paid from it:
+    where those decoders matter, the best over every contiguous range of widths, each solved with
+    its own extra decoders set aside; elsewhere one solution, re-solved with its decoders set aside."""
+    if sum(decoders.values()) > DECODER_SHARE * budget:
+        for pool in pools:  # the candidate widths, else the narrower storable ones too
+            widths = sorted({c.bits for c in pool if c.bits})
+            ranges = [widths[i : j + 1] for i in range(len(widths)) for j in range(i, len(widths))]
+            found = [_within(costs, curves, pool, budget, decoders, graph_of, r) for r in ranges]
+            solved = [c for c in found if c is not None]
+            if solved:
+                return min(solved, key=lambda chosen: sum(curves[n][c] for n, c in chosen.items()))
+    chosen = _solve(costs, curves, pools, budget, fmt, elements)
+    spare = budget - extra_decoders(chosen, decoders, graph_of)
+    if spare < budget:
+        try:
+            chosen = _solve(costs, curves, pools, spare, fmt, elements)
+        except OnnxqError:
+            pass  # too little is left for any mix: the budget's own solution
+    return chosen
+
+
+def _within(costs, curves, pool: set[Choice], budget: float, decoders, graph_of, widths: list[int]):
+    """The least-noise choices from pool at these widths (or float), the extra decoders they could
+    need set aside (every width in every graph); None when they do not fit."""
+    allowed = {c for c in pool if c.bits == 0 or c.bits in widths}
+    every = {f"{g}/{b}": Choice(b) for g in set(graph_of.values()) for b in widths}
+    spare = budget - extra_decoders(every, decoders, {k: int(k.split("/")[0]) for k in every})
+    try:
+        return allocate.allocate(
+            {n: {c: v for c, v in per.items() if c in allowed} for n, per in costs.items()},
+            {n: {c: v for c, v in curves[n].items() if c in allowed and c in costs[n]} for n in costs},
+            spare,
+        )
+    except OnnxqError:
+        return None
 
 
 def _solve(costs, curves, pools: list[set[Choice]], budget: float, fmt, elements: int) -> dict[str, Choice]:

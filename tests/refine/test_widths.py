@@ -6,6 +6,8 @@ import numpy as np
 import onnx
 import pytest
 from conftest import make_model, small_cnn, value
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 import onnxq
@@ -115,13 +117,13 @@ def test_an_allocation_that_measures_worse_than_near_uniform_widths_is_not_kept(
     """A measurement that misjudged the fragile weight and put it at the narrowest width: the
     whole-model check catches it and keeps the near-uniform widths."""
     path, cal = fragile
-    real, calls = widths._solve, []
+    real, calls = widths._solve_with_decoders, []
 
     def misjudged(*args):
         calls.append(real(*args))
         return {"big": Choice(3), "small": Choice(3)} if len(calls) == 1 else calls[-1]
 
-    monkeypatch.setattr(widths, "_solve", misjudged)
+    monkeypatch.setattr(widths, "_solve_with_decoders", misjudged)
     report, _ = compress(path, tmp_path, calibration=cal)
     assert any(n.startswith("output noise") and n.endswith("kept near-uniform widths") for n in report.notes)
     assert "float" not in report.widths()  # the near-uniform fallback keeps nothing in float
@@ -282,3 +284,60 @@ def test_macs_per_sample_counts_output_positions():
     layers = {"w": [Layer(spec=None, stats=stats), Layer(spec=None, stats=stats)]}
     assert widths._macs_per_sample([w], layers) == 216 * 100 * 2  # two layers read it
     assert widths._macs_per_sample([w], {}) == 216  # no statistics: one position
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    tensors=st.integers(1, 6),
+    graphs=st.integers(1, 2),
+    decoder=st.floats(1.0, 400.0),
+    slack=st.floats(1.0, 2.0),
+    seed=st.integers(0, 2**16),
+)
+def test_a_mix_of_widths_pays_its_decoders_from_the_budget(tensors, graphs, decoder, slack, seed):
+    """Whatever widths the solution mixes, its bytes plus the decoders it adds per graph fit the
+    budget (which always admits the narrowest width alone), and it is at least as quiet as the
+    best single width."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(8, 200, tensors)
+    costs = {f"t{i}": {Choice(b): n * b / 8 + 4.0 for b in (2, 3, 4, 5)} for i, n in enumerate(sizes)}
+    curves = {n: {c: float(rng.uniform(0.5, 2)) * 4.0**-c.bits for c in per} for n, per in costs.items()}
+    decoders = {b: decoder * (1 + b / 8) for b in (2, 3, 4, 5)}
+    graph_of = {n: i % graphs for i, n in enumerate(costs)}
+    budget = slack * sum(per[Choice(2)] for per in costs.values())
+    pool = {c for per in costs.values() for c in per}
+    chosen = widths._solve_with_decoders(
+        costs, curves, [pool], budget, None, int(sizes.sum()), decoders, graph_of
+    )
+    spent = sum(costs[n][c] for n, c in chosen.items())
+    assert spent + widths.extra_decoders(chosen, decoders, graph_of) <= budget * (1 + 1e-9)
+    single = [
+        sum(curves[n][Choice(b)] for n in costs)
+        for b in (2, 3, 4, 5)
+        if sum(costs[n][Choice(b)] for n in costs) <= budget
+    ]
+    assert sum(curves[n][c] for n, c in chosen.items()) <= min(single) * (1 + 1e-9)
+
+
+def test_extra_decoders_count_each_width_beyond_the_first_in_each_graph():
+    decoders = {2: 10.0, 3: 20.0, 4: 40.0}
+    chosen = {"a": Choice(2), "b": Choice(4, True), "c": Choice(3), "d": FLOAT, "e": Choice(4)}
+    assert widths.extra_decoders(chosen, decoders, {"a": 0, "b": 0, "c": 1, "d": 1, "e": 1}) == 10.0 + 20.0
+    assert widths.extra_decoders({"a": Choice(3), "b": Choice(3)}, decoders, {"a": 0, "b": 1}) == 0.0
+
+
+@pytest.mark.parametrize("ir_version", [7, 9])
+def test_target_bits_on_a_small_model_is_no_larger_than_uniform_widths(tmp_path, ir_version):
+    """small_cnn's per-channel parameters make uniform 4 bits cost more than 4 bits per weight; a
+    mix of widths within --target-bits 4, its decoders (inlined at IR 7) paid, must come out
+    smaller, and the report says what the decoders took."""
+    model = small_cnn()
+    model.ir_version = ir_version
+    path = tmp_path / "cnn.onnx"
+    onnx.save(model, path)
+    uniform = tmp_path / "uniform.onnx"
+    onnxq.compress(path, uniform, bits=4, min_elements=1, validate=False)
+    report, dst = compress(path, tmp_path)
+    assert dst.stat().st_size <= uniform.stat().st_size
+    mixed = {w.bits for w in report.weights}
+    assert (len(mixed) > 1) == any("pay the decoders" in n for n in report.notes)
