@@ -47,9 +47,12 @@ def notes(widths: set[int]) -> list[str]:
     return []
 
 
-# onnxruntime's peak while it creates a session, per folded weight: 4.93 GB for the 134M
-# decoder's 109.5M folded weights (its embedding rows stay packed; docs/RESULTS.md, scale).
-PEAK_BYTES = 45
+# onnxruntime's peak while it creates a session, per folded weight: 3.30 GB for the 134M
+# decoder's 109.5M folded weights at --bits 5 (its embedding rows stay packed). onnxruntime keeps
+# every intermediate of the folding until the session is ready, so each copy in the decoder
+# costs 4 bytes per weight: the byte-major bit layout and a call of its own per large weight
+# took it from 45 (4.93 GB) to 30.
+PEAK_BYTES = 30
 NOTE_ABOVE = 1 << 25  # folded weights from which the report warns
 
 
@@ -74,7 +77,7 @@ def load_notes(weights: list[tuple[list[str], int]], packed_rows: bool) -> list[
 
 
 def index_bytes(q: QuantizedTensor) -> int:
-    return -(-q.codes.size // 8) * q.bits  # b planes of ceil(n / 8) bytes
+    return -(-q.codes.size // 8) * q.bits  # b bytes for each eight codes
 
 
 def codebook_bytes(q: QuantizedTensor) -> int:
@@ -100,6 +103,7 @@ def function_name(codebook: str, bits: int) -> str:
 # weight), and the fold's transient memory grows with the batch. Splitting Lite0's
 # 4.6M weights in two cost 48 ms of session creation (141 against 93 ms) and no memory.
 BATCH_WEIGHTS = 1 << 24
+ALONE = 1 << 20  # a weight this large gets a decoder call of its own (batch_key)
 ROWS_MIN_ELEMENTS = 1 << 20  # a Gather table this large keeps its rows packed (see replace_consumer)
 
 
@@ -181,9 +185,11 @@ def _level_table(b: _Body, params: str, ranges: str, offset: str | None, q: Quan
     return b.add("Mul", [b.add("Mul", [sign, b.add("Exp", [exponent], "mag")], "sl"), live], "table")
 
 
-def batch_key(q: QuantizedTensor) -> tuple[str, int]:
-    """Weights with the same key (codebook and width) are decoded by one call."""
-    return q.codebook, q.bits
+def batch_key(q: QuantizedTensor) -> tuple[str, int, int]:
+    """Weights with the same key (codebook and width) are decoded by one call; a weight of ALONE
+    elements or more by its own, whose decoder needs no Split and fewer Reshapes: onnxruntime
+    keeps each folded intermediate until the session is ready, 4 bytes per weight per copy."""
+    return q.codebook, q.bits, (id(q) if q.codes.size >= ALONE else 0)
 
 
 def call_name(q: QuantizedTensor) -> str:
@@ -206,7 +212,8 @@ def _split(b: _Body, x: str, sizes: list[int], outputs: list[str], opset: int) -
 
 
 def _unpacked_codes(b: _Body, bits: int) -> str:
-    """Nodes that unpack the input "indices" (pack_bits) into int32 codes, and the padding after them."""
+    """Nodes that unpack the input "indices" (pack_bits) into int32 codes, (n8, 1, 8): the codes,
+    then the padding up to a multiple of 8."""
     # Each byte's 8 bits, most significant first: a (256, 8) table built from a Range.
     byte = b.add(
         "Cast",
@@ -229,19 +236,10 @@ def _unpacked_codes(b: _Body, bits: int) -> str:
         "BitShift", [column, b.const("lefts", np.arange(8, dtype=np.uint8))], "high", direction="LEFT"
     )
     lut = b.add("BitShift", [high, b.const("seven", np.array([7], np.uint8))], "lut", direction="RIGHT")
-    index = b.add("Cast", ["indices"], "index", to=TensorProto.INT32)
-    planes = b.add(
-        "Reshape",
-        [b.add("Gather", [lut, index], "bits", axis=0), b.const("planes", np.array([bits, -1], np.int64))],
-        "plane",
-    )  # (b, 8 * n8): plane j holds bit b-1-j of every code
+    index = b.add("Cast", ["indices"], "index", to=TensorProto.INT32)  # (n8, b): b bytes per 8 codes
+    bits8 = b.add("Gather", [lut, index], "bits", axis=0)  # (n8, b, 8)
     weigh = b.const("weigh", (1 << np.arange(bits - 1, -1, -1)).astype(np.uint8)[None, :])
-    flat = b.add(
-        "Reshape",
-        [b.add("MatMulInteger", [weigh, planes], "summed"), b.const("flat", np.array([-1], np.int64))],
-        "codes",
-    )  # int32 codes, then the padding up to a multiple of 8
-    return flat
+    return b.add("MatMulInteger", [weigh, bits8], "summed")  # (n8, 1, 8) int32 codes, in order
 
 
 def _owners(b: _Body, groups: list[int]) -> str:
@@ -283,7 +281,7 @@ def encode_batch(
     group parameters into one uint16 array, and each weight's parameter ranges
     (and fitted table) into a row of a small table. The function unpacks the blob
     once (a lookup of each byte's 8 bits, then a uint8 MatMulInteger that weighs
-    the b planes), builds every group's levels at once (each group reads its
+    the b bits of each eight codes), builds every group's levels at once (each group reads its
     weight's row of ranges), and splits codes and levels per weight for a
     GatherElements and a Reshape each. One call per batch keeps the nodes that
     onnxruntime inlines and folds at session creation few, whatever the number
@@ -295,7 +293,7 @@ def encode_batch(
     groups = [q.groups for q, _, _ in items]
     counts = [q.codes.size for q, _, _ in items]
     inits = [
-        numpy_helper.from_array(pack_bits(codes, bits), f"{name}.onnxq.indices"),
+        numpy_helper.from_array(pack_bits(codes, bits).reshape(-1, bits), f"{name}.onnxq.indices"),
         numpy_helper.from_array(np.concatenate([q.params for q, _, _ in items]), f"{name}.onnxq.codebook"),
         numpy_helper.from_array(
             np.stack([q.ranges.ravel() for q, _, _ in items]).astype(np.float32), f"{name}.onnxq.ranges"
@@ -321,17 +319,22 @@ def encode_batch(
 
     outputs = [f"w{i}" for i in range(len(items))]
     padding = 8 * -(-codes.size // 8) - codes.size
-    piece_codes = [f"k{i}" for i in range(len(items))] + (["pad"] if padding else [])
-    _split(b, flat, counts + ([padding] if padding else []), piece_codes, opset)
-    piece_tables = [f"t{i}" for i in range(len(items))]
-    if len(items) > 1:
-        _split(b, table, groups, piece_tables, opset)
+    if len(items) == 1 and not padding:  # each copy below stays in memory while onnxruntime folds
+        piece_codes, piece_tables = [flat], [table]
     else:
-        piece_tables = [table]
+        flat = b.add("Reshape", [flat, b.const("flat", np.array([-1], np.int64))], "codes")
+        piece_codes = [f"k{i}" for i in range(len(items))] + (["pad"] if padding else [])
+        _split(b, flat, counts + ([padding] if padding else []), piece_codes, opset)
+        piece_tables = [f"t{i}" for i in range(len(items))] if len(items) > 1 else [table]
+        if len(items) > 1:
+            _split(b, table, groups, piece_tables, opset)
     for i, (q, _, shape) in enumerate(items):
         grid = b.add(
             "Reshape", [piece_codes[i], b.const(f"qs{i}", np.array([q.groups, -1], np.int64))], f"q{i}"
         )
+        if len(items) == 1 and not padding and tuple(shape) == q.codes.shape:
+            b.nodes.append(helper.make_node("GatherElements", [piece_tables[i], grid], [outputs[i]], axis=1))
+            continue
         gathered = b.add("GatherElements", [piece_tables[i], grid], f"y{i}", axis=1)
         b.add("Reshape", [gathered, b.const(f"ws{i}", np.array(shape, np.int64))], outputs[i])
     inputs = ["indices", "params", "ranges"] + (["offsets"] if fitted else [])
@@ -350,7 +353,7 @@ def rows_function(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
     indices (V, b * D8) holds pack_rows(codes, b), params (V, r) each row's r
     groups; the call's shape attribute is the table's (V, D). Gather the packed
     rows and their parameters, unpack the rows (each byte's bits by two uint8
-    BitShifts, the planes weighed by an int32 MatMul: the rows are few), look
+    BitShifts, the b bits of each eight codes weighed by an int32 MatMul: the rows are few), look
     their codes up in their own levels, and shape the result like Gather's:
     ids.shape + (D,).
     """
@@ -370,14 +373,13 @@ def rows_function(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
         [b.add("Slice", [b.add("Shape", ["indices"], "ishape"), "one", "two"], "ibytes"), planes],
         "n8",
     )
-    cube = b.add("Concat", [b.const("m1", np.array([-1], np.int64)), planes, n8, "one"], "cube", axis=0)
-    grid = b.add("Reshape", [rows, cube], "grid")  # (N, b, D8, 1)
+    cube = b.add("Concat", [b.const("m1", np.array([-1], np.int64)), n8, planes, "one"], "cube", axis=0)
+    grid = b.add("Reshape", [rows, cube], "grid")  # (N, D8, b, 1)
     high = b.add("BitShift", [grid, b.const("lefts", np.arange(8, dtype=np.uint8))], "high", direction="LEFT")
     bit = b.add("BitShift", [high, b.const("seven", np.array([7], np.uint8))], "bit", direction="RIGHT")
-    keep = b.const("keep", np.array([0, 0, -1], np.int64))
-    flat = b.add("Cast", [b.add("Reshape", [bit, keep], "flat8")], "flat", to=TensorProto.INT32)
+    flat = b.add("Cast", [bit], "flat", to=TensorProto.INT32)  # (N, D8, b, 8)
     weights = b.const("weights", (1 << np.arange(bits - 1, -1, -1)).astype(np.int32)[None, :])
-    summed = b.add("MatMul", [weights, flat], "summed")  # (N, 1, 8 * D8)
+    summed = b.add("MatMul", [weights, flat], "summed")  # (N, D8, 1, 8)
     codes = b.add(
         "Slice",
         [
@@ -518,7 +520,10 @@ def _stored_batch(node, function: onnx.FunctionProto, inits, readers) -> list[St
     out = []
     for i, output in enumerate(node.output):
         groups = int(consts[f"qs{i}"][0])
-        shape = tuple(int(d) for d in consts[f"ws{i}"])
+        if f"ws{i}" in consts:
+            shape = tuple(int(d) for d in consts[f"ws{i}"])
+        else:  # a weight alone in its call, built as (groups, n) with no padding to drop
+            shape = (groups, int(np.prod(inits[node.input[0]].dims)) // bits * 8 // groups)
         after = readers.get(output)
         if after is not None and after.op_type == "Transpose":  # built channel-first
             perm = next(a.ints for a in after.attribute if a.name == "perm")
