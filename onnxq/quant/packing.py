@@ -41,7 +41,7 @@ def pack_rows(codes: np.ndarray, bits: int) -> np.ndarray:
     if codes.size and (codes.min() < 0 or codes.max() >= 1 << bits):
         raise ValueError(f"codes must lie in [0, {1 << bits})")
     rows, n = codes.shape
-    padded = np.zeros((rows, -(-n // 8), 8), dtype=np.uint8)
-    padded.reshape(rows, -1)[:, :n] = codes
-    planes = [np.packbits((padded >> (bits - 1 - j)) & 1, axis=2) for j in range(bits)]  # (rows, n8, 1)
-    return np.concatenate(planes, axis=2).reshape(rows, -1)
+    padded = np.zeros((rows, -(-n // 8) * 8), dtype=np.uint8)
+    padded[:, :n] = codes
+    planes = [np.packbits((padded >> (bits - 1 - j)) & 1, axis=1) for j in range(bits)]  # (rows, n8) each
+    return np.stack(planes, axis=2).reshape(rows, -1)  # (rows, n8, b): b bytes per eight codes
