@@ -332,3 +332,41 @@ def test_a_batch_stops_at_batch_weights(tiny, monkeypatch):
         assert len(held) == 1 or sum(held) <= 600, held
     for got, want in zip(run(split, feeds), run(whole, feeds)):
         np.testing.assert_array_equal(got, want)
+
+
+def _intermediate_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of every tensor the decoders make on the way to the weights (onnxruntime keeps each
+    one while it folds them at session creation), from the inlined graph's inferred shapes."""
+    inlined = onnx.shape_inference.infer_shapes(onnx.inliner.inline_local_functions(model), data_prop=True)
+    graph = inlined.graph
+    known = {v.name: v.type.tensor_type for v in [*graph.value_info, *graph.output]}
+    total = 0
+    for node in graph.node:
+        if node.op_type in ("MatMul", "Gemm", "Conv"):
+            continue
+        for out in node.output:
+            t = known.get(out)
+            if t is None or not all(d.HasField("dim_value") for d in t.shape.dim):
+                continue
+            size = int(np.prod([d.dim_value for d in t.shape.dim]))
+            total += size * helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+    return total
+
+
+def test_a_large_weight_is_decoded_alone_with_few_copies():
+    """onnxruntime keeps every folded intermediate until the session is ready: a weight of 2^20
+    elements gets a call of its own whose unpacking makes the int32 index (4 bytes per 8 codes
+    per bit), each code's bits (1 byte per bit), the int32 codes, one Reshape of them, the float
+    weight and its Transpose back: b / 2 + b + 4 + 4 + 4 + 4 bytes per weight at b = 5 (and no
+    Split), where the bit planes and the batch's Split and Reshapes made 40; and the levels."""
+    from onnxq.storage import fold
+
+    big = randn(np.random.default_rng(0), 1024, fold.ALONE // 1024)
+    out, _ = compress(matmul_model(big)[0], 5, "exponential", "channel")
+    (call,) = [n for n in out.graph.node if n.domain == DOMAIN]
+    (function,) = out.functions
+    assert "Split" not in {n.op_type for n in function.node}
+    levels = 6 * 4 * big.shape[1] * 2**5  # the float32 steps that build each channel's 32 levels
+    assert _intermediate_bytes(out) <= (2.5 + 5 + 4 + 4 + 4 + 4) * big.size + levels + 2**16
+    model, feeds = matmul_model(big)
+    np.testing.assert_allclose(run(out, feeds)[0], run(decompress_model(out)[0], feeds)[0], rtol=1e-5, atol=1e-5)
