@@ -161,16 +161,31 @@ PARENT_POLL_SECONDS = 1.0
 
 @contextmanager
 def _sigint_blocked() -> Iterator[None]:
-    """SIGINT held back from this thread for a moment (delivered after): a worker started meanwhile
-    begins with it blocked, so that a Ctrl-C during its start-up cannot kill its interpreter."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    """SIGINT held back for a moment (delivered after): a worker started meanwhile begins with it
+    blocked, so that a Ctrl-C during its start-up cannot kill its interpreter; and the parent,
+    whose other threads still take the signal (a mask is per thread), raises KeyboardInterrupt
+    only after the block, not halfway through writing a new worker its start-up data (the worker
+    then read a closed pipe and printed an EOFError traceback)."""
+    held: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)  # None: not set from Python, left alone
+    if threading.current_thread() is not threading.main_thread():
+        previous = None  # only the main thread sets handlers
+    if previous is not None:
+        signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    before = (
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        if hasattr(signal, "pthread_sigmask")
+        else None
+    )
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        if before is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+            if held:
+                signal.raise_signal(signal.SIGINT)
 
 
 def _worker_start(parent: int) -> None:

@@ -97,3 +97,21 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not still_alive(workers, seconds=10)
+
+
+def test_a_ctrl_c_taken_by_another_thread_waits_for_the_end_of_the_block():
+    """A signal mask is per thread: a Ctrl-C that another thread of the parent takes must still
+    not interrupt the main thread inside the block (halfway through starting a worker), only
+    after it."""
+    import threading
+
+    from onnxq import jobs
+
+    reached = []
+    with pytest.raises(KeyboardInterrupt), jobs._sigint_blocked():
+        other = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
+        other.start()
+        other.join()
+        time.sleep(0.2)  # a KeyboardInterrupt delivered now would skip the next line
+        reached.append(True)
+    assert reached == [True]
