@@ -495,15 +495,30 @@ def _solve_with_decoders(
 
 def _within(costs, curves, pool: set[Choice], budget: float, decoders, graph_of, widths: list[int]):
     """The least-noise choices from pool at these widths (or float), the extra decoders they could
-    need set aside (every width in every graph); None when they do not fit."""
+    need set aside (every width in every graph), then once more with only those the choices do
+    need, if that still fits; None when they do not fit."""
     allowed = {c for c in pool if c.bits == 0 or c.bits in widths}
     every = {f"{g}/{b}": Choice(b) for g in set(graph_of.values()) for b in widths}
-    spare = budget - extra_decoders(every, decoders, {k: int(k.split("/")[0]) for k in every})
+    worst = extra_decoders(every, decoders, {k: int(k.split("/")[0]) for k in every})
+    chosen = _allocate_from(costs, curves, allowed, budget - worst)
+    if chosen is None:
+        return None
+    need = extra_decoders(chosen, decoders, graph_of)
+    if need < worst:
+        wider = _allocate_from(costs, curves, allowed, budget - need)
+        if wider is not None and extra_decoders(wider, decoders, graph_of) <= need:
+            return wider
+    return chosen
+
+
+def _allocate_from(costs, curves, allowed: set[Choice], budget: float) -> dict[str, Choice] | None:
+    if budget <= 0:
+        return None
     try:
         return allocate.allocate(
             {n: {c: v for c, v in per.items() if c in allowed} for n, per in costs.items()},
             {n: {c: v for c, v in curves[n].items() if c in allowed and c in costs[n]} for n in costs},
-            spare,
+            budget,
         )
     except OnnxqError:
         return None
