@@ -4,8 +4,8 @@ minimises the model's measured output noise within the budget:
     min sum_t noise_t(c_t)  subject to  sum_t bytes_t(c_t) <= target_bits * sum_t n_t / 8
 
 bytes count the indices, the per-group parameters and, for a tensor left in float, its
-float bytes; a mix of widths also pays for the decoder each width beyond the first adds in
-each graph, which on a small model can cost as much as its weights (_solve_with_decoders). noise_t(c) is measured in onnxruntime with t alone swapped (sensitivity.Probe)
+float bytes; on a small model, a mix of widths also pays for the decoder each width beyond
+the first adds in each graph, which can cost as much as its weights (_solve_with_decoders). noise_t(c) is measured in onnxruntime with t alone swapped (sensitivity.Probe)
 at two widths and scaled to the others by the layer's own output error (sensitivity.py).
 The solution is then checked as a whole: the model with every tensor swapped at once is
 measured against an allocation blind to sensitivity (each tensor's relative error counts
@@ -107,6 +107,8 @@ def choose(
     curves, probed = _curves(weights, computed, priced, probe, round(target_bits), progress)
     pools = [_pool(priced, widths), _pool(priced, [b for b in WIDTHS if b <= widths[-1] and storable(b)])]
     decoders = decoder_bytes(model, weights, computed, make, fmt, pools[-1])
+    if sum(decoders.values()) - max(decoders.values(), default=0.0) <= DECODER_SHARE * budget:
+        decoders = {}  # even every width mixed would add too few bytes to count
     graph_of = {w.name: id(w.graph) for w in weights}
     options = {
         MEASURED: _solve_with_decoders(
@@ -462,20 +464,21 @@ def extra_decoders(chosen: dict[str, Choice], decoders: dict[int, float], graph_
     return sum(sum(c) - max(c) for c in costs)
 
 
-# Below this share of the budget the decoders a mix of widths adds are only set aside; above it
-# every contiguous range of widths is solved with its own decoders paid (a small model's
-# decoders can cost as much as its weights: ocr_cls at --target-bits 4 mixed six widths whose
-# decoders took 18 KiB, a tenth of its file, and came out larger than uniform --bits 4).
-DECODER_SHARE = 1e-3
+# The decoders a mix of widths adds are paid from the budget when mixing every width would add
+# more than this share of it: a small model's decoders can cost as much as its weights (ocr_cls
+# at --target-bits 4 mixed six widths whose decoders took 18 KiB, a tenth of its file, and came
+# out larger than uniform --bits 4), while EfficientNet-Lite0's (at most 0.8% of its budget) are
+# left out: paid, they cost it 4 of 900 ImageNet images at --target-bits 4 with calibration.
+DECODER_SHARE = 0.02
 
 
 def _solve_with_decoders(
     costs, curves, pools, budget: float, fmt, elements: int, decoders, graph_of: dict[str, int]
 ) -> dict[str, Choice]:
-    """The least-noise choices within budget, the decoders of the widths they mix paid from it:
-    where those decoders matter, the best over every contiguous range of widths, each solved with
-    its own extra decoders set aside; elsewhere one solution, re-solved with its decoders set aside."""
-    if sum(decoders.values()) > DECODER_SHARE * budget:
+    """The least-noise choices within budget; with decoders to pay (more than DECODER_SHARE of
+    it), the best over every contiguous range of widths, each solved with the extra decoders it
+    needs paid from the budget (least predicted noise wins)."""
+    if decoders:
         for pool in pools:  # the candidate widths, else the narrower storable ones too
             widths = sorted({c.bits for c in pool if c.bits})
             ranges = [widths[i : j + 1] for i in range(len(widths)) for j in range(i, len(widths))]
@@ -483,14 +486,7 @@ def _solve_with_decoders(
             solved = [c for c in found if c is not None]
             if solved:
                 return min(solved, key=lambda chosen: sum(curves[n][c] for n, c in chosen.items()))
-    chosen = _solve(costs, curves, pools, budget, fmt, elements)
-    spare = budget - extra_decoders(chosen, decoders, graph_of)
-    if spare < budget:
-        try:
-            chosen = _solve(costs, curves, pools, spare, fmt, elements)
-        except OnnxqError:
-            pass  # too little is left for any mix: the budget's own solution
-    return chosen
+    return _solve(costs, curves, pools, budget, fmt, elements)
 
 
 def _within(costs, curves, pool: set[Choice], budget: float, decoders, graph_of, widths: list[int]):
