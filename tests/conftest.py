@@ -399,11 +399,14 @@ def small_cnn(batch: int | str = "N", seed: int = 0) -> onnx.ModelProto:
 
 
 def unpack_bits(blob: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """Invert pack_bits: the first count codes, as uint8 (b bytes per eight codes, byte j holding
-    bit b-1-j of each)."""
-    planes = np.unpackbits(np.asarray(blob, dtype=np.uint8).reshape(-1, bits, 1), axis=2)  # (n8, b, 8)
-    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.uint16)
-    return np.einsum("j,ijk->ik", weights, planes.astype(np.uint16)).astype(np.uint8).ravel()[:count]
+    """Invert pack_bits: the first count codes, as uint8."""
+    planes = np.unpackbits(np.asarray(blob, dtype=np.uint8).reshape(bits, -1), axis=1)
+    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.uint8)
+    return (
+        (weights @ planes.astype(np.uint16)).astype(np.uint8)[:count]
+        if planes.size
+        else np.zeros(0, np.uint8)
+    )
 
 
 def gptq(q, rows, hessian):

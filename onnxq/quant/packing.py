@@ -1,14 +1,11 @@
-"""Exact b-bit packing, b bytes per eight codes: codes in [0, 2^b) -> ceil(n/8) * b bytes, and back.
+"""Exact b-bit packing as bit planes: codes in [0, 2^b) -> ceil(n/8) * b bytes, and back.
 
 Layout (documented in docs/FORMATS.md): the codes are padded with zeros to a
-multiple of 8 and taken eight at a time. Each eight codes take b bytes: byte j
-(j = 0 .. b-1) holds bit b-1-j of the eight codes, the most significant first,
-the first code in the byte's most significant bit (numpy.packbits order). The
-blob has exactly n8 * b bytes for n8 = ceil(n/8); read as (n8, b), a lookup of
-each byte's 8 bits gives (n8, b, 8), and one uint8 MatMulInteger weighs its b
-bits into the eight codes, (n8, 1, 8), already in order: no copy reorders them
-while onnxruntime folds the decoder (it keeps every folded intermediate until
-the session is ready, so each one costs memory at load).
+multiple of 8. Plane j (j = 0 .. b-1) holds bit b-1-j of every code, the most
+significant first, eight codes per byte, the first code in the byte's most
+significant bit (numpy.packbits order). The planes follow each other in one
+uint8 blob, so the blob has exactly n8 * b bytes for n8 = ceil(n/8), and one
+decoder unpacks every width the same way.
 """
 
 from __future__ import annotations
@@ -43,5 +40,5 @@ def pack_rows(codes: np.ndarray, bits: int) -> np.ndarray:
     rows, n = codes.shape
     padded = np.zeros((rows, -(-n // 8) * 8), dtype=np.uint8)
     padded[:, :n] = codes
-    planes = [np.packbits((padded >> (bits - 1 - j)) & 1, axis=1) for j in range(bits)]  # (rows, n8) each
-    return np.stack(planes, axis=2).reshape(rows, -1)  # (rows, n8, b): b bytes per eight codes
+    planes = [np.packbits((padded >> (bits - 1 - j)) & 1, axis=1) for j in range(bits)]
+    return np.concatenate(planes, axis=1)

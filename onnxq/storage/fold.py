@@ -47,12 +47,12 @@ def notes(widths: set[int]) -> list[str]:
     return []
 
 
-# onnxruntime's peak while it creates a session, per folded weight: 3.30 GB for the 134M
+# onnxruntime's peak while it creates a session, per folded weight: 3.72 GB for the 134M
 # decoder's 109.5M folded weights at --bits 5 (its embedding rows stay packed). onnxruntime keeps
 # every intermediate of the folding until the session is ready, so each copy in the decoder
-# costs 4 bytes per weight: the byte-major bit layout and a call of its own per large weight
-# took it from 45 (4.93 GB) to 30.
-PEAK_BYTES = 30
+# costs 4 bytes per weight: a call of its own per large weight (no Split, fewer Reshapes) took
+# it from 45 (4.93 GB) to 34.
+PEAK_BYTES = 34
 NOTE_ABOVE = 1 << 25  # folded weights from which the report warns
 
 
@@ -77,7 +77,7 @@ def load_notes(weights: list[tuple[list[str], int]], packed_rows: bool) -> list[
 
 
 def index_bytes(q: QuantizedTensor) -> int:
-    return -(-q.codes.size // 8) * q.bits  # b bytes for each eight codes
+    return -(-q.codes.size // 8) * q.bits  # b planes of ceil(n / 8) bytes
 
 
 def codebook_bytes(q: QuantizedTensor) -> int:
@@ -212,8 +212,11 @@ def _split(b: _Body, x: str, sizes: list[int], outputs: list[str], opset: int) -
 
 
 def _unpacked_codes(b: _Body, bits: int) -> str:
-    """Nodes that unpack the input "indices" (pack_bits) into int32 codes, (n8, 1, 8): the codes,
-    then the padding up to a multiple of 8."""
+    """Nodes that unpack the input "indices" (pack_bits) into int32 codes, (1, 8 * n8): the codes,
+    then the padding up to a multiple of 8. The planes' Reshape is a copy that onnxruntime keeps
+    while it folds (b bytes per weight); b bytes per eight codes would avoid it, but their
+    MatMulInteger is then a batch of n8 tiny products, 35 times slower (0.29 s against 0.008 s
+    for 16M codes), which a session pays at creation and an unfolded validation on every run."""
     # Each byte's 8 bits, most significant first: a (256, 8) table built from a Range.
     byte = b.add(
         "Cast",
@@ -236,10 +239,14 @@ def _unpacked_codes(b: _Body, bits: int) -> str:
         "BitShift", [column, b.const("lefts", np.arange(8, dtype=np.uint8))], "high", direction="LEFT"
     )
     lut = b.add("BitShift", [high, b.const("seven", np.array([7], np.uint8))], "lut", direction="RIGHT")
-    index = b.add("Cast", ["indices"], "index", to=TensorProto.INT32)  # (n8, b): b bytes per 8 codes
-    bits8 = b.add("Gather", [lut, index], "bits", axis=0)  # (n8, b, 8)
+    index = b.add("Cast", ["indices"], "index", to=TensorProto.INT32)
+    planes = b.add(
+        "Reshape",
+        [b.add("Gather", [lut, index], "bits", axis=0), b.const("planes", np.array([bits, -1], np.int64))],
+        "plane",
+    )  # (b, 8 * n8): plane j holds bit b-1-j of every code
     weigh = b.const("weigh", (1 << np.arange(bits - 1, -1, -1)).astype(np.uint8)[None, :])
-    return b.add("MatMulInteger", [weigh, bits8], "summed")  # (n8, 1, 8) int32 codes, in order
+    return b.add("MatMulInteger", [weigh, planes], "summed")  # (1, 8 * n8) int32 codes
 
 
 def _owners(b: _Body, groups: list[int]) -> str:
@@ -281,7 +288,7 @@ def encode_batch(
     group parameters into one uint16 array, and each weight's parameter ranges
     (and fitted table) into a row of a small table. The function unpacks the blob
     once (a lookup of each byte's 8 bits, then a uint8 MatMulInteger that weighs
-    the b bits of each eight codes), builds every group's levels at once (each group reads its
+    the b planes), builds every group's levels at once (each group reads its
     weight's row of ranges), and splits codes and levels per weight for a
     GatherElements and a Reshape each. One call per batch keeps the nodes that
     onnxruntime inlines and folds at session creation few, whatever the number
@@ -293,7 +300,7 @@ def encode_batch(
     groups = [q.groups for q, _, _ in items]
     counts = [q.codes.size for q, _, _ in items]
     inits = [
-        numpy_helper.from_array(pack_bits(codes, bits).reshape(-1, bits), f"{name}.onnxq.indices"),
+        numpy_helper.from_array(pack_bits(codes, bits), f"{name}.onnxq.indices"),
         numpy_helper.from_array(np.concatenate([q.params for q, _, _ in items]), f"{name}.onnxq.codebook"),
         numpy_helper.from_array(
             np.stack([q.ranges.ravel() for q, _, _ in items]).astype(np.float32), f"{name}.onnxq.ranges"
@@ -353,7 +360,7 @@ def rows_function(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
     indices (V, b * D8) holds pack_rows(codes, b), params (V, r) each row's r
     groups; the call's shape attribute is the table's (V, D). Gather the packed
     rows and their parameters, unpack the rows (each byte's bits by two uint8
-    BitShifts, the b bits of each eight codes weighed by an int32 MatMul: the rows are few), look
+    BitShifts, the planes weighed by an int32 MatMul: the rows are few), look
     their codes up in their own levels, and shape the result like Gather's:
     ids.shape + (D,).
     """
@@ -373,13 +380,14 @@ def rows_function(q: QuantizedTensor, opset: int) -> onnx.FunctionProto:
         [b.add("Slice", [b.add("Shape", ["indices"], "ishape"), "one", "two"], "ibytes"), planes],
         "n8",
     )
-    cube = b.add("Concat", [b.const("m1", np.array([-1], np.int64)), n8, planes, "one"], "cube", axis=0)
-    grid = b.add("Reshape", [rows, cube], "grid")  # (N, D8, b, 1)
+    cube = b.add("Concat", [b.const("m1", np.array([-1], np.int64)), planes, n8, "one"], "cube", axis=0)
+    grid = b.add("Reshape", [rows, cube], "grid")  # (N, b, D8, 1)
     high = b.add("BitShift", [grid, b.const("lefts", np.arange(8, dtype=np.uint8))], "high", direction="LEFT")
     bit = b.add("BitShift", [high, b.const("seven", np.array([7], np.uint8))], "bit", direction="RIGHT")
-    flat = b.add("Cast", [bit], "flat", to=TensorProto.INT32)  # (N, D8, b, 8)
+    keep = b.const("keep", np.array([0, 0, -1], np.int64))
+    flat = b.add("Cast", [b.add("Reshape", [bit, keep], "flat8")], "flat", to=TensorProto.INT32)
     weights = b.const("weights", (1 << np.arange(bits - 1, -1, -1)).astype(np.int32)[None, :])
-    summed = b.add("MatMul", [weights, flat], "summed")  # (N, D8, 1, 8)
+    summed = b.add("MatMul", [weights, flat], "summed")  # (N, 1, 8 * D8)
     codes = b.add(
         "Slice",
         [

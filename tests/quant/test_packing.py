@@ -43,13 +43,14 @@ def test_extreme_codes_survive(bits):
 
 
 def test_documented_layout_for_3_bits():
-    # docs/FORMATS.md: each eight codes take three bytes: their high bits, then their middle bits,
-    # then their low bits, the first code in each byte's high bit; the last eight are padded.
+    # docs/FORMATS.md: plane 0 holds every code's high bit, eight codes per byte, the first code
+    # in the byte's high bit; then the middle bits; then the low bits.
     codes = np.array([0b101, 0b011, 0b111, 0b000, 0b100, 0b010, 0b001, 0b110, 0b111])
     blob = pack_bits(codes, 3)
     assert blob.tolist() == [
-        0b1010_1001, 0b0110_0101, 0b1110_0010,  # codes 0-7: high, middle and low bits
-        0b1000_0000, 0b1000_0000, 0b1000_0000,  # code 8 and seven zeros of padding
+        0b1010_1001, 0b1000_0000,  # high bits of codes 0-7, then of code 8 (padded)
+        0b0110_0101, 0b1000_0000,  # middle bits
+        0b1110_0010, 0b1000_0000,  # low bits
     ]  # fmt: skip
 
 

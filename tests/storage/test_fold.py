@@ -356,9 +356,9 @@ def _intermediate_bytes(model: onnx.ModelProto) -> int:
 def test_a_large_weight_is_decoded_alone_with_few_copies():
     """onnxruntime keeps every folded intermediate until the session is ready: a weight of 2^20
     elements gets a call of its own whose unpacking makes the int32 index (4 bytes per 8 codes
-    per bit), each code's bits (1 byte per bit), the int32 codes, one Reshape of them, the float
-    weight and its Transpose back: b / 2 + b + 4 + 4 + 4 + 4 bytes per weight at b = 5 (and no
-    Split), where the bit planes and the batch's Split and Reshapes made 40; and the levels."""
+    per bit), each code's bits (1 byte per bit) and their planes, the int32 codes, one Reshape of
+    them, the float weight and its Transpose back: b / 2 + 2b + 4 + 4 + 4 + 4 bytes per weight at
+    b = 5 (and no Split), where a batch's Split and Reshapes made 40; and the levels."""
     from onnxq.storage import fold
 
     big = randn(np.random.default_rng(0), 1024, fold.ALONE // 1024)
@@ -367,7 +367,7 @@ def test_a_large_weight_is_decoded_alone_with_few_copies():
     (function,) = out.functions
     assert "Split" not in {n.op_type for n in function.node}
     levels = 6 * 4 * big.shape[1] * 2**5  # the float32 steps that build each channel's 32 levels
-    assert _intermediate_bytes(out) <= (2.5 + 5 + 4 + 4 + 4 + 4) * big.size + levels + 2**16
+    assert _intermediate_bytes(out) <= (2.5 + 5 + 5 + 4 + 4 + 4 + 4) * big.size + levels + 2**16
     _, feeds = matmul_model(big)
     np.testing.assert_allclose(
         run(out, feeds)[0], run(decompress_model(out)[0], feeds)[0], rtol=1e-5, atol=1e-5
