@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxq.quant import quantize
+from onnxq.quant.codebooks import magnitude_count
 from onnxq.quant.quantize import QuantizedTensor
 
 DAMPING = 0.01  # of the mean diagonal, as in the GPTQ paper: the least, for an H seen through many columns
@@ -62,21 +62,34 @@ def prepare_hessian(h: np.ndarray, damping: float = DAMPING) -> np.ndarray:
 
 
 class Nearest:
-    """The nearest level of one weight per row, many times over (a column at a time): the
-    table's thresholds are prepared once by quantize.Nearest, which every rounding shares.
+    """The nearest level of one weight per row, many times over: thresholds are searched once-sorted.
 
-    Codes follow codebooks.base: [-g_M..-g_1, 0, g_1..g_M, spare]; ties go away from zero.
+    Codes follow codebooks.base: [-g_M..-g_1, 0, g_1..g_M, spare]; ties go away from zero,
+    as in quantize.nearest_codes.
     """
 
     def __init__(self, table: np.ndarray, bits: int):
         self.levels = np.ascontiguousarray(table, dtype=np.float64)
-        self.flat = np.arange(self.levels.shape[0]) * self.levels.shape[1]
-        self.find = quantize.Nearest(self.levels, bits)
+        rows, width = self.levels.shape
+        self.bits, self.m, self.width = bits, magnitude_count(bits), width
+        self.rows = np.arange(rows)
+        if bits == 1:
+            return
+        mags = np.abs(self.levels[:, self.m + 1 : 2 * self.m + 1])
+        thresholds = 0.5 * (mags + np.concatenate([np.zeros((rows, 1)), mags[:, :-1]], axis=1))
+        self.bound = float(mags.max(initial=0.0)) + 1.0
+        self.offsets = 2.0 * self.bound * self.rows
+        self.keys = (thresholds + self.offsets[:, None]).ravel()
 
     def __call__(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(codes, levels) of the nearest level of w[r] in row r's table, for w of shape (rows,)."""
-        codes = self.find.codes(w[:, None])[:, 0].astype(np.int64)
-        return codes, self.levels.ravel()[self.flat + codes]
+        if self.bits == 1:
+            codes = (w >= 0).astype(np.int64)
+        else:
+            query = np.minimum(np.abs(w), self.bound) + self.offsets
+            index = np.searchsorted(self.keys, query, side="right") - self.rows * self.m
+            codes = self.m + np.where(w < 0, -index, index)
+        return codes, self.levels.ravel()[self.rows * self.width + codes]
 
 
 def round_groups(
