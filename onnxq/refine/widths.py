@@ -5,7 +5,8 @@ minimises the model's measured output noise within the budget:
 
 bytes count the indices, the per-group parameters and, for a tensor left in float, its
 float bytes; on a small model, a mix of widths also pays for the decoder each width beyond
-the first adds in each graph, which can cost as much as its weights (_solve_with_decoders). noise_t(c) is measured in onnxruntime with t alone swapped (sensitivity.Probe)
+the first adds in each graph, which can cost as much as its weights (_solve_with_decoders).
+noise_t(c) is measured in onnxruntime with t alone swapped (sensitivity.Probe)
 at two widths and scaled to the others by the layer's own output error (sensitivity.py).
 The solution is then checked as a whole: the model with every tensor swapped at once is
 measured against an allocation blind to sensitivity (each tensor's relative error counts
