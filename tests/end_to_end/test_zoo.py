@@ -41,7 +41,9 @@ MIN_COSINE = {
     "melspec": 0.97,  # bits5 0.9989, tb5 0.9984, tb4cal 0.9986
     "wakeword_embedding": 0.93,  # bits5 0.9532, tb5 0.9909, tb4cal 0.9867
     "hey_jarvis": 0.97,  # bits5 0.9992, tb5 0.9953, tb4cal 0.9822
-    "basic_pitch": 0.94,  # bits5 0.9674, tb5 0.9620, tb4cal 0.9665
+    # basic_pitch tb5 0.9368 since e5c8ace: with its 35K weights, the 3.3 KB decoder of a second
+    # width takes 15% of the 22 KB budget, which --target-bits now pays.
+    "basic_pitch": 0.93,  # bits5 0.9674, tb4cal 0.9665
     "magika": 0.97,  # bits5 0.9999, tb5 0.9990, tb4cal 0.9987
     "minilm_l3": 0.97,  # bits5 0.9919, tb5 0.9940, tb4cal 0.9818 (slow: not in the heavy tests)
     "open_nsfw": 0.97,  # bits5 1.0000, tb5 1.0000, tb4cal 0.9999
