@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from onnxq.errors import OnnxqError
-from onnxq.graph.rewrite import inline_decoders
+from onnxq.graph.rewrite import default_opset, inline_decoders
 from onnxq.graph.select import Weight
 from onnxq.quant.layout import float_rows, to_rows, to_weight
 from onnxq.quant.quantize import QuantizedTensor
@@ -412,10 +412,6 @@ def _pool(priced: _Priced, widths) -> set[Choice]:
     return {c for costs in priced.costs.values() for c in costs if c.bits == 0 or c.bits in allowed}
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return next((int(i.version) for i in model.opset_import if i.domain in ("", "ai.onnx")), 1)
-
-
 def decoder_bytes(model, weights: list[Weight], computed, make: Make, fmt, pool) -> dict[int, float]:
     """Per width, the bytes one more decoder costs (its function, or its nodes once inlined for an
     IR version without functions, beyond its pieces' own), for a format that rebuilds every weight
@@ -425,7 +421,7 @@ def decoder_bytes(model, weights: list[Weight], computed, make: Make, fmt, pool)
         return {}
     smallest = min(weights, key=lambda w: w.array.size)
     inline = model.ir_version < 8
-    opset = _opset(model)
+    opset = default_opset(model)
     out = {}
     for bits in sorted({c.bits for c in pool if c.bits}):
         pieces = [
@@ -495,8 +491,8 @@ def _within(costs, curves, pool: set[Choice], budget: float, decoders, graph_of,
     need set aside (every width in every graph), then once more with only those the choices do
     need, if that still fits; None when they do not fit."""
     allowed = {c for c in pool if c.bits == 0 or c.bits in widths}
-    every = {f"{g}/{b}": Choice(b) for g in set(graph_of.values()) for b in widths}
-    worst = extra_decoders(every, decoders, {k: int(k.split("/")[0]) for k in every})
+    each = [decoders.get(b, 0.0) for b in widths]
+    worst = len(set(graph_of.values())) * (sum(each) - max(each))
     chosen = _allocate_from(costs, curves, allowed, budget - worst)
     if chosen is None:
         return None
@@ -525,14 +521,9 @@ def _solve(costs, curves, pools: list[set[Choice]], budget: float, fmt, elements
     """The least-noise choices within budget from the first pool that fits one; an error only when
     even the narrowest storage of every tensor exceeds it."""
     for pool in pools:
-        try:
-            return allocate.allocate(
-                {n: {c: v for c, v in per.items() if c in pool} for n, per in costs.items()},
-                {n: {c: v for c, v in curves[n].items() if c in pool and c in costs[n]} for n in costs},
-                budget,
-            )
-        except OnnxqError:
-            continue
+        chosen = _allocate_from(costs, curves, pool, budget)
+        if chosen is not None:
+            return chosen
     least = sum(min(v for c, v in per.items() if c in pools[-1] and c.bits) for per in costs.values())
     need = 8 * least / max(elements, 1)
     raise OnnxqError(
