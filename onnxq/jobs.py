@@ -96,39 +96,33 @@ def run(
     continuous = settings.search in CONTINUOUS  # small numpy calls that hold the GIL
     processes = settings.jobs > 1 and len(jobs) > 1 and not ranked and continuous
     workers = min(settings.jobs, len(jobs)) if processes else min(4, os.cpu_count() or 1)
-    with _safe_path():
-        with _sigint_blocked():  # a Ctrl-C amid the queues' creation would leak their semaphores
-            pool = _pool(processes, workers)
-        with pool:
+    with _started(processes, workers) as pool:
 
-            def submit(i: int) -> Future:
-                weight, choice = jobs[i]
-                if processes:  # the worker gets the rows alone, built as it is submitted
-                    rows = weight_rows(weight, settings, choice.per_tensor)
-                    with _sigint_blocked():  # a submit may start a worker, which inherits the mask
-                        return pool.submit(quantize_rows, rows, settings, choice.bits)
-                return pool.submit(quantize_weight, weight, choice, settings, layers)
+        def submit(i: int) -> Future:
+            weight, choice = jobs[i]
+            if processes:  # the worker gets the rows alone, built as it is submitted
+                rows = weight_rows(weight, settings, choice.per_tensor)
+                with _sigint_blocked():  # a submit may start a worker, which inherits the mask
+                    return pool.submit(quantize_rows, rows, settings, choice.bits)
+            return pool.submit(quantize_weight, weight, choice, settings, layers)
 
-            try:
-                # At most IN_FLIGHT jobs per worker are submitted at once: the rows a process pool
-                # holds are bounded by that, not by the model's size.
-                for done, i, q in _in_order(order, submit, IN_FLIGHT * workers):
-                    out[i] = q
-                    if release and before_release is not None:
-                        before_release(jobs[i][0], q)
-                    if release:
-                        jobs[i][0].array = external.released(jobs[i][0].array)
-                    if progress:
-                        progress(done + 1, len(jobs), f"{stage}: {jobs[i][0].name}")
-            except BrokenProcessPool:
-                raise OnnxqError(
-                    "a quantizing worker process died (out of memory, or it could not import the "
-                    "caller's main module); retry with --jobs 1"
-                ) from None
-            except BaseException:  # Ctrl-C, SIGTERM: leave at once, not after the queued jobs
-                _stop(pool)
-                raise
-        return out  # type: ignore[return-value]
+        try:
+            # At most IN_FLIGHT jobs per worker are submitted at once: the rows a process pool
+            # holds are bounded by that, not by the model's size.
+            for done, i, q in _in_order(order, submit, IN_FLIGHT * workers):
+                out[i] = q
+                if release and before_release is not None:
+                    before_release(jobs[i][0], q)
+                if release:
+                    jobs[i][0].array = external.released(jobs[i][0].array)
+                if progress:
+                    progress(done + 1, len(jobs), f"{stage}: {jobs[i][0].name}")
+        except BrokenProcessPool:
+            raise OnnxqError(
+                "a quantizing worker process died (out of memory, or it could not import the "
+                "caller's main module); retry with --jobs 1"
+            ) from None
+    return out  # type: ignore[return-value]
 
 
 IN_FLIGHT = 2  # jobs submitted per worker ahead of the one being collected
@@ -203,20 +197,52 @@ def _worker_start(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _stop(pool: Executor) -> None:
-    """Stop a pool at once. Worker processes are terminated, and the pool then fails its pending
-    jobs as broken (cancelling them first made its manager thread raise InvalidStateError on the
-    cancelled futures, in Python 3.11); the queue that feeds them is not waited for at exit, since
-    nobody reads it any more. Threads cannot be stopped: their queued jobs are cancelled."""
+def _stop(pool: Executor) -> threading.Thread | None:
+    """Stop a pool at once; the thread that feeds its queue, if it has one. Worker processes are
+    terminated, and the pool then fails its pending jobs as broken (cancelling them first made its
+    manager thread raise InvalidStateError on the cancelled futures, in Python 3.11); the queue
+    that feeds them is not waited for at exit, since nobody reads it any more. Threads cannot be
+    stopped: their queued jobs are cancelled."""
     processes = getattr(pool, "_processes", None)  # ProcessPoolExecutor's own
     if not processes:
         pool.shutdown(wait=False, cancel_futures=True)
-        return
+        return None
     queue = getattr(pool, "_call_queue", None)
     if queue is not None:
         queue.cancel_join_thread()
     for p in list(processes.values()):
         p.terminate()
+    return getattr(queue, "_thread", None)
+
+
+# The feeder thread of a stopped pool's queue ends within moments once the pool closes the queue
+# (its pipe's reader closed, a blocked write fails); this bounds the wait should it not.
+FEEDER_SECONDS = 5.0
+
+
+@contextmanager
+def _started(processes: bool, workers: int) -> Iterator[Executor]:
+    """A pool whose workers start safely (no code from the current folder, Ctrl-C the parent's,
+    gone with the parent), stopped at once when the caller fails. A stopped process pool is left
+    only once its queue's feeder thread has ended: that daemon thread holds the last references to
+    two of the queue's semaphores and frees them as it ends, and when that raced the interpreter's
+    exit, a semaphore was unlinked but never unregistered, so that multiprocessing's resource
+    tracker printed "leaked semaphore" warnings after the run's last line (seen in CI, and made
+    certain by delaying the thread's end)."""
+    feeder = None
+    with _safe_path():
+        with _sigint_blocked():  # a Ctrl-C amid the queues' creation would leak their semaphores
+            pool = _pool(processes, workers)
+        try:
+            with pool:
+                try:
+                    yield pool
+                except BaseException:  # Ctrl-C, SIGTERM: leave at once, not after the queued jobs
+                    feeder = _stop(pool)
+                    raise
+        finally:
+            if feeder is not None:
+                feeder.join(FEEDER_SECONDS)
 
 
 @contextmanager
@@ -238,14 +264,6 @@ def _safe_path() -> Iterator[None]:
 
 @contextmanager
 def worker_processes(workers: int) -> Iterator[Executor]:
-    """A pool of worker processes started as run starts its own (no code from the current folder,
-    Ctrl-C the parent's, gone with the parent), and stopped at once when the caller fails."""
-    with _safe_path():
-        with _sigint_blocked():
-            pool = _pool(True, workers)
-        with pool:
-            try:
-                yield pool
-            except BaseException:
-                _stop(pool)
-                raise
+    """A pool of worker processes started, and stopped, as run's own are (_started)."""
+    with _started(True, workers) as pool:
+        yield pool

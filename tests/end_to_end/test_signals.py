@@ -115,3 +115,28 @@ def test_a_ctrl_c_taken_by_another_thread_waits_for_the_end_of_the_block():
         time.sleep(0.2)  # a KeyboardInterrupt delivered now would skip the next line
         reached.append(True)
     assert reached == [True]
+
+
+def test_a_stopped_pool_is_left_only_once_its_queue_feeder_thread_has_ended(monkeypatch):
+    """The feeder thread of a stopped pool's queue frees two of its semaphores as it ends; ended
+    after the interpreter's exit, it left them unlinked but registered, and the resource tracker
+    printed "leaked semaphore" warnings after the run's last line. Its end is delayed here, so
+    that the pool must wait for it."""
+    from multiprocessing import queues
+
+    from onnxq import jobs
+
+    feed = queues.Queue._feed
+
+    def slow_feed(*args):
+        try:
+            return feed(*args)
+        finally:
+            time.sleep(0.5)
+
+    monkeypatch.setattr(queues.Queue, "_feed", staticmethod(slow_feed))
+    with pytest.raises(KeyboardInterrupt), jobs.worker_processes(1) as pool:
+        assert pool.submit(abs, -1).result() == 1  # the worker and the feeder thread run
+        feeder = pool._call_queue._thread  # type: ignore[attr-defined]
+        raise KeyboardInterrupt
+    assert not feeder.is_alive()
