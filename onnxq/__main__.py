@@ -63,6 +63,15 @@ def main() -> int:
         code = app(standalone_mode=False)
     except KeyboardInterrupt:  # before or after the command ran
         code = EXIT_INTERRUPTED
+    except SystemExit:
+        # click ends a write to a closed stdout (its --help, say) with a silent exit 1, once it
+        # has wrapped sys.stdout so that the final flush cannot fail: one line says why.
+        if type(sys.stdout).__name__.endswith("PacifyFlushWrapper"):
+            from onnxq.cli import STDOUT_CLOSED
+
+            sys.stderr.write(f"error: {STDOUT_CLOSED}\n")
+            return EXIT_ERROR
+        raise
     except Exception as exc:  # noqa: BLE001 - the one place every other error ends
         if _received:  # raised on the way out of an interruption (an import it cut short)
             code = EXIT_INTERRUPTED

@@ -6,10 +6,11 @@ import math
 import os
 import re
 import signal
+import sys
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -49,7 +50,39 @@ from onnxq.sweep import table as sweep_table
 
 HELP = "Shrink the weights of trained ONNX models to a few bits each, without retraining."
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, rich_markup_mode=None)
-out = Console()
+STDOUT_CLOSED = (
+    "the standard output was closed before onnxq finished writing to it (a reader such as `head` "
+    "stopped early); every file onnxq wrote is complete"
+)
+
+
+def closed_stdout() -> NoReturn:
+    """The reader of stdout is gone: nothing more goes to it (so that the final flush does not
+    fail either), and the run ends in one error line, not click's or rich's silent exit 1."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind stdout
+        pass
+    raise OnnxqError(STDOUT_CLOSED)
+
+
+class _Stdout(Console):
+    """rich's Console on stdout, whose closed pipe ends the run as closed_stdout says."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        closed_stdout()
+
+
+def say(text: str) -> None:
+    """A line of text on stdout (typer.echo), its closed pipe ending the run as closed_stdout says."""
+    try:
+        typer.echo(text)
+    except BrokenPipeError:
+        closed_stdout()
+
+
+out = _Stdout()
 err = Console(stderr=True)
 
 EXIT_ERROR = 1
@@ -470,7 +503,7 @@ def _compress_with_progress(
         for tmp in staged:
             tmp.unlink(missing_ok=True)
     if show == "json":
-        typer.echo(result.to_json())
+        say(result.to_json())
     elif show == "summary":
         render(result)
         written = f"wrote {dst}" + (f" and {report}" if report is not None else "")
@@ -604,7 +637,7 @@ def inspect_cmd(
     except OnnxqError as exc:
         fail(exc)
     if as_json:
-        typer.echo(result.to_json())
+        say(result.to_json())
     else:
         render_inspection(result)
 

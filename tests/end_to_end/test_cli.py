@@ -443,6 +443,35 @@ def test_entry_point_version():
 
 
 @pytest.mark.skipif(not ENTRY_POINT.exists(), reason=f"no onnxq entry point at {ENTRY_POINT}")
+@pytest.mark.parametrize("command", ["help", "inspect", "compress --json"])
+def test_a_closed_stdout_ends_in_one_error_line(command, tiny_path, tmp_path):
+    """A reader that stops early (`onnxq ... | head`): click and rich would exit 1 in silence."""
+    args = {
+        "help": ["compress", "--help"],
+        "inspect": ["inspect", str(tiny_path)],
+        "compress --json": [
+            "compress",
+            str(tiny_path),
+            str(tmp_path / "out.onnx"),
+            "--samples",
+            "1",
+            "--json",
+        ],
+    }[command]
+    proc = subprocess.Popen(
+        [str(ENTRY_POINT), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    proc.stdout.close()  # before onnxq has written anything: it takes a second to start
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines[-1] == f"error: {cli.STDOUT_CLOSED}", stderr
+    assert "Traceback" not in stderr and sum(line.startswith("error:") for line in lines) == 1
+    if command.startswith("compress"):  # written before the summary
+        onnx.checker.check_model(onnx.load(tmp_path / "out.onnx"))
+
+
+@pytest.mark.skipif(not ENTRY_POINT.exists(), reason=f"no onnxq entry point at {ENTRY_POINT}")
 def test_entry_point_compress_and_bad_input(tiny_path, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # a narrow, non-terminal stderr
     ok = subprocess.run(
