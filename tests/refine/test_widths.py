@@ -119,9 +119,9 @@ def test_an_allocation_that_measures_worse_than_near_uniform_widths_is_not_kept(
     path, cal = fragile
     real, calls = widths._solve_with_decoders, []
 
-    def misjudged(*args):
+    def misjudged(*args):  # the near-uniform widths are solved first, then the measured allocation
         calls.append(real(*args))
-        return {"big": Choice(3), "small": Choice(3)} if len(calls) == 1 else calls[-1]
+        return {"big": Choice(3), "small": Choice(3)} if len(calls) == 2 else calls[-1]
 
     monkeypatch.setattr(widths, "_solve_with_decoders", misjudged)
     report, _ = compress(path, tmp_path, calibration=cal)
@@ -317,6 +317,42 @@ def test_a_mix_of_widths_pays_its_decoders_from_the_budget(tensors, graphs, deco
         if sum(costs[n][Choice(b)] for n in costs) <= budget
     ]
     assert sum(curves[n][c] for n, c in chosen.items()) <= min(single) * (1 + 1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    tensors=st.integers(1, 6),
+    decoder=st.sampled_from([0.0, 40.0, 300.0]),
+    slack=st.floats(1.0, 2.5),
+    seed=st.integers(0, 2**16),
+)
+def test_without_data_the_measured_allocation_rounds_no_tensor_coarser_than_near_uniform_widths(
+    tensors, decoder, slack, seed
+):
+    """However wrong the synthetic ranking (random noise curves here), the measured allocation
+    solved within _capped exists, fits the budget, and leaves no tensor with a larger relative
+    error than the coarsest tensor of the near-uniform widths."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(8, 200, tensors)
+    choices = [Choice(b, t) for b in (2, 3, 4, 5, 6) for t in (False, True)]
+    priced = widths._Priced({}, {}, {})
+    for i, n in enumerate(sizes):
+        scale = float(rng.uniform(0.2, 5))
+        priced.costs[f"t{i}"] = {c: n * c.bits / 8 + (1.0 if c.per_tensor else 16.0) for c in choices}
+        priced.relative[f"t{i}"] = {c: scale * (3 if c.per_tensor else 1) * 4.0**-c.bits for c in choices}
+    curves = {n: {c: float(rng.uniform(0, 2)) * 4.0**-c.bits for c in per} for n, per in priced.costs.items()}
+    decoders = {b: decoder for b in (2, 3, 4, 5, 6)} if decoder else {}
+    graph_of = {n: 0 for n in priced.costs}
+    budget = slack * sum(per[Choice(2, True)] for per in priced.costs.values()) + 6 * decoder
+    pools = [{c for per in priced.costs.values() for c in per}]
+    args = (pools, budget, None, int(sizes.sum()), decoders, graph_of)
+    near = widths._solve_with_decoders(priced.costs, widths._blind(priced.relative), *args)
+    capped = widths._capped(priced, near)
+    chosen = widths._solve_with_decoders(capped, curves, *args)
+    cap = max(priced.relative[n][c] for n, c in near.items())
+    assert all(priced.relative[n][c] <= cap * (1 + 1e-9) for n, c in chosen.items())
+    spent = sum(priced.costs[n][c] for n, c in chosen.items())
+    assert spent + widths.extra_decoders(chosen, decoders, graph_of) <= budget * (1 + 1e-9)
 
 
 def test_extra_decoders_count_each_width_beyond_the_first_in_each_graph():
