@@ -337,9 +337,7 @@ def _allocate(model, weights, config: Config, report: Report, progress, source, 
     if config.resolved_rounding() == "gptq":  # measure what will be stored: the GPTQ codes
         t = time.perf_counter()
         for w in weights:
-            computed[w.name] = {
-                c: refine.round_with_gptq(w, q, layers.get(w.name, [])) for c, q in computed[w.name].items()
-            }
+            computed[w.name] = refine.round_all_with_gptq(w, computed[w.name], layers.get(w.name, []))
         report.seconds["gptq"] = time.perf_counter() - t
     t = time.perf_counter()
     opset = rewrite.default_opset(model)  # compress_model upgraded it for the candidate widths

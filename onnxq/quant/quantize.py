@@ -310,27 +310,67 @@ def nearest_codes(w: np.ndarray, table: np.ndarray, bits: int) -> np.ndarray:
 
 
 class Nearest:
-    """nearest_codes for a level table (groups, 2^bits), prepared once for all of its rows and
-    applied a part of the rows at a time."""
+    """The nearest level in each row of a level table (groups, 2^bits), asked in two ways, each
+    prepared on first use:
+    - codes(w, rows): many weights per row, a part of the rows at a time (quantization);
+    - column(w): one weight per row, asked many times over (GPTQ's column by column).
+
+    Codes follow codebooks.base, [-g_M..-g_1, 0, g_1..g_M, spare], and ties go away from zero:
+    a weight at the midpoint of two magnitudes takes the larger one. Both ways compare against
+    the same midpoints (codes() after dividing each row by its largest magnitude).
+    """
 
     def __init__(self, table: np.ndarray, bits: int):
-        self.bits = bits
-        if bits == 1:
-            return
-        m = magnitude_count(bits)
-        mags = np.abs(table[:, -m - 1 : -1]).astype(np.float64)
-        mags = np.concatenate([np.zeros((mags.shape[0], 1)), mags], axis=1)
-        self.top = mags[:, -1:].copy()
-        self.top[self.top == 0] = 1.0
-        self.bins = grid.Bins(0.5 * (mags[:, 1:] + mags[:, :-1]) / self.top)
+        self.table, self.bits, self.m = table, bits, magnitude_count(bits)
+        self._bins: tuple[np.ndarray, grid.Bins] | None = None
+        self._keys: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float] | None = None
+
+    def _magnitudes(self) -> np.ndarray:
+        """(groups, M + 1): 0, then g_1..g_M of each row, in float64."""
+        mags = np.abs(self.table[:, -self.m - 1 : -1]).astype(np.float64)
+        return np.concatenate([np.zeros((mags.shape[0], 1)), mags], axis=1)
 
     def codes(self, w: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
         """The codes of weights w, the rows `rows` of the table."""
         if self.bits == 1:
             return np.where(w < 0, 0, 1).astype(np.uint8)
-        index = self.bins.count(np.minimum(np.abs(w) / self.top[rows], 1.0), rows)
+        if self._bins is None:
+            mags = self._magnitudes()
+            top = mags[:, -1:].copy()
+            top[top == 0] = 1.0
+            self._bins = (top, grid.Bins(0.5 * (mags[:, 1:] + mags[:, :-1]) / top))
+        top, bins = self._bins
+        index = bins.count(np.minimum(np.abs(w) / top[rows], 1.0), rows)
         signed = np.where(w < 0, -index, index)
         return (signed + zero_code(self.bits)).astype(np.uint8)
+
+    def column(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(codes as int64, their levels in float64) for w of shape (groups,): one weight per row.
+        Every row's midpoints sit in one sorted array, each row shifted past the one before."""
+        if self._keys is None:
+            self._keys = self._column_keys()
+        flat, starts, keys, offsets, bound = self._keys
+        if self.bits == 1:
+            codes = (w >= 0).astype(np.int64)
+        else:  # the keys below row r's are M per row
+            index = np.searchsorted(keys, np.minimum(np.abs(w), bound) + offsets, side="right")
+            index -= np.arange(w.shape[0]) * self.m
+            codes = self.m + np.where(w < 0, -index, index)
+        return codes, flat[starts + codes]
+
+    def _column_keys(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+        """column's tables: the levels flat, each row's start in them, and the midpoints of every
+        row in one sorted array (row r shifted by offsets[r], past every magnitude below bound)."""
+        flat = np.ascontiguousarray(self.table, dtype=np.float64).ravel()
+        rows = np.arange(self.table.shape[0])
+        starts = rows * self.table.shape[1]
+        if self.bits == 1:
+            return flat, starts, rows, rows, 0.0
+        mags = self._magnitudes()
+        bound = float(mags.max(initial=0.0)) + 1.0
+        offsets = 2.0 * bound * rows
+        keys = (0.5 * (mags[:, 1:] + mags[:, :-1]) + offsets[:, None]).ravel()
+        return flat, starts, keys, offsets, bound
 
 
 def quantize(

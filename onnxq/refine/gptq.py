@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxq.quant.codebooks import magnitude_count
-from onnxq.quant.quantize import QuantizedTensor
+from onnxq.quant.quantize import Nearest, QuantizedTensor
 
 DAMPING = 0.01  # of the mean diagonal, as in the GPTQ paper: the least, for an H seen through many columns
 SAMPLE_DAMPING = 1.0  # times K / N: K inputs per row, N input columns seen (see damping_for)
@@ -61,61 +60,41 @@ def prepare_hessian(h: np.ndarray, damping: float = DAMPING) -> np.ndarray:
     return h
 
 
-class Nearest:
-    """The nearest level of one weight per row, many times over: thresholds are searched once-sorted.
+class Factored:
+    """H (G, K, K) prepared for GPTQ once, for every rounding of one weight: damped, and for each
+    column order asked for, that order and U = chol(H^-1) (upper) in it. The factorisation is
+    most of GPTQ's time, and --target-bits rounds each weight at several widths."""
 
-    Codes follow codebooks.base: [-g_M..-g_1, 0, g_1..g_M, spare]; ties go away from zero,
-    as in quantize.nearest_codes.
-    """
+    def __init__(self, h: np.ndarray, damping: float = DAMPING):
+        self.h = prepare_hessian(h, damping)
+        self._orders: dict[bool, tuple[np.ndarray, np.ndarray]] = {}
 
-    def __init__(self, table: np.ndarray, bits: int):
-        self.levels = np.ascontiguousarray(table, dtype=np.float64)
-        rows, width = self.levels.shape
-        self.bits, self.m, self.width = bits, magnitude_count(bits), width
-        self.rows = np.arange(rows)
-        if bits == 1:
-            return
-        mags = np.abs(self.levels[:, self.m + 1 : 2 * self.m + 1])
-        thresholds = 0.5 * (mags + np.concatenate([np.zeros((rows, 1)), mags[:, :-1]], axis=1))
-        self.bound = float(mags.max(initial=0.0)) + 1.0
-        self.offsets = 2.0 * self.bound * self.rows
-        self.keys = (thresholds + self.offsets[:, None]).ravel()
-
-    def __call__(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(codes, levels) of the nearest level of w[r] in row r's table, for w of shape (rows,)."""
-        if self.bits == 1:
-            codes = (w >= 0).astype(np.int64)
-        else:
-            query = np.minimum(np.abs(w), self.bound) + self.offsets
-            index = np.searchsorted(self.keys, query, side="right") - self.rows * self.m
-            codes = self.m + np.where(w < 0, -index, index)
-        return codes, self.levels.ravel()[self.rows * self.width + codes]
+    def ordered(self, act_order: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(order (G, K), U (G, K, K)): act order (decreasing H[i, i], per group) or column order."""
+        if act_order not in self._orders:
+            g, k = self.h.shape[:2]
+            if act_order:
+                order = np.argsort(-np.einsum("gii->gi", self.h), axis=1, kind="stable")
+            else:
+                order = np.broadcast_to(np.arange(k), (g, k))
+            h = np.take_along_axis(self.h, order[:, :, None], axis=1)
+            h = np.take_along_axis(h, order[:, None, :], axis=2)
+            self._orders[act_order] = (order, _upper_cholesky_of_inverse(h))
+        return self._orders[act_order]
 
 
 def round_groups(
-    w: np.ndarray,
-    h: np.ndarray,
-    table: np.ndarray,
-    bits: int,
-    block: int | None = None,
-    damping: float = DAMPING,
+    w: np.ndarray, factored: Factored, table: np.ndarray, bits: int, block: int | None = None
 ) -> np.ndarray:
-    """Codes for w (G, R, K) given H (G, K, K) and per-row levels table (G*R, 2^bits).
+    """Codes for w (G, R, K) given its layer's prepared H and per-row levels table (G*R, 2^bits).
 
     With block B, table is (G*R*K/B, 2^bits): row r's columns j*B..(j+1)*B-1 use
     its j-th table, and the columns keep their order (act order would scatter a
     block's columns differently in each group).
     """
     g, r, k = w.shape
-    w = np.array(w, dtype=np.float64, copy=True)
-    h = prepare_hessian(h, damping)
-    if block is None:
-        order = np.argsort(-np.einsum("gii->gi", h), axis=1, kind="stable")  # act order, per group
-    else:
-        order = np.broadcast_to(np.arange(k), (g, k))
-    w = np.take_along_axis(w, order[:, None, :], axis=2)
-    h = np.take_along_axis(np.take_along_axis(h, order[:, :, None], axis=1), order[:, None, :], axis=2)
-    u = _upper_cholesky_of_inverse(h)
+    order, u = factored.ordered(act_order=block is None)
+    w = np.take_along_axis(np.asarray(w, dtype=np.float64), order[:, None, :], axis=2)
     codes = np.zeros((g, r, k), dtype=np.uint8)
     if block is None:
         nearest = [Nearest(table, bits)]
@@ -126,7 +105,7 @@ def round_groups(
         stop = min(start + BLOCK, k)
         err = np.zeros((g, r, stop - start))
         for i in range(start, stop):
-            c, q = nearest[0 if block is None else i // block](w[:, :, i].reshape(g * r))
+            c, q = nearest[0 if block is None else i // block].column(w[:, :, i].reshape(g * r))
             q = q.reshape(g, r)
             codes[:, :, i] = c.reshape(g, r)
             e = (w[:, :, i] - q) / u[:, i, i][:, None]
@@ -140,17 +119,20 @@ def round_groups(
 
 
 def gptq_codes(
-    q: QuantizedTensor, rows: np.ndarray, hessian: np.ndarray, damping: float = DAMPING
+    q: QuantizedTensor, rows: np.ndarray, hessian: np.ndarray | Factored, damping: float = DAMPING
 ) -> np.ndarray:
-    """Codes (O, K) for weight rows (O, K) on q's levels, given H (G, K, K) of the layer's input.
+    """Codes (O, K) for weight rows (O, K) on q's levels, given H (G, K, K) of the layer's input,
+    or H already prepared (then its own damping holds).
 
     Rows are split into G consecutive groups of O / G rows that share an H (a
     grouped Conv); q may have one level table for all rows (tensor granularity).
     """
     o, k = rows.shape
-    g = hessian.shape[0]
-    if o % g or hessian.shape[1:] != (k, k):
-        raise ValueError(f"H of shape {hessian.shape} does not fit weight rows of shape {rows.shape}")
+    shape = hessian.h.shape if isinstance(hessian, Factored) else hessian.shape
+    g = shape[0]
+    if o % g or shape[1:] != (k, k):
+        raise ValueError(f"H of shape {shape} does not fit weight rows of shape {rows.shape}")
+    factored = hessian if isinstance(hessian, Factored) else Factored(hessian, damping)
     table = q.level_table()
     block = None
     if table.shape[0] == 1:  # tensor granularity: one table for every row
@@ -159,7 +141,5 @@ def gptq_codes(
         block = q.codes.shape[1]
         if table.shape[0] * block != o * k:
             raise ValueError(f"{table.shape[0]} level tables do not fit weight rows of shape {rows.shape}")
-    codes = round_groups(
-        rows.reshape(g, o // g, k), hessian, np.ascontiguousarray(table), q.bits, block, damping
-    )
+    codes = round_groups(rows.reshape(g, o // g, k), factored, np.ascontiguousarray(table), q.bits, block)
     return codes.reshape(o, k)

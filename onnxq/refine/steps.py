@@ -10,8 +10,9 @@ Plain --bits without calibration, GPTQ or bias correction needs none of this.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -25,9 +26,10 @@ from onnxq.quant.layout import float_rows, from_rows, to_rows
 from onnxq.quant.quantize import QuantizedTensor, with_codes
 from onnxq.refine import bias, calibrate, sensitivity
 from onnxq.refine.calibrate import LayerSpec, LayerStats
-from onnxq.refine.gptq import damping_for, gptq_codes
+from onnxq.refine.gptq import Factored, damping_for, gptq_codes
 
 SYNTHETIC_SAMPLES = 32
+Key = TypeVar("Key", bound=Hashable)
 PROBE_SAMPLES = 16  # calibration samples per sensitivity run
 
 
@@ -118,18 +120,33 @@ def output_error(weight: Weight, layers: list[Layer]) -> Callable[[QuantizedTens
 
 def round_with_gptq(weight: Weight, q: QuantizedTensor, layers: list[Layer]) -> QuantizedTensor:
     """q with GPTQ codes, or q itself with its rounding saying why not."""
+    return round_all_with_gptq(weight, {0: q}, layers)[0]
+
+
+def round_all_with_gptq(
+    weight: Weight, qs: dict[Key, QuantizedTensor], layers: list[Layer]
+) -> dict[Key, QuantizedTensor]:
+    """Each of one weight's quantizations with GPTQ codes (or itself, its rounding saying why
+    not); the layer's H is factorised once for all of them."""
     h = _hessian(layers)
     if h is None:
-        return replace(q, rounding="nearest (no input statistics for this weight)")
+        return {
+            c: replace(q, rounding="nearest (no input statistics for this weight)") for c, q in qs.items()
+        }
     rows = float_rows(weight)
     if h.shape[1] != rows.shape[1] or rows.shape[0] % h.shape[0]:
-        return replace(q, rounding="nearest (the weight's layout does not match its layer's input)")
+        why = "nearest (the weight's layout does not match its layer's input)"
+        return {c: replace(q, rounding=why) for c, q in qs.items()}
     # A single level table (tensor granularity) serves every row; H's columns seen set the damping.
-    codes = gptq_codes(q, rows, h, damping_for(h.shape[1], sum(layer.stats.count for layer in layers)))
-    layout = q.codes.shape
-    return replace(
-        with_codes(q, from_rows(weight, rows, layout), from_rows(weight, codes, layout)), rounding="gptq"
-    )
+    factored = Factored(h, damping_for(h.shape[1], sum(layer.stats.count for layer in layers)))
+    out = {}
+    for c, q in qs.items():
+        codes = gptq_codes(q, rows, factored)
+        layout = q.codes.shape
+        out[c] = replace(
+            with_codes(q, from_rows(weight, rows, layout), from_rows(weight, codes, layout)), rounding="gptq"
+        )
+    return out
 
 
 def correct_biases(

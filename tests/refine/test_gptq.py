@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxq.quant.codebooks import CODEBOOKS
-from onnxq.quant.quantize import nearest_codes, quantize
-from onnxq.refine.gptq import DAMPING, Nearest, damping_for, gptq_codes, prepare_hessian
+from onnxq.quant.quantize import Nearest, nearest_codes, quantize
+from onnxq.refine.gptq import DAMPING, damping_for, gptq_codes, prepare_hessian
 
 
 def layer(seed: int, rows: int = 12, cols: int = 40, samples: int = 400, groups: int = 1):
@@ -152,7 +152,7 @@ def test_the_column_rounder_agrees_with_nearest_codes(seed, bits, codebook):
     probe = rng.laplace(size=(9, 30)) * np.abs(w).max(axis=1, keepdims=True)
     expected = nearest_codes(probe, table, bits)
     for j in range(probe.shape[1]):
-        codes, values = nearest(probe[:, j])
+        codes, values = nearest.column(probe[:, j])
         live = np.abs(table).max(axis=1) > 0
         np.testing.assert_array_equal(codes[live], expected[live, j])
         np.testing.assert_array_equal(values, table[np.arange(9), codes])
