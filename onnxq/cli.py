@@ -652,6 +652,45 @@ ALL_ROWS = 8  # the terminal lists every compressed tensor up to this many
 WORST_ROWS = 3  # above it, only the worst by SQNR
 
 
+WEIGHT_COLUMNS = ("tensor", "shape", "groups", "bits", "rounding", "corr", "SQNR dB", "bytes")
+
+
+def _weight_cells(w: dict) -> list[str]:
+    return [
+        "x".join(map(str, w["shape"])),
+        str(w["groups"]),
+        str(w["bits"]),
+        w["rounding"],
+        f"{w['correlation']:.5f}",
+        number(w["sqnr_db"], 1),
+        f"{w['index_bytes'] + w['codebook_bytes']:,}",
+    ]
+
+
+def _print_weights(title: str, shown: list[dict]) -> None:
+    """The compressed tensors as a table when their names fit in it whole; else each name on a line
+    of its own, above its numbers (the user copies the name)."""
+    cells = [_weight_cells(w) for w in shown]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(WEIGHT_COLUMNS[1:])]
+    name = max(len("tensor"), *(len(w["name"]) for w in shown))
+    if name + sum(widths) + 3 * len(WEIGHT_COLUMNS) + 1 > out.width:
+        out.print(title, markup=False, highlight=False)
+        for w, c in zip(shown, cells):
+            out.print(Text("  " + w["name"]))  # the model's name: never read as rich markup
+            shape, groups, bits, rounding, corr, sqnr, size = c
+            numbers = (
+                f"{shape}, {groups} groups, {bits}-bit, {rounding}, corr {corr}, SQNR {sqnr} dB, {size} B"
+            )
+            out.print(f"    {numbers}", markup=False, highlight=False)
+        return
+    table = Table(title=title, title_justify="left")
+    for col in WEIGHT_COLUMNS:
+        table.add_column(col, justify="left" if col in ("tensor", "shape") else "right", overflow="fold")
+    for w, c in zip(shown, cells):
+        table.add_row(Text(w["name"]), *c)  # names are the model's: never read as rich markup
+    out.print(table)
+
+
 def render(report: Report) -> None:
     d = report.to_dict()
     s, b = d["summary"], d["bytes"]
@@ -662,24 +701,8 @@ def render(report: Report) -> None:
             :WORST_ROWS
         ]
         title += f"; the worst {WORST_ROWS} by SQNR (--report lists all)"
-    weights = Table(title=title, title_justify="left")
-    for col in ("tensor", "shape", "groups", "bits", "rounding", "corr", "SQNR dB", "bytes"):
-        text = col in ("tensor", "shape")
-        # A long name wraps within its cell rather than losing its end: the user copies it.
-        weights.add_column(col, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
-    for w in shown:
-        weights.add_row(
-            Text(w["name"]),  # names are the model's: never read as rich markup
-            "x".join(map(str, w["shape"])),
-            str(w["groups"]),
-            str(w["bits"]),
-            w["rounding"],
-            f"{w['correlation']:.5f}",
-            number(w["sqnr_db"], 1),
-            f"{w['index_bytes'] + w['codebook_bytes']:,}",
-        )
     if d["weights"]:
-        out.print(weights)
+        _print_weights(title, shown)
     if d["calibration"]:
         corrected = sum(1 for w in d["weights"] for x in w["bias_correction"] if "left alone" not in x)
         gptq = sum(1 for w in d["weights"] if w["rounding"] == "gptq")
