@@ -224,6 +224,7 @@ def _settings(config: Config) -> jobs.Settings:
         resolved_search(config),
         config.group_size,
         config.jobs,
+        config.format,
     )
 
 

@@ -35,6 +35,7 @@ from onnxq.quant.codebooks import CODEBOOKS
 from onnxq.quant.quantize import CONTINUOUS, QuantizedTensor, quantize
 from onnxq.refine import steps as refine
 from onnxq.refine.widths import Choice
+from onnxq.storage import DEFAULT_FORMAT, FORMATS
 
 Progress = Callable[[int, int, str], None]
 
@@ -49,17 +50,22 @@ class Settings:
     search: str
     group_size: int | None
     jobs: int
+    format: str = DEFAULT_FORMAT  # its default_group_size applies where group_size is None
 
 
-def weight_rows(weight: Weight, settings: Settings, per_tensor: bool = False) -> np.ndarray:
+def weight_rows(weight: Weight, settings: Settings, choice: Choice) -> np.ndarray:
     """The weight's rows as the quantizer groups them; NaN or Inf is an error naming it."""
     if not np.all(np.isfinite(weight.array)):
         raise WeightError(
             f"weight {weight.name!r} contains NaN or Inf; fix the model, or leave the tensor "
             f"in float with --exclude '^{re.escape(weight.name)}$'"
         )
-    granularity = "tensor" if per_tensor else settings.granularity
-    return layout.group_rows(weight, granularity, None if per_tensor else settings.group_size)
+    if choice.per_tensor or settings.granularity == "tensor":
+        return layout.group_rows(weight, "tensor")
+    group = settings.group_size or FORMATS[settings.format].default_group_size(
+        weight, settings.codebook, choice.bits
+    )
+    return layout.group_rows(weight, "channel", group)
 
 
 def quantize_rows(rows: np.ndarray, settings: Settings, bits: int, error=None) -> QuantizedTensor:
@@ -72,7 +78,7 @@ def quantize_weight(weight: Weight, choice: Choice, settings: Settings, layers=N
     """One weight as a choice says. layers: per weight name, its layers' input statistics (a choosing codebook then
     ranks its candidate codebooks by output error)."""
     error = refine.output_error(weight, (layers or {}).get(weight.name, []))  # None: |dW|^2
-    return quantize_rows(weight_rows(weight, settings, choice.per_tensor), settings, choice.bits, error)
+    return quantize_rows(weight_rows(weight, settings, choice), settings, choice.bits, error)
 
 
 def run(
@@ -101,7 +107,7 @@ def run(
         def submit(i: int) -> Future:
             weight, choice = jobs[i]
             if processes:  # the worker gets the rows alone, built as it is submitted
-                rows = weight_rows(weight, settings, choice.per_tensor)
+                rows = weight_rows(weight, settings, choice)
                 with _sigint_blocked():  # a submit may start a worker, which inherits the mask
                     return pool.submit(quantize_rows, rows, settings, choice.bits)
             return pool.submit(quantize_weight, weight, choice, settings, layers)

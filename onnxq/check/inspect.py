@@ -133,6 +133,8 @@ def float_weight(
     w: Weight, fmt: StorageFormat, codebook: str, bits: int | None, granularity: str, group_size
 ):
     """A weight's range and, at bits, its stored bytes as the format counts them."""
+    if granularity == "channel" and not group_size and bits is not None:
+        group_size = fmt.default_group_size(w, codebook, bits)
     groups, n = layout.rows_shape(w, granularity, group_size)
     stored = None
     if bits is not None:

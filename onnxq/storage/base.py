@@ -10,12 +10,15 @@ sets WHOLE to None and is itself a WholeWeights.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 import onnx
 
 from onnxq.quant.quantize import QuantizedTensor
+
+if TYPE_CHECKING:
+    from onnxq.graph.select import Weight
 
 DOMAIN = "onnxq"  # the domain of the decoder functions onnxq adds to a model
 ROWS_PREFIX = "GatherRows_"  # the decoder functions that unpack only the gathered rows of a table
@@ -97,6 +100,11 @@ class StorageFormat(Protocol):
 
     def weight_problem(self, shape: tuple[int, ...], axis: int, group_size: int) -> str | None:
         """Why this weight's blocks of group_size cannot be stored, or None."""
+        ...
+
+    def default_group_size(self, weight: Weight, codebook: str, bits: int) -> int | None:
+        """The blocks (of this many weights per channel) the format gives a weight quantized per
+        channel without --group-size; None: one set of parameters per channel."""
         ...
 
     def notes(self, widths: set[int]) -> list[str]:

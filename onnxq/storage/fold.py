@@ -94,6 +94,11 @@ def weight_problem(shape: tuple[int, ...], axis: int, group_size: int) -> str | 
     return None
 
 
+def default_group_size(weight, codebook: str, bits: int) -> int | None:
+    """Per channel: a scale per block would cost fold bytes without --group-size asking for it."""
+    return None
+
+
 def function_name(codebook: str, bits: int) -> str:
     return f"Decode_{codebook}_{bits}"
 

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxq.quant import layout
 from onnxq.quant.codebooks import CODEBOOKS, magnitude_count
 from onnxq.quant.quantize import QuantizedTensor
 from onnxq.storage import fold
@@ -27,11 +28,11 @@ NAME = "matmulnbits"
 MS_DOMAIN = "com.microsoft"
 DOMAINS: tuple[str, ...] = (MS_DOMAIN,)
 BITS = (2, 4, 8)
-BLOCK = 128  # per-channel scales are repeated over blocks of up to this many inputs
-# --group-size 128 costs a MatMul weight nothing more (the kernel stores a scale per block anyway),
-# but it is not the default: the group size applies to every weight, and the Conv weights stored as
-# fold then pay per-block parameters too (the zoo's open_nsfw at --bits 4: 7.52x and cosine 0.934
-# per block against 7.68x and 0.984 per channel).
+BLOCK = 128  # the largest block the format picks (_block_for)
+# Without --group-size, only the weights MatMulNBits stores get blocks of their own (default_group_size):
+# the kernel stores a scale per block anyway. --group-size applies to every weight, and the Conv
+# weights stored as fold then pay per-block parameters too (the zoo's open_nsfw at --bits 4: 7.52x and
+# cosine 0.934 per block against 7.68x and 0.984 per channel).
 
 # Weights MatMulNBits cannot take (Conv, Gather, ...) are stored whole by fold: fold's
 # opsets and byte counts hold for them, and (as bounds) for the fused ones.
@@ -39,6 +40,18 @@ WHOLE = fold
 REPLACES_READERS = True  # a weight whose readers cannot be replaced falls back to fold, and is noted
 min_opset = fold.min_opset
 weight_problem = fold.weight_problem
+
+
+def default_group_size(weight, codebook: str, bits: int) -> int | None:
+    """The kernel's block (_block_for) for a 2-D weight only MatMul reads as B, at a width with
+    kernels: MatMulNBits stores a float32 scale per block either way, so each block gets its own
+    rather than its channel's repeated (ORT's quantizer does the same). Else per channel."""
+    if supports(codebook, bits) or weight.array.ndim != 2 or weight.uses != ["MatMul input 1"]:
+        return None
+    block = _block_for(weight.array.shape[0])
+    return layout.block_size(weight, block)
+
+
 notes = fold.notes
 
 

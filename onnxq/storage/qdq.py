@@ -123,6 +123,11 @@ def weight_problem(shape: tuple[int, ...], axis: int, group_size: int) -> str | 
     return None
 
 
+def default_group_size(weight, codebook: str, bits: int) -> int | None:
+    """Per channel: DequantizeLinear's blocks cost bytes that only --group-size asks for."""
+    return None
+
+
 def batch_key(q: QuantizedTensor) -> None:
     """None: a DequantizeLinear per weight."""
     return

@@ -33,6 +33,10 @@ def weight_problem(shape: tuple[int, ...], axis: int, group_size: int) -> str | 
     return None
 
 
+def default_group_size(weight, codebook: str, bits: int) -> int | None:
+    return None  # a codebook per channel unless --group-size says otherwise
+
+
 def load_notes(weights: list[tuple[list[str], int]], packed_rows: bool) -> list[str]:
     return []
 
