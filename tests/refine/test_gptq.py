@@ -156,3 +156,35 @@ def test_the_column_rounder_agrees_with_nearest_codes(seed, bits, codebook):
         live = np.abs(table).max(axis=1) > 0
         np.testing.assert_array_equal(codes[live], expected[live, j])
         np.testing.assert_array_equal(values, table[np.arange(9), codes])
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), samples=st.integers(3, 40))
+def test_one_factorisation_rounds_every_width_as_each_alone(seed, samples):
+    """--target-bits rounds each weight at several widths with one factorised H: the codes are
+    those of rounding each width on its own."""
+    from onnxq.api import Weight
+    from onnxq.refine.calibrate import LayerStats
+    from onnxq.refine.steps import Layer, round_all_with_gptq, round_with_gptq
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((samples, 12)) * rng.lognormal(0, 1, 12)
+    w = Weight(
+        name="w",
+        array=rng.standard_normal((12, 6)).astype(np.float32),
+        axis=1,
+        graph=None,
+        constant_node=None,
+    )
+    stats = LayerStats(
+        mean=x.mean(0)[None], hessian=(x.T @ x / samples)[None], count=samples, samples=samples
+    )
+    layers = [Layer(spec=None, stats=stats)]
+    rows = w.array.T
+    qs = {b: quantize(rows, CODEBOOKS["exponential"], b, "lsq") for b in (2, 3, 4)}
+    qs["tensor"] = quantize(rows.reshape(1, -1), CODEBOOKS["linear"], 3, "lsq")
+    together = round_all_with_gptq(w, qs, layers)
+    for key, q in qs.items():
+        alone = round_with_gptq(w, q, layers)
+        assert together[key].rounding == alone.rounding == "gptq"
+        np.testing.assert_array_equal(together[key].codes, alone.codes)

@@ -120,7 +120,7 @@ def test_with_target_bits_the_widths_without_kernels_fall_back_to_fold(tmp_path)
 
 
 def test_conv_and_other_ops_fall_back_to_fold():
-    model, feeds = tiny_model()
+    model, _ = tiny_model()
     out, report = onnxq.compress_model(model, onnxq.Config(format="matmulnbits", bits=4, codebook="linear"))
     assert op_counts(out)["MatMulNBits"] == 1  # mm.b; Conv, ConvTranspose, Gemm and Gather stay fold
     assert any("stored as fold" in n for n in report.notes)
