@@ -6,6 +6,7 @@ import atexit
 import hashlib
 import re
 import shutil
+import signal
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -40,6 +41,13 @@ settings.load_profile("onnxq")
 _HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="onnxq-hypothesis-")
 set_hypothesis_home_dir(_HYPOTHESIS_HOME)
 atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
+
+# A shell that starts the suite in the background (`bash .ci/run &` in a script) ignores SIGINT
+# for it, and every process it starts inherits that, onnxq's subprocesses too. The signal tests
+# send Ctrl-C on purpose: give it back its terminal meaning (a caught signal resets to the default
+# in a child, where Python raises KeyboardInterrupt for it again).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Figures that tests measure and want shown at the end of the run (see pytest_terminal_summary).
 MEASUREMENTS: dict[str, str] = {}
