@@ -394,6 +394,10 @@ def test_target_bits_on_a_small_model_is_no_larger_than_uniform_widths(tmp_path,
             {"near-uniform widths": np.full(16, 0.001), "uniform 4 bits": np.r_[np.full(15, 0.0012), 0.05]},
             "uniform 4 bits",
         ),
+        (  # ocr_cls at the bytes of --bits 5: less on every sample, but not clearly (0.96 of it)
+            {"near-uniform widths": 0.00123 * SPREAD, "uniform 5 bits": 0.00128 * SPREAD},
+            "uniform 5 bits",
+        ),
         (  # the measured allocation is never kept where uniform widths fit, however quiet
             {
                 "the measured allocation": 0.001 * SPREAD,
@@ -404,7 +408,5 @@ def test_target_bits_on_a_small_model_is_no_larger_than_uniform_widths(tmp_path,
         ),
     ],
 )
-def test_on_synthetic_inputs_near_uniform_widths_replace_uniform_ones_only_when_significantly_quieter(
-    parts, kept
-):
+def test_on_synthetic_inputs_near_uniform_widths_replace_uniform_ones_only_when_clearly_quieter(parts, kept):
     assert widths._keep(parts, "synthetic") == kept
