@@ -29,8 +29,8 @@ from onnxq.refine.calibrate import LayerSpec, LayerStats
 from onnxq.refine.gptq import Factored, damping_for, gptq_codes
 
 SYNTHETIC_SAMPLES = 32
-Key = TypeVar("Key", bound=Hashable)
 PROBE_SAMPLES = 16  # calibration samples per sensitivity run
+Key = TypeVar("Key", bound=Hashable)  # what round_all_with_gptq's caller names each quantization by
 
 
 @dataclass

@@ -218,8 +218,8 @@ SIGNIFICANCE = 2.0
 
 def _keep(parts: dict[str, np.ndarray], mode: str) -> str:
     """The option to keep: on synthetic inputs uniform widths whenever they fit unless the
-    near-uniform ones beat them significantly, and otherwise the near-uniform ones unless the
-    measured allocation clearly beats them; on calibration data the least noise when it beats the
+    near-uniform ones beat them clearly (SYNTHETIC_MARGIN and SIGNIFICANCE), and otherwise the
+    near-uniform ones unless the measured allocation clearly beats them; on calibration data the least noise when it beats the
     baseline significantly, else the baseline."""
     noise = {label: float(p.sum()) for label, p in parts.items()}
     best = min(noise, key=lambda label: noise[label])
