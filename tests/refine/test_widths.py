@@ -377,36 +377,3 @@ def test_target_bits_on_a_small_model_is_no_larger_than_uniform_widths(tmp_path,
     assert dst.stat().st_size <= uniform.stat().st_size
     mixed = {w.bits for w in report.weights}
     assert (len(mixed) > 1) == any("pay the decoders" in n for n in report.notes)
-
-
-@pytest.mark.parametrize(
-    ("parts", "kept"),
-    [
-        (  # ocr_rec at the bytes of --bits 5: less on every sample, and right on real text (0.966 > 0.928)
-            {
-                "the measured allocation": 0.12 * SPREAD,
-                "near-uniform widths": 0.09 * SPREAD,
-                "uniform 5 bits": 0.30 * SPREAD,
-            },
-            "near-uniform widths",
-        ),
-        (  # less in total because uniform widths miss one sample badly: chance, uniform stays
-            {"near-uniform widths": np.full(16, 0.001), "uniform 4 bits": np.r_[np.full(15, 0.0012), 0.05]},
-            "uniform 4 bits",
-        ),
-        (  # ocr_cls at the bytes of --bits 5: less on every sample, but not clearly (0.96 of it)
-            {"near-uniform widths": 0.00123 * SPREAD, "uniform 5 bits": 0.00128 * SPREAD},
-            "uniform 5 bits",
-        ),
-        (  # the measured allocation is never kept where uniform widths fit, however quiet
-            {
-                "the measured allocation": 0.001 * SPREAD,
-                "near-uniform widths": 0.02 * SPREAD,
-                "uniform 4 bits": 0.01 * SPREAD,
-            },
-            "uniform 4 bits",
-        ),
-    ],
-)
-def test_on_synthetic_inputs_near_uniform_widths_replace_uniform_ones_only_when_clearly_quieter(parts, kept):
-    assert widths._keep(parts, "synthetic") == kept
