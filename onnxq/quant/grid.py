@@ -3,10 +3,12 @@ every group and every point x0_k, and the best point per group (--search grid).
 
 The levels of each grid point have fixed midpoints, and the union of all of them cuts [0, 1]
 into cells. Each magnitude falls in one cell (cells(), through a table of 2^16 bins, exact),
-and the counts and sums of the magnitudes per (group, cell), summed up in order, give every
-group's counts and sums per level at every grid point, hence its correlation exactly: the
-same numbers as assigning every weight to its nearest level, in O(n) per pass instead of
-O(n) per grid point. quantize.py runs two passes: a coarse grid over all of ln(x0), then the
+and the counts and sums of the magnitudes per (group, cell), times the level each cell takes at
+every grid point (two matrix products), give every group's sum u*y and sum y^2 at every grid
+point, hence its correlation exactly: the same numbers as assigning every weight to its
+nearest level, in O(n) per pass instead of O(n) per grid point. (The products replaced prefix
+sums gathered at every point's midpoints, which cost 3-4x as much: (group, point, level)
+arrays of float64.) quantize.py runs two passes: a coarse grid over all of ln(x0), then the
 64 points that the file stores (6 bits of ln(x0) per group), spanning the coarse optima of the
 middle 96% of the groups; each group takes the stored point with the highest correlation.
 """
@@ -57,39 +59,53 @@ def best_on_grid(u: np.ndarray, levels: np.ndarray) -> GridScores:
     """
     mids = 0.5 * (levels[:, 1:] + levels[:, :-1])  # (K, L - 1)
     edges, where = np.unique(mids, return_inverse=True)
-    where = where.reshape(mids.shape)
+    index = _cell_levels(where.reshape(mids.shape), edges.size + 1)
+    table = (np.ascontiguousarray(index.T), np.take_along_axis(levels.T, index, axis=0), levels.shape[1])
     rows = max(1, CELLS_AT_ONCE // (edges.size + 1))
-    parts = [_score_rows(u[i : i + rows], edges, where, levels) for i in range(0, u.shape[0], rows)]
+    parts = [_score_rows(u[i : i + rows], edges, table) for i in range(0, u.shape[0], rows)]
     return GridScores(
         *(np.concatenate([getattr(p, f) for p in parts]) for f in GridScores.__dataclass_fields__)
     )
 
 
-def _score_rows(u: np.ndarray, edges: np.ndarray, where: np.ndarray, levels: np.ndarray) -> GridScores:
+def _cell_levels(where: np.ndarray, width: int) -> np.ndarray:
+    """(cells, K) int: the level that a magnitude in each cell takes at each grid point, i.e. how
+    many of that point's midpoints (where: their indices among the edges) lie at or below the cell."""
+    k = where.shape[0]
+    marks = np.zeros((width, k), dtype=np.int64)
+    np.add.at(marks, (where + 1, np.broadcast_to(np.arange(k)[:, None], where.shape)), 1)
+    return np.cumsum(marks, axis=0)
+
+
+def _score_rows(u: np.ndarray, edges: np.ndarray, table: tuple[np.ndarray, np.ndarray, int]) -> GridScores:
+    """Per (group, cell), the count and the sum of the magnitudes; times each cell's level at every
+    grid point (one matrix product each), every group's sums over its levels at every point."""
+    index, value, count = table  # (K, cells) level index, (cells, K) level; count: levels per point
     g = u.shape[0]
     width = edges.size + 1
-    flat = (cells(u, edges) + (np.arange(g, dtype=np.int32) * width)[:, None]).ravel()
-    counts = np.bincount(flat, minlength=g * width).reshape(g, width)
+    cell = cells(u, edges)
+    flat = (cell + (np.arange(g, dtype=np.intp) * width)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=g * width).reshape(g, width).astype(np.float64)
     sums = np.bincount(flat, weights=u.ravel(), minlength=g * width).reshape(g, width)
-    # Prefix sums over the cells: below[:, j] covers the cells under edge j (cells 0 .. j).
-    below_n = np.concatenate([np.zeros((g, 1)), np.cumsum(counts, axis=1)], axis=1)
-    below_s = np.concatenate([np.zeros((g, 1)), np.cumsum(sums, axis=1)], axis=1)
-    # Counts and sums per level at every grid point: (g, K, L) from the cumulative values at its midpoints.
-    k = levels.shape[0]
-    at = np.concatenate([np.zeros((k, 1), np.int64), where + 1, np.full((k, 1), width)], axis=1)
-    level_n = np.diff(below_n[:, at], axis=2)
-    level_s = np.diff(below_s[:, at], axis=2)
-    suy = np.einsum("gkl,kl->gk", level_s, levels)
-    syy = np.einsum("gkl,kl->gk", level_n, levels * levels)
+    suy = sums @ value
+    syy = counts @ (value * value)
     suu = np.einsum("gn,gn->g", u, u, dtype=np.float64)
     denom = np.sqrt(suu[:, None] * syy)
     corr = np.divide(suy, denom, out=np.zeros_like(suy), where=denom > 0)
     best = corr.argmax(axis=1)
-    pick = np.arange(g)
-    return GridScores(best, corr[pick, best], level_n[pick, best], level_s[pick, best])
+    # The counts and sums per level at each group's best point, from its magnitudes' levels there.
+    at = (np.take(index, cell + (best * width)[:, None]) + (np.arange(g) * count)[:, None]).ravel()
+    level_n = np.bincount(at, minlength=g * count).reshape(g, count).astype(np.float64)
+    level_s = np.bincount(at, weights=u.ravel(), minlength=g * count).reshape(g, count)
+    return GridScores(best, corr[np.arange(g), best], level_n, level_s)
 
 
 MAX_TABLES = 512  # row signatures with a table of their own; more rows fall back to a plain search
+# Bins' tables have 2^12 bins: up to 512 of them are built for each weight, and at 2^16 bins building
+# them took longer than looking its weights up (a 768x2048 weight at 5 bits has 64 kinds: 4.2M table
+# entries against 1.6M weights). The values in a bin that holds a threshold, about 0.1% of them on
+# Gaussian weights, are searched.
+BINS_BITS = 12
 
 
 def count_at_or_below(v: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -100,22 +116,23 @@ def count_at_or_below(v: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 class Bins:
     """count_at_or_below for rows of ascending thresholds, prepared once and applied to the rows
-    a part at a time: tables of 2^16 bins shared by the rows whose thresholds fall in the same
+    a part at a time: tables of 2^BINS_BITS bins shared by the rows whose thresholds fall in the same
     bins (a codebook's rows differ only in their scale, which the caller divides out); the values
     in a bin that holds a threshold of their row are resolved exactly."""
 
     def __init__(self, thresholds: np.ndarray):
         self.thresholds = thresholds
-        size = 1 << LUT_BITS
+        size = 1 << BINS_BITS
         marks = np.minimum((thresholds * size).astype(np.int64), size)  # the bin of each threshold
         kinds, kind = np.unique(marks, axis=0, return_inverse=True)
         self.kind = kind.ravel().astype(np.int32)
         self.tables = None  # too many kinds: a plain search instead
         if kinds.shape[0] <= MAX_TABLES:
-            bins = np.arange(size + 1)
-            self.tables = np.stack([np.searchsorted(k, bins, side="left") for k in kinds]).astype(np.int32)
-            for t, k in zip(self.tables, kinds):
-                t[k] = -1  # a bin that holds a threshold: its values go either way
+            # Per kind, how many thresholds lie in bins below each bin; -1 marks a bin holding one.
+            tables = np.zeros((kinds.shape[0], size + 2), dtype=np.int32)
+            np.add.at(tables, (np.arange(kinds.shape[0])[:, None], kinds + 1), 1)
+            self.tables = np.ascontiguousarray(np.cumsum(tables, axis=1, dtype=np.int32)[:, :-1])
+            np.put_along_axis(self.tables, kinds, -1, axis=1)
 
     def count(self, v: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
         """The counts for values v of the rows `rows` of the thresholds."""
@@ -124,7 +141,7 @@ class Bins:
         thresholds = self.thresholds[rows]
         if self.tables is None:
             return bin_index(v, thresholds)
-        size = 1 << LUT_BITS
+        size = 1 << BINS_BITS
         at = (v * np.float32(size)).astype(np.int32)
         np.minimum(at, size, out=at)
         at += (self.kind[rows] * (size + 1))[:, None]
