@@ -36,7 +36,7 @@ from onnxq.quant.codebooks import CODEBOOKS
 from onnxq.quant.quantize import CONTINUOUS, QuantizedTensor, quantize
 from onnxq.refine import steps as refine
 from onnxq.refine.widths import Choice
-from onnxq.storage import DEFAULT_FORMAT, FORMATS
+from onnxq.storage import DEFAULT_FORMAT, group_size
 
 Progress = Callable[[int, int, str], None]
 
@@ -61,12 +61,11 @@ def weight_rows(weight: Weight, settings: Settings, choice: Choice) -> np.ndarra
             f"weight {weight.name!r} contains NaN or Inf; fix the model, or leave the tensor "
             f"in float with --exclude '^{re.escape(weight.name)}$'"
         )
-    if choice.per_tensor or settings.granularity == "tensor":
-        return layout.group_rows(weight, "tensor")
-    group = settings.group_size or FORMATS[settings.format].default_group_size(
-        weight, settings.codebook, choice.bits
+    granularity = "tensor" if choice.per_tensor else settings.granularity
+    group = group_size(
+        weight, settings.format, settings.codebook, choice.bits, granularity, settings.group_size
     )
-    return layout.group_rows(weight, "channel", group)
+    return layout.group_rows(weight, granularity, group)
 
 
 def quantize_rows(rows: np.ndarray, settings: Settings, bits: int, error=None) -> QuantizedTensor:

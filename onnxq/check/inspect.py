@@ -25,7 +25,8 @@ from onnxq.quant import layout
 from onnxq.quant.codebooks import CODEBOOKS
 from onnxq.quant.quantize import shape_only
 from onnxq.storage import FORMATS
-from onnxq.storage.base import CONFIG_KEY, MARK, TENSORS_KEY, VERSION_KEY, Read, StorageFormat, Stored
+from onnxq.storage import group_size as storage_group_size
+from onnxq.storage.base import CONFIG_KEY, MARK, TENSORS_KEY, VERSION_KEY, Read, Stored
 
 CHUNK = 1 << 22  # weights read at once for the ranges: a memory map is read a part at a time
 
@@ -129,12 +130,11 @@ def value_range(array: np.ndarray) -> tuple[float, float, float]:
     return lo, hi, math.sqrt(m2 / count)
 
 
-def float_weight(
-    w: Weight, fmt: StorageFormat, codebook: str, bits: int | None, granularity: str, group_size
-):
+def float_weight(w: Weight, fmt_name: str, codebook: str, bits: int | None, granularity: str, group_size):
     """A weight's range and, at bits, its stored bytes as the format counts them."""
-    if granularity == "channel" and not group_size and bits is not None:
-        group_size = fmt.default_group_size(w, codebook, bits)
+    fmt = FORMATS[fmt_name]
+    if bits is not None:
+        group_size = storage_group_size(w, fmt_name, codebook, bits, granularity, group_size)
     groups, n = layout.rows_shape(w, granularity, group_size)
     stored = None
     if bits is not None:
@@ -157,11 +157,12 @@ def describe_float(
     """A float model's weights at the settings (format, codebook, bits or target_bits,
     granularity, group_size), and the predicted output. folded_bytes: the model's size once
     its constants are folded, as compress writes the rest of it (default: file_bytes)."""
-    fmt = FORMATS[settings["format"]]
     target = settings.get("target_bits")
     bits = None if target is not None else settings["bits"]
     found = [
-        float_weight(w, fmt, settings["codebook"], bits, settings["granularity"], settings["group_size"])
+        float_weight(
+            w, settings["format"], settings["codebook"], bits, settings["granularity"], settings["group_size"]
+        )
         for w in weights
     ]
     out = Inspection(str(path), file_bytes, compressed=False, weights=found, skipped=_skips(skips))

@@ -6,8 +6,13 @@ itself, WholeWeights); the pipeline reaches formats only through FORMATS.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from onnxq.storage import fold, matmulnbits, qdq
 from onnxq.storage.base import StorageFormat
+
+if TYPE_CHECKING:
+    from onnxq.graph.select import Weight
 
 FORMATS: dict[str, StorageFormat] = {
     "fold": fold,
@@ -15,6 +20,18 @@ FORMATS: dict[str, StorageFormat] = {
     "matmulnbits": matmulnbits,
 }
 DEFAULT_FORMAT = "fold"
+
+
+def group_size(
+    weight: Weight, fmt: str, codebook: str, bits: int, granularity: str, asked: int | None
+) -> int | None:
+    """The weights per block a weight is quantized in: --group-size where given (asked), else the
+    format's default_group_size for a weight quantized per channel; None for one row per channel
+    (or per tensor). What compress quantizes (jobs.weight_rows) and what inspect predicts both ask here."""
+    if granularity != "channel":
+        return None
+    return asked or FORMATS[fmt].default_group_size(weight, codebook, bits)
+
 
 # What each initializer suffix holds, for the report's byte breakdown.
 INDICES_SUFFIX = ".onnxq.indices"
@@ -28,4 +45,5 @@ __all__ = [
     "FORMATS",
     "INDICES_SUFFIX",
     "StorageFormat",
+    "group_size",
 ]

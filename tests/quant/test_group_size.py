@@ -6,13 +6,18 @@ import numpy as np
 import onnx
 import pytest
 from conftest import gptq, matmul_model, run, with_outputs
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import onnxq
+from onnxq import jobs
+from onnxq.check.inspect import float_weight
 from onnxq.errors import OnnxqError
 from onnxq.graph.select import find_weights
 from onnxq.quant.codebooks import CODEBOOKS
 from onnxq.quant.layout import block_size, group_rows
 from onnxq.quant.quantize import quantize
+from onnxq.refine.widths import Choice
 
 
 def weight_of(model):
@@ -92,3 +97,30 @@ def test_tensors_it_does_not_divide_are_named_in_a_note(rng):
     assert any("--group-size 16 does not split 1 tensors" in n for n in report.notes)
     assert report.weights[0].groups == 12
     onnx.checker.check_model(_, full_check=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    k=st.sampled_from([8, 16, 48, 64, 96, 256]),
+    n=st.integers(1, 9),
+    fmt=st.sampled_from(["fold", "qdq", "matmulnbits"]),
+    codebook=st.sampled_from(["linear", "exponential"]),
+    bits=st.integers(2, 8),
+    granularity=st.sampled_from(["channel", "tensor"]),
+    asked=st.sampled_from([None, 16, 32]),
+)
+def test_inspect_predicts_the_rows_compress_quantizes(k, n, fmt, codebook, bits, granularity, asked):
+    """One decision (storage.group_size) for both: inspect's groups are weight_rows' rows."""
+    model, _ = matmul_model(np.ones((k, n), np.float32))
+    w = weight_of(model)
+    if granularity == "tensor":
+        asked = None
+    config = jobs.Settings(codebook, granularity, "lsq", "auto", asked, 1, fmt)
+    rows = jobs.weight_rows(w, config, Choice(bits))
+    predicted = float_weight(w, fmt, codebook, bits, granularity, asked)
+    assert predicted.groups == rows.shape[0]
+    blocks = rows.shape[0] > (n if granularity == "channel" else 1)
+    by_default = fmt == "matmulnbits" and codebook == "linear" and bits in (2, 4, 8) and k > 16
+    assert blocks == (
+        granularity == "channel" and (asked is not None and k > asked or asked is None and by_default)
+    )
