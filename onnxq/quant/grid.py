@@ -124,8 +124,8 @@ class Bins:
         self.thresholds = thresholds
         size = 1 << BINS_BITS
         marks = np.minimum((thresholds * size).astype(np.int64), size)  # the bin of each threshold
-        kinds, kind = np.unique(marks, axis=0, return_inverse=True)
-        self.kind = kind.ravel().astype(np.int32)
+        kinds, kind = _row_kinds(marks)
+        self.kind = kind.astype(np.int32)
         self.tables = None  # too many kinds: a plain search instead
         if kinds.shape[0] <= MAX_TABLES:
             # Per kind, how many thresholds lie in bins below each bin; -1 marks a bin holding one.
@@ -150,6 +150,18 @@ class Bins:
         if r.size:
             out[r, c] = _count_rows(v[r, c], thresholds, r)
         return out
+
+
+def _row_kinds(marks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(marks, axis=0, return_inverse=True), one column at a time: each step numbers the
+    distinct (kind so far, next column) pairs. np.unique over whole rows sorted them as records,
+    1.4 s of the 17 that a 134M-weight decoder's blocks took."""
+    kind = np.zeros(marks.shape[0], dtype=np.int64)
+    for column in marks.T:
+        _, kind = np.unique(kind * (int(column.max(initial=0)) + 1) + column, return_inverse=True)
+    first = np.zeros(int(kind.max(initial=-1)) + 1, dtype=np.int64)
+    first[kind[::-1]] = np.arange(marks.shape[0])[::-1]  # each kind's first row
+    return marks[first], kind.ravel()
 
 
 def _count_rows(values: np.ndarray, thresholds: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -100,3 +100,12 @@ def test_counting_through_tables_is_bin_index(seed, kinds):
     v[:, 15] = 1.0
     v[:, 16] = 0.0
     np.testing.assert_array_equal(grid.count_at_or_below(v, thresholds), bin_index(v, thresholds))
+
+
+@given(seed=st.integers(0, 2**31 - 1))
+def test_row_kinds_are_the_distinct_rows(seed):
+    rng = np.random.default_rng(seed)
+    marks = rng.integers(0, int(rng.integers(1, 5)), (int(rng.integers(1, 60)), int(rng.integers(0, 6))))
+    kinds, kind = grid._row_kinds(marks)
+    np.testing.assert_array_equal(kinds[kind], marks)  # each row is its kind
+    assert len({tuple(r) for r in kinds.tolist()}) == kinds.shape[0] == np.unique(marks, axis=0).shape[0]
