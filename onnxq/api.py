@@ -669,7 +669,7 @@ def compress(
     pictures: bool = False,
     *,
     force: bool = False,
-    before_commit: Callable[[Report], None] | None = None,
+    before_commit: Callable[[Report], list[tuple[Path, Path]]] | None = None,
     **options,
 ) -> Report:
     """Compress the model at src into dst, validate it, and return the report.
@@ -679,8 +679,8 @@ def compress(
     report draws (onnxq.check.html.to_html), at the cost of one more pass over each weight. A
     model onnxq wrote is an error unless force (then only the tensors it left in float can be
     compressed). before_commit is called with the finished report just before dst is renamed
-    into place (the CLI writes the report's temporary file then): when it raises, dst is left as
-    it was.
+    into place, and returns files it staged, as (temporary, final) pairs, to go into place with
+    dst (the CLI's report): all of them or none (io.commit). When it raises, dst is left as it was.
     """
     config = _config(config, options)
     config.check()
@@ -732,9 +732,8 @@ def compress(
         if data_beside:  # the graph names its data file's final name now, a shorter one
             io.finalize(tmp, dst_path)
             report.output.settle(io.written_size(tmp, dst_path))
-        if before_commit is not None:
-            before_commit(report)
-        io.commit(tmp, dst_path)
+        staged = before_commit(report) if before_commit is not None else []
+        io.commit(tmp, dst_path, staged)
     finally:
         io.discard(tmp, dst_path)
     return report

@@ -477,13 +477,14 @@ def _compress_with_progress(
 ) -> None:
     """compress with its progress shown (progress.py), the report written, the result rendered.
     show: summary (progress and the summary), quiet (errors alone) or json (the report on stdout).
-    The report goes to a temporary file before DST is renamed into place, and is renamed after
-    it: a report that cannot be written leaves no output."""
+    The report goes to a temporary file before DST is renamed into place, and both (with
+    DST.data) go into place together, or none of them (io.commit)."""
     staged: list[Path] = []
 
-    def stage(result: Report) -> None:
+    def stage(result: Report) -> list[tuple[Path, Path]]:
         assert report is not None
         staged.append(io.stage_text(report, REPORT_WRITERS[report.suffix](result)))
+        return [(staged[-1], report)]
 
     pictures = report is not None and report.suffix == ".html"
     try:
@@ -491,14 +492,10 @@ def _compress_with_progress(
             result = compress(
                 src, dst, config, progress, pictures, force=force, before_commit=stage if report else None
             )
-        if staged:
-            os.replace(staged[0], report)  # type: ignore[arg-type]
     except OnnxqError as exc:
         fail(exc)
     except KeyboardInterrupt:
         raise typer.Exit(interrupted(f"interrupted: {dst} was not written")) from None
-    except OSError as exc:  # the rename of the report alone failed: DST is in place
-        fail(OnnxqError(f"{dst} was written, but the report {report} could not be: {exc.strerror}"))
     finally:
         for tmp in staged:
             tmp.unlink(missing_ok=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
 import secrets
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -433,20 +435,99 @@ def finalize(tmp: Path, dst: str | os.PathLike) -> None:
         tmp.write_bytes(model.SerializeToString())  # the graph alone: the tensors are external
 
 
-def commit(tmp: Path, dst: str | os.PathLike) -> None:
-    """Move a temporary output into place: its data file first, pointed at its final name, then
-    the model; remove both if that fails."""
+def commit(tmp: Path, dst: str | os.PathLike, also: Sequence[tuple[Path, Path]] = ()) -> None:
+    """Move a temporary output into place with the files staged beside it (also: (temporary,
+    final) pairs, such as the report): its data file first, pointed at its final name, then the
+    others, the model last. If a rename fails, every final name gets back what it held before
+    (replace_together) and the temporary files are removed."""
     try:
         finalize(tmp, dst)
-        if has_external_data(tmp):
-            os.replace(temp_data(tmp), data_file(dst))
-        os.replace(tmp, dst)
+        data = [(temp_data(tmp), data_file(dst))] if has_external_data(tmp) else []
+        replace_together([*data, *also, (tmp, Path(dst))])
+    except _ReplaceError as exc:
+        discard(tmp, dst)
+        raise _write_error(exc.final, exc.cause) from None
     except OSError as exc:
         discard(tmp, dst)
         raise _write_error(Path(dst), exc) from None
     except BaseException:
         discard(tmp, dst)
         raise
+    finally:
+        for staged, _ in also:
+            staged.unlink(missing_ok=True)
+
+
+class _ReplaceError(Exception):
+    def __init__(self, final: Path, cause: OSError):
+        self.final, self.cause = final, cause
+
+
+def replace_together(moves: Sequence[tuple[Path, Path]]) -> None:
+    """os.replace(source, final) for each pair, in order, as one step: each final file that
+    exists is first kept under a hidden second name (a hard link, or a rename where the file
+    system has none), and if any rename fails or is interrupted, every final name gets its kept
+    file back, or is removed where there was none. The kept files go once all are in place.
+    (Only a kill between two renames, a few microseconds, can leave a mix: the next run removes
+    the kept files, as it removes any temporary file whose writer is gone.)"""
+    kept: list[tuple[Path, Path | None]] = []
+    try:
+        for source, final in moves:
+            kept.append((final, _keep(final)))
+            try:
+                os.replace(source, final)
+            except OSError as exc:
+                raise _ReplaceError(final, exc) from None
+    except BaseException:
+        for final, backup in reversed(kept):
+            _put_back(final, backup)
+        raise
+    for _, backup in kept:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
+
+
+def _put_back(final: Path, backup: Path | None) -> None:
+    """final as _keep found it: its kept file back, or nothing where there was nothing. Best
+    effort: the error being raised says what went wrong first."""
+    try:
+        if backup is None:
+            final.unlink(missing_ok=True)
+        elif not final.is_symlink() and final.exists() and os.path.samefile(final, backup):
+            backup.unlink()  # never replaced: both names are the one file (rename() would keep both)
+        else:
+            os.replace(backup, final)
+    except OSError:
+        pass
+
+
+def _keep(final: Path) -> Path | None:
+    """A second, hidden name for what is at final (None if nothing is), on which it stays when
+    final is replaced: a hard link to a file; a symlink itself, or a file on a file system
+    without hard links, is moved there meanwhile."""
+    if not final.is_symlink() and not final.is_file():
+        return None
+    while True:
+        backup = final.parent / f".{final.name}.{os.getpid() & 0xFFFFFF:06x}{secrets.token_hex(3)}.tmp"
+        if os.path.lexists(backup):
+            continue
+        try:
+            if final.is_symlink():
+                os.replace(final, backup)
+            else:
+                _link_or_move(final, backup)
+        except OSError as exc:
+            raise _ReplaceError(final, exc) from None
+        return backup
+
+
+def _link_or_move(final: Path, backup: Path) -> None:
+    try:
+        os.link(final, backup)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+            raise
+        os.replace(final, backup)
 
 
 def stage_text(path: str | os.PathLike, text: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 
@@ -373,3 +374,99 @@ def test_a_later_save_removes_the_temporary_files_of_a_killed_run_and_no_live_on
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["out.onnx", live.name, *(p.name for p in mine)]
     )
+
+
+@pytest.mark.parametrize("failing", ["out.onnx.data", "report.json", "out.onnx"])
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_failed_commit_puts_back_the_output_its_data_and_the_report(
+    tmp_path, monkeypatch, tiny, failing, error
+):
+    """The model, its data file and the report go into place together: when any rename fails
+    (or Ctrl-C lands), each of them holds again exactly what it held, and no file is left over."""
+    from onnxq.graph import io
+
+    monkeypatch.setattr(io, "PROTOBUF_LIMIT", 1000)
+    dst, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    fresh = lambda: onnx.ModelProto.FromString(tiny[0].SerializeToString())  # saving externalizes in place
+    io.commit(io.write_temp(fresh(), dst), dst, [(io.stage_text(report, "first\n"), report)])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["out.onnx", "out.onnx.data", "report.json"]
+
+    second = fresh()
+    second.producer_name = "second run"  # other bytes in every file
+    real, calls = os.replace, []
+
+    def replace(source, final):
+        calls.append(os.path.basename(final))
+        if calls.count(failing) == 1 and calls[-1] == failing:
+            raise error  # the move into place fails; putting back the kept file works
+        real(source, final)
+
+    monkeypatch.setattr(io.os, "replace", replace)
+    with pytest.raises(onnxq.OnnxqError if isinstance(error, OSError) else KeyboardInterrupt):
+        io.commit(io.write_temp(second, dst), dst, [(io.stage_text(report, "second\n"), report)])
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    io.check_written(dst)
+
+
+def test_a_commit_replaces_the_output_its_data_and_the_report_and_keeps_nothing_else(
+    tmp_path, monkeypatch, tiny
+):
+    from onnxq.graph import io
+
+    monkeypatch.setattr(io, "PROTOBUF_LIMIT", 1000)
+    dst, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    fresh = lambda: onnx.ModelProto.FromString(tiny[0].SerializeToString())
+    for text in ("first\n", "second\n"):
+        model = fresh()
+        model.producer_name = text.strip()
+        io.commit(io.write_temp(model, dst), dst, [(io.stage_text(report, text), report)])
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "out.onnx.data", "report.json"]
+        assert report.read_text() == text
+        assert onnx.load(str(dst)).producer_name == text.strip()
+
+
+def test_a_failed_first_commit_leaves_no_file(tmp_path, monkeypatch, tiny):
+    from onnxq.graph import io
+
+    monkeypatch.setattr(io, "PROTOBUF_LIMIT", 1000)
+    dst, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    real = os.replace
+
+    def replace(source, final):
+        if os.path.basename(final) == "out.onnx":
+            raise OSError(28, "No space left on device")
+        real(source, final)
+
+    monkeypatch.setattr(io.os, "replace", replace)
+    with pytest.raises(onnxq.OnnxqError, match="cannot write .*out.onnx: No space left on device"):
+        io.commit(io.write_temp(tiny[0], dst), dst, [(io.stage_text(report, "r\n"), report)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_hard_links_a_failed_commit_still_puts_everything_back(tmp_path, monkeypatch, tiny):
+    """On a file system without hard links (EPERM) the files are moved aside instead."""
+    from onnxq.graph import io
+
+    dst, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    io.commit(io.write_temp(tiny[0], dst), dst, [(io.stage_text(report, "first\n"), report)])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    real, calls = os.replace, []
+
+    def replace(source, final):
+        calls.append(os.path.basename(final))
+        if calls.count("out.onnx") == 1 and calls[-1] == "out.onnx":
+            raise OSError(28, "No space left on device")  # the output's move into place
+        real(source, final)
+
+    monkeypatch.setattr(io.os, "link", no_links)
+    monkeypatch.setattr(io.os, "replace", replace)
+    second = onnx.ModelProto.FromString(tiny[0].SerializeToString())
+    second.producer_name = "second run"
+    with pytest.raises(onnxq.OnnxqError, match="No space left on device"):
+        io.commit(io.write_temp(second, dst), dst, [(io.stage_text(report, "second\n"), report)])
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
