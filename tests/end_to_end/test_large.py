@@ -6,6 +6,8 @@ with `python -m pytest -m heavy`. The bytes live in a temporary folder removed a
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import onnx
 import pytest
@@ -63,3 +65,44 @@ def test_a_model_over_2gb_compresses_writes_external_data_and_loads(tmp_path):
     assert sorted(p.name for p in dst.parent.iterdir()) == ["small.onnx", "small.onnx.data"]
     got = run(str(dst), feeds)[0]  # onnxruntime loads it, external data and all
     np.testing.assert_allclose(got, expected, rtol=0.1, atol=0.05 * np.abs(expected).max())
+
+
+def sha256(path) -> str:
+    with open(path, "rb") as f:  # a part at a time: the data file is over 2 GB
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def test_a_rerun_over_a_2gb_output_keeps_it_whole_when_it_fails_and_replaces_it_when_not(
+    tmp_path, monkeypatch
+):
+    """The output's DST.data is renamed with the output, together: a re-run that fails as it
+    moves its files into place leaves the earlier output and its 2 GB of data byte for byte."""
+    from onnxq.graph import io
+
+    src, feeds, expected = big_model(tmp_path)
+    dst = tmp_path / "out" / "small.onnx"
+    dst.parent.mkdir()
+    onnxq.compress(src, dst, bits=5, exclude=("^big",), validate=False)
+    before = {p.name: sha256(p) for p in dst.parent.iterdir()}
+    assert sorted(before) == ["small.onnx", "small.onnx.data"]
+
+    real, calls = io.os.replace, []
+
+    def replace(source, final):
+        calls.append(final)
+        if str(final).endswith("small.onnx") and sum(str(c).endswith("small.onnx") for c in calls) == 1:
+            raise OSError(28, "No space left on device")  # the model's own rename, after its data's
+        real(source, final)
+
+    monkeypatch.setattr(io.os, "replace", replace)
+    with pytest.raises(onnxq.OnnxqError, match="No space left on device"):
+        onnxq.compress(src, dst, bits=4, exclude=("^big",), validate=False)
+    assert any(str(c).endswith("small.onnx.data") for c in calls)  # the data had been moved in
+    assert {p.name: sha256(p) for p in dst.parent.iterdir()} == before
+    monkeypatch.undo()
+
+    onnxq.compress(src, dst, bits=4, exclude=("^big",), validate=False)
+    after = {p.name: sha256(p) for p in dst.parent.iterdir()}
+    assert sorted(after) == sorted(before) and after["small.onnx"] != before["small.onnx"]
+    got = run(str(dst), feeds)[0]
+    np.testing.assert_allclose(got, expected, rtol=0.2, atol=0.1 * np.abs(expected).max())
