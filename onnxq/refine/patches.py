@@ -64,10 +64,19 @@ def conv_columns(
     if all(k == 1 for k in kernel) and all(s == 1 for s in strides) and not any(map(any, pads)):
         cols = x.reshape(n, groups, per_group, -1).transpose(1, 2, 0, 3)
         return cols.reshape(groups, per_group, -1), None
-    x = np.pad(x, [(0, 0), (0, 0), *pads]) if any(map(any, pads)) else np.ascontiguousarray(x)
+    x = _padded(x, pads) if any(map(any, pads)) else np.ascontiguousarray(x)
     if all(s == 1 for s in strides):
         return _flat_columns(x, groups, kernel, dilations)
     return _window_columns(x, groups, kernel, strides, dilations), None
+
+
+def _padded(x: np.ndarray, pads: list[tuple[int, int]]) -> np.ndarray:
+    """x with zeros around its spatial axes: np.pad's result, in half its time (one zeroed array
+    and one copy; np.pad took 5 of the 17 s EfficientNet-Lite0's statistics take on 100 images)."""
+    n, c, *spatial = x.shape
+    out = np.zeros((n, c, *(size + a + b for size, (a, b) in zip(spatial, pads))), x.dtype)
+    out[(slice(None), slice(None), *(slice(a, a + size) for size, (a, _) in zip(spatial, pads)))] = x
+    return out
 
 
 def _flat_columns(
