@@ -110,7 +110,7 @@ def run(
             weight, choice = jobs[i]
             if processes:  # the worker gets the rows alone, built as it is submitted
                 rows = weight_rows(weight, settings, choice)
-                with _sigint_blocked():  # a submit may start a worker, which inherits the mask
+                with _signals_held():  # a submit may start a worker, which inherits the mask
                     return pool.submit(quantize_rows, rows, settings, choice.bits)
             return pool.submit(quantize_weight, weight, choice, settings, layers)
 
@@ -161,41 +161,44 @@ def _pool(processes: bool, workers: int) -> Executor:
 PARENT_POLL_SECONDS = 1.0
 
 
+HELD = (signal.SIGINT, signal.SIGTERM)  # what the CLI turns into KeyboardInterrupt (__main__)
+
+
 @contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """SIGINT held back for a moment (delivered after): a worker started meanwhile begins with it
-    blocked, so that a Ctrl-C during its start-up cannot kill its interpreter; and the parent,
-    whose other threads still take the signal (a mask is per thread), raises KeyboardInterrupt
-    only after the block, not halfway through writing a new worker its start-up data (the worker
-    then read a closed pipe and printed an EOFError traceback)."""
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back for a moment (delivered after): a worker started meanwhile
+    begins with them blocked, so that a signal during its start-up cannot kill its interpreter;
+    and the parent, whose other threads still take the signals (a mask is per thread), raises
+    KeyboardInterrupt only after the block, not halfway through writing a new worker its start-up
+    data (the worker then read a closed pipe and printed an EOFError traceback: seen with SIGTERM
+    in the default suite once SIGINT alone was held)."""
     held: list[int] = []
-    previous = signal.getsignal(signal.SIGINT)  # None: not set from Python, left alone
-    if threading.current_thread() is not threading.main_thread():
-        previous = None  # only the main thread sets handlers
-    if previous is not None:
-        signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
-    before = (
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        if hasattr(signal, "pthread_sigmask")
-        else None
-    )
+    main = threading.current_thread() is threading.main_thread()  # only it sets handlers
+    # None: not set from Python, left alone
+    previous = {s: signal.getsignal(s) for s in HELD} if main else {}
+    for signum, handler in previous.items():
+        if handler is not None:
+            signal.signal(signum, lambda number, frame: held.append(number))
+    masked = hasattr(signal, "pthread_sigmask")
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set(HELD)) if masked else None
     try:
         yield
     finally:
         if before is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, before)
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-            if held:
-                signal.raise_signal(signal.SIGINT)
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+        for number in dict.fromkeys(held):
+            signal.raise_signal(number)
 
 
 def _worker_start(parent: int) -> None:
     """In each worker: Ctrl-C is the parent's to handle (it stops the workers), and a worker whose
     parent is gone (killed with SIGKILL, which nothing can catch) exits within a second."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):  # blocked since its start (_sigint_blocked): now ignored
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if hasattr(signal, "pthread_sigmask"):  # blocked since its start (_signals_held): SIGINT now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(HELD))  # ignored, SIGTERM ends the worker
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -239,7 +242,7 @@ def _started(processes: bool, workers: int) -> Iterator[Executor]:
     certain by delaying the thread's end)."""
     feeder = None
     with _safe_path():
-        with _sigint_blocked():  # a Ctrl-C amid the queues' creation would leak their semaphores
+        with _signals_held():  # a Ctrl-C amid the queues' creation would leak their semaphores
             pool = _pool(processes, workers)
         try:
             with pool:
