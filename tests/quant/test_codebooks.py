@@ -16,7 +16,9 @@ BITS = list(range(1, 9))
 CODEBOOK_BITS = [(name, bits) for name in CODEBOOKS for bits in BITS]
 # The log-linear families, whose x0 search.py searches (not fitted, not a choice among others)
 SEARCHED = [name for name, codebook in CODEBOOKS.items() if not codebook.fitted and not codebook.candidates()]
-PROPERTY = settings(max_examples=25, deadline=None)
+# 15 examples for each of the 32 (codebook, bits) pairs: 480 per property. At 25 the default suite
+# took 315 CPU-s on the 2026-12-07 machine, over its 5 CPU-minute bound.
+PROPERTY = settings(max_examples=15, deadline=None)
 
 
 @st.composite

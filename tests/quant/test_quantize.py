@@ -94,7 +94,7 @@ def test_quantizing_twice_stays_close(name, bits, w):
         assert np.abs(a[g] - b[g]).max() <= 0.4 * np.abs(a[g]).max()
 
 
-def idempotence_failures(seeds: int = 20) -> list[tuple]:
+def idempotence_failures(seeds: int = 6) -> list[tuple]:
     """Seeded small groups (3-12 weights, two decimals) whose second quantization moves."""
     failures = []
     for seed in range(seeds):
