@@ -99,21 +99,30 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path):
     assert not still_alive(workers, seconds=10)
 
 
-def test_a_ctrl_c_taken_by_another_thread_waits_for_the_end_of_the_block():
-    """A signal mask is per thread: a Ctrl-C that another thread of the parent takes must still
-    not interrupt the main thread inside the block (halfway through starting a worker), only
-    after it."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_taken_by_another_thread_waits_for_the_end_of_the_block(sig):
+    """A signal mask is per thread: a Ctrl-C or SIGTERM (the CLI turns both into
+    KeyboardInterrupt) that another thread of the parent takes must still not interrupt the main
+    thread inside the block (halfway through starting a worker, which then read a closed pipe and
+    printed an EOFError traceback), only after it."""
     import threading
 
     from onnxq import jobs
 
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
     reached = []
-    with pytest.raises(KeyboardInterrupt), jobs._signals_held():
-        other = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
-        other.start()
-        other.join()
-        time.sleep(0.2)  # a KeyboardInterrupt delivered now would skip the next line
-        reached.append(True)
+    previous = signal.signal(sig, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt), jobs._signals_held():
+            other = threading.Thread(target=os.kill, args=(os.getpid(), sig))
+            other.start()
+            other.join()
+            time.sleep(0.2)  # a KeyboardInterrupt delivered now would skip the next line
+            reached.append(True)
+    finally:
+        signal.signal(sig, previous)
     assert reached == [True]
 
 
@@ -140,27 +149,3 @@ def test_a_stopped_pool_is_left_only_once_its_queue_feeder_thread_has_ended(monk
         feeder = pool._call_queue._thread  # type: ignore[attr-defined]
         raise KeyboardInterrupt
     assert not feeder.is_alive()
-
-
-def test_a_sigterm_inside_the_block_also_waits_for_its_end():
-    """SIGTERM is held like SIGINT: the CLI turns both into KeyboardInterrupt, and one that landed
-    while a worker was being started left that worker reading a closed pipe (an EOFError traceback)."""
-    import threading
-
-    from onnxq import jobs
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    reached = []
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        with pytest.raises(KeyboardInterrupt), jobs._signals_held():
-            other = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))
-            other.start()
-            other.join()
-            time.sleep(0.2)  # a KeyboardInterrupt delivered now would skip the next line
-            reached.append(True)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert reached == [True]
