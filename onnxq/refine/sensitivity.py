@@ -35,7 +35,10 @@ class Probe:
     width measured (a session per width cost a third more, most of it in creating it).
     A weight held by a Constant node, or inside an If/Loop body, becomes a main-graph
     input too: the body reads it from the outer scope. Positions that an attention mask
-    marks as padding are left out of the noise.
+    marks as padding are left out of the noise. The probe keeps the model with its main-graph
+    weights stubbed (runtime.stubbed): every session reads them in place from the weights'
+    arrays, so that no session copies the model (one per weight would cost the model's size in
+    time and memory each).
     """
 
     def __init__(
@@ -46,14 +49,18 @@ class Probe:
         mask: str | None = None,
         counts: Sequence[int] | None = None,
     ):
-        self.model = model
         self._weights = {w.name: w for w in weights}
+        self._arrays = _in_place(model, weights)
+        self.model = runtime.stubbed(model, self._arrays)
+        pairs = list(zip(iter_graphs(model.graph), iter_graphs(self.model.graph)))
+        self._graphs = {id(a): b for a, b in pairs}  # each graph of model -> the same one in the copy
+        self._held = pairs  # keeps the keys' objects, and so their ids, alive
         self.feeds = list(feeds)
         # Samples per run (data.batches stacks them along axis 0); None: one per run.
         self.counts = list(counts) if counts is not None else [1] * len(self.feeds)
         self._samples = sum(self.counts)
         self.mask = mask
-        sess = runtime.session(model.SerializeToString())
+        sess = self._session(self.model, self._arrays)
         start = time.perf_counter()
         self.reference = self._outputs(sess, {})
         self.seconds = time.perf_counter() - start  # one pass over the feeds
@@ -80,8 +87,12 @@ class Probe:
         if name not in self._weights:
             raise KeyError(f"{name!r} is not a weight this probe measures")
         weight = self._weights[name]
-        with _as_input(self.model, weight) as dtype:
-            sess = runtime.session(self.model.SerializeToString())
+        graph = self._graphs[id(weight.graph)]  # the weight's graph in the probe's copy
+        holder = weight.constant_node
+        if holder is not None:
+            holder = graph.node[list(weight.graph.node).index(holder)]
+        with _as_input(self.model, graph, holder, name) as dtype:
+            sess = self._session(self.model, {n: a for n, a in self._arrays.items() if n != name})
         return [self._noise(sess, {name: np.ascontiguousarray(v, dtype=dtype)}) for v in values]
 
     def noise_all(self, values: dict[str, np.ndarray]) -> float:
@@ -93,9 +104,16 @@ class Probe:
         each part's error energy over the float outputs' total, so the parts sum to noise_all."""
         swapped = onnx.ModelProto()
         swapped.CopyFrom(self.model)
-        for weight, tensor in _tensors(swapped, [self._weights[n] for n in values]):
+        arrays = dict(self._arrays)
+        embedded = [self._weights[n] for n in values if n not in arrays]
+        for weight, tensor in _tensors(swapped, embedded):
             tensor.CopyFrom(numpy_helper.from_array(np.asarray(values[weight], _dtype(tensor)), tensor.name))
-        return self._parts(runtime.session(swapped.SerializeToString()), {})
+        arrays.update({n: np.asarray(v, arrays[n].dtype) for n, v in values.items() if n in arrays})
+        return self._parts(self._session(swapped, arrays), {})
+
+    @staticmethod
+    def _session(model: onnx.ModelProto, arrays: dict[str, np.ndarray]):
+        return runtime.session(model, initializers=arrays) if arrays else runtime.session(model)
 
     def _noise(self, sess, extra: dict[str, np.ndarray]) -> float:
         return float(self._parts(sess, extra, by_sample=False).sum())
@@ -134,6 +152,24 @@ def _kept(y: np.ndarray, feed: Sample, mask: str | None) -> np.ndarray:
     return y if keep is None else y.reshape(keep.size, -1)[keep]
 
 
+IN_PLACE_BYTES = 4096  # smaller weights stay in the model (onnxruntime wants 128 bytes or more in place)
+IN_PLACE_TYPES = (np.float32, np.float16, np.float64)
+
+
+def _in_place(model: onnx.ModelProto, weights: Sequence[Weight]) -> dict[str, np.ndarray]:
+    """The weights that sessions read in place: main-graph initializers of a plain float type
+    (others, in Constant nodes or If/Loop bodies, stay in the model), as contiguous arrays of
+    the initializer's own type."""
+    types = {t.name: _dtype(t) for t in model.graph.initializer}
+    arrays = {}
+    for w in weights:
+        kind = types.get(w.name)
+        top = w.graph is model.graph and w.constant_node is None
+        if top and kind in IN_PLACE_TYPES and w.array.nbytes >= IN_PLACE_BYTES:
+            arrays[w.name] = np.ascontiguousarray(w.array, dtype=kind)
+    return arrays
+
+
 def _dtype(tensor: onnx.TensorProto) -> np.dtype:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))  # without decoding the weight
 
@@ -153,26 +189,27 @@ def _tensors(model: onnx.ModelProto, weights: Sequence[Weight]):
 
 
 @contextmanager
-def _as_input(model: onnx.ModelProto, weight: Weight) -> Iterator[np.dtype]:
-    """The model with the weight taken out of its graph and fed as a main-graph input, then put back.
+def _as_input(
+    model: onnx.ModelProto, graph: onnx.GraphProto, constant_node: onnx.NodeProto | None, name: str
+) -> Iterator[np.dtype]:
+    """The model with a weight (held by constant_node, else an initializer of graph, one of the
+    model's graphs) taken out of its graph and fed as a main-graph input, then put back.
 
     Yields the weight's numpy dtype.
     """
-    graph, main = weight.graph, model.graph
-    if weight.constant_node is not None:
-        position = list(graph.node).index(weight.constant_node)
+    main = model.graph
+    if constant_node is not None:
+        position = list(graph.node).index(constant_node)
         holder = graph.node.pop(position)
         tensor = next(a.t for a in holder.attribute if a.name == "value")
         restore = lambda: graph.node.insert(position, holder)
     else:
-        position = next(i for i, t in enumerate(graph.initializer) if t.name == weight.name)
+        position = next(i for i, t in enumerate(graph.initializer) if t.name == name)
         tensor = holder = graph.initializer.pop(position)
         restore = lambda: graph.initializer.insert(position, holder)
-    is_input = graph is main and any(i.name == weight.name for i in main.input)  # before IR 4
+    is_input = graph is main and any(i.name == name for i in main.input)  # before IR 4
     if not is_input:
-        main.input.append(
-            onnx.helper.make_tensor_value_info(weight.name, tensor.data_type, list(tensor.dims))
-        )
+        main.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
     try:
         yield _dtype(tensor)
     finally:

@@ -8,6 +8,7 @@ import pytest
 from conftest import control_flow_model, make_model, run, tiny_model, value
 from onnx import helper, numpy_helper
 
+from onnxq import runtime
 from onnxq.graph.select import find_weights, iter_graphs
 from onnxq.refine.sensitivity import Probe
 
@@ -121,3 +122,53 @@ def test_only_measured_weights_can_be_probed():
     model, feeds = tiny_model()
     with pytest.raises(KeyError, match="gemm.c"):
         Probe(model, weights_of(model, "conv.w"), [feeds]).noise("gemm.c", [np.zeros(13, np.float32)])
+
+
+def wide_model(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Conv, MatMul and Gemm weights big enough to be read in place (sensitivity.IN_PLACE_BYTES)."""
+    rng = np.random.default_rng(seed)
+    inits = {
+        "conv.w": rng.standard_normal((32, 16, 3, 3)) * 0.1,
+        "mm.w": rng.standard_normal((32 * 4 * 4, 64)) * 0.05,
+        "gemm.w": rng.standard_normal((16, 64)) * 0.1,
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "conv.w"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("MatMul", ["f", "mm.w"], ["m"]),
+        helper.make_node("Gemm", ["m", "gemm.w"], ["y"], transB=1),
+    ]
+    tensors = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in inits.items()]
+    model = make_model(nodes, [value("x", [2, 16, 8, 8])], [value("y", [2, 16])], tensors)
+    return model, {"x": rng.standard_normal((2, 16, 8, 8)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("literal", [False, True])
+def test_a_stubbed_model_with_its_weights_in_place_runs_as_the_whole_model(literal):
+    """Graph optimizations (Conv's NCHWc layout, Gemm fusions) see the same values, and the
+    session's outputs are bit for bit the whole model's; the stubbed model carries no weights."""
+    model, feeds = wide_model()
+    arrays = {w.name: w.array for w in weights_of(model, "conv.w", "mm.w", "gemm.w")}
+    stub = runtime.stubbed(model, arrays)
+    assert len(stub.SerializeToString()) < 2000 < sum(a.nbytes for a in arrays.values())
+    whole = runtime.run(runtime.session(model, literal=literal), feeds)
+    in_place = runtime.run(runtime.session(stub, literal=literal, initializers=arrays), feeds)
+    assert all(np.array_equal(a, b) for a, b in zip(whole, in_place))
+
+
+def test_a_probe_reads_every_large_weight_in_place_and_measures_as_before():
+    model, feeds = wide_model()
+    before = model.SerializeToString()
+    weights = weights_of(model, "conv.w", "mm.w", "gemm.w")
+    probe = Probe(model, weights, [feeds])
+    assert set(probe._arrays) == {"conv.w", "mm.w", "gemm.w"}
+    rng = np.random.default_rng(1)
+    values = {
+        w.name: (w.array + 0.02 * rng.standard_normal(w.array.shape)).astype(np.float32) for w in weights
+    }
+    for name, v in values.items():
+        (noise,) = probe.noise(name, [v])
+        assert noise > 0 and noise == pytest.approx(swapped_noise(model, feeds, {name: v}), rel=1e-4)
+    assert probe.noise_all(values) == pytest.approx(swapped_noise(model, feeds, values), rel=1e-4)
+    assert model.SerializeToString() == before
