@@ -128,11 +128,13 @@ def _with_initializers(model, initializers: Mapping[str, np.ndarray], spin: bool
     model would give."""
     options = _options(spin, literal)
     names = list(initializers)
-    options.add_external_initializers(
-        names, [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(initializers[n])) for n in names]
-    )
+    # options holds bare pointers to these: they must live until the session is created
+    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(initializers[n])) for n in names]
+    options.add_external_initializers(names, values)
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return _open(data, options)
+    sess = _open(data, options)
+    del values  # copied into the session
+    return sess
 
 
 def run(

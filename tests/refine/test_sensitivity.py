@@ -172,3 +172,21 @@ def test_a_probe_reads_every_large_weight_in_place_and_measures_as_before():
         assert noise > 0 and noise == pytest.approx(swapped_noise(model, feeds, {name: v}), rel=1e-4)
     assert probe.noise_all(values) == pytest.approx(swapped_noise(model, feeds, values), rel=1e-4)
     assert model.SerializeToString() == before
+
+
+def test_weights_given_in_place_live_until_their_session_holds_them():
+    """onnxruntime keeps bare pointers to the values until the session is created: Fortran-ordered
+    arrays (each copied to a temporary first) must still give the whole model's outputs, session
+    after session, with other allocations in between."""
+    rng = np.random.default_rng(0)
+    arrays = {f"w{i}": np.asfortranarray(rng.standard_normal((64, 64)), dtype=np.float32) for i in range(6)}
+    nodes = [helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"h{i + 1}"]) for i in range(6)]
+    tensors = [numpy_helper.from_array(np.ascontiguousarray(a), n) for n, a in arrays.items()]
+    model = make_model(nodes, [value("h0", [1, 64])], [value("h6", [1, 64])], tensors)
+    feeds = {"h0": rng.standard_normal((1, 64)).astype(np.float32)}
+    (whole,) = runtime.run(runtime.session(model), feeds)
+    stub = runtime.stubbed(model, arrays)
+    for _ in range(10):
+        sess = runtime.session(stub, initializers=arrays)
+        clutter = [np.full((64, 64), 7.0, np.float32) for _ in range(12)]
+        assert np.array_equal(runtime.run(sess, feeds)[0], whole), len(clutter)
