@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, replace
 
 import numpy as np
 import onnx
@@ -133,19 +133,32 @@ def collect_layer_stats(
     """Run the model on the samples, about batch at a time, and accumulate each layer's input
     statistics. Memory holds one batch of every layer's input. Rows that an attention mask
     marks as padding are left out of Gemm and MatMul statistics. A layer that saw no input
-    (a branch never taken, a convolution with no output position) has no entry.
+    (a branch never taken, a convolution with no output position) has no entry. Layers that
+    read the same input the same way (a transformer's q, k and v projections) share one
+    LayerStats, computed once.
     """
     if batch < 1:
         raise OnnxqError(f"the batch size must be at least 1, not {batch}")
     if not layers:
         return {}
-    sums = {s.key: _Sums(s) for s in layers}
-    for inputs, count in _layer_inputs(model, layers, samples, specs, batch):
-        for s in layers:
+    first: dict[tuple, LayerSpec] = {}
+    for s in layers:
+        first.setdefault(_same_input(s), s)
+    unique = list(first.values())
+    sums = {s.key: _Sums(s) for s in unique}
+    for inputs, count in _layer_inputs(model, unique, samples, specs, batch):
+        for s in unique:
             for x in inputs[s.key]:
                 sums[s.key].add(x)
             sums[s.key].samples += count if inputs[s.key] else 0
-    return {key: stats for key, acc in sums.items() if (stats := acc.result()) is not None}
+    done = {key: stats for key, acc in sums.items() if (stats := acc.result()) is not None}
+    shared = {s.key: first[_same_input(s)].key for s in layers}
+    return {s.key: done[shared[s.key]] for s in layers if shared[s.key] in done}
+
+
+def _same_input(spec: LayerSpec) -> tuple:
+    """What a layer's statistics depend on: everything about it but its own and its weight's names."""
+    return astuple(replace(spec, key="", weight=""))
 
 
 def _layer_inputs(

@@ -198,6 +198,29 @@ def test_matmul_flattens_batch_dims_into_rows(rng):
     np.testing.assert_allclose(stats.hessian, (rows.T @ rows / 24)[None], rtol=1e-5, atol=1e-6)
 
 
+def test_layers_that_read_one_input_share_its_statistics(rng):
+    """q, k and v read the same rows: one LayerStats for the three, equal to each one's alone;
+    a MatMul on another input keeps its own."""
+    names = ["q", "k", "v", "o"]
+    ws = {n: randn(rng, 5, 5) for n in names}
+    nodes = [helper.make_node("Relu", ["x"], ["r"])]
+    nodes += [helper.make_node("MatMul", ["r", f"{n}.w"], [n], name=n) for n in names[:3]]
+    nodes += [helper.make_node("MatMul", ["q", "o.w"], ["y"], name="o")]
+    model = make_model(
+        nodes,
+        [value("x", ["N", 5])],
+        [value("y", ["N", 5]), value("k", ["N", 5]), value("v", ["N", 5])],
+        [numpy_helper.from_array(w, f"{n}.w") for n, w in ws.items()],
+    )
+    arrays = {"x": randn(rng, 7, 5)}
+    specs = specs_of(model)
+    together = collect(model, specs, arrays)
+    assert together["q"] is together["k"] is together["v"] and together["o"] is not together["q"]
+    for s in specs:
+        alone = collect(model, [s], arrays)[s.key]
+        assert np.array_equal(alone.hessian, together[s.key].hessian) and alone.count == together[s.key].count
+
+
 # ---------------------------------------------------------------------------
 # Batching
 
