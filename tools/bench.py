@@ -596,9 +596,9 @@ repository root ({seconds:.0f} s in total):
 ```
 
 Load average (1, 5, 15 min) at the start: {load_start}; at the end: {load_end}. The
-machine has 2 cores and other jobs ran beside this one; the variants of a model are
-interleaved run by run, so their ratios share the same conditions, but the absolute
-milliseconds are noisy.
+machine has 2 cores, and a load above 1 means that other work shared them; the variants of a
+model are interleaved run by run, so their ratios share the same conditions, while the absolute
+milliseconds move with the load.
 
 Every compressed file is at {bits} bits unless the command's --format-bits says otherwise
 (column **bits**), per channel, with the first codebook the format accepts (exponential,
