@@ -46,6 +46,27 @@ def test_a_search_finds_sizes_the_model_runs_on():
     assert "H=320 (search)" in plan.describe()
 
 
+def test_a_busy_machine_searches_as_far_as_an_idle_one(monkeypatch):
+    """The time cap stops no search before MIN_TRIES runs: with a clock that jumps 100 s per
+    reading, 96x96 (the 12th image size) is still found, and a model that never runs is tried
+    at every candidate size, as on an idle machine."""
+    with pytest.raises(OnnxqError) as idle:
+        plan_of(fixed_length_model(300))
+    clock = iter(range(0, 10**6, 100))
+    monkeypatch.setattr(synthetic.time, "monotonic", lambda: float(next(clock)))
+    model = make_model(
+        [helper.make_node("Add", ["x", "bias"], ["y"])],
+        [value("x", [1, 3, "H", "W"])],
+        [value("y", [1, 3, 96, 96])],
+        [const("bias", np.zeros((1, 3, 96, 96), np.float32))],
+    )
+    plan = plan_of(model)
+    assert plan.shapes() == {"x": [1, 3, 96, 96]} and plan.tries == 12 < synthetic.MIN_TRIES
+    with pytest.raises(OnnxqError) as busy:
+        plan_of(fixed_length_model(300))
+    assert str(busy.value) == str(idle.value) and "(14 tries" in str(idle.value)
+
+
 def test_dim_beats_metadata_beats_the_graph_beats_the_search():
     model = make_model(
         [helper.make_node("MatMul", ["x", "w"], ["y"])],
