@@ -2,8 +2,8 @@
 
 Sizes come from, in this order: --dim; the model's own hints (metadata_props, and the
 consumers that fix a size, such as a MatMul weight's rows); then a short search over
-plausible sizes until onnxruntime runs the float model (at most MAX_TRIES runs, and no more
-once MAX_SECONDS have passed after the first MIN_TRIES). Values follow what each input is for, as the graph shows it:
+plausible sizes until onnxruntime runs the float model (at most MAX_TRIES runs; none after
+MAX_SECONDS once MIN_TRIES have run, nor after HARD_SECONDS in any case). Values follow what each input is for, as the graph shows it:
 
 - token ids (an input that indexes a constant table through Gather): ids below the
   table's row count; an attention mask: ones; position ids: 0, 1, 2, ...; segment ids: 0;
@@ -36,6 +36,7 @@ MAX_SECONDS = 30.0
 # same sizes as an idle one: the zoo's ocr_rec needs 13, and on 2 cores shared with other work
 # 30 s had allowed only 10 (its --target-bits then failed where it passes alone).
 MIN_TRIES = 20
+HARD_SECONDS = 60.0  # a model whose every run is slow still fails within this
 MIN_SEQUENCE = 16
 MAX_ELEMENTS = 1 << 28  # per input: 1 GiB of float32, so that a huge --dim fails in one line
 BATCH_SIZES = (1, 2)
@@ -175,7 +176,7 @@ def free_keys(specs: Sequence[InputSpec]) -> dict[str, list[tuple[InputSpec, int
 def _search(plan: Plan, candidates: dict[str, list[int]], runner: Runner, seed: int) -> None:
     """Try the first candidates, then each group of keys (an image's height and width together)
     and each choice input over its options, one at a time, until a run succeeds."""
-    deadline = time.monotonic() + MAX_SECONDS
+    start = time.monotonic()
     first = _attempt(plan, runner, seed)
     if first is None:
         return
@@ -187,7 +188,7 @@ def _search(plan: Plan, candidates: dict[str, list[int]], runner: Runner, seed: 
     for name, role in plan.roles.items():
         steps.extend((name, c) for c in role.choices[1:])
     for step in steps:
-        if plan.tries >= MAX_TRIES or (plan.tries >= MIN_TRIES and time.monotonic() > deadline):
+        if _stop(plan.tries, time.monotonic() - start):
             break
         plan.sizes = {**base, **step} if isinstance(step, dict) else dict(base)
         if isinstance(step, tuple):
@@ -198,6 +199,12 @@ def _search(plan: Plan, candidates: dict[str, list[int]], runner: Runner, seed: 
             plan.values.pop(step[0], None)
     plan.sizes = base
     raise OnnxqError(_hint(plan, first))
+
+
+def _stop(tries: int, seconds: float) -> bool:
+    """Whether the search has tried enough: the time caps count only past MIN_TRIES runs, or
+    past HARD_SECONDS."""
+    return tries >= MAX_TRIES or seconds > HARD_SECONDS or (tries >= MIN_TRIES and seconds > MAX_SECONDS)
 
 
 def _attempt(plan: Plan, runner: Runner, seed: int) -> str | None:

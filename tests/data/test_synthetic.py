@@ -47,12 +47,12 @@ def test_a_search_finds_sizes_the_model_runs_on():
 
 
 def test_a_busy_machine_searches_as_far_as_an_idle_one(monkeypatch):
-    """The time cap stops no search before MIN_TRIES runs: with a clock that jumps 100 s per
-    reading, 96x96 (the 12th image size) is still found, and a model that never runs is tried
-    at every candidate size, as on an idle machine."""
+    """The 30 s cap stops no search before MIN_TRIES runs: with a clock that jumps 4 s per
+    reading (30 s after 8 runs), 96x96 (the 12th image size) is still found, and a model that
+    never runs is tried at every candidate size, as on an idle machine."""
     with pytest.raises(OnnxqError) as idle:
         plan_of(fixed_length_model(300))
-    clock = iter(range(0, 10**6, 100))
+    clock = iter(range(0, 10**6, 4))
     monkeypatch.setattr(synthetic.time, "monotonic", lambda: float(next(clock)))
     model = make_model(
         [helper.make_node("Add", ["x", "bias"], ["y"])],
@@ -65,6 +65,13 @@ def test_a_busy_machine_searches_as_far_as_an_idle_one(monkeypatch):
     with pytest.raises(OnnxqError) as busy:
         plan_of(fixed_length_model(300))
     assert str(busy.value) == str(idle.value) and "(14 tries" in str(idle.value)
+
+
+def test_the_search_stops_at_its_caps():
+    assert not synthetic._stop(synthetic.MIN_TRIES - 1, synthetic.MAX_SECONDS + 1)
+    assert synthetic._stop(synthetic.MIN_TRIES, synthetic.MAX_SECONDS + 1)
+    assert synthetic._stop(1, synthetic.HARD_SECONDS + 1)
+    assert synthetic._stop(synthetic.MAX_TRIES, 0.0) and not synthetic._stop(synthetic.MAX_TRIES - 1, 0.0)
 
 
 def test_dim_beats_metadata_beats_the_graph_beats_the_search():
