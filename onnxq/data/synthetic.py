@@ -3,7 +3,8 @@
 Sizes come from, in this order: --dim; the model's own hints (metadata_props, and the
 consumers that fix a size, such as a MatMul weight's rows); then a short search over
 plausible sizes until onnxruntime runs the float model (at most MAX_TRIES runs; none after
-MAX_SECONDS once MIN_TRIES have run, nor after HARD_SECONDS in any case). Values follow what each input is for, as the graph shows it:
+MAX_SECONDS once MIN_TRIES have run, nor after HARD_SECONDS in any case). Values follow what
+each input is for, as the graph shows it:
 
 - token ids (an input that indexes a constant table through Gather): ids below the
   table's row count; an attention mask: ones; position ids: 0, 1, 2, ...; segment ids: 0;
