@@ -60,7 +60,7 @@ class Probe:
         self.counts = list(counts) if counts is not None else [1] * len(self.feeds)
         self._samples = sum(self.counts)
         self.mask = mask
-        sess = self._session(self.model, self._arrays)
+        sess = runtime.session(self.model, initializers=self._arrays)
         start = time.perf_counter()
         self.reference = self._outputs(sess, {})
         self.seconds = time.perf_counter() - start  # one pass over the feeds
@@ -92,7 +92,9 @@ class Probe:
         if holder is not None:
             holder = graph.node[list(weight.graph.node).index(holder)]
         with _as_input(self.model, graph, holder, name) as dtype:
-            sess = self._session(self.model, {n: a for n, a in self._arrays.items() if n != name})
+            sess = runtime.session(
+                self.model, initializers={n: a for n, a in self._arrays.items() if n != name}
+            )
         return [self._noise(sess, {name: np.ascontiguousarray(v, dtype=dtype)}) for v in values]
 
     def noise_all(self, values: dict[str, np.ndarray]) -> float:
@@ -109,11 +111,7 @@ class Probe:
         for weight, tensor in _tensors(swapped, embedded):
             tensor.CopyFrom(numpy_helper.from_array(np.asarray(values[weight], _dtype(tensor)), tensor.name))
         arrays.update({n: np.asarray(v, arrays[n].dtype) for n, v in values.items() if n in arrays})
-        return self._parts(self._session(swapped, arrays), {})
-
-    @staticmethod
-    def _session(model: onnx.ModelProto, arrays: dict[str, np.ndarray]):
-        return runtime.session(model, initializers=arrays) if arrays else runtime.session(model)
+        return self._parts(runtime.session(swapped, initializers=arrays), {})
 
     def _noise(self, sess, extra: dict[str, np.ndarray]) -> float:
         return float(self._parts(sess, extra, by_sample=False).sum())
