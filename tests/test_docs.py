@@ -15,11 +15,11 @@ NOT_MEASURED = {
     "0.98",
     "0.99",
 }
-NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
+NUMBER = re.compile(r"(?<![\w.])(\d+\.\d+)x?(?![\w.])")  # 6.09 and 6.09x, not v1.2.3 or lite0.5bit
 
 
 def decimals(text: str) -> set[str]:
-    return set(NUMBER.findall(text.replace("x ", " ").replace("x)", ")").replace("x,", ",")))
+    return set(NUMBER.findall(text))
 
 
 def test_decimals_ignores_names_and_versions():
