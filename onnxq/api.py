@@ -706,6 +706,7 @@ def compress(
     out, report, plan = _compress(
         model, config, progress, Path(src), wants_plan, owned=True, pictures=pictures
     )
+    del model  # out is the same message, rewritten: protobuf frees it only when neither holds it
     report.seconds["load"] = load_seconds
     report.input_bytes = input_bytes
     report.paths = {"input": str(src), "output": str(dst_path)}
@@ -714,6 +715,7 @@ def compress(
     t = time.perf_counter()
     tmp = io.write_temp(out, dst_path)
     del out  # the graph and its packed weights are in the file now
+    runtime.give_back_memory()  # before validation's sessions, not beside them
     data_beside = io.has_external_data(tmp)
     try:
         if data_beside:

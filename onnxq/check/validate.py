@@ -157,6 +157,7 @@ def compare_runs(
         inputs = sorted((i.name, i.type) for i in sess.get_inputs())
         chunk, full = _reference_chunk(sess, pending, names, what)
         del sess
+        runtime.give_back_memory()  # what the float session freed, before the next one opens
         if not chunk and count:
             break
         other = runtime.session(cand, literal=literal)

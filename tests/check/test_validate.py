@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -340,3 +343,59 @@ def test_a_large_fold_output_says_what_loading_it_will_need(tmp_path, tiny_path,
     assert f"decoders of {folded:,} weights" in note
     qdq = onnxq.compress(tiny_path, tmp_path / "b.onnx", jobs=1, validate=False, format="qdq")
     assert not any(n.startswith("creating an onnxruntime session") for n in qdq.notes)
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1]) * 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and glibc's malloc_trim")
+def test_freed_heap_pages_go_back_to_the_system():
+    """What a session freed but the C allocator kept is returned before the next one opens: 128 MB
+    of small blocks, freed under a block still in use at the top of the heap, leave the RSS only
+    after give_back_memory."""
+    from onnxq import runtime
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(64 << 10) for _ in range(2048)]
+    for b in blocks:
+        ctypes.memset(b, 1, 64 << 10)
+    for b in blocks[:-1]:
+        libc.free(b)
+    before = _rss()
+    runtime.give_back_memory()
+    after = _rss()
+    libc.free(blocks[-1])
+    assert before - after > 64 << 20
+
+
+def test_validation_gives_memory_back_between_its_sessions(pair, real, monkeypatch):
+    """After each float session and before the compressed one; and its sessions keep no arena."""
+    from onnxq import runtime
+    from onnxq.check import validate
+
+    events = []
+    real_session = validate.runtime.session
+    monkeypatch.setattr(validate.runtime, "give_back_memory", lambda: events.append("trim"))
+    monkeypatch.setattr(
+        validate.runtime, "session", lambda *a, **k: events.append("session") or real_session(*a, **k)
+    )
+    compare_models(pair[0], pair[1], inputs=real, batch=8, literal=True)
+    assert events == ["session", "trim", "session"]
+    assert runtime._options(spin=True, literal=True).enable_cpu_mem_arena is False
+    assert runtime._options(spin=True, literal=False).enable_cpu_mem_arena is True
+
+
+def test_compress_gives_memory_back_once_the_output_is_written(tmp_path, tiny_path, monkeypatch):
+    """The rewritten model is freed and the heap trimmed before validation's first session."""
+    from onnxq import runtime
+
+    events = []
+    real_session = runtime.session
+    monkeypatch.setattr(runtime, "give_back_memory", lambda: events.append("trim"))
+    monkeypatch.setattr(runtime, "session", lambda *a, **k: events.append("session") or real_session(*a, **k))
+    onnxq.compress(tiny_path, tmp_path / "a.onnx", jobs=1)
+    assert events[-4:] == ["trim", "session", "trim", "session"]
