@@ -378,21 +378,23 @@ def _group_notes(weights: list[Weight], config: Config) -> list[str]:
     return [note]
 
 
-def _byte_breakdown(model: onnx.ModelProto) -> Bytes:
-    out = Bytes(total=io.model_bytes(model))
+def _byte_breakdown(model: onnx.ModelProto, exact: bool = True) -> Bytes:
+    """What the model's bytes hold. Without exact, the total is left for Bytes.settle: serializing
+    a large model to measure it (protobuf's ByteSize) would peak at twice its size."""
+    out = Bytes(total=io.model_bytes(model) if exact else 0)
     for graph in iter_graphs(model.graph):
         for node in graph.node:
             for attr in node.attribute:
                 if attr.type != onnx.AttributeProto.TENSOR:
                     continue
-                size = len(attr.t.raw_data) or attr.t.ByteSize()
+                size = io.tensor_bytes(attr.t)
                 if node.domain == DOMAIN:
                     if attr.name in CODEBOOK_ATTRIBUTES:  # parameter ranges, fitted tables
                         out.codebooks += size
                 elif attr.t.data_type in FLOAT_TYPES:
                     out.float_tensors += size
         for t in graph.initializer:
-            size = len(t.raw_data) or t.ByteSize()
+            size = io.tensor_bytes(t)
             if t.name.endswith(INDICES_SUFFIX):
                 out.indices += size
             elif t.name.endswith(CODEBOOK_SUFFIXES):
@@ -467,7 +469,8 @@ def _compress(
     original = model
     if not owned:
         model = copy.deepcopy(model)
-    report = Report(config=_config_dict(config), input_bytes=io.model_bytes(model))
+    # An owned model's caller (compress) knows the file's size, and settles the output's from its own.
+    report = Report(config=_config_dict(config), input_bytes=0 if owned else io.model_bytes(model))
     report.pictures = {} if pictures else None
     read = external.reader(source.parent) if source is not None else numpy_helper.to_array
     weights, skips = _select(model, config, report, read)
@@ -511,7 +514,7 @@ def _compress(
         stamp(model, config, report.weights if inlined else None)
     if not owned:  # compress checks the file it writes instead: a copy of the model the fewer
         io.check_built(model, original)
-    report.output = _byte_breakdown(model)
+    report.output = _byte_breakdown(model, exact=not owned)
     rewrite_seconds = time.perf_counter() - start - quantize_seconds
     report.seconds = {"quantize": quantize_seconds, "rewrite": rewrite_seconds, **report.seconds}
     return model, report, plan
@@ -713,13 +716,15 @@ def compress(
     if progress:
         progress(0, 0, "writing the output")
     t = time.perf_counter()
-    tmp = io.write_temp(out, dst_path)
+    external_input = input_bytes > Path(src).stat().st_size  # it has data files beside it
+    tmp = io.write_temp(out, dst_path, external=external_input)
     del out  # the graph and its packed weights are in the file now
     runtime.give_back_memory()  # before validation's sessions, not beside them
     data_beside = io.has_external_data(tmp)
     try:
         if data_beside:
-            report.notes.append(f"the output is over 2 GB: its tensors are in {io.data_file(dst_path).name}")
+            why = "as the input's were" if external_input else "the output is over 2 GB"
+            report.notes.append(f"its tensors are in {io.data_file(dst_path).name} beside it ({why})")
         io.check_written(tmp, Path(src))
         report.output.settle(io.written_size(tmp, dst_path))
         report.seconds["save"] = time.perf_counter() - t

@@ -10,6 +10,7 @@ corrected biases, is kept as it is.
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import onnx
 from onnx import helper, numpy_helper
@@ -43,9 +44,10 @@ def _added_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 def decompress(src, dst) -> int:
     """decompress_model from file to file, written atomically; how many weights were decoded."""
     dst_path = io.check_output_path(src, dst)
-    model, _ = io.read_model(src)
+    model, input_bytes = io.read_model(src)
     out, count = decompress_model(model)
-    tmp = io.write_temp(out, dst_path)
+    del model
+    tmp = io.write_temp(out, dst_path, external=input_bytes > Path(src).stat().st_size)
     try:
         io.commit(tmp, dst_path)
     finally:

@@ -125,13 +125,8 @@ def _check_inline_sizes(model: onnx.ModelProto, path: Path) -> None:
     for tensor in external.all_tensors(model):
         if uses_external_data(tensor) or not tensor.raw_data:
             continue
-        try:
-            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-        except (KeyError, TypeError, ValueError):
-            continue  # strings and types numpy cannot name
-        bits = _SUB_BYTE_TYPES.get(tensor.data_type, 8 * itemsize)
-        expected = -(-math.prod(tensor.dims) * bits // 8)
-        if len(tensor.raw_data) != expected:
+        expected = _raw_bytes(tensor)
+        if expected is not None and len(tensor.raw_data) != expected:
             raise ModelLoadError(
                 f"{path}: tensor {tensor.name!r} holds {len(tensor.raw_data)} bytes, but its shape "
                 f"{list(tensor.dims)} needs {expected}; the file is damaged: export it again"
@@ -241,11 +236,40 @@ INLINE_BYTES = 1024  # smaller tensors stay inline: onnxruntime failed on extern
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
-    """The serialized size, or an estimate from the tensors when protobuf cannot serialize it."""
+    """The serialized size, or an estimate from the tensors when protobuf cannot serialize it.
+    It serializes the model (protobuf's ByteSize), at a peak of twice its size: where an estimate
+    will do, payload_bytes does not."""
     try:
         return model.ByteSize()
     except EncodeError:
-        return sum(len(t.raw_data) or t.ByteSize() for t in external.all_tensors(model))
+        return payload_bytes(model)
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """The bytes of a tensor's values held in the message (0 when they are in an external file),
+    from its shape and type, without copying them out (reading raw_data makes a copy)."""
+    if uses_external_data(tensor):
+        return 0
+    packed = _raw_bytes(tensor)
+    return tensor.ByteSize() if packed is None else packed
+
+
+def _raw_bytes(tensor: onnx.TensorProto) -> int | None:
+    """How many bytes raw_data holds for the tensor's shape and type; None for strings and types
+    numpy cannot name."""
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    bits = _SUB_BYTE_TYPES.get(tensor.data_type, 8 * itemsize)
+    return -(-math.prod(tensor.dims) * bits // 8)
+
+
+def payload_bytes(model: onnx.ModelProto) -> int:
+    """The bytes of every tensor the message holds: its serialized size, less the graph itself."""
+    return sum(tensor_bytes(t) for t in external.all_tensors(model))
 
 
 def serialize(model: onnx.ModelProto) -> bytes:
@@ -259,7 +283,7 @@ def serialize(model: onnx.ModelProto) -> bytes:
 
 
 def data_file(dst: str | os.PathLike) -> Path:
-    """Where the external data of an output too big for one protobuf goes: beside it."""
+    """Where an output's external data goes: beside it (write_temp says when it has some)."""
     dst = Path(dst)
     return dst.parent / f"{dst.name}.data"
 
@@ -317,18 +341,20 @@ def _running(pid: int) -> bool:
     return True
 
 
-def write_temp(model: onnx.ModelProto, dst: str | os.PathLike) -> Path:
+def write_temp(model: onnx.ModelProto, dst: str | os.PathLike, external: bool = False) -> Path:
     """Write the model to a hidden temporary file beside dst, and return its path.
 
-    A model over protobuf's 2 GB limit keeps its tensors of INLINE_BYTES or more in a hidden
-    data file beside the temporary one (temp_data), which commit renames to data_file(dst): a
-    previous output at dst, and its data, stay whole until then. It is checked here, by path,
-    since check_built could not take it in memory.
+    With external (the input kept its tensors in a data file), and for any model over
+    protobuf's 2 GB limit, the tensors of INLINE_BYTES or more go to a hidden data file beside
+    the temporary one (temp_data), which commit renames to data_file(dst): a previous output at
+    dst, and its data, stay whole until then. Each tensor's bytes leave the message as they are
+    written, so no serialized copy of the whole model is ever held. Such a model is checked
+    here, by path, since check_built could not take one over the limit in memory.
     """
     dst = Path(dst)
     tmp = Path(_create_hidden(dst))
     try:
-        if model_bytes(model) < PROTOBUF_LIMIT:
+        if not external and payload_bytes(model) < PROTOBUF_LIMIT:  # the limit has a margin for the graph
             tmp.write_bytes(model.SerializeToString())
         else:
             onnx.save_model(
@@ -339,6 +365,7 @@ def write_temp(model: onnx.ModelProto, dst: str | os.PathLike) -> Path:
                 location=temp_data(tmp).name,
                 size_threshold=INLINE_BYTES,
             )
+            os.chmod(temp_data(tmp), tmp.stat().st_mode & 0o777)  # onnx makes it 0600; as the model's
             check_written(tmp)
     except OSError as exc:  # a full disk, a file system gone read-only
         discard(tmp, dst)

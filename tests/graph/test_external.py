@@ -10,6 +10,7 @@ from conftest import WEIGHT_NAMES, run, save_external, sha256
 from onnx import numpy_helper
 
 import onnxq
+from onnxq.check.decompress import decompress
 from onnxq.errors import ModelLoadError
 from onnxq.graph import constfold, external, io
 
@@ -35,16 +36,40 @@ def test_a_lazy_read_leaves_large_tensors_in_their_file(tmp_path, tiny, lazy_eve
 
 @pytest.mark.parametrize("options", [{}, {"exclude": ["^mm"]}, {"format": "matmulnbits", "bits": 4}])
 def test_compress_reads_lazily_and_writes_the_same_bytes(tmp_path, tiny, monkeypatch, options):
+    """And the output keeps its tensors in a data file beside it, as the input did."""
     path = save_external(tiny[0], tmp_path / "m")
     before = sha256(path), sha256(tmp_path / "m" / "model.bin")
-    onnxq.compress(path, tmp_path / "eager.onnx", validate=False, jobs=1, **options)
+    eager, lazy = tmp_path / "eager" / "out.onnx", tmp_path / "lazy" / "out.onnx"
+    eager.parent.mkdir(), lazy.parent.mkdir()
+    onnxq.compress(path, eager, validate=False, jobs=1, **options)
     monkeypatch.setattr(external, "LAZY_BYTES", 1)
-    report = onnxq.compress(path, tmp_path / "lazy.onnx", validate=False, jobs=1, **options)
-    assert sha256(tmp_path / "lazy.onnx") == sha256(tmp_path / "eager.onnx")
+    report = onnxq.compress(path, lazy, validate=False, jobs=1, **options)
+    for name in ("out.onnx", "out.onnx.data"):
+        assert sha256(lazy.parent / name) == sha256(eager.parent / name)
     assert (sha256(path), sha256(tmp_path / "m" / "model.bin")) == before
-    out = onnx.load(tmp_path / "lazy.onnx")
-    assert not any(onnx.external_data_helper.uses_external_data(t) for t in out.graph.initializer)
-    assert report.output.total == (tmp_path / "lazy.onnx").stat().st_size
+    out = onnx.load(lazy, load_external_data=False)
+    assert {e.value for t in out.graph.initializer for e in t.external_data if e.key == "location"} == {
+        "out.onnx.data"
+    }
+    assert report.output.total == lazy.stat().st_size + (lazy.parent / "out.onnx.data").stat().st_size
+    assert any("out.onnx.data beside it (as the input's were)" in n for n in report.notes)
+    for a, b in zip(run(str(lazy), tiny[1]), run(str(eager), tiny[1])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_inline_input_gives_an_inline_output_and_decompress_follows_its_input(tmp_path, tiny):
+    inline = tmp_path / "inline.onnx"
+    onnx.save(tiny[0], inline)
+    onnxq.compress(inline, tmp_path / "a.onnx", validate=False, jobs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "inline.onnx"]
+    decompress(tmp_path / "a.onnx", tmp_path / "b.onnx")
+    assert not (tmp_path / "b.onnx.data").exists()
+    outside = save_external(tiny[0], tmp_path / "m")
+    onnxq.compress(outside, tmp_path / "m" / "c.onnx", validate=False, jobs=1)
+    decompress(tmp_path / "m" / "c.onnx", tmp_path / "m" / "d.onnx")
+    assert (tmp_path / "m" / "d.onnx.data").stat().st_size > 0
+    for a, b in zip(run(str(tmp_path / "m" / "d.onnx"), tiny[1]), run(str(tmp_path / "b.onnx"), tiny[1])):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_released_keeps_shape_and_type_but_no_memory():

@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 import pytest
 from conftest import relocate, run, save_external, sha256
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import helper
 
 import onnxq
@@ -162,7 +164,8 @@ def test_ratio_counts_external_data(tmp_path, tiny):
     report = onnxq.compress(path, tmp_path / "out.onnx", validate=False)
     on_disk = path.stat().st_size + (tmp_path / "m" / "model.bin").stat().st_size
     assert report.input_bytes == on_disk
-    assert report.ratio == pytest.approx(on_disk / (tmp_path / "out.onnx").stat().st_size)
+    written = (tmp_path / "out.onnx").stat().st_size + (tmp_path / "out.onnx.data").stat().st_size
+    assert report.ratio == pytest.approx(on_disk / written)  # its output's data file counts too
 
 
 def test_an_output_over_the_protobuf_limit_goes_to_external_data_and_discard_removes_both(
@@ -470,3 +473,32 @@ def test_without_hard_links_a_failed_commit_still_puts_everything_back(tmp_path,
     with pytest.raises(onnxq.OnnxqError, match="No space left on device"):
         io.commit(io.write_temp(second, dst), dst, [(io.stage_text(report, "second\n"), report)])
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@given(
+    dtype=st.sampled_from(
+        ["float32", "float16", "float64", "int64", "int8", "uint8", "bool", "int4", "int2"]
+    ),
+    shape=st.lists(st.integers(0, 7), min_size=0, max_size=3),
+)
+@settings(max_examples=60, deadline=None)
+def test_tensor_bytes_is_what_raw_data_holds_without_reading_it(dtype, shape):
+    """From the shape and type: sub-byte types packed, as onnx stores them."""
+    kind = {"int4": onnx.TensorProto.INT4, "int2": onnx.TensorProto.INT2}.get(dtype)
+    if kind is None:
+        tensor = onnx.numpy_helper.from_array(np.zeros(shape, dtype), "t")
+    else:
+        tensor = helper.make_tensor("t", kind, shape, np.zeros(shape, np.int8).ravel().tolist())
+        if not tensor.raw_data:  # onnx writes sub-byte values as int32_data: pack them as files do
+            tensor = onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor), "t")
+    assert io.tensor_bytes(tensor) == len(tensor.raw_data)
+
+
+def test_an_external_output_s_data_file_has_the_model_file_s_mode(tmp_path, tiny):
+    src = save_external(tiny[0], tmp_path / "m")
+    onnxq.compress(src, tmp_path / "out.onnx", validate=False, jobs=1)
+    data = tmp_path / "out.onnx.data"
+    assert data.stat().st_mode & 0o777 == (tmp_path / "out.onnx").stat().st_mode & 0o777
+    graph = onnx.load(tmp_path / "out.onnx", load_external_data=False).graph
+    outside = [t for t in graph.initializer if t.external_data]
+    assert outside and all(io.tensor_bytes(t) == 0 for t in outside)  # nothing of theirs in the message
