@@ -138,9 +138,9 @@ def replace_consumer(
     if block < 16 or block & (block - 1):
         return f"MatMulNBits needs a block size that is a power of two of at least 16, not {block}"
     if q.codes.shape[0] == 1 and n != 1:  # tensor granularity: codes in W's own (k, n) order
-        codes = q.codes.astype(np.int64).reshape(k, n).T
+        codes = q.codes.reshape(k, n).T
     else:  # groups are rows (n), or blocks along k
-        codes = q.codes.astype(np.int64).reshape(n, k)
+        codes = q.codes.reshape(n, k)
     blocked = _blocks(q, codes, block)
     if isinstance(blocked, str):
         return blocked
@@ -185,7 +185,7 @@ def _gather_block_quantized(q: QuantizedTensor, weight, node: onnx.NodeProto, bl
     block = block or _block_for(d)
     if block < 16 or block & (block - 1):
         return f"GatherBlockQuantized needs a block size that is a power of two of at least 16, not {block}"
-    blocked = _blocks(q, q.codes.astype(np.int64).reshape(v, d), block)  # groups are rows, or blocks of rows
+    blocked = _blocks(q, q.codes.reshape(v, d), block)  # groups are rows, or blocks of rows
     if isinstance(blocked, str):
         return blocked
     stored, scales = blocked
@@ -226,7 +226,8 @@ def _blocks(q: QuantizedTensor, codes: np.ndarray, block: int) -> tuple[np.ndarr
     else:
         return f"per-block levels of {k // steps.shape[1]} values do not match the kernel's blocks of {block}"
     stored = np.full((rows, blocks * block), 1 << (q.bits - 1), dtype=np.uint8)
-    stored[:, :k] = codes + 1
+    stored[:, :k] = codes  # uint8 throughout: an int64 copy took 8 bytes per weight, twice
+    stored[:, :k] += 1  # codes stop at 2^b - 2, so c + 1 fits
     return stored, scales.astype(np.float32)
 
 
