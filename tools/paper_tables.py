@@ -3,7 +3,7 @@
     python tools/paper_tables.py tables [--n 10000] [--seed 0] [--points 20001]
     python tools/paper_tables.py sweep [--models ...] [--bits 4 5] [--codebooks exponential]
                                        [--granularities channel] [--methods plain mixed]
-    python tools/paper_tables.py report [--results /tmp/onnxq_sweep.jsonl] [--section sweep] [--note TEXT]
+    python tools/paper_tables.py report [--results /tmp/onnxq_sweep.jsonl] [--section final] [--note TEXT]
 
 Malsagov et al., "Exponential discretization of weights of neural network
 connections in pre-trained neural networks", arXiv 2002.00623.
@@ -757,7 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="render the sweep's results file as Markdown")
     report.add_argument(
-        "--section", default="sweep", help="the marked section of --markdown to write (default: %(default)s)"
+        "--section", default="final", help="the marked section of --markdown to write (default: %(default)s)"
     )
     report.add_argument("--note", default="", help="a sentence to add to the section's provenance")
     report.set_defaults(run=cmd_report)
