@@ -238,7 +238,7 @@ INLINE_BYTES = 1024  # smaller tensors stay inline: onnxruntime failed on extern
 def model_bytes(model: onnx.ModelProto) -> int:
     """The serialized size, or an estimate from the tensors when protobuf cannot serialize it.
     It serializes the model (protobuf's ByteSize), at a peak of twice its size: where an estimate
-    will do, payload_bytes does not."""
+    will do, payload_bytes does not (fits_one_message)."""
     try:
         return model.ByteSize()
     except EncodeError:
@@ -270,6 +270,12 @@ def _raw_bytes(tensor: onnx.TensorProto) -> int | None:
 def payload_bytes(model: onnx.ModelProto) -> int:
     """The bytes of every tensor the message holds: its serialized size, less the graph itself."""
     return sum(tensor_bytes(t) for t in external.all_tensors(model))
+
+
+def fits_one_message(model: onnx.ModelProto) -> bool:
+    """Whether the model can be serialized whole, judged from its tensors (PROTOBUF_LIMIT keeps a
+    margin for the graph): the one rule for checking in memory and for writing inline."""
+    return payload_bytes(model) < PROTOBUF_LIMIT
 
 
 def serialize(model: onnx.ModelProto) -> bytes:
@@ -354,7 +360,7 @@ def write_temp(model: onnx.ModelProto, dst: str | os.PathLike, external: bool = 
     dst = Path(dst)
     tmp = Path(_create_hidden(dst))
     try:
-        if not external and payload_bytes(model) < PROTOBUF_LIMIT:  # the limit has a margin for the graph
+        if not external and fits_one_message(model):
             tmp.write_bytes(model.SerializeToString())
         else:
             onnx.save_model(
@@ -401,7 +407,7 @@ def check_built(model: onnx.ModelProto, original: onnx.ModelProto | None = None)
     """onnx's full check of a model onnxq built; one over the protobuf limit is checked by
     write_temp once written instead. When it fails and the original fails it too, the input is
     at fault (wrong dims or types, conflicting value_info, sparse initializers), not onnxq."""
-    if model_bytes(model) < PROTOBUF_LIMIT:
+    if fits_one_message(model):
         _full_check(model, original)
 
 
@@ -432,7 +438,7 @@ def _checker(model: onnx.ModelProto | Path) -> None:
 def _full_check_failure(model: onnx.ModelProto | Path) -> str | None:
     """The first line of why a model (or the model file) fails onnx's full check, or None if it
     passes."""
-    if isinstance(model, onnx.ModelProto) and model_bytes(model) >= PROTOBUF_LIMIT:
+    if isinstance(model, onnx.ModelProto) and not fits_one_message(model):
         return None
     try:
         _checker(model)

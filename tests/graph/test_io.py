@@ -502,3 +502,24 @@ def test_an_external_output_s_data_file_has_the_model_file_s_mode(tmp_path, tiny
     graph = onnx.load(tmp_path / "out.onnx", load_external_data=False).graph
     outside = [t for t in graph.initializer if t.external_data]
     assert outside and all(io.tensor_bytes(t) == 0 for t in outside)  # nothing of theirs in the message
+
+
+def test_a_model_not_checked_in_memory_is_written_beside_its_data_and_checked_there(
+    tmp_path, monkeypatch, tiny
+):
+    """check_built and write_temp share one rule (fits_one_message): with the limit between the
+    tensors' bytes and the whole message's, the model is checked in memory and written inline;
+    below the tensors' bytes, neither, and write_temp checks the written file instead."""
+    model = tiny[0]
+    payload = io.payload_bytes(model)
+    assert payload < model.ByteSize()
+    checked = []
+    monkeypatch.setattr(io, "_checker", lambda m: checked.append(type(m).__name__))
+    for limit, inline in ((payload + 1, True), (payload, False)):
+        monkeypatch.setattr(io, "PROTOBUF_LIMIT", limit)
+        checked.clear()
+        io.check_built(model)
+        tmp = io.write_temp(onnx.ModelProto.FromString(model.SerializeToString()), tmp_path / "out.onnx")
+        assert io.has_external_data(tmp) is not inline
+        assert checked == (["ModelProto"] if inline else ["PosixPath"])
+        io.discard(tmp, tmp_path / "out.onnx")
