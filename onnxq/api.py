@@ -716,7 +716,7 @@ def compress(
     if progress:
         progress(0, 0, "writing the output")
     t = time.perf_counter()
-    external_input = input_bytes > Path(src).stat().st_size  # it has data files beside it
+    external_input = io.has_data_files(src, input_bytes)
     tmp = io.write_temp(out, dst_path, external=external_input)
     del out  # the graph and its packed weights are in the file now
     runtime.give_back_memory()  # before validation's sessions, not beside them

@@ -10,7 +10,6 @@ corrected biases, is kept as it is.
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import onnx
 from onnx import helper, numpy_helper
@@ -47,7 +46,7 @@ def decompress(src, dst) -> int:
     model, input_bytes = io.read_model(src)
     out, count = decompress_model(model)
     del model
-    tmp = io.write_temp(out, dst_path, external=input_bytes > Path(src).stat().st_size)
+    tmp = io.write_temp(out, dst_path, external=io.has_data_files(src, input_bytes))
     try:
         io.commit(tmp, dst_path)
     finally:

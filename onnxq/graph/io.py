@@ -288,6 +288,12 @@ def serialize(model: onnx.ModelProto) -> bytes:
         ) from None
 
 
+def has_data_files(src: str | os.PathLike, size: int) -> bool:
+    """Whether the model at src keeps tensors in data files beside it: its size on disk, as
+    read_model gives it, is more than its .onnx file's."""
+    return size > Path(src).stat().st_size
+
+
 def data_file(dst: str | os.PathLike) -> Path:
     """Where an output's external data goes: beside it (write_temp says when it has some)."""
     dst = Path(dst)
