@@ -8,6 +8,7 @@ the other in fresh processes (never side by side: timings would lie on a small m
 
 - onnxq's default, `--bits 5`, with validation and with --no-validate;
 - onnxq `--bits 4 --codebook linear --format matmulnbits --no-validate`;
+- both `--no-validate` runs again on numpy's loops (ONNXQ_KERNELS=numpy), when numba is installed;
 - onnxruntime's MatMulNBitsQuantizer: RTN, 4 bits, block 128, asymmetric (its defaults);
 - onnxruntime session creation for the float model and for each output.
 
@@ -87,14 +88,21 @@ def _tree_rss(root: int) -> int:
 CAP = 16e9  # a run whose process tree goes over this many bytes of RSS is killed (--memory-cap)
 
 
-def measured(cmd: list[str]) -> Run:
-    """Run cmd to its end; its CPU time, wall time and the peak RSS of its process tree. A tree
-    that goes over CAP is killed, and the run says so."""
+def measured(cmd: list[str], env: dict[str, str] | None = None) -> Run:
+    """Run cmd to its end (env: variables to set); its CPU time, wall time and the peak RSS of its
+    process tree. A tree that goes over CAP is killed, and the run says so."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     # Files, not pipes: a child that writes more than a pipe holds would wait for a reader.
     with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
-        proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out_file,
+            stderr=err_file,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
         peak, killed = 0, False
         while proc.poll() is None:
             peak = max(peak, _tree_rss(proc.pid))
@@ -155,6 +163,15 @@ CONFIGS = {
 }
 
 
+# The same runs on numpy's loops (onnxq/quant/kernels.py), to show what the compiled ones buy; their
+# outputs are the same files, so their sessions are not measured again.
+NUMPY_LOOPS = {"ONNXQ_KERNELS": "numpy"}
+ON_NUMPY = {
+    "onnxq --bits 5 --no-validate": "onnxq --bits 5 --no-validate, numpy loops",
+    "onnxq --bits 4 --codebook linear --format matmulnbits --no-validate": "onnxq matmulnbits --no-validate, numpy loops",
+}
+
+
 def session(path: Path) -> Run:
     run = measured([sys.executable, "-c", SESSION, str(path)])
     if not run.killed:
@@ -176,16 +193,20 @@ def measure(preset: str, folder: Path, work: Path, log, shared: Path = SHARED) -
     ]
     log(rows[-1])
     runs = {
-        label: (onnxq_cmd(src, work / f"{preset}.{i}.onnx", options), work / f"{preset}.{i}.onnx")
+        label: (onnxq_cmd(src, work / f"{preset}.{i}.onnx", options), work / f"{preset}.{i}.onnx", None)
         for i, (label, options) in enumerate(CONFIGS.items())
     }
+    for i, (label, numpy_label) in enumerate(ON_NUMPY.items()):
+        dst = work / f"{preset}.numpy{i}.onnx"
+        runs[numpy_label] = (onnxq_cmd(src, dst, CONFIGS[label]), dst, NUMPY_LOOPS)
     ort_dst = work / f"{preset}.ort.onnx"
     runs["ORT MatMulNBitsQuantizer RTN 4-bit block 128"] = (
         [sys.executable, "-c", ORT_RTN, str(src), str(ort_dst)],
         ort_dst,
+        None,
     )
-    for label, (cmd, dst) in runs.items():
-        run = measured(cmd)
+    for label, (cmd, dst, env) in runs.items():
+        run = measured(cmd, env)
         row = {
             **base,
             "method": label,
@@ -196,7 +217,9 @@ def measure(preset: str, folder: Path, work: Path, log, shared: Path = SHARED) -
             "weights_per_cpu_s": params / run.cpu_s,
         }
         if not run.killed:
-            row |= {"out_bytes": size(dst), **_session_cells(session(dst), float_session)}
+            row["out_bytes"] = size(dst)
+            if env is None:
+                row |= _session_cells(session(dst), float_session)
         rows.append(row)
         log(row)
         for p in work.iterdir():
@@ -238,7 +261,7 @@ def table(rows: list[dict]) -> str:
                 f"{r['peak_rss'] / o['peak_rss']:.2f}" if o and not o.get("killed") else "",
             ]
         if "session_s" not in r:
-            tail = ["", "", ""]
+            tail = [f"{r['out_bytes'] / 1e6:.1f}" if "out_bytes" in r else "", "", ""]
         elif r.get("session_killed"):
             tail = [f"{r['out_bytes'] / 1e6:.1f}", "killed", f"> {r['session_rss'] / 1e9:.1f}"]
         else:

@@ -19,27 +19,37 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxq.quant import kernels
+
 LUT_BITS = 16  # cells() bins [0, 1] into 2^16 bins; a bin holding a midpoint is resolved exactly
+TIE = 1e-12  # correlations this close tie: the first such grid point is chosen, whatever the rounding
 CELLS_AT_ONCE = 1 << 21  # (group, cell) pairs in one chunk of the histogram: 32 MB of float64 sums
 
 
-def cells(u: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def cells(u: np.ndarray, edges: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
     """How many edges are <= each u in [0, 1]: np.searchsorted(edges, u, side="right"), in int32.
 
     u * 2^16 is exact in binary floating point, so its integer part names the bin [k, k + 1) / 2^16
     that holds u; a table gives the count for every bin that no edge splits, and only the values
-    in the few bins that one does (about 1% of them for a thousand edges) are searched.
+    in the few bins that one does (about 1% of them for a thousand edges) are searched. table:
+    cell_table(edges), when the caller has it.
     """
-    size = 1 << LUT_BITS
-    starts = np.arange(size + 2, dtype=np.float64) / size
-    below = np.searchsorted(edges, starts[:-1], side="right")  # edges <= k / 2^16
-    inside = np.searchsorted(edges, starts[1:], side="left")  # edges < (k + 1) / 2^16
-    table = np.where(below == inside, below, -1).astype(np.int32)
-    out = np.take(table, (u * np.float32(size)).astype(np.int32))
+    table = cell_table(edges) if table is None else table
+    out = np.take(table, (u * np.float32(1 << LUT_BITS)).astype(np.int32))
     split = np.flatnonzero(out < 0)
     if split.size:
         out.flat[split] = np.searchsorted(edges, u.flat[split], side="right")
     return out
+
+
+def cell_table(edges: np.ndarray) -> np.ndarray:
+    """cells()' table: for each of the 2^16 + 1 bins, how many edges lie below it, or -1 for a bin
+    that an edge splits."""
+    size = 1 << LUT_BITS
+    starts = np.arange(size + 2, dtype=np.float64) / size
+    below = np.searchsorted(edges, starts[:-1], side="right")  # edges <= k / 2^16
+    inside = np.searchsorted(edges, starts[1:], side="left")  # edges < (k + 1) / 2^16
+    return np.where(below == inside, below, -1).astype(np.int32)
 
 
 @dataclass
@@ -52,17 +62,44 @@ class GridScores:
     sums: np.ndarray  # (G, L)
 
 
-def best_on_grid(u: np.ndarray, levels: np.ndarray) -> GridScores:
+class Grid:
+    """A grid's cells, prepared once for all the rows that are scored on it: the cells' edges (the
+    distinct midpoints) and cells()' table of them, each level's first cell at each point, and (for
+    numpy's matrix products, built on first use) per (cell, point) the level index and value."""
+
+    def __init__(self, levels: np.ndarray):
+        """levels (K, L): each grid point's ascending magnitude levels."""
+        self.points = levels
+        mids = 0.5 * (levels[:, 1:] + levels[:, :-1])  # (K, L - 1)
+        self.edges, where = np.unique(mids, return_inverse=True)
+        self.where = where.reshape(mids.shape)  # each midpoint's index among the edges
+        self.lut = cell_table(self.edges)
+        k, width = levels.shape[0], self.edges.size + 1
+        # (K, L + 1): the first cell of each level at each point, then the cell count
+        self.bounds = np.concatenate(
+            [np.zeros((k, 1), np.int64), self.where + 1, np.full((k, 1), width)], axis=1
+        )
+        self._products: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def products(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(K, cells) the level a magnitude in each cell takes at each point, (cells, K) that
+        level's magnitude, and its square."""
+        if self._products is None:
+            index = _cell_levels(self.where, self.edges.size + 1)
+            value = np.take_along_axis(self.points.T, index, axis=0)
+            self._products = (np.ascontiguousarray(index.T), value, value * value)
+        return self._products
+
+
+def best_on_grid(u: np.ndarray, levels: np.ndarray | Grid) -> GridScores:
     """The grid point whose levels correlate best with each row of u (G, n), magnitudes in [0, 1].
 
-    levels (K, L): each grid point's ascending magnitude levels. Ties go to the first point.
+    levels: each grid point's ascending magnitude levels (K, L), or their Grid. Ties (within TIE)
+    go to the first point.
     """
-    mids = 0.5 * (levels[:, 1:] + levels[:, :-1])  # (K, L - 1)
-    edges, where = np.unique(mids, return_inverse=True)
-    index = _cell_levels(where.reshape(mids.shape), edges.size + 1)
-    table = (np.ascontiguousarray(index.T), np.take_along_axis(levels.T, index, axis=0), levels.shape[1])
-    rows = max(1, CELLS_AT_ONCE // (edges.size + 1))
-    parts = [_score_rows(u[i : i + rows], edges, table) for i in range(0, u.shape[0], rows)]
+    on = levels if isinstance(levels, Grid) else Grid(levels)
+    rows = max(1, CELLS_AT_ONCE // (on.edges.size + 1))
+    parts = [_score_rows(u[i : i + rows], on) for i in range(0, u.shape[0], rows)]
     return GridScores(
         *(np.concatenate([getattr(p, f) for p in parts]) for f in GridScores.__dataclass_fields__)
     )
@@ -77,23 +114,27 @@ def _cell_levels(where: np.ndarray, width: int) -> np.ndarray:
     return np.cumsum(marks, axis=0)
 
 
-def _score_rows(u: np.ndarray, edges: np.ndarray, table: tuple[np.ndarray, np.ndarray, int]) -> GridScores:
+def _score_rows(u: np.ndarray, on: Grid) -> GridScores:
     """Per (group, cell), the count and the sum of the magnitudes; times each cell's level at every
     grid point (one matrix product each), every group's sums over its levels at every point."""
-    index, value, count = table  # (K, cells) level index, (cells, K) level; count: levels per point
+    fast = kernels.engine(u.size)
+    if fast is not None:
+        return GridScores(*fast.score_grid(u, on.lut, on.edges, on.bounds, on.points, TIE))
     g = u.shape[0]
-    width = edges.size + 1
-    cell = cells(u, edges)
+    width = on.edges.size + 1
+    index, value, square = on.products()
+    cell = cells(u, on.edges, on.lut)
     flat = (cell + (np.arange(g, dtype=np.intp) * width)[:, None]).ravel()
     counts = np.bincount(flat, minlength=g * width).reshape(g, width).astype(np.float64)
     sums = np.bincount(flat, weights=u.ravel(), minlength=g * width).reshape(g, width)
     suy = sums @ value
-    syy = counts @ (value * value)
+    syy = counts @ square
     suu = np.einsum("gn,gn->g", u, u, dtype=np.float64)
     denom = np.sqrt(suu[:, None] * syy)
     corr = np.divide(suy, denom, out=np.zeros_like(suy), where=denom > 0)
-    best = corr.argmax(axis=1)
+    best = np.argmax(corr >= corr.max(axis=1, keepdims=True) - TIE, axis=1)  # the first of equals
     # The counts and sums per level at each group's best point, from its magnitudes' levels there.
+    count = on.points.shape[1]
     at = (np.take(index, cell + (best * width)[:, None]) + (np.arange(g) * count)[:, None]).ravel()
     level_n = np.bincount(at, minlength=g * count).reshape(g, count).astype(np.float64)
     level_s = np.bincount(at, weights=u.ravel(), minlength=g * count).reshape(g, count)

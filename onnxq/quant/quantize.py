@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from onnxq.quant import grid, search_exact
+from onnxq.quant import grid, kernels, search_exact
 from onnxq.quant.codebooks import Codebook, code_layout, magnitude_count, zero_code
 from onnxq.quant.search import LOG_X0_MIN, SortedGroups, bin_index, level_magnitudes, maximize_correlation
 
@@ -175,7 +175,7 @@ def _x0_range(log_x0: np.ndarray, live: np.ndarray) -> np.ndarray:
     return np.array([lo, (hi - lo) / ((1 << X0_BITS) - 1)], dtype=np.float32)
 
 
-def _x0_grid(u: np.ndarray, codebook: Codebook, bits: int, rng: np.ndarray) -> np.ndarray:
+def _x0_grid(u: np.ndarray, on: grid.Grid | None) -> np.ndarray:
     """Codes of ln(x0) on the stored grid (_x0_range): each group (row of u) takes the point with
     the highest correlation, scored exactly for every group at once (grid.best_on_grid).
 
@@ -184,10 +184,16 @@ def _x0_grid(u: np.ndarray, codebook: Codebook, bits: int, rng: np.ndarray) -> n
     degenerate channels stretched it), and trying only the 5 points nearest each optimum lost
     1.7 (small groups have several peaks of nearly equal height).
     """
-    if rng[1] == 0:
+    if on is None:
         return np.zeros(u.shape[0], dtype=np.int64)
-    points = _decode(np.arange(1 << X0_BITS), rng)
-    return grid.best_on_grid(u, level_magnitudes(codebook, points, bits)).index
+    return grid.best_on_grid(u, on).index
+
+
+def _stored_grid(codebook: Codebook, bits: int, rng: np.ndarray) -> grid.Grid | None:
+    """The Grid of the stored points of ln(x0) (_x0_range), None when the range is a single point."""
+    if rng[1] == 0:
+        return None
+    return grid.Grid(level_magnitudes(codebook, _decode(np.arange(1 << X0_BITS), rng), bits))
 
 
 COARSE_MIDPOINTS = 2048  # the coarse grid's points times the midpoints of each: its cells' edges
@@ -239,7 +245,7 @@ def _on_grid(rows: _Rows, codebook: Codebook, bits: int, two_params: bool) -> _S
         points = (
             _decode(np.arange(1 << X0_BITS), out.rng) if two_params else np.linspace(lo, hi, 1 << X0_BITS)
         )
-        table = level_magnitudes(codebook, points, bits)
+        table = grid.Grid(level_magnitudes(codebook, points, bits))
         for p in rows.parts:
             u = rows.u(p)
             out.suu[p] = np.einsum("gn,gn->g", u, u)
@@ -265,8 +271,9 @@ def _searched(rows: _Rows, codebook: Codebook, bits: int, two_params: bool, sear
     if two_params:
         out.rng = _x0_range(out.log_x0, rows.live)
         out.codes = np.zeros(rows.live.size, dtype=np.int64)
+        on = _stored_grid(codebook, bits, out.rng)
         for p in rows.parts:
-            out.codes[p] = _x0_grid(rows.u(p), codebook, bits, out.rng)
+            out.codes[p] = _x0_grid(rows.u(p), on)
         out.log_x0 = _decode(out.codes, out.rng)
     mags = level_magnitudes(codebook, out.log_x0, bits)
     out.counts, out.sums = np.zeros(mags.shape), np.zeros(mags.shape)
@@ -311,19 +318,37 @@ class Nearest:
         mags = np.abs(self.table[:, -self.m - 1 : -1]).astype(np.float64)
         return np.concatenate([np.zeros((mags.shape[0], 1)), mags], axis=1)
 
-    def codes(self, w: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
-        """The codes of weights w, the rows `rows` of the table."""
-        if self.bits == 1:
-            return np.where(w < 0, 0, 1).astype(np.uint8)
+    def _prepared(self) -> tuple[np.ndarray, grid.Bins]:
+        """Each row's largest magnitude (1 where all are 0), and the Bins of its midpoints over it."""
         if self._bins is None:
             mags = self._magnitudes()
             top = mags[:, -1:].copy()
             top[top == 0] = 1.0
             self._bins = (top, grid.Bins(0.5 * (mags[:, 1:] + mags[:, :-1]) / top))
-        top, bins = self._bins
+        return self._bins
+
+    def codes(self, w: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+        """The codes of weights w, the rows `rows` of the table."""
+        if self.bits == 1:
+            return np.where(w < 0, 0, 1).astype(np.uint8)
+        top, bins = self._prepared()
         index = bins.count(np.minimum(np.abs(w) / top[rows], 1.0), rows)
         signed = np.where(w < 0, -index, index)
         return (signed + zero_code(self.bits)).astype(np.uint8)
+
+    def compiled(self, fast, w: np.ndarray, rows: slice, live: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """codes() of the rows `rows` through the compiled loop, written into codes (the zero code in
+        dead rows), and the sums of (w - q)^2, w^2, w q and q^2 over them."""
+        top, bins = self._prepared()
+        tables, kind = bins.tables, bins.kind[rows]
+        if tables is None:  # too many kinds of rows for tables: every value is searched
+            tables, kind = np.zeros((1, 1), np.int32), np.zeros(kind.shape, np.int32)
+        # A weight's rows are often a transposed view: the loop reads a row-major copy faster.
+        w = np.ascontiguousarray(w, dtype=w.dtype if w.dtype in (np.float32, np.float64) else np.float64)
+        zero = zero_code(self.bits)
+        return fast.nearest(
+            w, top[rows, 0], tables, kind, bins.thresholds[rows], live, zero, self.table[rows], codes
+        )
 
     def column(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(codes as int64, their levels in float64) for w of shape (groups,): one weight per row.
@@ -425,8 +450,13 @@ def _nearest(
     table = level_table(params, ranges, slope, offset, sign)
     codes = np.empty(rows.w.shape, dtype=np.uint8)
     nearest = Nearest(table, bits)
+    fast = kernels.engine(codes.size) if bits > 1 else None
+    stats = np.zeros(4)
     for p in rows.parts:
-        codes[p] = nearest.codes(rows.w64(p), p)
+        if fast is not None:
+            stats += nearest.compiled(fast, rows.w[p], p, live[p], codes[p])
+        else:
+            codes[p] = nearest.codes(rows.w64(p), p)
     codes[~live] = zero_code(bits)
     q = QuantizedTensor(
         bits=bits,
@@ -441,7 +471,7 @@ def _nearest(
         sqnr_db=0.0,
         tensor_offset=tensor_offset,
     )
-    return with_codes(q, rows.w, codes)
+    return _with_error(q, *stats) if fast is not None else with_codes(q, rows.w, codes)
 
 
 def _quantize_fitted(w64: np.ndarray, codebook: Codebook, bits: int, scale: str) -> QuantizedTensor:
@@ -519,6 +549,11 @@ def with_codes(q: QuantizedTensor, w: np.ndarray, codes: np.ndarray) -> Quantize
         energy += float(np.sum(w64 * w64))
         dot += float(np.sum(w64 * deq))
         dd += float(np.sum(deq * deq))
+    return _with_error(replace(q, codes=codes.astype(np.uint8)), err, energy, dot, dd)
+
+
+def _with_error(q: QuantizedTensor, err: float, energy: float, dot: float, dd: float) -> QuantizedTensor:
+    """q with its correlation and SQNR, from the sums of (w - q)^2, w^2, w q and q^2."""
     corr = dot / np.sqrt(energy * dd) if energy > 0 and dd > 0 else (1.0 if err == 0 else 0.0)
     sqnr = 10 * np.log10(energy / err) if err > 0 else float("inf")
-    return replace(q, codes=codes.astype(np.uint8), correlation=float(corr), sqnr_db=float(sqnr))
+    return replace(q, correlation=float(corr), sqnr_db=float(sqnr))

@@ -7,12 +7,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from onnxq.quant import grid
+from onnxq.quant import grid, kernels
 from onnxq.quant.codebooks import CODEBOOKS
 from onnxq.quant.quantize import _decode, quantize
 from onnxq.quant.search import bin_index, level_magnitudes
 
 TWO_PARAMETER = ["exponential"]  # codebooks that store ln(x0) on the 64-point grid
+ENGINES = [  # numpy's matrix products, and the compiled loops' prefix sums (kernels.py)
+    "numpy",
+    pytest.param(
+        "numba",
+        marks=pytest.mark.skipif(
+            kernels.name() != "numba", reason="numba is not installed: pip install -e '.[fast]'"
+        ),
+    ),
+]
 
 
 def brute_force(u: np.ndarray, levels: np.ndarray) -> np.ndarray:
@@ -43,10 +52,11 @@ def test_cells_is_searchsorted(seed, edges):
         np.testing.assert_array_equal(grid.cells(values, e), expected)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", ["exponential", "linear"])
 @pytest.mark.parametrize("bits", [1, 2, 3, 5])
 @given(seed=st.integers(0, 2**31 - 1))
-def test_every_group_gets_its_best_grid_point(name, bits, seed):
+def test_every_group_gets_its_best_grid_point(engine, name, bits, seed):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 60))
     u = np.abs(rng.standard_normal((7, n)) * rng.lognormal(0, 1, (7, 1)))
@@ -54,7 +64,8 @@ def test_every_group_gets_its_best_grid_point(name, bits, seed):
     u[0] = 0.0  # a dead group
     points = np.sort(rng.uniform(-8, 0, int(rng.integers(1, 20))))
     levels = level_magnitudes(CODEBOOKS[name], points, bits)
-    got = grid.best_on_grid(u, levels)
+    with kernels.use(engine):
+        got = grid.best_on_grid(u, levels)
     want = brute_force(u, levels)
     np.testing.assert_allclose(got.correlation, want.max(axis=1), rtol=0, atol=1e-12)
     chosen_score = want[np.arange(u.shape[0]), got.index]
@@ -75,13 +86,15 @@ def test_every_group_gets_its_best_grid_point(name, bits, seed):
         np.testing.assert_allclose(got.sums[g], np.bincount(index[g], u[g], levels.shape[1]), atol=1e-12)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", TWO_PARAMETER)
 @pytest.mark.parametrize("bits", [3, 4, 5, 6])  # at 2 bits one level: no x0 to store
-def test_the_stored_x0_is_the_best_point_of_the_stored_grid(name, bits, rng):
+def test_the_stored_x0_is_the_best_point_of_the_stored_grid(engine, name, bits, rng):
     """What the file holds for each group is the best of the 64 ln(x0) it can hold."""
     w = rng.standard_normal((48, 200)) * rng.lognormal(0, 0.5, (48, 1))
     w[:, :3] *= 6.0  # outliers
-    q = quantize(w, CODEBOOKS[name], bits, "lsq", search="grid")
+    with kernels.use(engine):
+        q = quantize(w, CODEBOOKS[name], bits, "lsq", search="grid")
     points = _decode(np.arange(64), q.ranges[0])
     u = np.abs(w) / np.abs(w).max(axis=1, keepdims=True)
     scores = brute_force(u, level_magnitudes(CODEBOOKS[name], points, bits))

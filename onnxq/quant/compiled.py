@@ -1,0 +1,120 @@
+"""The passes over every weight, compiled with numba (the `fast` extra): each does in one loop
+what grid.py and quantize.py do with a dozen numpy passes over float64 and int64 copies.
+
+They give numpy's codes, counts and sums bit for bit. score_grid() sums the correlations in
+another order than numpy's matrix products; both take the first point within grid.TIE of the
+best, so that rounding does not pick between points that tie. Only kernels.py imports this module, and only when numba is installed.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def score_grid(u, lut, edges, bounds, levels, tie):  # pragma: no cover - compiled
+    """grid.best_on_grid's scores, row by row: the count and sum of u per cell (grid.cells), their
+    prefix sums, then per point the sums over each level's cells, bounds[k, l]..bounds[k, l + 1],
+    in L steps instead of a product over every cell. Returns the best point of each row (the first
+    within `tie` of the highest), its correlation, and the counts and sums of u per level there,
+    summed in the row's order as numpy sums them."""
+    g, n = u.shape
+    k_points, count = levels.shape
+    width = edges.shape[0] + 1
+    scale = float(lut.shape[0] - 1)
+    cum_n, cum_s = np.zeros(width + 1), np.zeros(width + 1)
+    cell, level_of, scores = np.empty(n, np.int64), np.empty(width, np.int64), np.empty(k_points)
+    best, corr = np.zeros(g, np.int64), np.zeros(g)
+    level_n, level_s = np.zeros((g, count)), np.zeros((g, count))
+    for r in range(g):
+        cum_n[:] = 0.0
+        cum_s[:] = 0.0
+        suu = 0.0
+        for i in range(n):
+            x = u[r, i]
+            b = lut[int(x * scale)]
+            if b < 0:
+                b = np.searchsorted(edges, x, side="right")
+            cell[i] = b
+            cum_n[b + 1] += 1.0
+            cum_s[b + 1] += x
+            suu += x * x
+        for c in range(1, width + 1):
+            cum_n[c] += cum_n[c - 1]
+            cum_s[c] += cum_s[c - 1]
+        k = _best_point(cum_n, cum_s, suu, bounds, levels, tie, scores)
+        best[r], corr[r] = k, scores[k]
+        for j in range(count):
+            level_of[bounds[k, j] : bounds[k, j + 1]] = j
+        for i in range(n):
+            j = level_of[cell[i]]
+            level_n[r, j] += 1.0
+            level_s[r, j] += u[r, i]
+    return best, corr, level_n, level_s
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_point(cum_n, cum_s, suu, bounds, levels, tie, scores):  # pragma: no cover - compiled
+    """The first point whose correlation is within tie of the highest (scores: every point's)."""
+    k_points, count = levels.shape
+    for k in range(k_points):
+        suy = 0.0
+        syy = 0.0
+        for j in range(count):
+            a, e = bounds[k, j], bounds[k, j + 1]
+            y = levels[k, j]
+            suy += y * (cum_s[e] - cum_s[a])
+            syy += y * y * (cum_n[e] - cum_n[a])
+        denom = np.sqrt(suu * syy)
+        scores[k] = suy / denom if denom > 0 else 0.0
+    top = scores.max()
+    for k in range(k_points):
+        if scores[k] >= top - tie:
+            return k
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _count(v, thresholds, r):  # pragma: no cover - compiled
+    """How many of row r's thresholds are <= v, compared as search.bin_index compares them:
+    both shifted by 2r (the rounding of that shift decides the rare value within 1e-13 of one)."""
+    shift = 2.0 * r
+    key = v + shift
+    lo, hi = 0, thresholds.shape[1]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if min(thresholds[r, mid], 1.5) + shift <= key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(cache=True, nogil=True)
+def nearest(w, top, tables, kind, thresholds, live, zero, levels, codes):  # pragma: no cover
+    """Nearest.codes() for the rows of w (codes written in place, the zero code in dead rows),
+    and the sums that with_codes() reads: (w - q)^2, w^2, w q and q^2, q the float32 level.
+    tables (kinds, bins + 1) of grid.Bins, or (1, 1) for none: every value is then searched."""
+    g, n = w.shape
+    size = tables.shape[1] - 1
+    e0 = e1 = e2 = e3 = 0.0
+    for r in range(g):
+        t, kr, on = top[r], kind[r], live[r]
+        for i in range(n):
+            x = np.float64(w[r, i])
+            code = zero
+            if on:
+                v = min(abs(x) / t, 1.0)
+                index = tables[kr, min(int(v * size), size)] if size > 0 else -1
+                if index < 0:
+                    index = _count(v, thresholds, r)
+                code = zero - index if x < 0 else zero + index
+            codes[r, i] = code
+            q = np.float64(np.float32(levels[r, code]))
+            d = x - q
+            e0 += d * d
+            e1 += x * x
+            e2 += x * q
+            e3 += q * q
+    return np.array([e0, e1, e2, e3])

@@ -1,0 +1,80 @@
+"""The compiled loops (numba, the `fast` extra) against numpy's: the same codes, parameters and
+levels for every codebook and width, and the same error statistics up to summation order."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from onnxq.quant import kernels
+from onnxq.quant.codebooks import CODEBOOKS
+from onnxq.quant.quantize import quantize
+
+needs_numba = pytest.mark.skipif(
+    kernels.name() != "numba", reason="numba is not installed: pip install -e '.[fast]'"
+)
+
+
+def weights(seed: int, groups: int, n: int, dtype: str, transposed: bool) -> np.ndarray:
+    """Gaussian rows of mixed scales, with outliers, a dead row and ties; a transposed view when asked
+    (as a MatMul weight's rows are)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((groups, n)) * rng.lognormal(0, 1, (groups, 1))
+    w[:, : max(1, n // 50)] *= 8.0
+    w[0] = 0.0
+    if n > 3:
+        w[-1, :3] = w[-1, 3]  # repeated values
+    w = w.astype(dtype)
+    return np.ascontiguousarray(w.T).T if transposed else w
+
+
+@needs_numba
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    codebook=st.sampled_from(["exponential", "linear", "kmeans"]),
+    bits=st.integers(1, 8),
+    groups=st.integers(1, 40),
+    n=st.integers(1, 300),
+    dtype=st.sampled_from(["float32", "float64", "float16"]),
+    transposed=st.booleans(),
+    search=st.sampled_from(["auto", "grid", "exact"]),
+)
+def test_compiled_loops_give_what_numpy_gives(seed, codebook, bits, groups, n, dtype, transposed, search):
+    w = weights(seed, groups, n, dtype, transposed)
+    got = {}
+    for name in ("numba", "numpy"):
+        with kernels.use(name):
+            got[name] = quantize(w, CODEBOOKS[codebook], bits, "variance", search=search)
+    a, b = got["numba"], got["numpy"]
+    np.testing.assert_array_equal(a.codes, b.codes)
+    np.testing.assert_array_equal(a.params, b.params)
+    np.testing.assert_array_equal(a.ranges, b.ranges)
+    for x, y in ((a.correlation, b.correlation), (a.sqnr_db, b.sqnr_db)):
+        assert (math.isinf(x) and x == y) or math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+
+
+@needs_numba
+def test_a_large_weight_takes_the_compiled_loops_and_a_small_one_numpy():
+    assert kernels.engine(kernels.MIN_WEIGHTS) is not None
+    assert kernels.engine(kernels.MIN_WEIGHTS - 1) is None
+    with kernels.use("numpy"):
+        assert kernels.engine(10**9) is None
+
+
+def test_onnxq_kernels_numpy_turns_the_compiled_loops_off():
+    env = dict(os.environ, ONNXQ_KERNELS="numpy")
+    code = "from onnxq.quant import kernels; print(kernels.name(), kernels.engine(10**9))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["numpy", "None"]
+
+
+def test_an_unknown_engine_is_refused():
+    with pytest.raises(ValueError, match="numba or numpy"), kernels.use("cuda"):
+        pass
