@@ -318,19 +318,35 @@ def test_a_large_output_is_validated_unfolded_with_the_same_numbers(tmp_path, ti
     decoders are not folded at session creation; the comparison is the same to rounding."""
     from onnxq import api, runtime
 
-    folded = onnxq.compress(tiny_path, tmp_path / "a.onnx", jobs=1)
+    folded = onnxq.compress(tiny_path, tmp_path / "a.onnx", jobs=1, samples=8)
     literal_flags = []
     real_session = runtime.session
     monkeypatch.setattr(
         runtime, "session", lambda *a, **k: literal_flags.append(k.get("literal")) or real_session(*a, **k)
     )
     monkeypatch.setattr(api, "UNFOLDED_WEIGHTS", 0)
-    unfolded = onnxq.compress(tiny_path, tmp_path / "b.onnx", jobs=1)
+    unfolded = onnxq.compress(tiny_path, tmp_path / "b.onnx", jobs=1, samples=8)
     assert literal_flags and all(literal_flags[-2:])  # the float and the compressed sessions
     assert any("validated without graph optimizations" in n for n in unfolded.notes)
     assert not any("validated without graph optimizations" in n for n in folded.notes)
     for a, b in zip(folded.validation.outputs, unfolded.validation.outputs):
         assert b.cosine == pytest.approx(a.cosine, abs=1e-6)
+
+
+def test_an_output_validated_unfolded_takes_fewer_random_samples_unless_told(
+    tmp_path, tiny_path, monkeypatch
+):
+    """Each unfolded run decodes every weight again: 2 random samples by default, and the note
+    says so; --samples still decides, and so do real inputs."""
+    from onnxq import api
+
+    small = onnxq.compress(tiny_path, tmp_path / "a.onnx", jobs=1)
+    monkeypatch.setattr(api, "UNFOLDED_WEIGHTS", 0)
+    large = onnxq.compress(tiny_path, tmp_path / "b.onnx", jobs=1)
+    told = onnxq.compress(tiny_path, tmp_path / "c.onnx", jobs=1, samples=5)
+    assert (small.validation.samples, large.validation.samples, told.validation.samples) == (8, 2, 5)
+    assert any("(so 2 random samples, not 8; --samples N for more)" in n for n in large.notes)
+    assert not any("random samples" in n for n in told.notes + small.notes)
 
 
 def test_a_large_fold_output_says_what_loading_it_will_need(tmp_path, tiny_path, monkeypatch):
