@@ -92,7 +92,8 @@ class Plan:
                 f"than --max-input-bytes ({limit / 2**20:,.0f} MiB); ask for fewer samples"
             )
         rng = np.random.default_rng(seed)
-        return [{s.name: self._value(s, rng) for s in self.specs} for _ in range(samples)]
+        # numpy gives a scalar, not an array, for a shape of (): onnxruntime takes only arrays
+        return [{s.name: np.asarray(self._value(s, rng)) for s in self.specs} for _ in range(samples)]
 
     def _value(self, spec: InputSpec, rng: np.random.Generator) -> np.ndarray:
         shape, role, dtype = self.shape(spec), self.roles[spec.name], spec.dtype

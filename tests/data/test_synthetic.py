@@ -212,3 +212,18 @@ def test_feeds_are_seeded():
     a, b, c = plan.feeds(2, 7), plan.feeds(2, 7), plan.feeds(2, 8)
     np.testing.assert_array_equal(a[1]["input_ids"], b[1]["input_ids"])
     assert not np.array_equal(a[1]["input_ids"], c[1]["input_ids"])
+
+
+@pytest.mark.parametrize(
+    "elem", [TensorProto.BOOL, TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32, TensorProto.DOUBLE]
+)
+def test_a_scalar_input_is_fed_as_an_array(elem):
+    """numpy gives a scalar for a shape of (), and onnxruntime refused it ('Unable to handle
+    object of type numpy.bool'): a model with a scalar flag could not be validated."""
+    model = make_model(
+        [helper.make_node("Identity", ["s"], ["y"])], [value("s", [], elem)], [value("y", [], elem)], []
+    )
+    plan = plan_of(model)
+    (feed,) = plan.feeds(1, 0)
+    assert isinstance(feed["s"], np.ndarray) and feed["s"].shape == ()
+    assert session(model).run(None, feed)[0].shape == ()
