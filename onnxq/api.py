@@ -17,8 +17,8 @@ import onnx
 from onnx import numpy_helper
 
 from onnxq import __version__, jobs, runtime
+from onnxq.check import blocks, validate
 from onnxq.check import inspect as inspection
-from onnxq.check import validate
 from onnxq.check.inspect import Inspection
 from onnxq.check.report import Bytes, LevelPicture, Report, SkipReport, WeightReport
 from onnxq.check.validate import DEFAULT_BATCH
@@ -574,8 +574,12 @@ def _check_blocks(weights: list[Weight], config: Config) -> None:
 
 
 def _plan(model: onnx.ModelProto, config: Config, source: Path | None) -> synthetic.Plan:
-    """Synthetic inputs the float model runs on; OnnxqError with the --dim hint when none does."""
+    """Synthetic inputs the float model runs on; OnnxqError with the --dim hint when none does.
+    A model whose output will be validated unfolded runs block by block here too."""
     specs = data.input_specs(model)
+    elements = sum(math.prod(t.dims) for t in model.graph.initializer)
+    if source is not None and elements > UNFOLDED_WEIGHTS and blocks.cuttable(model.graph):
+        return validate.synthetic_plan_by_blocks(model, source, specs, config.dims, config.seed)
     sess = runtime.session(source if source is not None else io.serialize(model))
     return validate.synthetic_plan(model, sess, specs, config.dims, config.seed)
 
@@ -647,19 +651,32 @@ def _validate(
             f"random inputs: {plan.describe()}",
             False,
         )
+    result = validate.validate_samples(
+        src, tmp, specs, samples, what, real, gates, config.batch, literal, by_blocks=literal
+    )
     if literal:
-        fewer = config.samples is None and not real
-        report.notes.append(
-            "validated without graph optimizations: onnxruntime would fold the decoders into float "
-            "weights while creating the session, at several times the float model's memory; "
-            "unfolded, they run on each batch and the session holds the packed weights"
-            + (
-                f" (so {UNFOLDED_SAMPLES} random samples, not {RANDOM_SAMPLES}; --samples N for more)"
-                if fewer
-                else ""
-            )
+        report.notes.append(_unfolded_note(result, config))
+    return result
+
+
+def _unfolded_note(result: validate.Validation, config: Config) -> str:
+    """What the report says of a validation without graph optimizations."""
+    how = (
+        f", a block of the graph (at most {blocks.BLOCK_BYTES >> 20} MB of weights) at a time"
+        if result.by_blocks
+        else ""
+    )
+    fewer = config.samples is None and not result.real
+    return (
+        f"validated without graph optimizations{how}: onnxruntime would fold the decoders into float "
+        "weights while creating the session, at several times the float model's memory; unfolded, "
+        "they run on each batch and a session holds packed weights"
+        + (
+            f" (so {UNFOLDED_SAMPLES} random samples, not {RANDOM_SAMPLES}; --samples N for more)"
+            if fewer
+            else ""
         )
-    return validate.validate_samples(src, tmp, specs, samples, what, real, gates, config.batch, literal)
+    )
 
 
 RANDOM_SAMPLES = 8  # random validation runs by default

@@ -10,10 +10,12 @@ that nothing was checked against real data.
 The two models run one after the other, never side by side: the float model's outputs for a
 chunk of runs (up to CHUNK_BYTES of them) are kept, its session closed, and the compressed
 model's session opened to compare against them. Peak memory is one session plus the outputs.
+A model too large for that runs block by block (blocks.py): a segment of its graph at a time.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ import numpy as np
 import onnx
 
 from onnxq import runtime
+from onnxq.check import blocks
 from onnxq.data import samples as data
 from onnxq.data import synthetic
 from onnxq.data.samples import InputSpec, Sample
@@ -77,6 +80,7 @@ class Validation:
     outputs: list[OutputComparison] = field(default_factory=list)
     gates: list[str] = field(default_factory=list)  # the gates that ran
     failures: list[str] = field(default_factory=list)
+    by_blocks: bool = False  # each model ran a block of its graph at a time (blocks.py)
 
     def __bool__(self) -> bool:
         return not self.failures
@@ -166,14 +170,50 @@ def compare_runs(
             raise OnnxqError(f"the models take different inputs: {inputs} vs {theirs}")
         count += len(chunk)
         for feed, ys in chunk:
-            yq = runtime.run(other, feed, names, what)
-            for n, a, b in zip(names, ys, yq):
-                a, b = np.asarray(a), np.asarray(b)
-                if a.ndim and np.issubdtype(a.dtype, np.number):
-                    keep = data.kept_rows(a, feed.get(mask) if mask else None)
-                    sums.setdefault(n, _Sums(n)).add(a, b, keep)
+            _add(sums, names, feed, ys, runtime.run(other, feed, names, what), mask)
         del other
     return [s.result() for s in sums.values() if s.runs], count
+
+
+def _cuttable(*paths: Path) -> bool:
+    return all(blocks.describe(p).cuttable for p in paths)
+
+
+BLOCK_SAMPLES = 16  # samples whose tensors block validation carries at once
+
+
+def compare_blocks(
+    ref: Path, cand: Path, runs: Iterable[Sample], mask: str | None, what: str, literal: bool
+) -> tuple[list[OutputComparison], int]:
+    """compare_runs, each model run block by block (blocks.py), BLOCK_SAMPLES runs at a time."""
+    ours, theirs = blocks.describe(ref), blocks.describe(cand)
+    if sorted(ours.inputs) != sorted(theirs.inputs):
+        raise OnnxqError(
+            f"the models take different inputs: {sorted(ours.inputs)} vs {sorted(theirs.inputs)}"
+        )
+    names = ours.outputs
+    # As many blocks as the float model's: a compressed block's weights are decoded as it runs.
+    budget = max(1, blocks.BLOCK_BYTES * theirs.weight_bytes // max(1, ours.weight_bytes))
+    sums: dict[str, _Sums] = {}
+    pending, count = iter(runs), 0
+    while chunk := list(itertools.islice(pending, BLOCK_SAMPLES)):
+        ys = blocks.run(ref, chunk, names, literal, what)
+        runtime.give_back_memory()
+        yq = blocks.run(cand, chunk, names, literal, what, budget)
+        runtime.give_back_memory()
+        count += len(chunk)
+        for feed, y, q in zip(chunk, ys, yq):
+            _add(sums, names, feed, y, q, mask)
+    return [s.result() for s in sums.values() if s.runs], count
+
+
+def _add(sums: dict[str, _Sums], names: list[str], feed: Sample, ys, yq, mask: str | None) -> None:
+    """One run's numeric outputs of both models into their sums (padding left out)."""
+    for n, a, b in zip(names, ys, yq):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.ndim and np.issubdtype(a.dtype, np.number):
+            keep = data.kept_rows(a, feed.get(mask) if mask else None)
+            sums.setdefault(n, _Sums(n)).add(a, b, keep)
 
 
 def _reference_chunk(sess, runs, names: list[str], what: str) -> tuple[list[tuple[Sample, list]], bool]:
@@ -222,6 +262,18 @@ def synthetic_plan(
     return synthetic.plan_inputs(model, specs, dims, runner, seed)
 
 
+def synthetic_plan_by_blocks(
+    model: onnx.ModelProto, path: Path, specs: Sequence[InputSpec], dims: dict[str, int], seed: int
+) -> synthetic.Plan:
+    """synthetic_plan, the model at path run block by block (blocks.py) without graph optimizations."""
+    first = blocks.describe(path).outputs[:1]
+
+    def runner(feed: Sample) -> None:
+        blocks.run(path, [feed], first, True, "synthetic inputs")
+
+    return synthetic.plan_inputs(model, specs, dims, runner, seed)
+
+
 def compare_models(
     reference: Source,
     candidate: Source,
@@ -266,12 +318,25 @@ def validate_samples(
     batch: int = DEFAULT_BATCH,
     literal: bool = False,
     opened: list[runtime.Session] | None = None,
+    by_blocks: bool = False,
 ) -> Validation:
-    """Compare the models on samples, batch by batch, and judge the result (see compare_runs)."""
+    """Compare the models on samples, batch by batch, and judge the result (see compare_runs).
+    by_blocks: run each model block by block (compare_blocks), when both are files."""
     runs = (feed for feed, _ in data.batches(samples, specs, batch))
     mask = data.mask_input(specs)
-    outputs, _ = compare_runs(ref, cand, runs, mask, "validation inputs", literal, opened)
+    if by_blocks and isinstance(ref, Path) and isinstance(cand, Path) and _cuttable(ref, cand):
+        if opened:
+            opened.clear()  # a whole session of the float model is what blocks avoid
+        outputs, _ = compare_blocks(ref, cand, runs, mask, "validation inputs", literal)
+    else:
+        by_blocks = False
+        outputs, _ = compare_runs(ref, cand, runs, mask, "validation inputs", literal, opened)
     result = Validation(
-        inputs=what, samples=len(samples), real=real, shapes=data.shapes(samples), outputs=outputs
+        inputs=what,
+        samples=len(samples),
+        real=real,
+        shapes=data.shapes(samples),
+        outputs=outputs,
+        by_blocks=by_blocks,
     )
     return judge(result, gates)

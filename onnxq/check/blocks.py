@@ -1,0 +1,178 @@
+"""Validation block by block, for a model too large to hold twice: its graph runs as a chain of
+segments, each a session over its own nodes and at most BLOCK_BYTES of their weights, fed what
+the segments before it made. Every sample goes through a segment before the next one opens, and
+only the tensors that later segments or the graph's outputs read are kept between them.
+
+A node that only rebuilds a weight (its inputs are all weights, like onnxq's decoders) runs in
+the segment of its first reader, so that the rebuilt weight is not carried. Graphs with control
+flow (If, Loop, Scan) are not cut: their bodies may read any tensor of the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx.external_data_helper import uses_external_data
+
+from onnxq import runtime
+from onnxq.data.samples import Sample
+from onnxq.graph import external, io
+
+BLOCK_BYTES = 128 << 20  # the weights of one segment, at most (a larger single node is one segment)
+
+
+@dataclass
+class Segment:
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    weights: list[str] = field(default_factory=list)  # initializers its nodes read
+    inputs: list[str] = field(default_factory=list)  # graph inputs or earlier segments' tensors
+    outputs: list[str] = field(default_factory=list)  # what later segments or the graph's outputs read
+    size: int = 0  # bytes of its weights
+
+
+def cuttable(graph: onnx.GraphProto) -> bool:
+    """Whether the graph can run in segments: no node holds a subgraph."""
+    subgraphs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    return not any(a.type in subgraphs for node in graph.node for a in node.attribute)
+
+
+def plan(graph: onnx.GraphProto, budget: int = BLOCK_BYTES) -> list[Segment]:
+    """The graph's nodes in segments of at most budget bytes of weights, in an order where each
+    weight-only node comes right before its first reader. The graph must be cuttable."""
+    sizes = {t.name: external.stored_bytes(t) for t in graph.initializer}
+    segments = [Segment()]
+    for unit in _units(graph, set(sizes)):
+        new = {n for node in unit for n in node.input if n in sizes} - set(segments[-1].weights)
+        grow = sum(sizes[n] for n in new)
+        if segments[-1].nodes and segments[-1].size + grow > budget:
+            segments.append(Segment())
+            new = {n for node in unit for n in node.input if n in sizes}
+            grow = sum(sizes[n] for n in new)
+        segments[-1].nodes.extend(unit)
+        segments[-1].weights.extend(sorted(new))
+        segments[-1].size += grow
+    _connect(segments, graph, set(sizes))
+    return [s for s in segments if s.nodes]
+
+
+def _units(graph: onnx.GraphProto, weights: set[str]) -> list[list[onnx.NodeProto]]:
+    """The nodes as units that stay in one segment: each node that reads data, after the
+    weight-only nodes it needs and no segment has run yet."""
+    made_by = {o: i for i, node in enumerate(graph.node) for o in node.output if o}
+    constant = [False] * len(graph.node)
+    for i, node in enumerate(graph.node):
+        constant[i] = all(n in weights or (n in made_by and constant[made_by[n]]) for n in node.input if n)
+    done = [False] * len(graph.node)
+
+    def needs(i: int, unit: list[onnx.NodeProto]) -> None:
+        for n in graph.node[i].input:
+            j = made_by.get(n)
+            if j is not None and constant[j] and not done[j]:
+                done[j] = True
+                needs(j, unit)
+                unit.append(graph.node[j])
+
+    units = []
+    for i, node in enumerate(graph.node):
+        if constant[i] or done[i]:
+            continue
+        unit: list[onnx.NodeProto] = []
+        needs(i, unit)
+        done[i] = True
+        units.append([*unit, node])
+    rest = [node for i, node in enumerate(graph.node) if not done[i]]  # weight-only nodes no node reads
+    return units + ([rest] if rest else [])
+
+
+def _connect(segments: list[Segment], graph: onnx.GraphProto, weights: set[str]) -> None:
+    """Each segment's inputs and outputs: the tensors that cross from one segment to a later one."""
+    wanted = {o.name for o in graph.output}
+    for k in range(len(segments) - 1, -1, -1):
+        seg = segments[k]
+        made = {o for node in seg.nodes for o in node.output if o}
+        read = {n for node in seg.nodes for n in node.input if n}
+        seg.outputs = sorted(made & wanted)
+        seg.inputs = sorted(read - made - weights)
+        wanted |= set(seg.inputs)
+
+
+@dataclass
+class Described:
+    inputs: list[str]  # the graph's inputs but initializers
+    outputs: list[str]
+    cuttable: bool
+    weight_bytes: int  # of every initializer
+
+
+def describe(path: Path) -> Described:
+    """What block validation needs to know of the model at path before it runs."""
+    model, _ = io.read_model(path, lazy=True)
+    weights = {t.name for t in model.graph.initializer}
+    return Described(
+        [i.name for i in model.graph.input if i.name not in weights],
+        [o.name for o in model.graph.output],
+        cuttable(model.graph),
+        sum(external.stored_bytes(t) for t in model.graph.initializer),
+    )
+
+
+def run(
+    path: Path,
+    samples: Sequence[Sample],
+    names: list[str],
+    literal: bool,
+    what: str,
+    budget: int = BLOCK_BYTES,
+) -> list[list]:
+    """The outputs `names` of the model at path for every sample, segment by segment (of at
+    most budget bytes of stored weights: a compressed model's are decoded as they run)."""
+    model, _ = io.read_model(path, lazy=True)
+    folder = path.resolve().parent
+    segments = plan(model.graph, budget)
+    alive = [dict(sample) for sample in samples]
+    for k, seg in enumerate(segments):
+        proto, arrays = _segment_model(model, folder, seg, alive[0] if alive else {})
+        sess = runtime.session(proto, literal=literal, initializers=arrays)
+        del arrays
+        later = {n for s in segments[k + 1 :] for n in s.inputs} | set(names)
+        for values in alive:
+            ys = runtime.run(sess, {n: values[n] for n in seg.inputs}, seg.outputs, what)
+            values.update(zip(seg.outputs, ys))
+            for n in [n for n in values if n not in later]:
+                del values[n]
+        del sess
+        runtime.give_back_memory()
+    return [[values[n] for n in names] for values in alive]
+
+
+def _segment_model(
+    model: onnx.ModelProto, folder: Path, seg: Segment, example: dict
+) -> tuple[onnx.ModelProto, dict]:
+    """A model of the segment's nodes, and the values of its weights that stay in their files
+    (example: a sample's tensors, whose types name inputs the graph does not type)."""
+    out = onnx.ModelProto()
+    runtime.copy_fields(model, out, skip="graph")
+    graph = out.graph
+    graph.name = model.graph.name
+    graph.node.extend(seg.nodes)
+    known = {v.name: v for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]}
+    for name in seg.inputs:
+        graph.input.append(known.get(name) or _value_info(name, example[name]))
+    graph.output.extend(onnx.ValueInfoProto(name=n) for n in seg.outputs)
+    tensors = {t.name: t for t in model.graph.initializer}
+    arrays = {}
+    for name in seg.weights:
+        tensor = tensors[name]
+        graph.initializer.add().CopyFrom(tensor)
+        if uses_external_data(tensor):
+            arrays[name] = external.mapped_array(tensor, folder)
+    return (runtime.stubbed(out, arrays) if arrays else out), arrays
+
+
+def _value_info(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.asarray(value).dtype)
+    return onnx.helper.make_tensor_value_info(name, elem, None)

@@ -1,0 +1,118 @@
+"""Validation block by block (onnxq/check/blocks.py): the graph cut into segments of bounded
+weights runs to the same outputs as the whole model, float or compressed, and validation by
+blocks reports the numbers whole validation reports."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import control_flow_model, make_model, randn, run, save_external, value
+from hypothesis import given
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxq
+from onnxq import api
+from onnxq.check import blocks
+from onnxq.graph import external
+
+
+def decoder(layers: int = 4, width: int = 48, seed: int = 0) -> onnx.ModelProto:
+    """An embedding, then residual MLP layers of two MatMuls each (one weight read through a
+    Transpose, a weight-only node), and a tied output head reading the embedding again."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(randn(rng, 97, width) * 0.5, "emb")]
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["h0"])]
+    for i in range(layers):
+        inits += [
+            numpy_helper.from_array(randn(rng, width, 2 * width) * 0.2, f"up{i}"),
+            numpy_helper.from_array(randn(rng, width, 2 * width) * 0.2, f"down{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [f"h{i}", f"up{i}"], [f"a{i}"]),
+            helper.make_node("Tanh", [f"a{i}"], [f"t{i}"]),
+            helper.make_node("Transpose", [f"down{i}"], [f"down{i}.T"]),
+            helper.make_node("MatMul", [f"t{i}", f"down{i}.T"], [f"m{i}"]),
+            helper.make_node("Add", [f"h{i}", f"m{i}"], [f"h{i + 1}"]),
+        ]
+    nodes += [
+        helper.make_node("Transpose", ["emb"], ["emb.T"]),
+        helper.make_node("MatMul", [f"h{layers}", "emb.T"], ["logits"]),
+    ]
+    return make_model(
+        nodes, [value("ids", [1, "seq"], TensorProto.INT64)], [value("logits", [1, "seq", 97])], inits
+    )
+
+
+def feeds(count: int = 3) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(5)
+    return [{"ids": rng.integers(0, 97, (1, int(rng.integers(1, 9)))).astype(np.int64)} for _ in range(count)]
+
+
+@given(budget=st.integers(1, 120_000), layers=st.integers(1, 5))
+def test_every_node_runs_once_and_every_crossing_tensor_is_carried(budget, layers):
+    graph = decoder(layers).graph
+    segments = blocks.plan(graph, budget)
+    nodes = [n for s in segments for n in s.nodes]
+    assert sorted(n.output[0] for n in nodes) == sorted(n.output[0] for n in graph.node)
+    weights = {t.name: t for t in graph.initializer}
+    made = {i.name for i in graph.input}
+    for s in segments:
+        assert set(s.inputs) <= made  # read from the graph's inputs or an earlier segment
+        own = {o for n in s.nodes for o in n.output}
+        assert {x for n in s.nodes for x in n.input if x} <= own | set(s.inputs) | set(s.weights)
+        made |= set(s.outputs)
+        size = sum(external.stored_bytes(weights[w]) for w in s.weights)
+        assert size == s.size
+        assert size <= budget or len([n for n in s.nodes if n.op_type == "MatMul"]) <= 1
+    for n in graph.node:  # a weight-only node runs in the segment of its reader
+        if n.op_type == "Transpose":
+            (home,) = [s for s in segments if n in s.nodes]
+            assert any(n.output[0] in r.input for r in home.nodes)
+    assert {o.name for o in graph.output} <= made
+
+
+@pytest.mark.parametrize("budget", [1, 20_000, 60_000, 10**9])
+@pytest.mark.parametrize("fmt", ["float", "fold", "matmulnbits"])
+def test_blocks_give_the_whole_models_outputs(tmp_path, monkeypatch, budget, fmt):
+    monkeypatch.setattr(external, "LAZY_BYTES", 0)  # every weight stays in its file: the stub path
+    path = save_external(decoder(), tmp_path / "src")
+    if fmt != "float":
+        options = {"bits": 4, "codebook": "linear", "format": "matmulnbits"} if fmt == "matmulnbits" else {}
+        out = tmp_path / "out" / "c.onnx"
+        out.parent.mkdir()
+        onnxq.compress(path, out, jobs=1, validate=False, **options)
+        path = out
+    samples = feeds()
+    got = blocks.run(path, samples, ["logits"], True, "test", budget)
+    for sample, (y,) in zip(samples, got):
+        np.testing.assert_array_equal(y, run(str(path), sample)[0])
+
+
+def test_validation_by_blocks_reports_what_whole_validation_reports(tmp_path, monkeypatch):
+    path = save_external(decoder(), tmp_path / "src")
+    whole = onnxq.compress(path, tmp_path / "a.onnx", jobs=1, samples=4)
+    monkeypatch.setattr(api, "UNFOLDED_WEIGHTS", 0)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 20_000)
+    seen = []
+    real_run = blocks.run
+    monkeypatch.setattr(blocks, "run", lambda *a, **k: seen.append(a[0]) or real_run(*a, **k))
+    cut = onnxq.compress(path, tmp_path / "b.onnx", jobs=1, samples=4)
+    assert seen  # the plan's check and both models ran by blocks
+    (a,), (b,) = whole.validation.outputs, cut.validation.outputs
+    assert b.cosine == pytest.approx(a.cosine, abs=1e-6) and b.sqnr_db == pytest.approx(a.sqnr_db, abs=1e-3)
+    assert cut.validation.by_blocks and not whole.validation.by_blocks
+    assert any("a block of the graph" in n for n in cut.notes)
+
+
+def test_a_graph_with_control_flow_is_validated_whole(tmp_path, monkeypatch):
+    model, _ = control_flow_model()
+    assert not blocks.cuttable(model.graph)
+    path = tmp_path / "cf.onnx"
+    onnx.save(model, path)
+    monkeypatch.setattr(api, "UNFOLDED_WEIGHTS", 0)
+    monkeypatch.setattr(blocks, "run", lambda *a, **k: pytest.fail("a graph with If and Loop was cut"))
+    report = onnxq.compress(path, tmp_path / "out.onnx", jobs=1)
+    assert report.validation is not None and report.validation.outputs and not report.validation.by_blocks
+    assert not any("a block of the graph" in n for n in report.notes)
