@@ -21,7 +21,7 @@ from onnxq.check import blocks, validate
 from onnxq.check import inspect as inspection
 from onnxq.check.inspect import Inspection
 from onnxq.check.report import Bytes, LevelPicture, Report, SkipReport, WeightReport
-from onnxq.check.validate import DEFAULT_BATCH
+from onnxq.check.validate import DEFAULT_BATCH, UNFOLDED_WEIGHTS
 from onnxq.data import samples as data
 from onnxq.data import synthetic
 from onnxq.errors import OnnxqError, first_line
@@ -577,8 +577,11 @@ def _plan(model: onnx.ModelProto, config: Config, source: Path | None) -> synthe
     """Synthetic inputs the float model runs on; OnnxqError with the --dim hint when none does.
     A model whose output will be validated unfolded runs block by block here too."""
     specs = data.input_specs(model)
-    elements = sum(math.prod(t.dims) for t in model.graph.initializer)
-    if source is not None and elements > UNFOLDED_WEIGHTS and blocks.cuttable(model.graph):
+    if (
+        source is not None
+        and blocks.elements(model.graph) > UNFOLDED_WEIGHTS
+        and blocks.cuttable(model.graph)
+    ):
         return validate.synthetic_plan_by_blocks(model, source, specs, config.dims, config.seed)
     sess = runtime.session(source if source is not None else io.serialize(model))
     return validate.synthetic_plan(model, sess, specs, config.dims, config.seed)
@@ -690,14 +693,6 @@ def _random_samples(config: Config, literal: bool) -> int:
     if config.samples is not None:
         return config.samples
     return UNFOLDED_SAMPLES if literal else RANDOM_SAMPLES
-
-
-# Above this many compressed weights, validation runs both models as their graphs state (no
-# graph optimizations). onnxruntime folds a fold decoder when it creates a session, and its
-# intermediates peak at about 45 bytes per folded weight: 4.9 GB for a 134M-weight decoder whose float
-# session peaks at 0.6 GB. Unfolded, the 30M-weight decoder's session and one run peaked at
-# 224 MB against 930 MB folded and 177 MB for the float model (docs/RESULTS.md, scale).
-UNFOLDED_WEIGHTS = 1 << 25
 
 
 def compress(

@@ -10,6 +10,7 @@ flow (If, Loop, Scan) are not cut: their bodies may read any tensor of the graph
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,11 @@ def cuttable(graph: onnx.GraphProto) -> bool:
     """Whether the graph can run in segments: no node holds a subgraph."""
     subgraphs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
     return not any(a.type in subgraphs for node in graph.node for a in node.attribute)
+
+
+def elements(graph: onnx.GraphProto) -> int:
+    """How many values the graph's initializers hold."""
+    return sum(math.prod(t.dims) for t in graph.initializer)
 
 
 def plan(graph: onnx.GraphProto, budget: int = BLOCK_BYTES) -> list[Segment]:

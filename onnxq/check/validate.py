@@ -33,6 +33,12 @@ from onnxq.graph import io
 
 DEFAULT_MIN_COSINE = 0.98
 DEFAULT_BATCH = 16  # samples per run of --inputs
+# Above this many weights (compressed, or in the float model when nothing is compressed yet),
+# validation runs both models as their graphs state (no graph optimizations), block by block.
+# onnxruntime folds a fold decoder when it creates a session, and its constant folding keeps
+# every intermediate until the session is ready: about 34 bytes per weight, 3.9 GB for a
+# 134M-weight decoder whose float session peaks at 0.6 GB (docs/RESULTS.md, scale).
+UNFOLDED_WEIGHTS = 1 << 25
 CHUNK_BYTES = 256 << 20  # the float outputs kept at once; more runs take more rounds of sessions
 NOT_CHECKED = "not checked against real data"
 
@@ -292,19 +298,29 @@ def compare_models(
     """Run both models on the same inputs (an npz or folder of them, else synthetic ones) and
     compare every output; the gates decide whether it passed. literal: run both as their graphs
     state, without the fused kernels that change the arithmetic (runtime.session).
-    max_input_bytes: the most the inputs' arrays may take (data.read_samples)."""
-    opened = [runtime.session(reference, literal=literal)]  # handed on: closed when done with
+    max_input_bytes: the most the inputs' arrays may take (data.read_samples). Two model files
+    whose float model holds over UNFOLDED_WEIGHTS weights run literally, block by block."""
     proto = load_proto(reference)
+    large = blocks.elements(proto.graph) > UNFOLDED_WEIGHTS and blocks.cuttable(proto.graph)
+    by_blocks = large and not isinstance(reference, bytes) and not isinstance(candidate, bytes)
+    if by_blocks:
+        reference, candidate, literal = Path(reference), Path(candidate), True  # type: ignore[arg-type]
+    # handed on to validate_samples, which closes it when done with it
+    opened = [] if by_blocks else [runtime.session(reference, literal=literal)]
     specs = data.input_specs(proto)
     if inputs is not None:
         runs = data.read_samples(inputs, specs, "inputs file", max_input_bytes)
         what, real = f"{inputs} ({len(runs)} samples)", True
     else:
+        if plan is None and by_blocks:
+            plan = synthetic_plan_by_blocks(proto, Path(reference), specs, dims or {}, seed)  # type: ignore[arg-type]
         plan = plan or synthetic_plan(proto, opened[0], specs, dims or {}, seed)
         runs = plan.feeds(samples, seed, max_input_bytes)
         what, real = f"random inputs: {plan.describe()}", False
     gates = Gates(min_cosine, min_sqnr, min_agreement)
-    return validate_samples(reference, candidate, specs, runs, what, real, gates, batch, literal, opened)
+    return validate_samples(
+        reference, candidate, specs, runs, what, real, gates, batch, literal, opened, by_blocks=by_blocks
+    )
 
 
 def validate_samples(

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxq
-from onnxq import api
+from onnxq import api, runtime
 from onnxq.check import blocks
 from onnxq.graph import external
 
@@ -116,3 +116,28 @@ def test_a_graph_with_control_flow_is_validated_whole(tmp_path, monkeypatch):
     report = onnxq.compress(path, tmp_path / "out.onnx", jobs=1)
     assert report.validation is not None and report.validation.outputs and not report.validation.by_blocks
     assert not any("a block of the graph" in n for n in report.notes)
+
+
+def test_onnxq_validate_checks_a_large_model_by_blocks(tmp_path, monkeypatch):
+    """`onnxq validate FLOAT COMPRESSED` (compare_models) on a model over UNFOLDED_WEIGHTS: literal
+    sessions block by block, and the whole comparison's numbers."""
+    from onnxq.check import validate
+
+    path = save_external(decoder(), tmp_path / "src")
+    out = tmp_path / "out.onnx"
+    onnxq.compress(path, out, jobs=1, validate=False)
+    whole = validate.compare_models(path, out, samples=3, literal=True)
+    monkeypatch.setattr(validate, "UNFOLDED_WEIGHTS", 0)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 20_000)
+    opened = []
+    real_session = runtime.session
+    monkeypatch.setattr(
+        runtime, "session", lambda *a, **k: opened.append(k.get("literal")) or real_session(*a, **k)
+    )
+    cut = validate.compare_models(str(path), str(out), samples=3)
+    assert cut.by_blocks and not whole.by_blocks and opened and all(opened)
+    assert len(opened) > 4  # segments' sessions, not the two whole models'
+    (a,), (b,) = whole.outputs, cut.outputs
+    assert b.cosine == pytest.approx(a.cosine, abs=1e-9) and b.max_abs_error == pytest.approx(
+        a.max_abs_error, abs=1e-6
+    )
