@@ -74,20 +74,28 @@ def _units(graph: onnx.GraphProto, weights: set[str]) -> list[list[onnx.NodeProt
         constant[i] = all(n in weights or (n in made_by and constant[made_by[n]]) for n in node.input if n)
     done = [False] * len(graph.node)
 
-    def needs(i: int, unit: list[onnx.NodeProto]) -> None:
-        for n in graph.node[i].input:
-            j = made_by.get(n)
-            if j is not None and constant[j] and not done[j]:
-                done[j] = True
-                needs(j, unit)
+    def needs(i: int) -> list[onnx.NodeProto]:
+        """The weight-only nodes that node i needs and no unit has taken, in an order that runs
+        (depth first, without recursion: a chain of such nodes may be long)."""
+        unit, stack = [], [(i, False)]
+        while stack:
+            j, expanded = stack.pop()
+            if expanded:
                 unit.append(graph.node[j])
+                continue
+            stack.append((j, True))
+            for n in reversed(graph.node[j].input):
+                k = made_by.get(n)
+                if k is not None and constant[k] and not done[k]:
+                    done[k] = True
+                    stack.append((k, False))
+        return unit[:-1]  # node i itself comes last
 
     units = []
     for i, node in enumerate(graph.node):
         if constant[i] or done[i]:
             continue
-        unit: list[onnx.NodeProto] = []
-        needs(i, unit)
+        unit = needs(i)
         done[i] = True
         units.append([*unit, node])
     rest = [node for i, node in enumerate(graph.node) if not done[i]]  # weight-only nodes no node reads

@@ -141,3 +141,22 @@ def test_onnxq_validate_checks_a_large_model_by_blocks(tmp_path, monkeypatch):
     assert b.cosine == pytest.approx(a.cosine, abs=1e-9) and b.max_abs_error == pytest.approx(
         a.max_abs_error, abs=1e-6
     )
+
+
+def test_a_long_chain_of_weight_only_nodes_is_planned_without_recursion(tmp_path):
+    """3000 Identity nodes on a weight before its reader: deeper than Python's recursion limit."""
+    rng = np.random.default_rng(0)
+    chain = [helper.make_node("Identity", [f"w{i}"], [f"w{i + 1}"]) for i in range(3000)]
+    model = make_model(
+        [*chain, helper.make_node("MatMul", ["x", "w3000"], ["y"])],
+        [value("x", [2, 8])],
+        [value("y", [2, 4])],
+        [numpy_helper.from_array(randn(rng, 8, 4), "w0")],
+    )
+    (segment,) = blocks.plan(model.graph, 1)
+    assert [n.output[0] for n in segment.nodes] == [f"w{i + 1}" for i in range(3000)] + ["y"]
+    path = tmp_path / "chain.onnx"
+    onnx.save(model, path)
+    x = randn(rng, 2, 8)
+    ((y,),) = blocks.run(path, [{"x": x}], ["y"], True, "test")
+    np.testing.assert_allclose(y, x @ numpy_helper.to_array(model.graph.initializer[0]), rtol=1e-6)
