@@ -27,7 +27,7 @@ from onnxq.data import synthetic
 from onnxq.errors import OnnxqError, first_line
 from onnxq.graph import constfold, external, io, rewrite
 from onnxq.graph.select import FLOAT_TYPES, Weight, find_weights, iter_graphs
-from onnxq.quant import layout
+from onnxq.quant import kernels, layout
 from onnxq.quant.codebooks import CODEBOOKS, DEFAULT_CODEBOOK
 from onnxq.quant.quantize import DEFAULT_SEARCH, SCALES, SEARCHES, QuantizedTensor
 from onnxq.refine import steps as refine
@@ -225,6 +225,7 @@ def _settings(config: Config) -> jobs.Settings:
         config.group_size,
         config.jobs,
         config.format,
+        kernels.current(),  # _quantize_all's, for the worker processes
     )
 
 
@@ -246,9 +247,23 @@ def _quantize_all(
     progress: Progress | None,
     plan: synthetic.Plan | None,
 ) -> _Quantized:
-    """Every weight quantized: at --bits, or as chosen for --target-bits; then rounded and corrected."""
+    """Every weight quantized: at --bits, or as chosen for --target-bits; then rounded and corrected.
+    The run's weights decide the engine of quantize's loops (kernels.for_weights), in this process
+    (threads, GPTQ, the sensitivity probe) and in the workers."""
     if not weights:
         return _Quantized([], [])
+    with kernels.use(kernels.for_weights(sum(w.array.size for w in weights))):
+        return _quantize_with(model, weights, config, report, progress, plan)
+
+
+def _quantize_with(
+    model: onnx.ModelProto,
+    weights: list[Weight],
+    config: Config,
+    report: Report,
+    progress: Progress | None,
+    plan: synthetic.Plan | None,
+) -> _Quantized:
     source, layers, notes = _statistics(model, weights, config, report, progress, plan)
     settings = _settings(config)
     gptq = config.resolved_rounding() == "gptq"

@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 from onnxq.errors import OnnxqError, WeightError
 from onnxq.graph import external
 from onnxq.graph.select import Weight
-from onnxq.quant import layout
+from onnxq.quant import kernels, layout
 from onnxq.quant.codebooks import CODEBOOKS
 from onnxq.quant.quantize import CONTINUOUS, QuantizedTensor, quantize
 from onnxq.refine import steps as refine
@@ -52,6 +52,7 @@ class Settings:
     group_size: int | None
     jobs: int
     format: str = DEFAULT_FORMAT  # its default_group_size applies where group_size is None
+    kernels: str = "auto"  # the engine of quantize's loops (kernels.configure), the run's
 
 
 def weight_rows(weight: Weight, settings: Settings, choice: Choice) -> np.ndarray:
@@ -71,6 +72,7 @@ def weight_rows(weight: Weight, settings: Settings, choice: Choice) -> np.ndarra
 def quantize_rows(rows: np.ndarray, settings: Settings, bits: int, error=None) -> QuantizedTensor:
     """quantize as the settings say; without error (weight-space error) everything is picklable,
     and it runs in a worker process."""
+    kernels.configure(settings.kernels)  # a worker process learns the run's engine here
     return quantize(rows, CODEBOOKS[settings.codebook], bits, settings.scale, error, settings.search)
 
 

@@ -1,9 +1,11 @@
 """Which engine runs the passes over every weight: numba's compiled loops (compiled.py) when the
 `fast` extra is installed, numpy otherwise. Both give the same codes, byte for byte.
 
-Small arrays stay on numpy, so that a small model pays neither numba's import nor its compiling
-(about 0.5 s and, before its cache is written, a few seconds per process). ONNXQ_KERNELS=numpy
-turns the compiled loops off.
+A process that loads numba pays its import and the load of the compiled loops from their cache
+(0.2-0.3 s, and a few seconds of compiling before the cache is written), which only a few
+million weights win back: compress picks the engine per run (for_weights), and a direct call of
+quantize() takes numpy for arrays under MIN_WEIGHTS. ONNXQ_KERNELS=numpy turns the compiled
+loops off.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from contextlib import contextmanager
 from functools import cache
 from types import ModuleType
 
-MIN_WEIGHTS = 1 << 16  # arrays smaller than this stay on numpy
-_forced: list[str] = []  # use()'s engine, innermost last
+MIN_WEIGHTS = 1 << 16  # in "auto", arrays smaller than this stay on numpy
+RUN_WEIGHTS = 1 << 24  # compress runs with fewer weights to quantize than this take numpy
+_mode = "auto"  # or "numba" or "numpy": set by use() and configure()
 
 
 @cache
@@ -31,26 +34,45 @@ def _compiled() -> ModuleType | None:
 
 def engine(size: int) -> ModuleType | None:
     """The compiled loops for an array of `size` elements, or None for numpy."""
-    if _forced:
-        return _compiled() if _forced[-1] == "numba" else None
+    if _mode == "numpy":
+        return None
+    if _mode == "numba":
+        return _compiled()
     return _compiled() if size >= MIN_WEIGHTS else None
+
+
+def for_weights(count: int) -> str:
+    """The engine for a run that quantizes count weights: numba from RUN_WEIGHTS on, if installed."""
+    return "numba" if count >= RUN_WEIGHTS and _compiled() is not None else "numpy"
+
+
+def configure(name: str) -> None:
+    """Run every array of this process on one engine from now on: 'auto', 'numba' or 'numpy'
+    (worker processes and threads each set the run's)."""
+    global _mode
+    if name not in ("auto", "numba", "numpy"):
+        raise ValueError(f"unknown engine {name!r}: auto, numba or numpy")
+    if name == "numba" and _compiled() is None:
+        raise RuntimeError("numba is not installed, or ONNXQ_KERNELS=numpy turned it off")
+    _mode = name
 
 
 @contextmanager
 def use(name: str) -> Iterator[None]:
-    """Run every array, whatever its size, on one engine: 'numba' (an error without numba) or
-    'numpy'. For side-by-side measurements and tests."""
-    if name not in ("numba", "numpy"):
-        raise ValueError(f"unknown engine {name!r}: numba or numpy")
-    if name == "numba" and _compiled() is None:
-        raise RuntimeError("numba is not installed, or ONNXQ_KERNELS=numpy turned it off")
-    _forced.append(name)
+    """configure(name) for the duration of a block: side-by-side measurements and tests."""
+    before = _mode
+    configure(name)
     try:
         yield
     finally:
-        _forced.pop()
+        configure(before)
+
+
+def current() -> str:
+    """The engine this process runs: 'auto', 'numba' or 'numpy'."""
+    return _mode
 
 
 def name() -> str:
-    """'numba' or 'numpy': what runs the passes over large tensors."""
+    """'numba' or 'numpy': what runs the passes over large tensors when numba may."""
     return "numba" if _compiled() is not None else "numpy"

@@ -78,3 +78,34 @@ def test_onnxq_kernels_numpy_turns_the_compiled_loops_off():
 def test_an_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="numba or numpy"), kernels.use("cuda"):
         pass
+
+
+@pytest.mark.parametrize("run_weights, loaded", [(None, False), (0, True)])
+def test_compress_loads_numba_only_for_a_run_large_enough_to_win_its_import_back(
+    tmp_path, tiny_path, run_weights, loaded
+):
+    """A small model's compress, in a fresh process, never imports numba (0.2-0.3 s per process
+    that only millions of weights win back); over kernels.RUN_WEIGHTS it does. quantize_rows
+    hands the run's engine to the worker processes (next test)."""
+    if loaded and kernels.name() != "numba":
+        pytest.skip("numba is not installed: pip install -e '.[fast]'")
+    code = (
+        "import sys; from onnxq.quant import kernels\n"
+        + (f"kernels.RUN_WEIGHTS = {run_weights}\n" if run_weights is not None else "")
+        + f"import onnxq; onnxq.compress({str(tiny_path)!r}, {str(tmp_path / 'o.onnx')!r}, jobs=2)\n"
+        + "print('numba' in sys.modules, kernels.current())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(loaded), "auto"]  # and the mode is restored after the run
+
+
+@needs_numba
+def test_worker_settings_carry_the_runs_engine():
+    from onnxq import jobs
+
+    settings = jobs.Settings("exponential", "channel", "variance", "grid", None, 1, kernels="numba")
+    w = np.random.default_rng(0).standard_normal((4, 64))
+    with kernels.use("numpy"):
+        jobs.quantize_rows(w, settings, 5)
+        assert kernels.current() == "numba"  # what a worker process keeps for the run
+    assert kernels.current() == "auto"
