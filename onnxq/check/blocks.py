@@ -36,9 +36,13 @@ class Segment:
 
 
 def cuttable(graph: onnx.GraphProto) -> bool:
-    """Whether the graph can run in segments: no node holds a subgraph."""
+    """Whether the graph can run in segments: no node holds a subgraph, and every output is made
+    by a node or fed (not an initializer, which no segment would hand on)."""
     subgraphs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-    return not any(a.type in subgraphs for node in graph.node for a in node.attribute)
+    if any(a.type in subgraphs for node in graph.node for a in node.attribute):
+        return False
+    made = {o for node in graph.node for o in node.output} | {i.name for i in graph.input}
+    return all(o.name in made for o in graph.output)
 
 
 def elements(graph: onnx.GraphProto) -> int:

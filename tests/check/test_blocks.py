@@ -160,3 +160,17 @@ def test_a_long_chain_of_weight_only_nodes_is_planned_without_recursion(tmp_path
     x = randn(rng, 2, 8)
     ((y,),) = blocks.run(path, [{"x": x}], ["y"], True, "test")
     np.testing.assert_allclose(y, x @ numpy_helper.to_array(model.graph.initializer[0]), rtol=1e-6)
+
+
+def test_an_output_that_is_an_initializer_is_validated_whole(tmp_path, monkeypatch):
+    """No segment makes such an output; the whole model is validated instead of failing."""
+    model = decoder(layers=1)
+    model.graph.output.append(value("emb", [97, 48]))
+    assert not blocks.cuttable(model.graph)
+    path = save_external(model, tmp_path / "src")
+    monkeypatch.setattr(api, "UNFOLDED_WEIGHTS", 0)
+    report = onnxq.compress(path, tmp_path / "out.onnx", jobs=1)
+    assert not report.validation.by_blocks and {o.name for o in report.validation.outputs} == {
+        "logits",
+        "emb",
+    }
