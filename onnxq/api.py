@@ -248,22 +248,9 @@ def _quantize_all(
     plan: synthetic.Plan | None,
 ) -> _Quantized:
     """Every weight quantized: at --bits, or as chosen for --target-bits; then rounded and corrected.
-    The run's weights decide the engine of quantize's loops (kernels.for_weights), in this process
-    (threads, GPTQ, the sensitivity probe) and in the workers."""
+    Quantize's loops run on the engine the caller set (kernels.use), here and in the workers."""
     if not weights:
         return _Quantized([], [])
-    with kernels.use(kernels.for_weights(sum(w.array.size for w in weights))):
-        return _quantize_with(model, weights, config, report, progress, plan)
-
-
-def _quantize_with(
-    model: onnx.ModelProto,
-    weights: list[Weight],
-    config: Config,
-    report: Report,
-    progress: Progress | None,
-    plan: synthetic.Plan | None,
-) -> _Quantized:
     source, layers, notes = _statistics(model, weights, config, report, progress, plan)
     settings = _settings(config)
     gptq = config.resolved_rounding() == "gptq"
@@ -496,7 +483,10 @@ def _compress(
             progress(0, 0, "finding inputs the model runs on")
         plan = _plan(model, config, source)  # before quantizing: a model nothing runs fails here
         report.seconds["inputs"] = time.perf_counter() - t
-    done = _quantize_all(model, weights, config, report, progress, plan)
+    # The run's weights decide the engine of quantize's loops: in this process (threads, GPTQ,
+    # the sensitivity probe) and, through jobs.Settings, in the workers.
+    with kernels.use(kernels.for_weights(sum(w.array.size for w in weights))):
+        done = _quantize_all(model, weights, config, report, progress, plan)
     report.notes.extend(done.notes)
     quantize_seconds = time.perf_counter() - start
     fmt = FORMATS[config.format]
