@@ -181,18 +181,27 @@ def compare_runs(
     return [s.result() for s in sums.values() if s.runs], count
 
 
-def _cuttable(*paths: Path) -> bool:
-    return all(blocks.describe(p).cuttable for p in paths)
+def _cut(ref: Path, cand: Path) -> tuple[blocks.Described, blocks.Described] | None:
+    """Both models' descriptions when both graphs can be cut, else None."""
+    both = blocks.describe(ref), blocks.describe(cand)
+    return both if all(d.cuttable for d in both) else None
 
 
 BLOCK_SAMPLES = 16  # samples whose tensors block validation carries at once
 
 
 def compare_blocks(
-    ref: Path, cand: Path, runs: Iterable[Sample], mask: str | None, what: str, literal: bool
+    ref: Path,
+    cand: Path,
+    runs: Iterable[Sample],
+    mask: str | None,
+    what: str,
+    literal: bool,
+    described: tuple[blocks.Described, blocks.Described],
 ) -> tuple[list[OutputComparison], int]:
-    """compare_runs, each model run block by block (blocks.py), BLOCK_SAMPLES runs at a time."""
-    ours, theirs = blocks.describe(ref), blocks.describe(cand)
+    """compare_runs, each model run block by block (blocks.py), BLOCK_SAMPLES runs at a time;
+    described: both models' blocks.describe."""
+    ours, theirs = described
     if sorted(ours.inputs) != sorted(theirs.inputs):
         raise OnnxqError(
             f"the models take different inputs: {sorted(ours.inputs)} vs {sorted(theirs.inputs)}"
@@ -340,12 +349,14 @@ def validate_samples(
     by_blocks: run each model block by block (compare_blocks), when both are files."""
     runs = (feed for feed, _ in data.batches(samples, specs, batch))
     mask = data.mask_input(specs)
-    if by_blocks and isinstance(ref, Path) and isinstance(cand, Path) and _cuttable(ref, cand):
-        if opened:
-            opened.clear()  # a whole session of the float model is what blocks avoid
-        outputs, _ = compare_blocks(ref, cand, runs, mask, "validation inputs", literal)
-    else:
-        by_blocks = False
+    described = None
+    if by_blocks and isinstance(ref, Path) and isinstance(cand, Path):
+        described = _cut(ref, cand)
+        if described is not None:
+            if opened:
+                opened.clear()  # a whole session of the float model is what blocks avoid
+            outputs, _ = compare_blocks(ref, cand, runs, mask, "validation inputs", literal, described)
+    if described is None:
         outputs, _ = compare_runs(ref, cand, runs, mask, "validation inputs", literal, opened)
     result = Validation(
         inputs=what,
@@ -353,6 +364,6 @@ def validate_samples(
         real=real,
         shapes=data.shapes(samples),
         outputs=outputs,
-        by_blocks=by_blocks,
+        by_blocks=described is not None,
     )
     return judge(result, gates)
