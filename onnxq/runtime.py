@@ -54,6 +54,7 @@ def session(
     spin: bool = True,
     literal: bool = False,
     initializers: Mapping[str, np.ndarray] | None = None,
+    prepack: bool = True,
 ) -> ort.InferenceSession:
     """A CPU session; spin=False when numpy work runs between the runs, so that
     onnxruntime's idle threads do not busy-wait on the cores numpy needs. literal: no graph
@@ -62,16 +63,20 @@ def session(
     from its decoded float model by 2e-3, relative L2, on ocr_cls at 8 bits), and even the
     basic ones (Conv fusions) moved the outputs of a 4-bit detector whose outputs are near
     their thresholds by 0.11; with none, the two agree exactly. initializers: the values of the
-    initializers that model holds as stubs (stubbed)."""
+    initializers that model holds as stubs (stubbed). prepack=False: the weights stay as they
+    are, not also copied into the layout a kernel prefers (quicker to open, slower to run)."""
+    options = _options(spin, literal, prepack)
     if initializers:
-        return _with_initializers(model, initializers, spin, literal)
+        return _with_initializers(model, initializers, options)
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return _open(str(source) if isinstance(source, Path) else source, _options(spin, literal))
+    return _open(str(source) if isinstance(source, Path) else source, options)
 
 
-def _options(spin: bool, literal: bool) -> ort.SessionOptions:
+def _options(spin: bool, literal: bool, prepack: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.log_severity_level = 4  # onnxq reports failures itself, in one line
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if literal:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         # Validation's sessions: each run of an unfolded decoder allocates every weight it
@@ -127,11 +132,10 @@ def copy_fields(source, target, skip: str) -> None:
             setattr(target, field.name, value)
 
 
-def _with_initializers(model, initializers: Mapping[str, np.ndarray], spin: bool, literal: bool):
+def _with_initializers(model, initializers: Mapping[str, np.ndarray], options: ort.SessionOptions):
     """session() over a stubbed model, each stub replaced by its array before any graph
     optimization (onnxruntime's AddExternalInitializers), so the session is the one the whole
     model would give."""
-    options = _options(spin, literal)
     names = list(initializers)
     # options holds bare pointers to these: they must live until the session is created
     values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(initializers[n])) for n in names]

@@ -90,6 +90,28 @@ def test_blocks_give_the_whole_models_outputs(tmp_path, monkeypatch, budget, fmt
         np.testing.assert_array_equal(y, run(str(path), sample)[0])
 
 
+def test_a_segment_decodes_its_weights_once_for_all_its_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(external, "LAZY_BYTES", 0)
+    src = save_external(decoder(), tmp_path / "src")
+    path = tmp_path / "out" / "c.onnx"
+    path.parent.mkdir()
+    onnxq.compress(src, path, jobs=1, validate=False)
+    decoded: list[list[str]] = []
+    real = blocks._run_fixed
+    monkeypatch.setattr(blocks, "_run_fixed", lambda *a, **k: decoded.append(a[2]) or real(*a, **k))
+    samples = feeds(4)
+    got = blocks.run(path, samples, ["logits"], True, "test", 20_000)
+    names = [n for made in decoded for n in made]
+    assert names and len(names) == len(set(names))  # each rebuilt weight once, not once per sample
+    assert len(decoded) <= len(blocks.plan(onnx.load(path, load_external_data=False).graph, 20_000))
+    whole = runtime.session(str(path), literal=True)  # an optimized one differs at length 1 (1e-5)
+    for sample, (y,) in zip(samples, got):
+        np.testing.assert_array_equal(y, whole.run(["logits"], sample)[0])
+    decoded.clear()
+    blocks.run(path, samples[:1], ["logits"], True, "test", 20_000)
+    assert not decoded  # one run: the decoders run inside it, as the graph has them
+
+
 def test_validation_by_blocks_reports_what_whole_validation_reports(tmp_path, monkeypatch):
     path = save_external(decoder(), tmp_path / "src")
     whole = onnxq.compress(path, tmp_path / "a.onnx", jobs=1, samples=4)
