@@ -147,13 +147,12 @@ def _piece(whole: WholeWeights, weight: Weight, q: QuantizedTensor) -> tuple[Pie
 def _finish(edit: _Edit) -> None:
     """Drop the replaced initializers (and IR < 4 inputs), set the functions and the domains."""
     for graph, names in edit.replaced.values():
-        # One pass per graph: rebuilding the list per weight would copy every tensor each time.
-        kept = [t for t in graph.initializer if t.name not in names]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-        kept_inputs = [i for i in graph.input if i.name not in names]
-        del graph.input[:]
-        graph.input.extend(kept_inputs)
+        # Deleted in place, from the end: rebuilding the list copied every tensor it kept, so the
+        # packed weights were held twice (0.29 GB more at 468M, the default command's peak).
+        for entries in (graph.initializer, graph.input):
+            for i in reversed(range(len(entries))):
+                if entries[i].name in names:
+                    del entries[i]
     model = edit.model
     del model.functions[:]
     model.functions.extend(edit.functions.values())
