@@ -21,7 +21,7 @@ from onnxq.check import blocks, validate
 from onnxq.check import inspect as inspection
 from onnxq.check.inspect import Inspection
 from onnxq.check.report import Bytes, LevelPicture, Report, SkipReport, WeightReport
-from onnxq.check.validate import DEFAULT_BATCH, UNFOLDED_WEIGHTS
+from onnxq.check.validate import DEFAULT_BATCH
 from onnxq.data import samples as data
 from onnxq.data import synthetic
 from onnxq.errors import OnnxqError, first_line
@@ -582,11 +582,7 @@ def _plan(model: onnx.ModelProto, config: Config, source: Path | None) -> synthe
     """Synthetic inputs the float model runs on; OnnxqError with the --dim hint when none does.
     A model whose output will be validated unfolded runs block by block here too."""
     specs = data.input_specs(model)
-    if (
-        source is not None
-        and blocks.elements(model.graph) > UNFOLDED_WEIGHTS
-        and blocks.cuttable(model.graph)
-    ):
+    if source is not None and validate.runs_in_blocks(model.graph):
         return validate.synthetic_plan_by_blocks(model, source, specs, config.dims, config.seed)
     sess = runtime.session(source if source is not None else io.serialize(model))
     return validate.synthetic_plan(model, sess, specs, config.dims, config.seed)
@@ -640,7 +636,7 @@ def _validate(
     else on the synthetic inputs."""
     gates = validate.Gates(config.min_cosine, config.min_sqnr, config.min_agreement)
     specs = data.input_specs(validate.load_proto(src))
-    literal = sum(w.elements for w in report.weights) > UNFOLDED_WEIGHTS
+    literal = sum(w.elements for w in report.weights) > validate.UNFOLDED_WEIGHTS
     if config.inputs is not None:
         samples = data.read_samples(config.inputs, specs, "inputs file", config.max_input_bytes)
         what, real = f"{config.inputs} ({len(samples)} samples)", True

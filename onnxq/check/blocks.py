@@ -125,6 +125,7 @@ def _connect(segments: list[Segment], graph: onnx.GraphProto, weights: set[str])
 
 @dataclass
 class Described:
+    model: onnx.ModelProto  # read lazily: weights over external.LAZY_BYTES stay in their files
     inputs: list[str]  # the graph's inputs but initializers
     outputs: list[str]
     cuttable: bool
@@ -136,6 +137,7 @@ def describe(path: Path) -> Described:
     model, _ = io.read_model(path, lazy=True)
     weights = {t.name for t in model.graph.initializer}
     return Described(
+        model,
         [i.name for i in model.graph.input if i.name not in weights],
         [o.name for o in model.graph.output],
         cuttable(model.graph),
@@ -150,10 +152,13 @@ def run(
     literal: bool,
     what: str,
     budget: int = BLOCK_BYTES,
+    model: onnx.ModelProto | None = None,
 ) -> list[list]:
     """The outputs `names` of the model at path for every sample, segment by segment (of at
-    most budget bytes of stored weights: a compressed model's are decoded as they run)."""
-    model, _ = io.read_model(path, lazy=True)
+    most budget bytes of stored weights: a compressed model's are decoded as they run). model:
+    the one at path, read lazily (describe), when the caller runs it more than once."""
+    if model is None:
+        model, _ = io.read_model(path, lazy=True)
     folder = path.resolve().parent
     segments = plan(model.graph, budget)
     alive = [dict(sample) for sample in samples]

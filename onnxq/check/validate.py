@@ -200,7 +200,7 @@ def compare_blocks(
     described: tuple[blocks.Described, blocks.Described],
 ) -> tuple[list[OutputComparison], int]:
     """compare_runs, each model run block by block (blocks.py), BLOCK_SAMPLES runs at a time;
-    described: both models' blocks.describe."""
+    described: both models' blocks.describe, the float one's first."""
     ours, theirs = described
     if sorted(ours.inputs) != sorted(theirs.inputs):
         raise OnnxqError(
@@ -212,9 +212,9 @@ def compare_blocks(
     sums: dict[str, _Sums] = {}
     pending, count = iter(runs), 0
     while chunk := list(itertools.islice(pending, BLOCK_SAMPLES)):
-        ys = blocks.run(ref, chunk, names, literal, what)
+        ys = blocks.run(ref, chunk, names, literal, what, model=ours.model)
         runtime.give_back_memory()
-        yq = blocks.run(cand, chunk, names, literal, what, budget)
+        yq = blocks.run(cand, chunk, names, literal, what, budget, theirs.model)
         runtime.give_back_memory()
         count += len(chunk)
         for feed, y, q in zip(chunk, ys, yq):
@@ -277,14 +277,20 @@ def synthetic_plan(
     return synthetic.plan_inputs(model, specs, dims, runner, seed)
 
 
+def runs_in_blocks(graph: onnx.GraphProto) -> bool:
+    """Whether a float model runs block by block (blocks.py): it holds over UNFOLDED_WEIGHTS
+    weights, and its graph can be cut."""
+    return blocks.elements(graph) > UNFOLDED_WEIGHTS and blocks.cuttable(graph)
+
+
 def synthetic_plan_by_blocks(
     model: onnx.ModelProto, path: Path, specs: Sequence[InputSpec], dims: dict[str, int], seed: int
 ) -> synthetic.Plan:
     """synthetic_plan, the model at path run block by block (blocks.py) without graph optimizations."""
-    first = blocks.describe(path).outputs[:1]
+    described = blocks.describe(path)
 
     def runner(feed: Sample) -> None:
-        blocks.run(path, [feed], first, True, "synthetic inputs")
+        blocks.run(path, [feed], described.outputs[:1], True, "synthetic inputs", model=described.model)
 
     return synthetic.plan_inputs(model, specs, dims, runner, seed)
 
@@ -310,7 +316,7 @@ def compare_models(
     max_input_bytes: the most the inputs' arrays may take (data.read_samples). Two model files
     whose float model holds over UNFOLDED_WEIGHTS weights run literally, block by block."""
     proto = load_proto(reference)
-    large = blocks.elements(proto.graph) > UNFOLDED_WEIGHTS and blocks.cuttable(proto.graph)
+    large = runs_in_blocks(proto.graph)
     by_blocks = large and not isinstance(reference, bytes) and not isinstance(candidate, bytes)
     if by_blocks:
         reference, candidate, literal = Path(reference), Path(candidate), True  # type: ignore[arg-type]

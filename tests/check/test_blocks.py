@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxq
-from onnxq import api, runtime
-from onnxq.check import blocks
-from onnxq.graph import external
+from onnxq import runtime
+from onnxq.check import blocks, validate
+from onnxq.graph import external, io
 
 
 def decoder(layers: int = 4, width: int = 48, seed: int = 0) -> onnx.ModelProto:
@@ -115,7 +115,7 @@ def test_a_segment_decodes_its_weights_once_for_all_its_runs(tmp_path, monkeypat
 def test_validation_by_blocks_reports_what_whole_validation_reports(tmp_path, monkeypatch):
     path = save_external(decoder(), tmp_path / "src")
     whole = onnxq.compress(path, tmp_path / "a.onnx", jobs=1, samples=4)
-    monkeypatch.setattr(api, "UNFOLDED_WEIGHTS", 0)
+    monkeypatch.setattr(validate, "UNFOLDED_WEIGHTS", 0)
     monkeypatch.setattr(blocks, "BLOCK_BYTES", 20_000)
     seen = []
     real_run = blocks.run
@@ -133,7 +133,7 @@ def test_a_graph_with_control_flow_is_validated_whole(tmp_path, monkeypatch):
     assert not blocks.cuttable(model.graph)
     path = tmp_path / "cf.onnx"
     onnx.save(model, path)
-    monkeypatch.setattr(api, "UNFOLDED_WEIGHTS", 0)
+    monkeypatch.setattr(validate, "UNFOLDED_WEIGHTS", 0)
     monkeypatch.setattr(blocks, "run", lambda *a, **k: pytest.fail("a graph with If and Loop was cut"))
     report = onnxq.compress(path, tmp_path / "out.onnx", jobs=1)
     assert report.validation is not None and report.validation.outputs and not report.validation.by_blocks
@@ -165,6 +165,21 @@ def test_onnxq_validate_checks_a_large_model_by_blocks(tmp_path, monkeypatch):
     )
 
 
+def test_each_model_is_read_once_however_many_chunks_of_samples(tmp_path, monkeypatch):
+    path = save_external(decoder(), tmp_path / "src")
+    out = tmp_path / "out.onnx"
+    onnxq.compress(path, out, jobs=1, validate=False)
+    monkeypatch.setattr(validate, "UNFOLDED_WEIGHTS", 0)
+    monkeypatch.setattr(validate, "BLOCK_SAMPLES", 1)  # a chunk per sample
+    reads = []
+    real_read = io.read_model
+    monkeypatch.setattr(io, "read_model", lambda p, **k: reads.append(str(p)) or real_read(p, **k))
+    cut = validate.compare_models(str(path), str(out), samples=3)
+    assert cut.by_blocks and cut.samples == 3
+    # The float model for the synthetic inputs' check and for the comparison; not once per chunk.
+    assert (reads.count(str(path)), reads.count(str(out))) == (2, 1)
+
+
 def test_a_long_chain_of_weight_only_nodes_is_planned_without_recursion(tmp_path):
     """3000 Identity nodes on a weight before its reader: deeper than Python's recursion limit."""
     rng = np.random.default_rng(0)
@@ -190,7 +205,7 @@ def test_an_output_that_is_an_initializer_is_validated_whole(tmp_path, monkeypat
     model.graph.output.append(value("emb", [97, 48]))
     assert not blocks.cuttable(model.graph)
     path = save_external(model, tmp_path / "src")
-    monkeypatch.setattr(api, "UNFOLDED_WEIGHTS", 0)
+    monkeypatch.setattr(validate, "UNFOLDED_WEIGHTS", 0)
     report = onnxq.compress(path, tmp_path / "out.onnx", jobs=1)
     assert not report.validation.by_blocks and {o.name for o in report.validation.outputs} == {
         "logits",

@@ -314,9 +314,10 @@ def test_the_models_run_one_after_the_other_and_in_chunks_when_outputs_are_many(
 
 
 def test_a_large_output_is_validated_unfolded_with_the_same_numbers(tmp_path, tiny_path, monkeypatch):
-    """Over api.UNFOLDED_WEIGHTS, both sessions run without graph optimizations, so that the
+    """Over validate.UNFOLDED_WEIGHTS, both sessions run without graph optimizations, so that the
     decoders are not folded at session creation; the comparison is the same to rounding."""
-    from onnxq import api, runtime
+    from onnxq import runtime
+    from onnxq.check import validate
 
     folded = onnxq.compress(tiny_path, tmp_path / "a.onnx", jobs=1, samples=8)
     literal_flags = []
@@ -324,7 +325,7 @@ def test_a_large_output_is_validated_unfolded_with_the_same_numbers(tmp_path, ti
     monkeypatch.setattr(
         runtime, "session", lambda *a, **k: literal_flags.append(k.get("literal")) or real_session(*a, **k)
     )
-    monkeypatch.setattr(api, "UNFOLDED_WEIGHTS", 0)
+    monkeypatch.setattr(validate, "UNFOLDED_WEIGHTS", 0)
     unfolded = onnxq.compress(tiny_path, tmp_path / "b.onnx", jobs=1, samples=8)
     assert literal_flags and all(literal_flags[-2:])  # the float and the compressed sessions
     assert any("validated without graph optimizations" in n for n in unfolded.notes)
@@ -338,10 +339,10 @@ def test_an_output_validated_unfolded_takes_fewer_random_samples_unless_told(
 ):
     """Each unfolded run decodes every weight again: 2 random samples by default, and the note
     says so; --samples still decides, and so do real inputs."""
-    from onnxq import api
+    from onnxq.check import validate
 
     small = onnxq.compress(tiny_path, tmp_path / "a.onnx", jobs=1)
-    monkeypatch.setattr(api, "UNFOLDED_WEIGHTS", 0)
+    monkeypatch.setattr(validate, "UNFOLDED_WEIGHTS", 0)
     large = onnxq.compress(tiny_path, tmp_path / "b.onnx", jobs=1)
     told = onnxq.compress(tiny_path, tmp_path / "c.onnx", jobs=1, samples=5)
     assert (small.validation.samples, large.validation.samples, told.validation.samples) == (8, 2, 5)
