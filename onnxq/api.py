@@ -38,6 +38,7 @@ from onnxq.storage.base import CONFIG_KEY, DOMAIN, MARK, TENSORS_KEY, VERSION_KE
 
 GRANULARITIES = ("tensor", "channel")
 ROUNDINGS = ("nearest", "gptq")
+SENSITIVITIES = widths_.SENSITIVITIES
 MIN_TARGET_BITS = 2.0
 MAX_DEFAULT_JOBS = 8  # each worker costs about 66 MB before its tensors; few models gain beyond
 # progress(done, total, "stage" or "stage: item"): total 0 when the stage's length is unknown.
@@ -68,6 +69,7 @@ class Config:
     )
     batch: int = DEFAULT_BATCH  # samples per validation run
     sensitivity_samples: int | None = None  # --target-bits: samples each tensor's noise is measured on
+    sensitivity: str = "auto"  # --target-bits: measured per tensor, by blocks, or auto (SENSITIVITIES)
     target_bits: float | None = None  # average bits per weight; None: every tensor at `bits`
     calibration: str | None = None  # npz of calibration inputs; None: synthetic inputs when needed
     calibration_samples: int | None = None  # None: all of the file, or 32 synthetic samples
@@ -109,6 +111,7 @@ class Config:
             "search": SEARCHES,
             "format": FORMATS,
             "rounding": (*ROUNDINGS, None),
+            "sensitivity": SENSITIVITIES,
         }
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
@@ -357,6 +360,7 @@ def _allocate(model, weights, config: Config, report: Report, progress, source, 
         storable=lambda b: _min_opset(config, b) <= opset,
         progress=progress,
         probe_samples=config.sensitivity_samples,
+        by=config.sensitivity,
     )
     report.seconds["allocation"] = time.perf_counter() - t
     kept = [w for w in weights if allocation.chosen[w.name] == widths_.FLOAT]

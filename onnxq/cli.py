@@ -26,6 +26,7 @@ from onnxq.api import (
     MIN_TARGET_BITS,
     NO_WEIGHTS,
     ROUNDINGS,
+    SENSITIVITIES,
     Config,
     compress,
     default_jobs,
@@ -197,9 +198,8 @@ _Search = Annotated[
         callback=_choice("search", SEARCHES),
         metavar=_choices(SEARCHES),
         help="How x0 is found: grid (every value the file can store, scored exactly), exact "
-        "(branch and bound, proven within 1e-6 of the maximum correlation; 3-6x slower), fast "
-        "(grid and golden section, within about 1e-5), or auto: grid for groups of 64 weights or "
-        "more, exact for smaller ones, for linear codebooks over 6 bits and under GPTQ rounding.",
+        "(branch and bound, within 1e-6; 3-6x slower), fast (golden section, within 1e-5), or auto: "
+        "exact for groups under 64 weights, linear codebooks over 6 bits and under GPTQ rounding.",
     ),
 ]
 _Fmt = Annotated[
@@ -245,8 +245,7 @@ _Samples = Annotated[
     int | None,
     typer.Option(
         min=1,
-        help="Random validation runs when --inputs is not given (default 8; 2 for an output validated "
-        "unfolded, over 33M compressed weights).",
+        help="Random validation runs without --inputs (default 8; 2 over 33M compressed weights).",
     ),
 ]
 _Seed = Annotated[int, typer.Option(help="Seed of the random validation inputs.")]
@@ -274,6 +273,15 @@ _SensitivitySamples = Annotated[
         min=1,
         help="--target-bits: samples each tensor's output noise is measured on (each tensor runs "
         "them twice). Default: up to 16, fewer when that would exceed 10^12 multiply-adds.",
+    ),
+]
+_Sensitivity = Annotated[
+    str,
+    typer.Option(
+        callback=_choice("sensitivity", SENSITIVITIES),
+        metavar=_choices(SENSITIVITIES),
+        help="--target-bits: measure each tensor's noise on the whole model, or in its block of "
+        "the graph times the block's gain. auto: blocks over 33M weights.",
     ),
 ]
 _TargetBits = Annotated[
@@ -306,18 +314,16 @@ _GroupSize = Annotated[
         "--group-size",
         "--block-size",
         min=2,
-        help="Per-block parameters: cut each output channel's weights into blocks of this many "
-        "(input dimensions); tensors it does not divide stay per channel. With --format qdq, "
-        "DequantizeLinear's block_size.",
+        help="Per-block parameters: blocks of this many of each output channel's weights (a tensor "
+        "it does not divide stays per channel); with --format qdq, DequantizeLinear's block_size.",
     ),
 ]
 _PackedRows = Annotated[
     bool,
     typer.Option(
         "--packed-rows/--no-packed-rows",
-        help="Keep the rows of large embedding tables (Gather data) packed in memory and unpack "
-        "only the rows gathered, at run time; otherwise the whole table is folded at session "
-        "creation.",
+        help="Keep large embedding tables (Gather data) packed in memory and unpack only the "
+        "rows gathered; otherwise the whole table is folded at session creation.",
     ),
 ]
 _FoldConstants = Annotated[
@@ -325,8 +331,7 @@ _FoldConstants = Annotated[
     typer.Option(
         "--fold-constants/--no-fold-constants",
         help="Replace the nodes that compute small constants (pad sizes, shapes, axes) by their "
-        "values, as onnxruntime does at session creation; otherwise the graph's other nodes "
-        "stay as they are.",
+        "values, as onnxruntime does at session creation.",
     ),
 ]
 _BiasCorrection = Annotated[
@@ -356,9 +361,8 @@ _MaxInputBytes = Annotated[
     typer.Option(
         min=1,
         show_default=False,
-        help="Refuse --inputs or --calibration files, or random inputs, whose arrays would take more "
-        f"than this many bytes once loaded, judged from their headers before anything is inflated. "
-        f"Default: {MAX_INPUT_BYTES} (1 GiB).",
+        help="Refuse --inputs, --calibration or random inputs larger than this once loaded (judged "
+        f"from the file headers). Default: {MAX_INPUT_BYTES} (1 GiB).",
     ),
 ]
 
@@ -386,6 +390,7 @@ def compress_cmd(
     min_cosine: _MinCosine = None,
     batch: _Batch = DEFAULT_BATCH,
     sensitivity_samples: _SensitivitySamples = None,
+    sensitivity: _Sensitivity = "auto",
     target_bits: _TargetBits = None,
     calibration: _Calibration = None,
     calibration_samples: _CalibrationSamples = None,
@@ -424,6 +429,7 @@ def compress_cmd(
         min_cosine=min_cosine,
         batch=batch,
         sensitivity_samples=sensitivity_samples,
+        sensitivity=sensitivity,
         target_bits=target_bits,
         calibration=str(calibration) if calibration else None,
         calibration_samples=calibration_samples,

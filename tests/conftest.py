@@ -127,6 +127,33 @@ def tiny_model(seed: int = SEED) -> tuple[onnx.ModelProto, dict[str, np.ndarray]
 WEIGHT_NAMES = ("conv.w", "convt.w", "mm.b", "gemm.b", "gemm2.b", "emb")
 
 
+def decoder_model(layers: int = 4, width: int = 48, seed: int = 0) -> onnx.ModelProto:
+    """An embedding, then residual MLP layers of two MatMuls each (one weight read through a
+    Transpose, a weight-only node), and a tied output head reading the embedding again."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(randn(rng, 97, width) * 0.5, "emb")]
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["h0"])]
+    for i in range(layers):
+        inits += [
+            numpy_helper.from_array(randn(rng, width, 2 * width) * 0.2, f"up{i}"),
+            numpy_helper.from_array(randn(rng, width, 2 * width) * 0.2, f"down{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [f"h{i}", f"up{i}"], [f"a{i}"]),
+            helper.make_node("Tanh", [f"a{i}"], [f"t{i}"]),
+            helper.make_node("Transpose", [f"down{i}"], [f"down{i}.T"]),
+            helper.make_node("MatMul", [f"t{i}", f"down{i}.T"], [f"m{i}"]),
+            helper.make_node("Add", [f"h{i}", f"m{i}"], [f"h{i + 1}"]),
+        ]
+    nodes += [
+        helper.make_node("Transpose", ["emb"], ["emb.T"]),
+        helper.make_node("MatMul", [f"h{layers}", "emb.T"], ["logits"]),
+    ]
+    return make_model(
+        nodes, [value("ids", [1, "seq"], TensorProto.INT64)], [value("logits", [1, "seq", 97])], inits
+    )
+
+
 def matmul_model(
     weight: np.ndarray, name: str = "W", opset: int = OPSET, ir_version: int = IR_VERSION
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

@@ -11,7 +11,7 @@ flow (If, Loop, Scan) are not cut: their bodies may read any tensor of the graph
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,9 +161,13 @@ def run(
         model, _ = io.read_model(path, lazy=True)
     folder = path.resolve().parent
     segments = plan(model.graph, budget)
+
+    def stored(tensor: onnx.TensorProto) -> np.ndarray | None:
+        return external.mapped_array(tensor, folder) if uses_external_data(tensor) else None
+
     alive = [dict(sample) for sample in samples]
     for k, seg in enumerate(segments):
-        proto, arrays = _segment_model(model, folder, seg, alive[0] if alive else {})
+        proto, arrays = segment_model(model, seg, alive[0] if alive else {}, stored)
         if len(alive) > 1:
             proto, arrays = _decoded(proto, arrays, literal)
         # Without prepacking: the weights are read in place, not copied into packed panels (at
@@ -181,11 +185,12 @@ def run(
     return [[values[n] for n in names] for values in alive]
 
 
-def _segment_model(
-    model: onnx.ModelProto, folder: Path, seg: Segment, example: dict
+def segment_model(
+    model: onnx.ModelProto, seg: Segment, example: dict, held: Callable[[onnx.TensorProto], np.ndarray | None]
 ) -> tuple[onnx.ModelProto, dict]:
-    """A model of the segment's nodes, and the values of its weights that stay in their files
-    (example: a sample's tensors, whose types name inputs the graph does not type)."""
+    """A model of the segment's nodes, and the arrays of the weights it holds as stubs: those for
+    which held(tensor) gives one (example: a sample's tensors, whose types name inputs the graph
+    does not type)."""
     out = onnx.ModelProto()
     runtime.copy_fields(model, out, skip="graph")
     graph = out.graph
@@ -203,8 +208,9 @@ def _segment_model(
     for name in seg.weights:
         tensor = tensors[name]
         graph.initializer.add().CopyFrom(tensor)
-        if uses_external_data(tensor):
-            arrays[name] = external.mapped_array(tensor, folder)
+        value = held(tensor)
+        if value is not None:
+            arrays[name] = value
     return (runtime.stubbed(out, arrays) if arrays else out), arrays
 
 

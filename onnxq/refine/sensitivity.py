@@ -12,7 +12,7 @@ measured noise over e_t, interpolated between the measured widths.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -22,7 +22,10 @@ from onnx import numpy_helper
 from onnxq import runtime
 from onnxq.data import samples as data
 from onnxq.data.samples import Sample
+from onnxq.errors import OnnxqError
 from onnxq.graph.select import Weight, iter_graphs
+
+Values = Callable[[], Sequence[np.ndarray]]  # a weight's values to measure, made when needed
 
 
 class Probe:
@@ -116,19 +119,39 @@ class Probe:
     def _noise(self, sess, extra: dict[str, np.ndarray]) -> float:
         return float(self._parts(sess, extra, by_sample=False).sum())
 
+    def noises(self, values: dict[str, Values], progress=None) -> dict[str, list[float]]:
+        """noise() of each weight in values at each of the values its function gives (made one
+        weight at a time); progress(done, total, name). A weight that onnxruntime cannot take as
+        an input gets no entry."""
+        out = {}
+        for i, (name, make) in enumerate(values.items()):
+            try:
+                out[name] = self.noise(name, make())
+            except OnnxqError:
+                pass
+            if progress:
+                progress(i + 1, len(values), name)
+        return out
+
     def _parts(self, sess, extra: dict[str, np.ndarray], by_sample: bool = True) -> np.ndarray:
         """Each sample's error energy as a share of the float outputs' total, or each run's when
         by_sample is False (the per-tensor measurement needs only the total, as before)."""
-        parts: list[float] = []
+        outputs = self._outputs(sess, extra)
         counts = self.counts if by_sample else [1] * len(self.feeds)
-        for ys, refs, feed, k in zip(self._outputs(sess, extra), self.reference, self.feeds, counts):
-            diffs = [y.astype(np.float64) - r for y, r in zip(ys, refs)]
-            parts.extend(
-                sum(float(np.sum(_kept(d, sample, self.mask) ** 2)) for d in row)
-                for row, sample in _by_sample(diffs, feed, k)
-            )
-        scale = self.energy if self.energy > 0 else 1.0
-        return np.asarray(parts, dtype=np.float64) / scale
+        return error_parts(outputs, self.reference, self.feeds, counts, self.mask, self.energy)
+
+
+def error_parts(outputs, reference, feeds, counts, mask: str | None, energy: float) -> np.ndarray:
+    """Per sample (per run where a run's outputs do not line up with its counts[i] samples), the
+    outputs' error energy against the reference outputs as a share of energy."""
+    parts: list[float] = []
+    for ys, refs, feed, k in zip(outputs, reference, feeds, counts):
+        diffs = [np.asarray(y).astype(np.float64) - r for y, r in zip(ys, refs)]
+        parts.extend(
+            sum(float(np.sum(_kept(d, sample, mask) ** 2)) for d in row)
+            for row, sample in _by_sample(diffs, feed, k)
+        )
+    return np.asarray(parts, dtype=np.float64) / (energy if energy > 0 else 1.0)
 
 
 def _by_sample(diffs: list[np.ndarray], feed: Sample, k: int) -> Iterator[tuple[list[np.ndarray], Sample]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import onnx
@@ -32,7 +33,7 @@ from onnxq.graph.rewrite import default_opset, inline_decoders
 from onnxq.graph.select import Weight
 from onnxq.quant.layout import float_rows, to_rows, to_weight
 from onnxq.quant.quantize import QuantizedTensor
-from onnxq.refine import allocate, sensitivity
+from onnxq.refine import allocate, blockwise, sensitivity
 from onnxq.refine.steps import PROBE_SAMPLES, Data, Layer, probe_feeds
 from onnxq.storage.base import DOMAIN, Piece
 
@@ -89,6 +90,7 @@ def choose(
     storable: Callable[[int], bool] = lambda bits: True,
     progress: Callable[[int, int, str], None] | None = None,
     probe_samples: int | None = None,
+    by: str = "auto",
 ) -> Allocation:
     """A Choice per weight within target_bits on average (see the module docstring).
 
@@ -98,14 +100,15 @@ def choose(
     Without real data (source.mode synthetic) no tensor is left in float: a tensor that looks
     fragile on synthetic inputs may not be on real ones. probe_samples: the samples each tensor's
     noise is measured on; None: up to PROBE_SAMPLES, fewer (at least MIN_PROBE_SAMPLES) when
-    the measurement would take more than PROBE_MACS multiply-adds.
+    the measurement would take more than PROBE_MACS multiply-adds. by: how the noise is measured
+    (SENSITIVITIES: per tensor, by blocks, or auto).
     """
     elements = sum(w.array.size for w in weights)
     budget = target_bits * elements / 8
     priced = _price(weights, computed, layers, fmt)
     if source.mode == "calibration":
         _offer_floats(weights, priced, round(target_bits))
-    probe, why = _probe(model, weights, source, probe_samples, layers)
+    probe, why = _probe(model, weights, source, probe_samples, layers, by)
     curves, probed = _curves(weights, computed, priced, probe, round(target_bits), progress)
     pools = [_pool(priced, widths), _pool(priced, [b for b in WIDTHS if b <= widths[-1] and storable(b)])]
     decoders = decoder_bytes(model, weights, computed, make, fmt, pools[-1])
@@ -158,6 +161,12 @@ def _notes(probe, source: Data, weights, probed, why: str, noise: dict, kept: st
             f"{source.mode} samples (each of the {len(weights)} tensors runs them at "
             f"{' and '.join(map(str, probed))} bits, its noise scaled to other widths by its layer's "
             f"output error; {why})"
+            + (
+                f"; measured block by block, in {len(probe.segments)} segments of the graph, each "
+                "tensor in its segment and each segment's gain to the outputs"
+                if isinstance(probe, blockwise.BlockProbe)
+                else ""
+            )
         ),
         "output noise on those samples, every tensor swapped, as a share of the outputs' energy: "
         + ", ".join(f"{noise[label]:.3g} with {label}" for label in options)
@@ -245,9 +254,13 @@ PROBE_MACS = 1e12
 MIN_PROBE_SAMPLES = 4
 
 
+SENSITIVITIES = ("auto", "tensors", "blocks")
+BLOCKS_FROM = 1 << 25  # auto measures by blocks from this many weights (a session per tensor is too many)
+
+
 def _probe(
-    model, weights: list[Weight], source: Data, samples: int | None, layers: dict[str, list[Layer]]
-) -> tuple[sensitivity.Probe, str]:
+    model, weights: list[Weight], source: Data, samples: int | None, layers: dict[str, list[Layer]], by: str
+) -> tuple[sensitivity.Probe | blockwise.BlockProbe, str]:
     """The probe, on the samples asked for, or on as many as PROBE_MACS allow; and why that many."""
     count = samples or PROBE_SAMPLES
     if samples is None:
@@ -255,7 +268,7 @@ def _probe(
         affordable = int(PROBE_MACS / max(2 * len(weights) * per_sample, 1.0))
         count = max(MIN_PROBE_SAMPLES, min(count, affordable))
     feeds, counts = probe_feeds(source, count)
-    probe = sensitivity.Probe(model, weights, feeds, mask=_mask(source), counts=counts)
+    probe = _prober(model, weights, by)(model, weights, feeds, mask=_mask(source), counts=counts)
     if samples is not None:
         return probe, "--sensitivity-samples"
     if count == PROBE_SAMPLES or sum(counts) < count:
@@ -265,6 +278,18 @@ def _probe(
         f"each tensor runs them twice, within {PROBE_MACS:.0e}; --sensitivity-samples sets more"
     )
     return probe, why
+
+
+def _prober(model, weights: list[Weight], by: str):
+    """The probe class that `by` names; auto: by blocks for a model of BLOCKS_FROM weights or more."""
+    able = blockwise.supports(model, weights)
+    if by == "blocks" and not able:
+        raise OnnxqError(
+            "--sensitivity blocks needs a graph without If, Loop or Scan whose weights are all "
+            "initializers of the main graph; use --sensitivity tensors"
+        )
+    large = sum(w.array.size for w in weights) >= BLOCKS_FROM
+    return blockwise.BlockProbe if by == "blocks" or (by == "auto" and large and able) else sensitivity.Probe
 
 
 def _macs_per_sample(weights: list[Weight], layers: dict[str, list[Layer]]) -> float:
@@ -353,7 +378,9 @@ def offers_per_tensor(q: QuantizedTensor, fmt) -> bool:
     return q.groups > 1 and 8 * fmt.codebook_bytes(q) / q.codes.size >= PER_TENSOR_OFFER
 
 
-def _curves(weights, computed, priced: _Priced, probe: sensitivity.Probe, target: int, progress):
+def _curves(
+    weights, computed, priced: _Priced, probe: sensitivity.Probe | blockwise.BlockProbe, target: int, progress
+):
     """noise_t(c) for every priced choice: measured per channel at the width nearest the target and
     at the narrowest computed one, scaled by layer error; per tensor with the same gain; float 0.
 
@@ -365,18 +392,14 @@ def _curves(weights, computed, priced: _Priced, probe: sensitivity.Probe, target
     )
     reference = max(channel_widths[0], min(channel_widths[-1], target))
     probed = sorted({channel_widths[0], reference})
-    measured: dict[str, dict[int, float]] = {}
-    for i, w in enumerate(weights):
-        have = computed[w.name]
-        values = [_values(w, have[Choice(b)]) for b in probed if Choice(b) in have]
-        try:
-            measured[w.name] = dict(
-                zip([b for b in probed if Choice(b) in have], probe.noise(w.name, values))
-            )
-        except OnnxqError:
-            measured[w.name] = {}  # onnxruntime cannot take it as an input: scaled by the others' gain
-        if progress:
-            progress(i + 1, len(weights), f"measuring sensitivity: {w.name}")
+    at = {w.name: [b for b in probed if Choice(b) in computed[w.name]] for w in weights}
+    noises = probe.noises(
+        {w.name: partial(_values_at, w, computed[w.name], at[w.name]) for w in weights},
+        progress and (lambda done, total, name: progress(done, total, f"measuring sensitivity: {name}")),
+    )
+    # A weight without a measurement (onnxruntime cannot take it as an input) is scaled by the
+    # others' gain.
+    measured = {w.name: dict(zip(at[w.name], noises.get(w.name, []))) for w in weights}
     gains = _gains(measured, priced.errors)
     curves = {}
     for w in weights:
@@ -385,6 +408,10 @@ def _curves(weights, computed, priced: _Priced, probe: sensitivity.Probe, target
             for c, e in priced.errors[w.name].items()
         }
     return curves, probed
+
+
+def _values_at(w: Weight, have: dict[Choice, QuantizedTensor], widths: list[int]) -> list[np.ndarray]:
+    return [_values(w, have[Choice(b)]) for b in widths]
 
 
 def _gains(

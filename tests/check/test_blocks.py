@@ -7,42 +7,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import control_flow_model, make_model, randn, run, save_external, value
+from conftest import control_flow_model, decoder_model, make_model, randn, run, save_external, value
 from hypothesis import given
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import onnxq
 from onnxq import runtime
 from onnxq.check import blocks, validate
 from onnxq.graph import external, io
-
-
-def decoder(layers: int = 4, width: int = 48, seed: int = 0) -> onnx.ModelProto:
-    """An embedding, then residual MLP layers of two MatMuls each (one weight read through a
-    Transpose, a weight-only node), and a tied output head reading the embedding again."""
-    rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(randn(rng, 97, width) * 0.5, "emb")]
-    nodes = [helper.make_node("Gather", ["emb", "ids"], ["h0"])]
-    for i in range(layers):
-        inits += [
-            numpy_helper.from_array(randn(rng, width, 2 * width) * 0.2, f"up{i}"),
-            numpy_helper.from_array(randn(rng, width, 2 * width) * 0.2, f"down{i}"),
-        ]
-        nodes += [
-            helper.make_node("MatMul", [f"h{i}", f"up{i}"], [f"a{i}"]),
-            helper.make_node("Tanh", [f"a{i}"], [f"t{i}"]),
-            helper.make_node("Transpose", [f"down{i}"], [f"down{i}.T"]),
-            helper.make_node("MatMul", [f"t{i}", f"down{i}.T"], [f"m{i}"]),
-            helper.make_node("Add", [f"h{i}", f"m{i}"], [f"h{i + 1}"]),
-        ]
-    nodes += [
-        helper.make_node("Transpose", ["emb"], ["emb.T"]),
-        helper.make_node("MatMul", [f"h{layers}", "emb.T"], ["logits"]),
-    ]
-    return make_model(
-        nodes, [value("ids", [1, "seq"], TensorProto.INT64)], [value("logits", [1, "seq", 97])], inits
-    )
 
 
 def feeds(count: int = 3) -> list[dict[str, np.ndarray]]:
@@ -52,7 +25,7 @@ def feeds(count: int = 3) -> list[dict[str, np.ndarray]]:
 
 @given(budget=st.integers(1, 120_000), layers=st.integers(1, 5))
 def test_every_node_runs_once_and_every_crossing_tensor_is_carried(budget, layers):
-    graph = decoder(layers).graph
+    graph = decoder_model(layers).graph
     segments = blocks.plan(graph, budget)
     nodes = [n for s in segments for n in s.nodes]
     assert sorted(n.output[0] for n in nodes) == sorted(n.output[0] for n in graph.node)
@@ -77,7 +50,7 @@ def test_every_node_runs_once_and_every_crossing_tensor_is_carried(budget, layer
 @pytest.mark.parametrize("fmt", ["float", "fold", "matmulnbits"])
 def test_blocks_give_the_whole_models_outputs(tmp_path, monkeypatch, budget, fmt):
     monkeypatch.setattr(external, "LAZY_BYTES", 0)  # every weight stays in its file: the stub path
-    path = save_external(decoder(), tmp_path / "src")
+    path = save_external(decoder_model(), tmp_path / "src")
     if fmt != "float":
         options = {"bits": 4, "codebook": "linear", "format": "matmulnbits"} if fmt == "matmulnbits" else {}
         out = tmp_path / "out" / "c.onnx"
@@ -92,7 +65,7 @@ def test_blocks_give_the_whole_models_outputs(tmp_path, monkeypatch, budget, fmt
 
 def test_a_segment_decodes_its_weights_once_for_all_its_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(external, "LAZY_BYTES", 0)
-    src = save_external(decoder(), tmp_path / "src")
+    src = save_external(decoder_model(), tmp_path / "src")
     path = tmp_path / "out" / "c.onnx"
     path.parent.mkdir()
     onnxq.compress(src, path, jobs=1, validate=False)
@@ -113,7 +86,7 @@ def test_a_segment_decodes_its_weights_once_for_all_its_runs(tmp_path, monkeypat
 
 
 def test_validation_by_blocks_reports_what_whole_validation_reports(tmp_path, monkeypatch):
-    path = save_external(decoder(), tmp_path / "src")
+    path = save_external(decoder_model(), tmp_path / "src")
     whole = onnxq.compress(path, tmp_path / "a.onnx", jobs=1, samples=4)
     monkeypatch.setattr(validate, "UNFOLDED_WEIGHTS", 0)
     monkeypatch.setattr(blocks, "BLOCK_BYTES", 20_000)
@@ -145,7 +118,7 @@ def test_onnxq_validate_checks_a_large_model_by_blocks(tmp_path, monkeypatch):
     sessions block by block, and the whole comparison's numbers."""
     from onnxq.check import validate
 
-    path = save_external(decoder(), tmp_path / "src")
+    path = save_external(decoder_model(), tmp_path / "src")
     out = tmp_path / "out.onnx"
     onnxq.compress(path, out, jobs=1, validate=False)
     whole = validate.compare_models(path, out, samples=3, literal=True)
@@ -166,7 +139,7 @@ def test_onnxq_validate_checks_a_large_model_by_blocks(tmp_path, monkeypatch):
 
 
 def test_each_model_is_read_once_however_many_chunks_of_samples(tmp_path, monkeypatch):
-    path = save_external(decoder(), tmp_path / "src")
+    path = save_external(decoder_model(), tmp_path / "src")
     out = tmp_path / "out.onnx"
     onnxq.compress(path, out, jobs=1, validate=False)
     monkeypatch.setattr(validate, "UNFOLDED_WEIGHTS", 0)
@@ -201,7 +174,7 @@ def test_a_long_chain_of_weight_only_nodes_is_planned_without_recursion(tmp_path
 
 def test_an_output_that_is_an_initializer_is_validated_whole(tmp_path, monkeypatch):
     """No segment makes such an output; the whole model is validated instead of failing."""
-    model = decoder(layers=1)
+    model = decoder_model(layers=1)
     model.graph.output.append(value("emb", [97, 48]))
     assert not blocks.cuttable(model.graph)
     path = save_external(model, tmp_path / "src")

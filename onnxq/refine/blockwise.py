@@ -1,0 +1,239 @@
+"""Measured sensitivity block by block (--sensitivity blocks), for models too large for a
+session per weight (sensitivity.Probe opens the whole model once for each).
+
+The graph is cut into segments (check/blocks.py): about PROBE_SEGMENTS, each with at most
+blocks.BLOCK_BYTES of weights. A weight t of segment s is measured there alone: the segment runs on
+the float model's own inputs to s, once per value of t, and its noise is taken at the segment's
+outputs, n_t = sum ||z_t - z||^2 / sum ||z||^2. The segment's outputs, with every weight it
+measures swapped at once (the first value of each), are then carried through the rest of the
+model, which gives that perturbation's noise at the model's outputs, N_s; the gain N_s / n_s of
+the same perturbation at the segment's outputs scales every weight of the segment:
+noise_t = n_t * N_s / n_s. A weight read in several segments is measured through the whole model.
+
+Each segment's session opens once for the float runs and once per weight it measures, and the
+segments run in order, so that memory holds one segment's weights, the tensors that cross
+between segments for every carried perturbation, and the float model's inputs to every segment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxq import runtime
+from onnxq.check import blocks
+from onnxq.data.samples import Sample
+from onnxq.graph import external
+from onnxq.graph.select import Weight
+from onnxq.refine import sensitivity
+from onnxq.refine.sensitivity import Values
+
+WHAT = "sensitivity probe inputs"
+PROBE_SEGMENTS = 8  # a model is cut in about this many segments (more where blocks.BLOCK_BYTES says)
+
+
+def supports(model: onnx.ModelProto, weights: Sequence[Weight]) -> bool:
+    """Whether the model can be measured by blocks: its graph can be cut, and every weight is an
+    initializer of the main graph."""
+    return blocks.cuttable(model.graph) and all(
+        w.graph is model.graph and w.constant_node is None for w in weights
+    )
+
+
+class BlockProbe:
+    """sensitivity.Probe's measurements, a segment of the graph at a time (see the module)."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        weights: Sequence[Weight],
+        feeds: Sequence[Sample],
+        mask: str | None = None,
+        counts: Sequence[int] | None = None,
+    ):
+        self._weights = {w.name: w for w in weights}
+        self._arrays = sensitivity._in_place(model, weights)
+        self.model = runtime.stubbed(model, self._arrays)
+        self.feeds = list(feeds)
+        self.counts = list(counts) if counts is not None else [1] * len(self.feeds)
+        self.mask = mask
+        total = sum(external.stored_bytes(t) for t in self.model.graph.initializer)
+        self.segments = blocks.plan(
+            self.model.graph, min(blocks.BLOCK_BYTES, max(1, total // PROBE_SEGMENTS))
+        )
+        self._names = [o.name for o in model.graph.output]
+        self._homes = _homes(self.segments, self._weights)
+        self._before: list[list[dict]] = []  # per segment, per feed: the float tensors alive before it
+        alive = [dict(feed) for feed in self.feeds]
+        for k in range(len(self.segments)):
+            self._before.append([dict(values) for values in alive])
+            self._advance(k, self._session(k), alive)
+        self.reference = [[values[n] for n in self._names] for values in alive]
+        self.energy = _energy(self.reference, self.feeds, mask)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._weights)
+
+    @property
+    def samples(self) -> int:
+        return sum(self.counts)
+
+    def noises(self, values: dict[str, Values], progress=None) -> dict[str, list[float]]:
+        """Each weight's noise at each of its values, estimated as the module says (the gain at the
+        i-th value from the segment's weights all at their i-th)."""
+        local: dict[str, list[float]] = {}
+        streams: dict[tuple[int, int], list[dict]] = {}  # (segment, i) -> per feed, what it moved
+        combined: dict[tuple[int, int], float] = {}  # (segment, i) -> n_s
+        done = 0
+        for k, seg in enumerate(self.segments):
+            sess = self._session(k)
+            for stream in streams.values():
+                self._advance(k, sess, stream)
+            inputs = [{n: before[n] for n in seg.inputs} for before in self._before[k]]
+            base = [runtime.run(sess, x, seg.outputs, WHAT) for x in inputs]
+            scale = _energy(base, self.feeds, self.mask, floats_only=True)
+            swaps: list[dict[str, np.ndarray]] = []
+            mine: list[str] = []
+            for name in [n for n in seg.weights if n in values and self._homes.get(n) == k]:
+                vs = list(values[name]())
+                own = self._session(k, inputs=(name,))
+                local[name] = [
+                    self._local(k, own, inputs, base, scale, {name: self._cast(name, v)}) for v in vs
+                ]
+                swaps += [{} for _ in range(len(vs) - len(swaps))]
+                for i, v in enumerate(vs):
+                    swaps[i][name] = v
+                mine.append(name)
+                done += 1
+                if progress:
+                    progress(done, len(values), name)
+            for i, swap in enumerate(swaps):
+                swap = self._scaled(swap, [local[n][min(i, len(local[n]) - 1)] for n in mine])
+                swapped = self._session(k, swaps=swap)
+                combined[k, i] = self._local(k, swapped, inputs, base, scale, {})
+                streams[k, i] = [dict(before) for before in self._before[k]]
+                self._advance(k, swapped, streams[k, i])
+        gains = {
+            key: (self._error(stream) / combined[key] if combined[key] > 0 else 0.0)
+            for key, stream in streams.items()
+        }
+        out = {
+            name: [gains[self._homes[name], i] * n for i, n in enumerate(noise)]  # type: ignore[index]
+            for name, noise in local.items()
+        }
+        for name in [n for n in values if n in self._homes and self._homes[n] is None]:
+            out[name] = [self.noise_all({name: v}) for v in values[name]()]  # read in several segments
+            done += 1
+            if progress:
+                progress(done, len(values), name)
+        return out
+
+    def noise_all(self, values: dict[str, np.ndarray]) -> float:
+        return float(self.noise_parts(values).sum())
+
+    def noise_parts(self, values: dict[str, np.ndarray]) -> np.ndarray:
+        """Per sample, the outputs' noise with every weight in values swapped at once."""
+        alive = [dict(feed) for feed in self.feeds]
+        for k, seg in enumerate(self.segments):
+            swaps = {n: values[n] for n in seg.weights if n in values}
+            self._advance(k, self._session(k, swaps=swaps), alive)
+        outputs = [[v[n] for n in self._names] for v in alive]
+        return sensitivity.error_parts(
+            outputs, self.reference, self.feeds, self.counts, self.mask, self.energy
+        )
+
+    def _scaled(self, swap: dict[str, np.ndarray], noises: list[float]) -> dict[str, np.ndarray]:
+        """The weights moved towards swap by the fraction alpha that makes their summed noise at the
+        segment's outputs about one weight's (the median): the gain is then measured at the size
+        of perturbation it scales, where the model may not be linear."""
+        total, typical = float(np.sum(noises)), float(np.median(noises)) if noises else 0.0
+        alpha = float(np.sqrt(typical / total)) if total > 0 else 1.0
+        return {n: self._weights[n].array + alpha * (v - self._weights[n].array) for n, v in swap.items()}
+
+    def _error(self, alive: list[dict]) -> float:
+        """The noise of the model's outputs in alive (per feed), against the float ones."""
+        outputs = [[v[n] for n in self._names] for v in alive]
+        ones = [1] * len(self.feeds)
+        return float(
+            sensitivity.error_parts(outputs, self.reference, self.feeds, ones, self.mask, self.energy).sum()
+        )
+
+    def _local(self, k: int, sess, inputs: list[dict], base: list[list], scale: float, extra: dict) -> float:
+        """Segment k's outputs' noise, run on its float inputs with extra fed too."""
+        names = self.segments[k].outputs
+        got = [runtime.run(sess, {**x, **extra}, names, WHAT) for x in inputs]
+        return _noise(got, base, self.feeds, self.mask) / scale if scale > 0 else 0.0
+
+    def _advance(self, k: int, sess, alive: list[dict]) -> None:
+        """Run segment k on each feed's tensors, and keep what later segments or the outputs read."""
+        seg = self.segments[k]
+        later = {n for s in self.segments[k + 1 :] for n in s.inputs} | set(self._names)
+        for values in alive:
+            ys = runtime.run(sess, {n: values[n] for n in seg.inputs}, seg.outputs, WHAT)
+            values.update(zip(seg.outputs, ys))
+            for n in [n for n in values if n not in later]:
+                del values[n]
+
+    def _cast(self, name: str, value: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(value, dtype=np.asarray(self._weights[name].array).dtype)
+
+    def _session(self, k: int, inputs: Sequence[str] = (), swaps: dict | None = None):
+        """A session over segment k: the weights in inputs fed at each run, those in swaps set."""
+        swaps = swaps or {}
+
+        def held(tensor: onnx.TensorProto) -> np.ndarray | None:
+            if tensor.name in swaps and tensor.name in self._arrays:
+                return np.ascontiguousarray(swaps[tensor.name], self._arrays[tensor.name].dtype)
+            return self._arrays.get(tensor.name)
+
+        example = self._before[k][0] if self._before[k] else {}
+        proto, arrays = blocks.segment_model(self.model, self.segments[k], example, held)
+        for tensor in proto.graph.initializer:
+            if tensor.name in swaps and tensor.name not in arrays:
+                kind = sensitivity._dtype(tensor)
+                tensor.CopyFrom(numpy_helper.from_array(np.asarray(swaps[tensor.name], kind), tensor.name))
+        for name in inputs:
+            position = next(i for i, t in enumerate(proto.graph.initializer) if t.name == name)
+            tensor = proto.graph.initializer.pop(position)
+            arrays.pop(name, None)
+            proto.graph.input.append(
+                onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims))
+            )
+        return runtime.session(proto, initializers=arrays)
+
+
+def _homes(segments: list[blocks.Segment], weights: dict[str, Weight]) -> dict[str, int | None]:
+    """The segment that reads each weight, or None for a weight read in several."""
+    homes: dict[str, int | None] = {}
+    for k, seg in enumerate(segments):
+        for name in seg.weights:
+            if name in weights:
+                homes[name] = k if name not in homes else None
+    return homes
+
+
+def _noise(got: list[list], base: list[list], feeds: Sequence[Sample], mask: str | None) -> float:
+    total = 0.0
+    for ys, refs, feed in zip(got, base, feeds):
+        for y, r in zip(ys, refs):
+            if np.issubdtype(np.asarray(r).dtype, np.floating):
+                d = np.asarray(y).astype(np.float64) - r
+                total += float(np.sum(sensitivity._kept(d, feed, mask) ** 2))
+    return total
+
+
+def _energy(
+    outputs: list[list], feeds: Sequence[Sample], mask: str | None, floats_only: bool = False
+) -> float:
+    total = 0.0
+    for ys, feed in zip(outputs, feeds):
+        for y in ys:
+            y = np.asarray(y)
+            if floats_only and not np.issubdtype(y.dtype, np.floating):
+                continue
+            total += float(np.sum(sensitivity._kept(y, feed, mask).astype(np.float64) ** 2))
+    return total
