@@ -270,6 +270,7 @@ class Method:
     rounding: str | None
     bias_correction: bool | None
     mixed: bool = False
+    sensitivity: str = "auto"  # --sensitivity: how --target-bits measures each tensor's noise
 
 
 METHODS = {
@@ -282,6 +283,17 @@ METHODS = {
     ),
     "mixed-datafree": Method(
         "--target-bits = bits, no calibration: the pipeline's defaults", False, None, None, True
+    ),
+    "mixed-blocks": Method(
+        "mixed, its sensitivity measured block by block (--sensitivity blocks)",
+        True,
+        "gptq",
+        True,
+        True,
+        "blocks",
+    ),
+    "mixed-datafree-blocks": Method(
+        "mixed-datafree, its sensitivity measured block by block", False, None, None, True, "blocks"
     ),
 }
 
@@ -299,6 +311,7 @@ def method_config(
         calibration=str(calibration) if method.calibration else None,
         rounding=method.rounding,
         bias_correction=method.bias_correction,
+        sensitivity=method.sensitivity,
     )
 
 

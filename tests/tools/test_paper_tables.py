@@ -184,8 +184,14 @@ def test_each_method_maps_to_its_config(tmp_path):
         "gptq+bias": (True, "gptq", True, None),
         "mixed": (True, "gptq", True, 4.0),
         "mixed-datafree": (False, "nearest", False, 4.0),
+        "mixed-blocks": (True, "gptq", True, 4.0),
+        "mixed-datafree-blocks": (False, "nearest", False, 4.0),
     }
     assert not any(c.validate for c in configs.values())
+    assert {n for n, c in configs.items() if c.sensitivity == "blocks"} == {
+        "mixed-blocks",
+        "mixed-datafree-blocks",
+    }
 
 
 @pytest.mark.skipif(not IMAGES.is_dir(), reason=f"needs the shared ImageNet sample at {IMAGES}")
