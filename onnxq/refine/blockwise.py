@@ -4,11 +4,14 @@ session per weight (sensitivity.Probe opens the whole model once for each).
 The graph is cut into segments (check/blocks.py): about PROBE_SEGMENTS, each with at most
 blocks.BLOCK_BYTES of weights. A weight t of segment s is measured there alone: the segment runs on
 the float model's own inputs to s, once per value of t, and its noise is taken at the segment's
-outputs, n_t = sum ||z_t - z||^2 / sum ||z||^2. The segment's outputs, with every weight it
-measures swapped at once (the first value of each), are then carried through the rest of the
-model, which gives that perturbation's noise at the model's outputs, N_s; the gain N_s / n_s of
-the same perturbation at the segment's outputs scales every weight of the segment:
-noise_t = n_t * N_s / n_s. A weight read in several segments is measured through the whole model.
+outputs, n_t = sum ||z_t - z||^2 / sum ||z||^2. Then, for each of the values measured (each
+width), the segment's weights are all moved at once towards theirs, by the fraction that makes
+the noise at the segment's outputs about one weight's (a model is not linear, and the gain is
+applied to one weight's perturbation), and the segment's outputs are carried through the rest of
+the model: that perturbation's noise at the model's outputs, N_s, over its noise at the
+segment's, n_s, is the segment's gain, and noise_t = n_t * N_s / n_s. A weight read in several
+segments, and every whole allocation (noise_parts), runs through the whole model, a segment at
+a time.
 
 Each segment's session opens once for the float runs and once per weight it measures, and the
 segments run in order, so that memory holds one segment's weights, the tensors that cross
@@ -55,7 +58,7 @@ class BlockProbe:
         counts: Sequence[int] | None = None,
     ):
         self._weights = {w.name: w for w in weights}
-        self._arrays = sensitivity._in_place(model, weights)
+        self._arrays = sensitivity.in_place_arrays(model, weights)
         self.model = runtime.stubbed(model, self._arrays)
         self.feeds = list(feeds)
         self.counts = list(counts) if counts is not None else [1] * len(self.feeds)
@@ -194,7 +197,7 @@ class BlockProbe:
         proto, arrays = blocks.segment_model(self.model, self.segments[k], example, held)
         for tensor in proto.graph.initializer:
             if tensor.name in swaps and tensor.name not in arrays:
-                kind = sensitivity._dtype(tensor)
+                kind = sensitivity.tensor_dtype(tensor)
                 tensor.CopyFrom(numpy_helper.from_array(np.asarray(swaps[tensor.name], kind), tensor.name))
         for name in inputs:
             position = next(i for i, t in enumerate(proto.graph.initializer) if t.name == name)
@@ -222,7 +225,7 @@ def _noise(got: list[list], base: list[list], feeds: Sequence[Sample], mask: str
         for y, r in zip(ys, refs):
             if np.issubdtype(np.asarray(r).dtype, np.floating):
                 d = np.asarray(y).astype(np.float64) - r
-                total += float(np.sum(sensitivity._kept(d, feed, mask) ** 2))
+                total += float(np.sum(sensitivity.kept(d, feed, mask) ** 2))
     return total
 
 
@@ -235,5 +238,5 @@ def _energy(
             y = np.asarray(y)
             if floats_only and not np.issubdtype(y.dtype, np.floating):
                 continue
-            total += float(np.sum(sensitivity._kept(y, feed, mask).astype(np.float64) ** 2))
+            total += float(np.sum(sensitivity.kept(y, feed, mask).astype(np.float64) ** 2))
     return total

@@ -53,7 +53,7 @@ class Probe:
         counts: Sequence[int] | None = None,
     ):
         self._weights = {w.name: w for w in weights}
-        self._arrays = _in_place(model, weights)
+        self._arrays = in_place_arrays(model, weights)
         self.model = runtime.stubbed(model, self._arrays)
         pairs = list(zip(iter_graphs(model.graph), iter_graphs(self.model.graph)))
         self._graphs = {id(a): b for a, b in pairs}  # each graph of model -> the same one in the copy
@@ -68,7 +68,7 @@ class Probe:
         self.reference = self._outputs(sess, {})
         self.seconds = time.perf_counter() - start  # one pass over the feeds
         self.energy = sum(
-            float(np.sum(_kept(y, feed, mask).astype(np.float64) ** 2))
+            float(np.sum(kept(y, feed, mask).astype(np.float64) ** 2))
             for ys, feed in zip(self.reference, self.feeds)
             for y in ys
         )
@@ -112,7 +112,9 @@ class Probe:
         arrays = dict(self._arrays)
         embedded = [self._weights[n] for n in values if n not in arrays]
         for weight, tensor in _tensors(swapped, embedded):
-            tensor.CopyFrom(numpy_helper.from_array(np.asarray(values[weight], _dtype(tensor)), tensor.name))
+            tensor.CopyFrom(
+                numpy_helper.from_array(np.asarray(values[weight], tensor_dtype(tensor)), tensor.name)
+            )
         arrays.update({n: np.asarray(v, arrays[n].dtype) for n, v in values.items() if n in arrays})
         return self._parts(runtime.session(swapped, initializers=arrays), {})
 
@@ -148,7 +150,7 @@ def error_parts(outputs, reference, feeds, counts, mask: str | None, energy: flo
     for ys, refs, feed, k in zip(outputs, reference, feeds, counts):
         diffs = [np.asarray(y).astype(np.float64) - r for y, r in zip(ys, refs)]
         parts.extend(
-            sum(float(np.sum(_kept(d, sample, mask) ** 2)) for d in row)
+            sum(float(np.sum(kept(d, sample, mask) ** 2)) for d in row)
             for row, sample in _by_sample(diffs, feed, k)
         )
     return np.asarray(parts, dtype=np.float64) / (energy if energy > 0 else 1.0)
@@ -164,7 +166,7 @@ def _by_sample(diffs: list[np.ndarray], feed: Sample, k: int) -> Iterator[tuple[
         yield [d[i : i + 1] for d in diffs], {n: (a[i : i + 1] if np.ndim(a) else a) for n, a in feed.items()}
 
 
-def _kept(y: np.ndarray, feed: Sample, mask: str | None) -> np.ndarray:
+def kept(y: np.ndarray, feed: Sample, mask: str | None) -> np.ndarray:
     """y without the positions the feed's attention mask marks as padding (y whole if it does not line up)."""
     y = np.asarray(y)
     if not mask or mask not in feed or not np.issubdtype(y.dtype, np.number):
@@ -177,11 +179,11 @@ IN_PLACE_BYTES = 4096  # smaller weights stay in the model (onnxruntime wants 12
 IN_PLACE_TYPES = (np.float32, np.float16, np.float64)
 
 
-def _in_place(model: onnx.ModelProto, weights: Sequence[Weight]) -> dict[str, np.ndarray]:
+def in_place_arrays(model: onnx.ModelProto, weights: Sequence[Weight]) -> dict[str, np.ndarray]:
     """The weights that sessions read in place: main-graph initializers of a plain float type
     (others, in Constant nodes or If/Loop bodies, stay in the model), as contiguous arrays of
     the initializer's own type."""
-    types = {t.name: _dtype(t) for t in model.graph.initializer}
+    types = {t.name: tensor_dtype(t) for t in model.graph.initializer}
     arrays = {}
     for w in weights:
         kind = types.get(w.name)
@@ -191,7 +193,7 @@ def _in_place(model: onnx.ModelProto, weights: Sequence[Weight]) -> dict[str, np
     return arrays
 
 
-def _dtype(tensor: onnx.TensorProto) -> np.dtype:
+def tensor_dtype(tensor: onnx.TensorProto) -> np.dtype:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))  # without decoding the weight
 
 
@@ -232,7 +234,7 @@ def _as_input(
     if not is_input:
         main.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
     try:
-        yield _dtype(tensor)
+        yield tensor_dtype(tensor)
     finally:
         if not is_input:
             main.input.pop()
