@@ -29,6 +29,7 @@ from onnx import numpy_helper
 from onnxq import runtime
 from onnxq.check import blocks
 from onnxq.data.samples import Sample
+from onnxq.errors import OnnxqError
 from onnxq.graph import external
 from onnxq.graph.select import Weight
 from onnxq.refine import sensitivity
@@ -103,10 +104,13 @@ class BlockProbe:
             mine: list[str] = []
             for name in [n for n in seg.weights if n in values and self._homes.get(n) == k]:
                 vs = list(values[name]())
-                own = self._session(k, inputs=(name,))
-                local[name] = [
-                    self._local(k, own, inputs, base, scale, {name: self._cast(name, v)}) for v in vs
-                ]
+                try:
+                    own = self._session(k, inputs=(name,))
+                    local[name] = [
+                        self._local(k, own, inputs, base, scale, {name: self._cast(name, v)}) for v in vs
+                    ]
+                except OnnxqError:
+                    pass  # onnxruntime cannot take it as an input: no entry, as sensitivity.Probe
                 swaps += [{} for _ in range(len(vs) - len(swaps))]
                 for i, v in enumerate(vs):
                     swaps[i][name] = v
@@ -115,7 +119,7 @@ class BlockProbe:
                 if progress:
                     progress(done, len(values), name)
             for i, swap in enumerate(swaps):
-                swap = self._scaled(swap, [local[n][min(i, len(local[n]) - 1)] for n in mine])
+                swap = self._scaled(swap, [local[n][min(i, len(local[n]) - 1)] for n in mine if n in local])
                 swapped = self._session(k, swaps=swap)
                 combined[k, i] = self._local(k, swapped, inputs, base, scale, {})
                 streams[k, i] = [dict(before) for before in self._before[k]]

@@ -169,3 +169,21 @@ def test_a_model_that_cannot_be_cut_says_so_in_one_line(tmp_path):
         onnxq.compress(src, tmp_path / "out.onnx", target_bits=4, sensitivity="blocks", jobs=1)
     report = onnxq.compress(src, tmp_path / "out.onnx", target_bits=4, jobs=1, samples=2)
     assert not any("measured block by block" in n for n in report.notes)
+
+
+def test_a_weight_onnxruntime_cannot_take_as_an_input_gets_no_entry(monkeypatch):
+    """As with the whole-model probe: widths scales it by the others' gain."""
+    model = chain_model()
+    weights = find_weights(model, 1)[0]
+    probe = BlockProbe(model, weights, feeds_of())
+    real = BlockProbe._session
+
+    def session(self, k, inputs=(), swaps=None):
+        if "v2" in inputs:
+            raise OnnxqError("onnxruntime cannot load the model: v2 must be a constant")
+        return real(self, k, inputs, swaps)
+
+    monkeypatch.setattr(BlockProbe, "_session", session)
+    got = probe.noises(values_of(weights))
+    assert "v2" not in got and set(got) == {w.name for w in weights} - {"v2"}
+    assert all(n > 0 for noise in got.values() for n in noise)
