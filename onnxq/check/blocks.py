@@ -171,7 +171,7 @@ def run(
         if len(alive) > 1:
             proto, arrays = _decoded(proto, arrays, literal)
         # Without prepacking: the weights are read in place, not copied into packed panels (at
-        # 468M, 1.5 CPU-s against 3.2 to open the float model's segments; its runs are short).
+        # 468M, 1.5 CPU-s against 2.7 to open the float model's segments; its runs are short).
         sess = runtime.session(proto, literal=literal, initializers=arrays, prepack=False)
         del arrays
         later = {n for s in segments[k + 1 :] for n in s.inputs} | set(names)
@@ -217,7 +217,7 @@ def segment_model(
 def _decoded(model: onnx.ModelProto, arrays: dict, literal: bool) -> tuple[onnx.ModelProto, dict]:
     """The segment model with its weight-only nodes (decoders) run once, in a session of their
     own, and what they made read as weights; and the arrays of its stubs. Unfolded, every run of
-    a segment decodes its weights again (5.3 CPU-s per run of the 468M decoder's output)."""
+    a segment decodes its weights again (about 5 CPU-s per run of the 468M decoder's output)."""
     graph = model.graph
     fixed, constant = [], {t.name for t in graph.initializer}
     for node in graph.node:
