@@ -76,7 +76,8 @@ def layer_statistics(
     """Per weight, every main-graph layer that reads it, with its input statistics; and notes on
     the layers that saw no input."""
     specs, _ = calibrate.layer_specs(model, weights)
-    stats = calibrate.collect_layer_stats(model, specs, source.samples, source.specs)
+    arrays = sensitivity.in_place_arrays(model, weights)  # read in place, not copied with the model
+    stats = calibrate.collect_layer_stats(model, specs, source.samples, source.specs, arrays=arrays)
     out: dict[str, list[Layer]] = {}
     for spec in specs:
         if spec.key in stats:

@@ -260,6 +260,30 @@ def test_statistics_do_not_depend_on_the_batch_size(rng):
     assert results[0]["fc"].count == 14 and results[0]["c1"].count == 14 * 25
 
 
+def test_weights_handed_in_place_give_the_same_statistics_without_copying_the_model(rng, monkeypatch):
+    """arrays: the session reads those weights in place (stubs in the model it gets), as
+    steps.layer_statistics hands them, and the statistics are the same."""
+    from onnxq import runtime
+
+    model, x = integer_network(rng)
+    specs = specs_of(model)
+    whole = collect(model, specs, {"x": x}, batch=5)
+    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    given = []
+    real = runtime.session
+    monkeypatch.setattr(runtime, "session", lambda proto, **k: given.append(proto) or real(proto, **k))
+    inputs = data.input_specs(model)
+    got = collect_layer_stats(model, specs, data.samples_from({"x": x}, inputs), inputs, 5, arrays=arrays)
+    (proto,) = given
+    assert {t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL} == set(
+        arrays
+    )
+    assert not any(t.raw_data for t in proto.graph.initializer)
+    for key, stats in whole.items():
+        np.testing.assert_array_equal(got[key].hessian, stats.hessian)
+        np.testing.assert_array_equal(got[key].mean, stats.mean)
+
+
 def test_a_fixed_batch_dimension_sets_the_samples_per_run(rng):
     w = randn(rng, 3, 2)
     model = make_model(
@@ -433,3 +457,18 @@ def test_calibration_files_give_fixed_length_inputs_their_rows_per_sample(tmp_pa
     np.savez(path, x=randn(rng, 5, 3, 8, 8), ids=rng.integers(0, 40, 29))
     with pytest.raises(OnnxqError, match="multiple of 6"):
         data.read_samples(path, data.input_specs(model), "calibration file")
+
+
+def test_layer_statistics_hands_the_weights_in_place(rng, monkeypatch):
+    from onnxq.refine import calibrate, sensitivity, steps
+
+    monkeypatch.setattr(sensitivity, "IN_PLACE_BYTES", 0)  # this model's weights are small
+    model, x = integer_network(rng)
+    weights = find_weights(model, 1)[0]
+    inputs = data.input_specs(model)
+    source = steps.Data("calibration", "test", data.samples_from({"x": x}, inputs), inputs)
+    seen = []
+    real = calibrate.collect_layer_stats
+    monkeypatch.setattr(calibrate, "collect_layer_stats", lambda *a, **k: seen.append(k) or real(*a, **k))
+    layers, _ = steps.layer_statistics(model, weights, source)
+    assert layers and set(seen[0]["arrays"]) == {w.name for w in weights} == {"c1.w", "dw.w", "fc.w"}
