@@ -47,7 +47,7 @@ def supports(model: onnx.ModelProto, weights: Sequence[Weight]) -> bool:
     )
 
 
-class BlockProbe:
+class BlockProbe(sensitivity.Measured):
     """sensitivity.Probe's measurements, a segment of the graph at a time (see the module)."""
 
     def __init__(
@@ -58,12 +58,7 @@ class BlockProbe:
         mask: str | None = None,
         counts: Sequence[int] | None = None,
     ):
-        self._weights = {w.name: w for w in weights}
-        self._arrays = sensitivity.in_place_arrays(model, weights)
-        self.model = runtime.stubbed(model, self._arrays)
-        self.feeds = list(feeds)
-        self.counts = list(counts) if counts is not None else [1] * len(self.feeds)
-        self.mask = mask
+        super().__init__(model, weights, feeds, mask, counts)
         total = sum(external.stored_bytes(t) for t in self.model.graph.initializer)
         self.segments = blocks.plan(
             self.model.graph, min(blocks.BLOCK_BYTES, max(1, total // PROBE_SEGMENTS))
@@ -77,14 +72,6 @@ class BlockProbe:
             self._advance(k, self._session(k), alive)
         self.reference = [[values[n] for n in self._names] for values in alive]
         self.energy = _energy(self.reference, self.feeds, mask)
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._weights)
-
-    @property
-    def samples(self) -> int:
-        return sum(self.counts)
 
     def noises(self, values: dict[str, Values], progress=None) -> dict[str, list[float]]:
         """Each weight's noise at each of its values, estimated as the module says (the gain at the
@@ -138,9 +125,6 @@ class BlockProbe:
             if progress:
                 progress(done, len(values), name)
         return out
-
-    def noise_all(self, values: dict[str, np.ndarray]) -> float:
-        return float(self.noise_parts(values).sum())
 
     def noise_parts(self, values: dict[str, np.ndarray]) -> np.ndarray:
         """Per sample, the outputs' noise with every weight in values swapped at once."""

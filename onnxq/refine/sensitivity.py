@@ -28,7 +28,41 @@ from onnxq.graph.select import Weight, iter_graphs
 Values = Callable[[], Sequence[np.ndarray]]  # a weight's values to measure, made when needed
 
 
-class Probe:
+class Measured:
+    """What both probes (Probe, blockwise.BlockProbe) hold: the weights they measure, read in
+    place from their arrays by sessions over a stubbed copy of the model, and the feeds."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        weights: Sequence[Weight],
+        feeds: Sequence[Sample],
+        mask: str | None = None,
+        counts: Sequence[int] | None = None,
+    ):
+        self._weights = {w.name: w for w in weights}
+        self._arrays = in_place_arrays(model, weights)
+        self.model = runtime.stubbed(model, self._arrays)
+        self.feeds = list(feeds)
+        # Samples per run (data.batches stacks them along axis 0); None: one per run.
+        self.counts = list(counts) if counts is not None else [1] * len(self.feeds)
+        self.mask = mask
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._weights)
+
+    @property
+    def samples(self) -> int:
+        """The samples each measurement runs (a batched feed counts all its rows)."""
+        return sum(self.counts)
+
+    def noise_all(self, values: dict[str, np.ndarray]) -> float:
+        """Output noise with every weight in values swapped at once (a whole allocation)."""
+        return float(self.noise_parts(values).sum())  # type: ignore[attr-defined]
+
+
+class Probe(Measured):
     """Runs the model with one weight swapped at a time and says how far its outputs move.
 
     Each weight gets one session, in which that weight alone is a graph input and
@@ -52,17 +86,10 @@ class Probe:
         mask: str | None = None,
         counts: Sequence[int] | None = None,
     ):
-        self._weights = {w.name: w for w in weights}
-        self._arrays = in_place_arrays(model, weights)
-        self.model = runtime.stubbed(model, self._arrays)
+        super().__init__(model, weights, feeds, mask, counts)
         pairs = list(zip(iter_graphs(model.graph), iter_graphs(self.model.graph)))
         self._graphs = {id(a): b for a, b in pairs}  # each graph of model -> the same one in the copy
         self._held = pairs  # keeps the keys' objects, and so their ids, alive
-        self.feeds = list(feeds)
-        # Samples per run (data.batches stacks them along axis 0); None: one per run.
-        self.counts = list(counts) if counts is not None else [1] * len(self.feeds)
-        self._samples = sum(self.counts)
-        self.mask = mask
         sess = runtime.session(self.model, initializers=self._arrays)
         start = time.perf_counter()
         self.reference = self._outputs(sess, {})
@@ -72,15 +99,6 @@ class Probe:
             for ys, feed in zip(self.reference, self.feeds)
             for y in ys
         )
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._weights)
-
-    @property
-    def samples(self) -> int:
-        """The samples each measurement runs (a batched feed counts all its rows)."""
-        return self._samples
 
     def _outputs(self, sess, extra: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
         return [runtime.run(sess, {**feed, **extra}, what="sensitivity probe inputs") for feed in self.feeds]
@@ -99,10 +117,6 @@ class Probe:
                 self.model, initializers={n: a for n, a in self._arrays.items() if n != name}
             )
         return [self._noise(sess, {name: np.ascontiguousarray(v, dtype=dtype)}) for v in values]
-
-    def noise_all(self, values: dict[str, np.ndarray]) -> float:
-        """Output noise with every weight in values swapped at once (a whole allocation)."""
-        return float(self.noise_parts(values).sum())
 
     def noise_parts(self, values: dict[str, np.ndarray]) -> np.ndarray:
         """noise_all split by sample (by run where a run's outputs do not line up with its samples):
