@@ -30,6 +30,7 @@ from onnxq.graph.select import FLOAT_TYPES, Weight, find_weights, iter_graphs
 from onnxq.quant import kernels, layout
 from onnxq.quant.codebooks import CODEBOOKS, DEFAULT_CODEBOOK
 from onnxq.quant.quantize import DEFAULT_SEARCH, SCALES, SEARCHES, QuantizedTensor
+from onnxq.refine import sensitivity
 from onnxq.refine import steps as refine
 from onnxq.refine import widths as widths_
 from onnxq.refine.widths import Choice
@@ -480,6 +481,10 @@ def _compress(
     report.pictures = {} if pictures else None
     read = external.reader(source.parent) if source is not None else numpy_helper.to_array
     weights, skips = _select(model, config, report, read)
+    if source is not None and config.needs_data():
+        # The data-driven steps' sessions read the weights in place, from their maps; every other
+        # tensor still in its file goes into the model, where those sessions look for it.
+        external.load_remaining(model, source.parent, keep=sensitivity.in_place_arrays(model, weights))
     plan = None
     if weights and (plan_for_validation or (config.needs_data() and config.calibration is None)):
         t = time.perf_counter()
@@ -727,9 +732,10 @@ def compress(
     if progress:
         progress(0, 0, "reading the model")
     t = time.perf_counter()
-    # Without data-driven steps, each weight's values are read from an external file only to be
-    # quantized, and dropped after: memory then holds the quantized model, not the float one.
-    model, input_bytes = io.read_model(src, lazy=not config.needs_data())
+    # A weight's values are read from its external file as they are needed (a map, not a copy).
+    # Without data-driven steps each is quantized and dropped: memory then holds the quantized
+    # model, not the float one.
+    model, input_bytes = io.read_model(src, lazy=True)
     load_seconds = time.perf_counter() - t
     if already_compressed(model) and not force:
         raise OnnxqError(

@@ -5,11 +5,12 @@ read_model leaves the external tensors of at least LAZY_BYTES in their files whe
 (io.read_model(lazy=True)); their paths are checked there. A weight is then a read-only map of
 its bytes (mapped_array), which the quantizer reads a part at a time and then drops
 (released), and every other such tensor is loaded before the model is written (load_remaining).
+With data-driven steps the weights stay mapped throughout: their sessions read them in place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,9 @@ def is_released(array: np.ndarray) -> bool:
     return array.size > 1 and not any(array.strides) and not array.flags.writeable
 
 
-def load_remaining(model: onnx.ModelProto, folder: Path) -> None:
-    """Load the values of every tensor still in its external file into the model."""
+def load_remaining(model: onnx.ModelProto, folder: Path, keep: Collection[str] = ()) -> None:
+    """Load the values of every tensor still in its external file into the model, but those
+    named in keep."""
     for tensor in all_tensors(model):
-        if uses_external_data(tensor):
+        if uses_external_data(tensor) and tensor.name not in keep:
             load_external_data_for_tensor(tensor, str(folder))

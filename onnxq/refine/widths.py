@@ -330,23 +330,58 @@ def _price(weights: list[Weight], computed, layers: dict[str, list[Layer]], fmt)
     same granularity."""
     priced = _Priced({}, {}, {})
     for w in weights:
-        rows = float_rows(w).astype(np.float64)
-        energy = np.maximum(np.sum(rows**2, axis=1), np.finfo(np.float64).tiny)
         hs = [layer.stats.hessian for layer in layers.get(w.name, [])]
+        energy = np.concatenate([np.sum(rows**2, axis=1) for _, rows in _row_parts(w, hs)])
+        energy = np.maximum(energy, np.finfo(np.float64).tiny)
         priced.costs[w.name], priced.errors[w.name], priced.relative[w.name] = {}, {}, {}
         for per_tensor in (False, True):
             known = {c.bits: q for c, q in computed[w.name].items() if c.per_tensor == per_tensor and c.bits}
             if not known:
                 continue
-            deltas = {b: to_rows(w, q.dequantized) - rows for b, q in known.items()}
-            e = {b: sensitivity.layer_error(d, hs) for b, d in deltas.items()}
-            r = {b: float(np.mean(np.sum(d**2, axis=1) / energy)) for b, d in deltas.items()}
+            errors = {b: _errors(w, q, hs, energy) for b, q in known.items()}
             for b in WIDTHS:
                 c = Choice(b, per_tensor)
                 priced.costs[w.name][c] = cost_bytes(known[max(known)], b, fmt)
-                priced.errors[w.name][c] = _at(e, b)
-                priced.relative[w.name][c] = _at(r, b)
+                priced.errors[w.name][c] = _at({b: e for b, (e, _) in errors.items()}, b)
+                priced.relative[w.name][c] = _at({b: r for b, (_, r) in errors.items()}, b)
     return priced
+
+
+PRICE_WEIGHTS = 1 << 22  # weights priced at once: their float64 copies and errors take some 40 bytes each
+
+
+def _row_parts(w: Weight, hs: list[np.ndarray], q: QuantizedTensor | None = None):
+    """(row slice, the weight's rows in float64, or q's error on them) about PRICE_WEIGHTS weights at
+    a time: the whole tensor where its layer's statistics are per group, or q is per tensor. The
+    134M decoder's embedding took 1.2 GB at once."""
+    rows = float_rows(w)
+    o, k = rows.shape
+    per = q.groups // o if q is not None and q.groups % o == 0 else (0 if q is not None else 1)
+    if o * k <= PRICE_WEIGHTS or not per or any(h.shape[0] != 1 for h in hs):
+        whole = rows.astype(np.float64)
+        yield slice(0, o), whole if q is None else to_rows(w, q.dequantized) - whole
+        return
+    table = q.level_table() if q is not None else np.empty((0, 0))
+    step = max(1, PRICE_WEIGHTS // k)
+    for start in range(0, o, step):
+        part = slice(start, min(o, start + step))
+        values = rows[part].astype(np.float64)
+        if q is not None:
+            groups = slice(part.start * per, part.stop * per)
+            codes = q.codes[groups].astype(np.int64)
+            decoded = np.take_along_axis(table[groups], codes, axis=1).astype(np.float32)
+            values = decoded.reshape(len(values), k) - values
+        yield part, values
+
+
+def _errors(w: Weight, q: QuantizedTensor, hs: list[np.ndarray], energy: np.ndarray) -> tuple[float, float]:
+    """q's layer error tr(dW H dW^T) and its error relative to each channel's energy (the mean)."""
+    error = 0.0
+    relative = []
+    for part, delta in _row_parts(w, hs, q):
+        error += sensitivity.layer_error(delta, hs)
+        relative.append(np.sum(delta**2, axis=1) / energy[part])
+    return error, float(np.mean(np.concatenate(relative)))
 
 
 FLOAT_WORTH = 0.5  # float is offered where storing the weight quantized saves less than half its bytes

@@ -34,7 +34,17 @@ def test_a_lazy_read_leaves_large_tensors_in_their_file(tmp_path, tiny, lazy_eve
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("options", [{}, {"exclude": ["^mm"]}, {"format": "matmulnbits", "bits": 4}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"exclude": ["^mm"]},
+        {"format": "matmulnbits", "bits": 4},
+        {"target_bits": 4},  # data-driven steps: the weights stay mapped, their sessions read them
+        {"target_bits": 4, "exclude": ["^mm"]},  # a large tensor no session reads in place is loaded
+        {"rounding": "gptq", "bias_correction": True},
+    ],
+)
 def test_compress_reads_lazily_and_writes_the_same_bytes(tmp_path, tiny, monkeypatch, options):
     """And the output keeps its tensors in a data file beside it, as the input did."""
     path = save_external(tiny[0], tmp_path / "m")
@@ -107,3 +117,17 @@ def test_constant_folding_leaves_a_tensor_still_in_its_file_alone(tmp_path, lazy
     model, _ = io.read_model(path, lazy=True)
     assert constfold.fold_constants(model).nodes == 0  # the model with its data loaded folds it
     assert constfold.fold_constants(io.read_model(path)[0]).nodes == 1
+
+
+def test_data_driven_steps_read_the_weights_from_their_maps(tmp_path, tiny, monkeypatch, lazy_everything):
+    """Not from a copy: --target-bits held the 134M decoder's weights twice more before it ran."""
+    from onnxq.refine import steps
+
+    path = save_external(tiny[0], tmp_path / "m")
+    seen = []
+    real = steps.layer_statistics
+    monkeypatch.setattr(
+        steps, "layer_statistics", lambda m, ws, s: seen.extend(w.array for w in ws) or real(m, ws, s)
+    )
+    onnxq.compress(path, tmp_path / "out.onnx", validate=False, jobs=1, target_bits=4)
+    assert seen and all(isinstance(a, np.memmap) for a in seen)

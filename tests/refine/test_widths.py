@@ -377,3 +377,32 @@ def test_target_bits_on_a_small_model_is_no_larger_than_uniform_widths(tmp_path,
     assert dst.stat().st_size <= uniform.stat().st_size
     mixed = {w.bits for w in report.weights}
     assert (len(mixed) > 1) == any("pay the decoders" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_pricing_a_few_rows_at_a_time_gives_the_whole_tensors_numbers(axis, monkeypatch):
+    """The 134M decoder's embedding took 1.2 GB priced at once; in parts the numbers stay."""
+    from onnxq.graph.select import Weight
+    from onnxq.quant.codebooks import CODEBOOKS
+    from onnxq.quant.layout import float_rows
+    from onnxq.quant.quantize import quantize
+    from onnxq.refine.calibrate import LayerSpec, LayerStats
+    from onnxq.refine.steps import Layer
+    from onnxq.storage import fold
+
+    rng = np.random.default_rng(0)
+    w = Weight("w", rng.standard_normal((24, 40)).astype(np.float32), axis, onnx.GraphProto(), None)
+    rows = float_rows(w)
+    computed = {"w": {Choice(b): quantize(rows, CODEBOOKS["exponential"], b, "lsq") for b in (3, 4)}}
+    x = rng.standard_normal((200, rows.shape[1]))
+    stats = LayerStats(x.mean(axis=0)[None], (x.T @ x / len(x))[None], len(x))
+    layers = {"w": [Layer(LayerSpec("mm", "MatMul", "x", "w", 1, rows.shape[1]), stats)]}
+    for hs in (layers, {}):  # with the layer's H, and without (|dW|^2)
+        whole = widths._price([w], computed, hs, fold)
+        monkeypatch.setattr(widths, "PRICE_WEIGHTS", 3 * rows.shape[1])  # three rows at a time
+        parts = widths._price([w], computed, hs, fold)
+        assert len(list(widths._row_parts(w, [], computed["w"][Choice(3)]))) == -(-len(rows) // 3)
+        monkeypatch.undo()
+        assert parts.costs == whole.costs and parts.relative == whole.relative
+        for c, e in whole.errors["w"].items():
+            assert parts.errors["w"][c] == pytest.approx(e, rel=1e-12) and e > 0
