@@ -20,7 +20,7 @@ between segments for every carried perturbation, and the float model's inputs to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -126,8 +126,9 @@ class BlockProbe(sensitivity.Measured):
                 progress(done, len(values), name)
         return out
 
-    def noise_parts(self, values: dict[str, np.ndarray]) -> np.ndarray:
-        """Per sample, the outputs' noise with every weight in values swapped at once."""
+    def noise_parts(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Per sample, the outputs' noise with every weight in values swapped at once (a segment's
+        values read as it runs)."""
         alive = [dict(feed) for feed in self.feeds]
         for k, seg in enumerate(self.segments):
             swaps = {n: values[n] for n in seg.weights if n in values}

@@ -12,7 +12,7 @@ measured noise over e_t, interpolated between the measured widths.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -118,7 +118,7 @@ class Probe(Measured):
             )
         return [self._noise(sess, {name: np.ascontiguousarray(v, dtype=dtype)}) for v in values]
 
-    def noise_parts(self, values: dict[str, np.ndarray]) -> np.ndarray:
+    def noise_parts(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
         """noise_all split by sample (by run where a run's outputs do not line up with its samples):
         each part's error energy over the float outputs' total, so the parts sum to noise_all."""
         swapped = onnx.ModelProto()

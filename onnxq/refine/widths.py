@@ -21,7 +21,7 @@ relative to its channels' energy, than the near-uniform widths round their coars
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -128,11 +128,13 @@ def choose(
         options[f"{UNIFORM} {round(target_bits)} bits"] = uniform
     parts = {
         label: probe.noise_parts(
-            {
-                w.name: _values(w, _quantized(w, a[w.name], computed, make))
-                for w in weights
-                if a[w.name] != FLOAT
-            }
+            _Decoded(
+                {
+                    w.name: partial(_values_of, w, a[w.name], computed, make)
+                    for w in weights
+                    if a[w.name] != FLOAT
+                }
+            )
         )
         for label, a in options.items()
     }
@@ -317,6 +319,30 @@ def _quantized(w: Weight, choice: Choice, computed, make: Make) -> QuantizedTens
 
 def _values(w: Weight, q: QuantizedTensor) -> np.ndarray:
     return to_weight(w, to_rows(w, q.dequantized))
+
+
+def _values_of(w: Weight, choice: Choice, computed, make: Make) -> np.ndarray:
+    return _values(w, _quantized(w, choice, computed, make))
+
+
+class _Decoded(Mapping):
+    """Each weight's values under an allocation, decoded when read: by blocks a segment's at a
+    time, not every weight's at once (the 468M decoder's would take 1.9 GB)."""
+
+    def __init__(self, makers: dict[str, Callable[[], np.ndarray]]) -> None:
+        self._makers = makers
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._makers[name]()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._makers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._makers)
+
+    def __len__(self) -> int:
+        return len(self._makers)
 
 
 def cost_bytes(q: QuantizedTensor, bits: int, fmt) -> float:
