@@ -8,6 +8,7 @@ multiplies. Over all of them: mean[g] = E[x_g] and hessian[g] = E[x_g x_g^T].
 from __future__ import annotations
 
 import math
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import astuple, dataclass, replace
@@ -24,6 +25,10 @@ from onnxq.graph.select import Skip, Weight
 from onnxq.refine.patches import conv_columns, conv_pads
 
 CHUNK_BYTES = 64 << 20  # the most Conv patches built at once
+COLUMNS_SHARE = 0.25  # a layer's columns are kept, not its H, while they take at most this share of H
+# ... where H takes this much or more: rebuilding a small one costs more than it saves (OpenBLAS
+# buffers for the threads that read it: MobileNetV1-0.25 --target-bits 4 peaked 60 MB higher).
+COLUMNS_FROM = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -44,20 +49,82 @@ class LayerSpec:
     auto_pad: str = "NOTSET"
 
 
-@dataclass
-class LayerStats:
-    """E[x] and E[x x^T] of a layer's input columns, in float64."""
+Columns = list[tuple[slice, np.ndarray]]  # (groups, their columns (G', K, n)) in the order seen
 
-    mean: np.ndarray  # (G, K)
-    hessian: np.ndarray  # (G, K, K)
-    count: int  # columns accumulated per group: samples x output positions
-    samples: int = 1  # the inputs (calibration samples) these columns came from
+
+class LayerStats:
+    """E[x] and E[x x^T] of a layer's input columns, in float64. H is kept, or, where the columns
+    seen take less memory than it (a few hundred tokens through a wide layer), rebuilt from them
+    each time it is read, with the same arithmetic: the 468M decoder's 3.8 GB of H are 0.2 GB of
+    columns on its 32 synthetic samples."""
+
+    def __init__(
+        self,
+        mean: np.ndarray,
+        hessian: np.ndarray | None = None,
+        count: int = 0,
+        samples: int = 1,
+        columns: Columns | None = None,
+    ) -> None:
+        if hessian is None and columns is None:
+            raise ValueError("LayerStats needs its H or the columns it comes from")
+        self.mean = mean  # (G, K)
+        self.count = count  # columns accumulated per group: samples x output positions
+        self.samples = samples  # the inputs (calibration samples) these columns came from
+        self._hessian = hessian
+        self._columns = columns
+        self._rebuilt: np.ndarray | None = None
+
+    @property
+    def hessian(self) -> np.ndarray:
+        """(G, K, K)."""
+        if self._hessian is not None:
+            return self._hessian
+        global _last
+        if self._rebuilt is None:  # q, k and v read one H in turn: it is made once for them
+            previous = _last() if _last is not None else None
+            if previous is not None:
+                previous._rebuilt = None  # one rebuilt H at a time
+            outer = np.zeros(self.mean.shape + self.mean.shape[-1:])
+            for groups, cols in self._columns or []:
+                _accumulate(outer, groups, cols)
+            self._rebuilt, _last = _finish(outer, self.count), weakref.ref(self)
+        return self._rebuilt
+
+    def error(self, delta_rows: np.ndarray) -> float:
+        """tr(dW H dW^T) for a weight's change dW (O, K), its rows in G groups: from the columns
+        where they are kept, ||dW X||^2 / count, which costs n/K of the product with H."""
+        g, k = self.mean.shape
+        d = delta_rows.reshape(g, -1, k).astype(np.float64)
+        if self._columns is None:
+            return float(np.sum((d @ self.hessian) * d))  # batched matmul: BLAS, not einsum's loops
+        total = 0.0
+        for groups, cols in self._columns:
+            total += float(np.sum(np.square(d[groups] @ cols.astype(np.float64))))
+        return total / self.count
 
     def __repr__(self) -> str:
-        return (
-            f"LayerStats(mean{self.mean.shape}, hessian{self.hessian.shape}, count={self.count}, "
-            f"samples={self.samples})"
-        )
+        g, k = self.mean.shape
+        kept = "kept" if self._hessian is not None else "from columns"
+        return f"LayerStats(mean({g}, {k}), hessian({g}, {k}, {k}) {kept}, count={self.count}, samples={self.samples})"
+
+
+_last: weakref.ref[LayerStats] | None = None  # the statistics whose H was rebuilt last
+
+
+def _accumulate(outer: np.ndarray, groups: slice, cols: np.ndarray) -> None:
+    # The product in the activation's precision (as cols @ cols.T, which numpy computes with the
+    # symmetric, half-cost BLAS routine); the running sums in float64.
+    outer[groups] += np.matmul(cols, cols.transpose(0, 2, 1))
+
+
+def _finish(outer: np.ndarray, count: int) -> np.ndarray:
+    """outer / count, made symmetric, in place: one more (K, K) array per group at a time, where
+    the 468M decoder's held 3.8 GB of them twice."""
+    outer /= count
+    for g in range(len(outer)):
+        outer[g] = (outer[g] + outer[g].T) / 2
+    return outer
 
 
 def layer_specs(model: onnx.ModelProto, weights: Sequence[Weight]) -> tuple[list[LayerSpec], list[Skip]]:
@@ -231,12 +298,15 @@ def _rows_first(spec: LayerSpec, x: np.ndarray, mask: np.ndarray | None = None) 
 
 
 class _Sums:
-    """Running float64 sums of the columns and of their outer products."""
+    """Running float64 sums of the columns and of their outer products; the columns themselves
+    while they take at most COLUMNS_SHARE of H's memory (LayerStats rebuilds H from them)."""
 
     def __init__(self, spec: LayerSpec) -> None:
         self.spec = spec
         self.total = np.zeros((spec.groups, spec.columns))
-        self.outer = np.zeros((spec.groups, spec.columns, spec.columns))
+        self.outer: np.ndarray | None = None
+        self.columns: Columns | None = []
+        self.kept = 0
         self.count = 0
         self.samples = 0
 
@@ -260,11 +330,20 @@ class _Sums:
                 f"{self.spec.key}: its input gives {cols.shape[1]} columns, the weight has "
                 f"{self.total.shape[1]}; check the model's shapes"
             )
-        # The product in the activation's precision (as cols @ cols.T, which numpy computes with
-        # the symmetric, half-cost BLAS routine); the running sums in float64.
-        self.outer[groups] += np.matmul(cols, cols.transpose(0, 2, 1))
         self.total[groups] += total
         self.count += count
+        g, k = self.total.shape
+        large = g * k * k * 8 >= COLUMNS_FROM
+        if self.columns is not None and large and self.kept + cols.nbytes <= COLUMNS_SHARE * g * k * k * 8:
+            self.columns.append((groups, cols))
+            self.kept += cols.nbytes
+            return
+        if self.outer is None:  # from here on the sums: the columns so far first, in their order
+            self.outer = np.zeros((g, k, k))
+            for before in self.columns or []:
+                _accumulate(self.outer, *before)
+            self.columns = None
+        _accumulate(self.outer, groups, cols)
 
     def _conv_columns(self, x: np.ndarray) -> Iterator[tuple[slice, np.ndarray, np.ndarray | None]]:
         """(groups, columns, keep) chunks covering every sample and group of x once."""
@@ -286,15 +365,20 @@ class _Sums:
         """The statistics, or None when no column was seen."""
         if self.count == 0:
             return None
-        if not (np.isfinite(self.total).all() and np.isfinite(self.outer).all()):
+        if not (np.isfinite(self.total).all() and self._squares_finite()):
             raise OnnxqError(
                 f"{self.spec.key}: the calibration data drives its input to values too large to square "
                 "(beyond about 1e19 in float32); give inputs on the scale the model was trained on"
             )
-        # In place, the same arithmetic as (outer / count + its transpose) / 2: one more (K, K)
-        # array per group at a time, where the 468M decoder's held 3.8 GB of them twice.
-        hessian, self.outer = self.outer, np.empty((0, 0, 0))
-        hessian /= self.count
-        for g in range(len(hessian)):
-            hessian[g] = (hessian[g] + hessian[g].T) / 2
-        return LayerStats(self.total / self.count, hessian, self.count, max(self.samples, 1))
+        mean, samples = self.total / self.count, max(self.samples, 1)
+        if self.outer is None:
+            return LayerStats(mean, None, self.count, samples, columns=self.columns)
+        outer, self.outer = self.outer, None  # the sums become H in place
+        return LayerStats(mean, _finish(outer, self.count), self.count, samples)
+
+    def _squares_finite(self) -> bool:
+        """Whether the outer products are finite: their diagonals are, since |H_ij| <= max(H_ii, H_jj)."""
+        if self.outer is not None:
+            return bool(np.isfinite(self.outer).all())
+        with np.errstate(over="ignore", invalid="ignore"):
+            return all(np.isfinite(np.sum(cols * cols, axis=2)).all() for _, cols in self.columns or [])

@@ -24,6 +24,7 @@ from onnxq.data import samples as data
 from onnxq.data.samples import Sample
 from onnxq.errors import OnnxqError
 from onnxq.graph.select import Weight, iter_graphs
+from onnxq.refine.calibrate import LayerStats
 
 Values = Callable[[], Sequence[np.ndarray]]  # a weight's values to measure, made when needed
 
@@ -255,17 +256,11 @@ def _as_input(
         restore()
 
 
-def layer_error(delta_rows: np.ndarray, hessians: Sequence[np.ndarray]) -> float:
+def layer_error(delta_rows: np.ndarray, stats: Sequence[LayerStats]) -> float:
     """tr(dW H dW^T) summed over the layers that read the weight, or |dW|^2 without any."""
-    if not hessians:
+    if not stats:
         return float(np.sum(delta_rows.astype(np.float64) ** 2))
-    total = 0.0
-    o, k = delta_rows.shape
-    for h in hessians:
-        g = h.shape[0]
-        d = delta_rows.reshape(g, o // g, k).astype(np.float64)
-        total += float(np.sum((d @ h) * d))  # batched matmul: BLAS, not einsum's loops
-    return total
+    return sum(s.error(delta_rows) for s in stats)
 
 
 def noise_curves(

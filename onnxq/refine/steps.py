@@ -113,10 +113,10 @@ def probe_feeds(source: Data, count: int = PROBE_SAMPLES) -> tuple[list[Sample],
 def output_error(weight: Weight, layers: list[Layer]) -> Callable[[QuantizedTensor], float] | None:
     """q -> tr(dW H dW^T) over the layers that read the weight, or None without statistics that fit."""
     rows = float_rows(weight)
-    hs = [layer.stats.hessian for layer in layers]
-    if not hs or any(h.shape[1:] != (rows.shape[1],) * 2 or rows.shape[0] % h.shape[0] for h in hs):
+    stats = [layer.stats for layer in layers]
+    if not stats or any(s.mean.shape[1] != rows.shape[1] or rows.shape[0] % s.mean.shape[0] for s in stats):
         return None
-    return lambda q: sensitivity.layer_error(to_rows(weight, q.dequantized) - rows, hs)
+    return lambda q: sensitivity.layer_error(to_rows(weight, q.dequantized) - rows, stats)
 
 
 def round_with_gptq(weight: Weight, q: QuantizedTensor, layers: list[Layer]) -> QuantizedTensor:

@@ -34,6 +34,7 @@ from onnxq.graph.select import Weight
 from onnxq.quant.layout import float_rows, to_rows, to_weight
 from onnxq.quant.quantize import QuantizedTensor
 from onnxq.refine import allocate, blockwise, sensitivity
+from onnxq.refine.calibrate import LayerStats
 from onnxq.refine.steps import PROBE_SAMPLES, Data, Layer, probe_feeds
 from onnxq.storage.base import DOMAIN, Piece
 
@@ -356,7 +357,7 @@ def _price(weights: list[Weight], computed, layers: dict[str, list[Layer]], fmt)
     same granularity."""
     priced = _Priced({}, {}, {})
     for w in weights:
-        hs = [layer.stats.hessian for layer in layers.get(w.name, [])]
+        hs = [layer.stats for layer in layers.get(w.name, [])]
         energy = np.concatenate([np.sum(rows**2, axis=1) for _, rows in _row_parts(w, hs)])
         energy = np.maximum(energy, np.finfo(np.float64).tiny)
         priced.costs[w.name], priced.errors[w.name], priced.relative[w.name] = {}, {}, {}
@@ -376,14 +377,14 @@ def _price(weights: list[Weight], computed, layers: dict[str, list[Layer]], fmt)
 PRICE_WEIGHTS = 1 << 22  # weights priced at once: their float64 copies and errors take some 40 bytes each
 
 
-def _row_parts(w: Weight, hs: list[np.ndarray], q: QuantizedTensor | None = None):
+def _row_parts(w: Weight, hs: list[LayerStats], q: QuantizedTensor | None = None):
     """(row slice, the weight's rows in float64, or q's error on them) about PRICE_WEIGHTS weights at
     a time: the whole tensor where its layer's statistics are per group, or q is per tensor. The
     134M decoder's embedding took 1.2 GB at once."""
     rows = float_rows(w)
     o, k = rows.shape
     per = q.groups // o if q is not None and q.groups % o == 0 else (0 if q is not None else 1)
-    if o * k <= PRICE_WEIGHTS or not per or any(h.shape[0] != 1 for h in hs):
+    if o * k <= PRICE_WEIGHTS or not per or any(h.mean.shape[0] != 1 for h in hs):
         whole = rows.astype(np.float64)
         yield slice(0, o), whole if q is None else to_rows(w, q.dequantized) - whole
         return
@@ -400,7 +401,7 @@ def _row_parts(w: Weight, hs: list[np.ndarray], q: QuantizedTensor | None = None
         yield part, values
 
 
-def _errors(w: Weight, q: QuantizedTensor, hs: list[np.ndarray], energy: np.ndarray) -> tuple[float, float]:
+def _errors(w: Weight, q: QuantizedTensor, hs: list[LayerStats], energy: np.ndarray) -> tuple[float, float]:
     """q's layer error tr(dW H dW^T) and its error relative to each channel's energy (the mean)."""
     error = 0.0
     relative = []

@@ -260,6 +260,39 @@ def test_statistics_do_not_depend_on_the_batch_size(rng):
     assert results[0]["fc"].count == 14 and results[0]["c1"].count == 14 * 25
 
 
+@pytest.mark.parametrize("batch", [1, 5])
+def test_h_rebuilt_from_the_columns_is_the_summed_h_bit_for_bit(rng, monkeypatch, batch):
+    """Whether a layer keeps its columns (few of them through a wide layer), its sums, or switches
+    from one to the other midway; and only the H last read is held."""
+    from onnxq.refine import calibrate
+
+    model, x = integer_network(rng)
+    x = x + rng.standard_normal(x.shape).astype(np.float32)  # rounding that order would show
+    monkeypatch.setattr(calibrate, "COLUMNS_FROM", 0)
+    specs = specs_of(model)
+    got = {}
+    for share in (0.0, 0.02, 0.1, 1e9):
+        monkeypatch.setattr(calibrate, "COLUMNS_SHARE", share)
+        got[share] = collect(model, specs, {"x": x}, batch=batch)
+    kept = {share: {k: s._hessian is None for k, s in stats.items()} for share, stats in got.items()}
+    assert not any(kept[0.0].values()) and all(kept[1e9].values())
+    assert kept[0.02] != kept[0.0] or kept[0.1] != kept[0.0]  # some layers switched or kept columns
+    for stats in got.values():
+        for key, s in stats.items():
+            whole = got[0.0][key]
+            assert np.array_equal(s.hessian, whole.hessian) and np.array_equal(s.mean, whole.mean)
+            g, k = s.mean.shape
+            delta = rng.standard_normal((2 * g, k)).astype(np.float32)  # tr(dW H dW^T), from either
+            d = delta.reshape(g, 2, k).astype(np.float64)
+            assert s.error(delta) == pytest.approx(
+                np.einsum("gok,gkl,gol->", d, whole.hessian, d), rel=1e-6
+            )  # H: float32 products
+    a, b = got[1e9]["c1"], got[1e9]["fc"]
+    assert a.hessian is a.hessian  # made once while it is the last read
+    assert b.hessian.shape == (1, 100, 100)
+    assert a._rebuilt is None and b._rebuilt is not None
+
+
 def test_weights_handed_in_place_give_the_same_statistics_without_copying_the_model(rng, monkeypatch):
     """arrays: the session reads those weights in place (stubs in the model it gets), as
     steps.layer_statistics hands them, and the statistics are the same."""

@@ -262,8 +262,15 @@ def test_the_calibration_file_must_exist(cnn_path, tmp_path):
     assert not (tmp_path / "out.onnx").exists()
 
 
+@pytest.mark.parametrize("share", [0.0, 1e9])  # the sums of outer products, or the columns kept
 @pytest.mark.parametrize("value", [3e38, 1e20])
-def test_calibration_values_too_large_to_square_are_an_error_naming_the_layer(cnn_path, tmp_path, value):
+def test_calibration_values_too_large_to_square_are_an_error_naming_the_layer(
+    cnn_path, tmp_path, value, share, monkeypatch
+):
+    from onnxq.refine import calibrate
+
+    monkeypatch.setattr(calibrate, "COLUMNS_SHARE", share)
+    monkeypatch.setattr(calibrate, "COLUMNS_FROM", 0)
     x = np.random.default_rng(2).standard_normal((4, 3, 12, 12)).astype(np.float32)
     x[0, 0, 0, 0] = value
     np.savez(tmp_path / "huge.npz", x=x)
