@@ -125,6 +125,8 @@ def run(
                     before_release(jobs[i][0], q)
                 if release:
                     jobs[i][0].array = external.released(jobs[i][0].array)
+                else:
+                    external.evict(jobs[i][0].array)  # read again later: from the page cache
                 if progress:
                     progress(done + 1, len(jobs), f"{stage}: {jobs[i][0].name}")
         except BrokenProcessPool:

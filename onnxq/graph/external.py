@@ -10,6 +10,7 @@ With data-driven steps the weights stay mapped throughout: their sessions read t
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -72,6 +73,17 @@ def reader(folder: Path) -> Callable[[onnx.TensorProto], np.ndarray]:
         return mapped_array(tensor, folder) if uses_external_data(tensor) else numpy_helper.to_array(tensor)
 
     return read
+
+
+def evict(*arrays: np.ndarray) -> None:
+    """Drop the pages that reading these maps brought into this process: the page cache keeps the
+    file, and the next read maps them again (a minor fault). A weight that data-driven steps read
+    in several passes then counts in the process's memory while a pass reads it, not from its
+    first read to the end. Arrays that are not maps are left alone."""
+    for array in arrays:
+        held = getattr(array, "_mmap", None)
+        if held is not None and not held.closed:
+            held.madvise(mmap.MADV_DONTNEED)
 
 
 def released(array: np.ndarray) -> np.ndarray:

@@ -70,6 +70,7 @@ class BlockProbe(sensitivity.Measured):
         for k in range(len(self.segments)):
             self._before.append([dict(values) for values in alive])
             self._advance(k, self._session(k), alive)
+            self._evict(k)
         self.reference = [[values[n] for n in self._names] for values in alive]
         self.energy = _energy(self.reference, self.feeds, mask)
 
@@ -111,6 +112,7 @@ class BlockProbe(sensitivity.Measured):
                 combined[k, i] = self._local(k, swapped, inputs, base, scale, {})
                 streams[k, i] = [dict(before) for before in self._before[k]]
                 self._advance(k, swapped, streams[k, i])
+            self._evict(k)
         gains = {
             key: (self._error(stream) / combined[key] if combined[key] > 0 else 0.0)
             for key, stream in streams.items()
@@ -133,6 +135,7 @@ class BlockProbe(sensitivity.Measured):
         for k, seg in enumerate(self.segments):
             swaps = {n: values[n] for n in seg.weights if n in values}
             self._advance(k, self._session(k, swaps=swaps), alive)
+            self._evict(k)
         outputs = [[v[n] for n in self._names] for v in alive]
         return sensitivity.error_parts(
             outputs, self.reference, self.feeds, self.counts, self.mask, self.energy
@@ -169,6 +172,10 @@ class BlockProbe(sensitivity.Measured):
             values.update(zip(seg.outputs, ys))
             for n in [n for n in values if n not in later]:
                 del values[n]
+
+    def _evict(self, k: int) -> None:
+        """Segment k's weights leave this process's memory until a later pass reads them again."""
+        external.evict(*(self._weights[n].array for n in self.segments[k].weights if n in self._weights))
 
     def _cast(self, name: str, value: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(value, dtype=np.asarray(self._weights[name].array).dtype)

@@ -21,6 +21,7 @@ from onnxq.data import samples as data
 from onnxq.data import synthetic
 from onnxq.data.samples import InputSpec, Sample
 from onnxq.errors import OnnxqError
+from onnxq.graph import external
 from onnxq.graph.select import Weight
 from onnxq.quant.layout import float_rows, from_rows, to_rows
 from onnxq.quant.quantize import QuantizedTensor, with_codes
@@ -78,6 +79,7 @@ def layer_statistics(
     specs, _ = calibrate.layer_specs(model, weights)
     arrays = sensitivity.in_place_arrays(model, weights)  # read in place, not copied with the model
     stats = calibrate.collect_layer_stats(model, specs, source.samples, source.specs, arrays=arrays)
+    external.evict(*(w.array for w in weights))  # its session read them all
     out: dict[str, list[Layer]] = {}
     for spec in specs:
         if spec.key in stats:
@@ -147,6 +149,7 @@ def round_all_with_gptq(
         out[c] = replace(
             with_codes(q, from_rows(weight, rows, layout), from_rows(weight, codes, layout)), rounding="gptq"
         )
+    external.evict(weight.array)
     return out
 
 
@@ -167,4 +170,5 @@ def correct_biases(
         fresh = f"{weight.name}.onnxq.bias" + (f"{i}" if i else "")
         how = bias.correct(model.graph, node, shift, weight.array.dtype, fresh)
         done.append(f"{layer.spec.key}: {how or 'left alone (its bias is not a constant of the graph)'}")
+    external.evict(weight.array)
     return done

@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 
 from onnxq.errors import OnnxqError
+from onnxq.graph import external
 from onnxq.graph.rewrite import default_opset, inline_decoders
 from onnxq.graph.select import Weight
 from onnxq.quant.layout import float_rows, to_rows, to_weight
@@ -371,6 +372,7 @@ def _price(weights: list[Weight], computed, layers: dict[str, list[Layer]], fmt)
                 priced.costs[w.name][c] = cost_bytes(known[max(known)], b, fmt)
                 priced.errors[w.name][c] = _at({b: e for b, (e, _) in errors.items()}, b)
                 priced.relative[w.name][c] = _at({b: r for b, (_, r) in errors.items()}, b)
+        external.evict(w.array)
     return priced
 
 

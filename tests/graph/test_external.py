@@ -3,6 +3,8 @@ output is the same as with every tensor loaded first."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -131,3 +133,19 @@ def test_data_driven_steps_read_the_weights_from_their_maps(tmp_path, tiny, monk
     )
     onnxq.compress(path, tmp_path / "out.onnx", validate=False, jobs=1, target_bits=4)
     assert seen and all(isinstance(a, np.memmap) for a in seen)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident size from /proc")
+def test_evict_gives_back_a_maps_pages_and_keeps_its_values(tmp_path):
+    def resident() -> int:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS"))
+        return int(line.split()[1]) << 10
+
+    path = tmp_path / "w.bin"
+    np.arange(16 << 20, dtype=np.float32).tofile(path)  # 64 MB
+    mapped = np.memmap(path, dtype=np.float32, mode="r")
+    total = float(mapped.sum(dtype=np.float64))
+    before = resident()
+    external.evict(mapped[::2], np.ones(3))  # a view of the map reaches its pages; other arrays are left
+    assert before - resident() > 48 << 20
+    assert float(mapped.sum(dtype=np.float64)) == total
