@@ -10,7 +10,8 @@ the other in fresh processes (never side by side: timings would lie on a small m
 - onnxq `--bits 4 --codebook linear --format matmulnbits --no-validate`;
 - both `--no-validate` runs again on numpy's loops (ONNXQ_KERNELS=numpy), when numba is installed;
 - onnxruntime's MatMulNBitsQuantizer: RTN, 4 bits, block 128, asymmetric (its defaults);
-- onnxruntime session creation for the float model and for each output.
+- onnxruntime session creation for the float model and for each output;
+- with --methods naming them, the data-driven modes on synthetic inputs (DATA_DRIVEN).
 
 Each run reports CPU seconds (user + system of the whole process tree, from the reaped
 children's rusage), weights per CPU-second, the peak RSS of the whole process tree (the sum of
@@ -163,6 +164,20 @@ CONFIGS = {
 }
 
 
+# The data-driven modes, on synthetic inputs (no calibration file): measured when --methods names
+# them, against the default's row (issue 16: at most 3x its time, within its memory bound).
+DATA_DRIVEN = {
+    "onnxq --target-bits 5": ["--target-bits", "5"],
+    "onnxq --bits 5 --rounding gptq --bias-correction": [
+        "--bits",
+        "5",
+        "--rounding",
+        "gptq",
+        "--bias-correction",
+    ],
+}
+
+
 # The same runs on numpy's loops (onnxq/quant/kernels.py), to show what the compiled ones buy; their
 # outputs are the same files, so their sessions are not measured again.
 NUMPY_LOOPS = {"ONNXQ_KERNELS": "numpy"}
@@ -179,7 +194,14 @@ def session(path: Path) -> Run:
     return run
 
 
-def measure(preset: str, folder: Path, work: Path, log, shared: Path = SHARED) -> list[dict]:
+ORT_LABEL = "ORT MatMulNBitsQuantizer RTN 4-bit block 128"
+METHODS = [*CONFIGS, *ON_NUMPY.values(), ORT_LABEL]  # the default set
+ALL_METHODS = [*METHODS, *DATA_DRIVEN]
+
+
+def measure(
+    preset: str, folder: Path, work: Path, log, shared: Path = SHARED, methods: list[str] = METHODS
+) -> list[dict]:
     src, params = model(preset, folder, shared)
     base = {"preset": preset, "params": params, "float_bytes": size(src)}
     float_session = session(src)
@@ -194,18 +216,14 @@ def measure(preset: str, folder: Path, work: Path, log, shared: Path = SHARED) -
     log(rows[-1])
     runs = {
         label: (onnxq_cmd(src, work / f"{preset}.{i}.onnx", options), work / f"{preset}.{i}.onnx", None)
-        for i, (label, options) in enumerate(CONFIGS.items())
+        for i, (label, options) in enumerate({**CONFIGS, **DATA_DRIVEN}.items())
     }
     for i, (label, numpy_label) in enumerate(ON_NUMPY.items()):
         dst = work / f"{preset}.numpy{i}.onnx"
         runs[numpy_label] = (onnxq_cmd(src, dst, CONFIGS[label]), dst, NUMPY_LOOPS)
     ort_dst = work / f"{preset}.ort.onnx"
-    runs["ORT MatMulNBitsQuantizer RTN 4-bit block 128"] = (
-        [sys.executable, "-c", ORT_RTN, str(src), str(ort_dst)],
-        ort_dst,
-        None,
-    )
-    for label, (cmd, dst, env) in runs.items():
+    runs[ORT_LABEL] = ([sys.executable, "-c", ORT_RTN, str(src), str(ort_dst)], ort_dst, None)
+    for label, (cmd, dst, env) in [(label, runs[label]) for label in methods]:
         run = measured(cmd, env)
         row = {
             **base,
@@ -218,7 +236,7 @@ def measure(preset: str, folder: Path, work: Path, log, shared: Path = SHARED) -
         }
         if not run.killed:
             row["out_bytes"] = size(dst)
-            if env is None:
+            if env is None and label not in DATA_DRIVEN:  # those write the default's format
                 row |= _session_cells(session(dst), float_session)
         rows.append(row)
         log(row)
@@ -297,6 +315,10 @@ def main() -> None:
     parser.add_argument("--reading", help="a paragraph under the table, for --write")
     parser.add_argument("--json", type=Path, help="append every row as a JSON line to this file")
     parser.add_argument(
+        "--methods", nargs="*", default=METHODS, choices=ALL_METHODS, metavar="METHOD",
+        help=f"the runs to measure, in this order (default: all but the data-driven ones); from {ALL_METHODS}",
+    )  # fmt: skip
+    parser.add_argument(
         "--table", type=Path, help="measure nothing: the table of the rows in this JSON-lines file"
     )
     args = parser.parse_args()
@@ -316,7 +338,7 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory(dir=args.folder) as work:
             for preset in args.presets:
-                rows += measure(preset, args.folder, Path(work), log, args.shared)
+                rows += measure(preset, args.folder, Path(work), log, args.shared, args.methods)
     print(table(rows))
     if args.write:
         import paper_tables
