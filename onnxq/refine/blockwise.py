@@ -72,7 +72,7 @@ class BlockProbe(sensitivity.Measured):
             self._advance(k, self._session(k), alive)
             self._evict(k)
         self.reference = [[values[n] for n in self._names] for values in alive]
-        self.energy = _energy(self.reference, self.feeds, mask)
+        self.energy = sensitivity.output_energy(self.reference, self.feeds, mask)
 
     def noises(self, values: dict[str, Values], progress=None) -> dict[str, list[float]]:
         """Each weight's noise at each of its values, estimated as the module says (the gain at the
@@ -87,7 +87,7 @@ class BlockProbe(sensitivity.Measured):
                 self._advance(k, sess, stream)
             inputs = [{n: before[n] for n in seg.inputs} for before in self._before[k]]
             base = [runtime.run(sess, x, seg.outputs, WHAT) for x in inputs]
-            scale = _energy(base, self.feeds, self.mask, floats_only=True)
+            scale = sensitivity.output_energy(base, self.feeds, self.mask, floats_only=True)
             swaps: list[dict[str, np.ndarray]] = []
             mine: list[str] = []
             for name in [n for n in seg.weights if n in values and self._homes.get(n) == k]:
@@ -222,17 +222,4 @@ def _noise(got: list[list], base: list[list], feeds: Sequence[Sample], mask: str
             if np.issubdtype(np.asarray(r).dtype, np.floating):
                 d = np.asarray(y).astype(np.float64) - r
                 total += float(np.sum(sensitivity.kept(d, feed, mask) ** 2))
-    return total
-
-
-def _energy(
-    outputs: list[list], feeds: Sequence[Sample], mask: str | None, floats_only: bool = False
-) -> float:
-    total = 0.0
-    for ys, feed in zip(outputs, feeds):
-        for y in ys:
-            y = np.asarray(y)
-            if floats_only and not np.issubdtype(y.dtype, np.floating):
-                continue
-            total += float(np.sum(sensitivity.kept(y, feed, mask).astype(np.float64) ** 2))
     return total

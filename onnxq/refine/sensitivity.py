@@ -95,11 +95,7 @@ class Probe(Measured):
         start = time.perf_counter()
         self.reference = self._outputs(sess, {})
         self.seconds = time.perf_counter() - start  # one pass over the feeds
-        self.energy = sum(
-            float(np.sum(kept(y, feed, mask).astype(np.float64) ** 2))
-            for ys, feed in zip(self.reference, self.feeds)
-            for y in ys
-        )
+        self.energy = output_energy(self.reference, self.feeds, mask)
 
     def _outputs(self, sess, extra: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
         return [runtime.run(sess, {**feed, **extra}, what="sensitivity probe inputs") for feed in self.feeds]
@@ -254,6 +250,20 @@ def _as_input(
         if not is_input:
             main.input.pop()
         restore()
+
+
+def output_energy(
+    outputs: Sequence[Sequence], feeds: Sequence[Sample], mask: str | None, floats_only: bool = False
+) -> float:
+    """The summed squares of every run's outputs (of the float ones only if asked), padding left out."""
+    total = 0.0
+    for ys, feed in zip(outputs, feeds):
+        for y in ys:
+            y = np.asarray(y)
+            if floats_only and not np.issubdtype(y.dtype, np.floating):
+                continue
+            total += float(np.sum(kept(y, feed, mask).astype(np.float64) ** 2))
+    return total
 
 
 def layer_error(delta_rows: np.ndarray, stats: Sequence[LayerStats]) -> float:
