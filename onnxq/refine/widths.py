@@ -366,12 +366,14 @@ def _price(weights: list[Weight], computed, layers: dict[str, list[Layer]], fmt)
             known = {c.bits: q for c, q in computed[w.name].items() if c.per_tensor == per_tensor and c.bits}
             if not known:
                 continue
-            errors = {b: _errors(w, q, hs, energy) for b, q in known.items()}
+            both = {b: _errors(w, q, hs, energy) for b, q in known.items()}
+            e = {b: error for b, (error, _) in both.items()}
+            r = {b: relative for b, (_, relative) in both.items()}
             for b in WIDTHS:
                 c = Choice(b, per_tensor)
                 priced.costs[w.name][c] = cost_bytes(known[max(known)], b, fmt)
-                priced.errors[w.name][c] = _at({b: e for b, (e, _) in errors.items()}, b)
-                priced.relative[w.name][c] = _at({b: r for b, (_, r) in errors.items()}, b)
+                priced.errors[w.name][c] = _at(e, b)
+                priced.relative[w.name][c] = _at(r, b)
         external.evict(w.array)
     return priced
 
