@@ -179,6 +179,10 @@ def matmul_model(
 def session(model: onnx.ModelProto | bytes | str | Path, optimize: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # The suite's own sessions run tiny models between numpy work: idle onnxruntime threads that
+    # busy-wait only burn the CPU budget the suite has (5 CPU-minutes, DEVELOPERS.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if isinstance(model, onnx.ModelProto):
