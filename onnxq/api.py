@@ -220,12 +220,12 @@ class _Quantized:
     notes: list[str] = field(default_factory=list)
 
 
-def _settings(config: Config) -> jobs.Settings:
+def _settings(config: Config, weights: list[Weight]) -> jobs.Settings:
     return jobs.Settings(
         config.codebook,
         config.granularity,
         config.scale,
-        resolved_search(config),
+        resolved_search(config, sum(w.array.size for w in weights)),
         config.group_size,
         config.jobs,
         config.format,
@@ -233,12 +233,17 @@ def _settings(config: Config) -> jobs.Settings:
     )
 
 
-def resolved_search(config: Config) -> str:
-    """--search auto keeps the exact search under GPTQ rounding: on EfficientNet-Lite0, --target-bits
-    4 with calibration lost 2.4 top-1 points with the grid against 1.9 with the exact search (900
-    images, each run alone; docs/RESULTS.md, search). GPTQ is slow anyway; the grid's speed is for
-    the plain path."""
-    if config.search == "auto" and config.resolved_rounding() == "gptq":
+# Above this many weights GPTQ rounds on the stored grid's x0 too: the exact search's cost grows with
+# the weights, and on the 134M-weight decoder it was a third of GPTQ with bias correction's time.
+EXACT_UNDER_GPTQ = 1 << 25
+
+
+def resolved_search(config: Config, weights: int = 0) -> str:
+    """--search auto keeps the exact search under GPTQ rounding on models of up to EXACT_UNDER_GPTQ
+    weights: on EfficientNet-Lite0, --target-bits 4 with calibration lost 2.6 top-1 points with the
+    grid against 1.9 with the exact search (900 images, each run alone; docs/RESULTS.md, search).
+    There the exact search costs seconds; on larger models the grid's speed is worth more."""
+    if config.search == "auto" and config.resolved_rounding() == "gptq" and weights <= EXACT_UNDER_GPTQ:
         return "exact"
     return config.search
 
@@ -256,7 +261,7 @@ def _quantize_all(
     if not weights:
         return _Quantized([], [])
     source, layers, notes = _statistics(model, weights, config, report, progress, plan)
-    settings = _settings(config)
+    settings = _settings(config, weights)
     gptq = config.resolved_rounding() == "gptq"
 
     def make(w: Weight, choice: Choice) -> QuantizedTensor:
@@ -319,7 +324,7 @@ def _allocate(model, weights, config: Config, report: Report, progress, source, 
     parameters cost much), rounded as they will be stored, then a choice per weight."""
     assert config.target_bits is not None
     fmt = FORMATS[config.format]
-    settings = _settings(config)
+    settings = _settings(config, weights)
     widths = candidate_widths(config.target_bits, calibrated=config.calibration is not None)
     exact = [b for b in widths if b <= math.ceil(config.target_bits) + 1]
     flat = jobs.run(

@@ -25,6 +25,10 @@ from onnxq.graph.select import Skip, Weight
 from onnxq.refine.patches import conv_columns, conv_pads
 
 CHUNK_BYTES = 64 << 20  # the most Conv patches built at once
+# Columns are multiplied this many (at least) at a time: a few tokens per sample through a wide
+# layer made each product a rank-16 update that reads and writes all of H (K = 4096: 32 of them
+# took 7.3 CPU-s where one of all 512 columns takes 0.25).
+MERGE_COLUMNS = 1024
 COLUMNS_SHARE = 0.25  # a layer's columns are kept, not its H, while they take at most this share of H
 # ... where H takes this much or more: rebuilding a small one costs more than it saves (OpenBLAS
 # buffers for the threads that read it: MobileNetV1-0.25 --target-bits 4 peaked 60 MB higher).
@@ -92,16 +96,20 @@ class LayerStats:
         return self._rebuilt
 
     def error(self, delta_rows: np.ndarray) -> float:
-        """tr(dW H dW^T) for a weight's change dW (O, K), its rows in G groups: from the columns
-        where they are kept, ||dW X||^2 / count, which costs n/K of the product with H."""
+        """tr(dW H dW^T) for a weight's change dW (O, K), its rows in G groups."""
+        return float(self.row_energy(delta_rows).sum())
+
+    def row_energy(self, delta_rows: np.ndarray) -> np.ndarray:
+        """(O,): d H d^T for each row d of dW (O, K), its rows in G groups. From the columns where
+        they are kept, ||d X||^2 / count, which costs n/K of the product with H and rebuilds no H."""
         g, k = self.mean.shape
         d = delta_rows.reshape(g, -1, k).astype(np.float64)
         if self._columns is None:
-            return float(np.sum((d @ self.hessian) * d))  # batched matmul: BLAS, not einsum's loops
-        total = 0.0
+            return np.einsum("grk,grk->gr", np.matmul(d, self.hessian), d).reshape(-1)  # BLAS matmul
+        out = np.zeros(d.shape[:2])
         for groups, cols in self._columns:
-            total += float(np.sum(np.square(d[groups] @ cols.astype(np.float64))))
-        return total / self.count
+            out[groups] += np.square(np.matmul(d[groups], cols.astype(np.float64))).sum(axis=2)
+        return (out / self.count).reshape(-1)
 
     def __repr__(self) -> str:
         g, k = self.mean.shape
@@ -113,9 +121,11 @@ _last: weakref.ref[LayerStats] | None = None  # the statistics whose H was rebui
 
 
 def _accumulate(outer: np.ndarray, groups: slice, cols: np.ndarray) -> None:
-    # The product in the activation's precision (as cols @ cols.T, which numpy computes with the
-    # symmetric, half-cost BLAS routine); the running sums in float64.
-    outer[groups] += np.matmul(cols, cols.transpose(0, 2, 1))
+    # The product in the activation's precision, group by group as a 2-D cols @ cols.T, which numpy
+    # computes with the symmetric, half-cost BLAS routine (a batched matmul does not); the running
+    # sums in float64.
+    for g, c in zip(range(groups.start, groups.stop), cols):
+        outer[g] += c @ c.T
 
 
 def _finish(outer: np.ndarray, count: int) -> np.ndarray:
@@ -309,6 +319,7 @@ class _Sums:
         self.kept = 0
         self.count = 0
         self.samples = 0
+        self._pending: Columns = []  # columns not yet stored: fewer than MERGE_COLUMNS of one slice
 
     def add(self, x: np.ndarray) -> None:
         """Add a batch: (N, C, *S) for a Conv, (M, K) rows otherwise."""
@@ -332,6 +343,20 @@ class _Sums:
             )
         self.total[groups] += total
         self.count += count
+        if self._pending and self._pending[0][0] != groups:
+            self._flush()
+        self._pending.append((groups, cols))
+        if sum(c.shape[2] for _, c in self._pending) >= MERGE_COLUMNS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Store the pending columns as one chunk: kept, or added to the sums."""
+        if not self._pending:
+            return
+        groups = self._pending[0][0]
+        parts = [c for _, c in self._pending]
+        cols = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+        self._pending = []
         g, k = self.total.shape
         large = g * k * k * 8 >= COLUMNS_FROM
         if self.columns is not None and large and self.kept + cols.nbytes <= COLUMNS_SHARE * g * k * k * 8:
@@ -363,6 +388,8 @@ class _Sums:
 
     def result(self) -> LayerStats | None:
         """The statistics, or None when no column was seen."""
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below
+            self._flush()
         if self.count == 0:
             return None
         if not (np.isfinite(self.total).all() and self._squares_finite()):

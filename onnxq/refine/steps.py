@@ -10,6 +10,7 @@ Plain --bits without calibration, GPTQ or bias correction needs none of this.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -103,6 +104,32 @@ def _hessian(layers: list[Layer]) -> np.ndarray | None:
     return np.sum(hs, axis=0)
 
 
+# The last factorised H, by the statistics it came from: a transformer's q, k and v projections
+# (and gate and up) read one input and share one LayerStats, so one factorisation serves them.
+_FACTORED: weakref.WeakKeyDictionary[LayerStats, tuple[tuple[int, ...], Factored]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _factored(layers: list[Layer], rows: np.ndarray) -> Factored | str:
+    """The prepared H of the layers that read a weight (rows), or why there is none."""
+    key = tuple(id(layer.stats) for layer in layers)
+    cached = _FACTORED.get(layers[0].stats) if layers else None
+    factored = cached[1] if cached is not None and cached[0] == key else None
+    if factored is None:
+        h = _hessian(layers)
+        if h is None:
+            return "nearest (no input statistics for this weight)"
+        # H's columns seen set the damping.
+        factored = Factored(h, damping_for(h.shape[1], sum(layer.stats.count for layer in layers)))
+        _FACTORED.clear()
+        _FACTORED[layers[0].stats] = (key, factored)
+    g, k = factored.h.shape[:2]
+    if k != rows.shape[1] or rows.shape[0] % g:
+        return "nearest (the weight's layout does not match its layer's input)"
+    return factored
+
+
 def probe_feeds(source: Data, count: int = PROBE_SAMPLES) -> tuple[list[Sample], list[int]]:
     """About count samples spread evenly over the data, as runs; and how many samples each holds."""
     n = len(source.samples)
@@ -131,17 +158,10 @@ def round_all_with_gptq(
 ) -> dict[Key, QuantizedTensor]:
     """Each of one weight's quantizations with GPTQ codes (or itself, its rounding saying why
     not); the layer's H is factorised once for all of them."""
-    h = _hessian(layers)
-    if h is None:
-        return {
-            c: replace(q, rounding="nearest (no input statistics for this weight)") for c, q in qs.items()
-        }
     rows = float_rows(weight)
-    if h.shape[1] != rows.shape[1] or rows.shape[0] % h.shape[0]:
-        why = "nearest (the weight's layout does not match its layer's input)"
-        return {c: replace(q, rounding=why) for c, q in qs.items()}
-    # A single level table (tensor granularity) serves every row; H's columns seen set the damping.
-    factored = Factored(h, damping_for(h.shape[1], sum(layer.stats.count for layer in layers)))
+    factored = _factored(layers, rows)
+    if isinstance(factored, str):
+        return {c: replace(q, rounding=factored) for c, q in qs.items()}
     out = {}
     for c, q in qs.items():
         codes = gptq_codes(q, rows, factored)
@@ -166,7 +186,7 @@ def correct_biases(
         if node is None:
             continue
         stats = layer.stats
-        shift = bias.shrunk_shift(delta, stats.mean, stats.hessian, stats.samples)
+        shift = bias.shrunk_shift(delta, stats.mean, stats.row_energy(delta), stats.samples)
         fresh = f"{weight.name}.onnxq.bias" + (f"{i}" if i else "")
         how = bias.correct(model.graph, node, shift, weight.array.dtype, fresh)
         done.append(f"{layer.spec.key}: {how or 'left alone (its bias is not a constant of the graph)'}")

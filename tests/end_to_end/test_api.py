@@ -293,13 +293,20 @@ def test_compressing_a_compressed_model_is_refused_and_its_decompressed_model_is
 
 
 @pytest.mark.parametrize(
-    ("options", "search"),
-    [({}, "auto"), ({"rounding": "gptq"}, "exact"), ({"rounding": "gptq", "search": "grid"}, "grid")],
+    ("options", "weights", "search"),
+    [
+        ({}, 1000, "auto"),
+        ({"rounding": "gptq"}, 1000, "exact"),
+        ({"rounding": "gptq"}, 1 << 25, "exact"),
+        ({"rounding": "gptq"}, (1 << 25) + 1, "auto"),
+        ({"rounding": "gptq", "search": "grid"}, 1000, "grid"),
+        ({"rounding": "gptq", "search": "exact"}, 1 << 30, "exact"),
+    ],
 )
-def test_auto_search_keeps_the_exact_search_under_gptq(options, search):
+def test_auto_search_keeps_the_exact_search_under_gptq_on_models_up_to_a_size(options, weights, search):
     from onnxq.api import resolved_search
 
-    assert resolved_search(onnxq.Config(**options)) == search
+    assert resolved_search(onnxq.Config(**options), weights) == search
 
 
 def test_the_output_records_the_onnxq_version_and_settings_and_keeps_the_models_own(tiny, tmp_path):

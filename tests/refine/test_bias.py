@@ -145,11 +145,15 @@ def stats_of(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0)[None], (x.T @ x / len(x))[None]
 
 
+def energy(delta: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    return np.einsum("rk,kl,rl->r", delta, hessian[0], delta)
+
+
 def test_a_shift_the_samples_measure_clearly_is_kept_almost_whole():
     delta = 0.01 * RNG.standard_normal((16, 32))
     x = 1.0 + 0.3 * RNG.standard_normal((64, 32))  # a mean far from zero: activations after a ReLU
     mean, hessian = stats_of(x)
-    shrunk = shrunk_shift(delta, mean, hessian, samples=64)
+    shrunk = shrunk_shift(delta, mean, energy(delta, hessian), samples=64)
     raw = output_shift(delta, mean)
     assert np.all(np.abs(shrunk) <= np.abs(raw)) and np.all(np.sign(shrunk) == np.sign(raw))
     np.testing.assert_allclose(shrunk, raw, rtol=0.05)
@@ -160,7 +164,7 @@ def test_a_shift_measured_from_a_mean_that_is_zero_in_truth_is_mostly_dropped():
     delta = 0.01 * RNG.standard_normal((256, 32))
     x = RNG.standard_normal((16, 32))
     mean, hessian = stats_of(x)
-    shrunk = shrunk_shift(delta, mean, hessian, samples=16)
+    shrunk = shrunk_shift(delta, mean, energy(delta, hessian), samples=16)
     raw = output_shift(delta, mean)
     # Each row's estimate is about one standard error from zero: few stand two away, and they
     # are shrunk, so the kept energy is a small share of the raw shift's.
