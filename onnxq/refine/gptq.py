@@ -3,7 +3,8 @@
 For a layer y = W x with input second moments H = E[x x^T], rounding column i of
 W to its row's nearest level leaves an error e_i; moving -e_i * Hinv[i, j] / Hinv[i, i]
 onto every later column j is the least-squares correction of the layer output.
-With U = chol(H^-1) (upper), that is W[:, j] -= (e_i / U[i, i]) * U[i, j].
+With U = chol(H^-1) (upper), that is W[:, j] -= (e_i / U[i, i]) * U[i, j]; the same
+corrections come from the Cholesky factor of H itself, without inverting it (_update_factor).
 
 The levels are fixed beforehand (each row's codebook from quantize.py), so the
 storage is unchanged: only the choice of code per weight moves. Columns are
@@ -22,29 +23,22 @@ from onnxq.quant.quantize import Nearest, QuantizedTensor
 DAMPING = 0.01  # of the mean diagonal, as in the GPTQ paper: the least, for an H seen through many columns
 SAMPLE_DAMPING = 1.0  # times K / N: K inputs per row, N input columns seen (see damping_for)
 BLOCK = 128  # columns updated lazily together
+DTYPE = np.float32
 SUB = 16  # within a block, columns rounded one by one before a matmul updates the block's rest
 
 
-def _upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
-    """U with U^T U = H^-1, for a batch of symmetric positive definite H (G, K, K): with J the
-    reversal of the columns' order and L = chol(J H J), U = J L^-1 J. One Cholesky and one
-    triangular inverse, where inverting H and then factorising took 3.8 + 1.3 CPU-s at K = 4096."""
-    low = np.linalg.cholesky(h[:, ::-1, ::-1])
-    return np.stack([_lower_inverse(each) for each in low])[:, ::-1, ::-1]
+def _update_factor(h: np.ndarray) -> np.ndarray:
+    """V' for a batch of symmetric positive definite H (G, K, K): V upper with V V^T = H (with J
+    the reversal of the columns' order, J chol(J H J) J), each column j divided by V[j, j].
 
-
-def _lower_inverse(low: np.ndarray) -> np.ndarray:
-    """The inverse of a lower triangular matrix, by halves: [[A, 0], [C, D]]^-1 is
-    [[A^-1, 0], [-D^-1 C A^-1, D^-1]], so most of the work is matmuls."""
-    n = len(low)
-    if n <= 64:
-        return np.tril(np.linalg.inv(low))
-    m = n // 2
-    a, d = _lower_inverse(low[:m, :m]), _lower_inverse(low[m:, m:])
-    out = np.zeros_like(low)
-    out[:m, :m], out[m:, m:] = a, d
-    out[m:, :m] = -(d @ (low[m:, :m] @ a))
-    return out
+    GPTQ's corrections are usually written with U = chol(H^-1) upper: rounding column i moves
+    -(w_i' - q_i) / U[i, i] * U[i, j] onto each later column j. Summed over the columns, that
+    makes W - Q = E U, E the scaled errors, so E = (W - Q) V with V = U^-1, and column j's
+    value when rounded is w_j' = w_j + sum_{i<j} (w_i - q_i) V[i, j] / V[j, j]: the original
+    weights' residuals, moved by V'. One Cholesky, no inverse (which took 3.8 of 5.1 CPU-s at
+    K = 4096)."""
+    v = np.linalg.cholesky(h[:, ::-1, ::-1])[:, ::-1, ::-1]
+    return v / np.einsum("gjj->gj", v)[:, None, :]
 
 
 def damping_for(columns: int, count: int) -> float:
@@ -78,15 +72,16 @@ def prepare_hessian(h: np.ndarray, damping: float = DAMPING) -> np.ndarray:
 
 class Factored:
     """H (G, K, K) prepared for GPTQ once, for every rounding of one weight: damped, and for each
-    column order asked for, that order and U = chol(H^-1) (upper) in it. The factorisation is
-    most of GPTQ's time, and --target-bits rounds each weight at several widths."""
+    column order asked for, that order and the update factor V' (_update_factor) in it. The
+    factorisation is much of GPTQ's time, and --target-bits rounds each weight at several widths."""
 
     def __init__(self, h: np.ndarray, damping: float = DAMPING):
         self.h = prepare_hessian(h, damping)
         self._orders: dict[bool, tuple[np.ndarray, np.ndarray]] = {}
 
     def ordered(self, act_order: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(order (G, K), U (G, K, K)): act order (decreasing H[i, i], per group) or column order."""
+        """(order (G, K), V' (G, K, K), _update_factor): act order (decreasing H[i, i], per group)
+        or column order."""
         if act_order not in self._orders:
             g, k = self.h.shape[:2]
             if act_order:
@@ -94,7 +89,7 @@ class Factored:
             else:
                 order = np.broadcast_to(np.arange(k), (g, k))
             h = np.stack([each[np.ix_(o, o)] for each, o in zip(self.h, order)])
-            self._orders[act_order] = (order, _upper_cholesky_of_inverse(h))
+            self._orders[act_order] = (order, _update_factor(h).astype(DTYPE))
         return self._orders[act_order]
 
 
@@ -108,12 +103,10 @@ def round_groups(
     block's columns differently in each group).
     """
     g, r, k = w.shape
-    order, u = factored.ordered(act_order=block is None)
+    order, v = factored.ordered(act_order=block is None)
     # Columns as contiguous rows (G, K, R): a column is read and updated in place, where in
-    # (G, R, K) it is strided by K.
-    w = np.ascontiguousarray(
-        np.swapaxes(np.take_along_axis(np.asarray(w, np.float64), order[:, None, :], 2), 1, 2)
-    )
+    # (G, R, K) it is strided by K. float32, as GPTQ's own code: half the memory traffic.
+    w = np.stack([np.asarray(each).T[o] for each, o in zip(w, order)]).astype(DTYPE)
     codes = np.zeros((g, k, r), dtype=np.uint8)
     if block is None:
         nearest = [Nearest(table, bits)]
@@ -121,36 +114,38 @@ def round_groups(
         per_block = table.reshape(g * r, k // block, table.shape[1])
         nearest = [Nearest(per_block[:, j], bits) for j in range(k // block)]
     column = (lambda i: nearest[0]) if block is None else (lambda i: nearest[i // block])
+    residual = np.empty_like(w)  # w - q, column by column as they are rounded
     for start in range(0, k, BLOCK):
         stop = min(start + BLOCK, k)
-        err = _round_block(
-            w[:, start:stop], u[:, start:stop, start:stop], codes[:, start:stop], start, column
-        )
-        if stop < k:
-            # A batched matmul (BLAS), not einsum's own loops: 12.5 -> 2.8 CPU-s for a 1024 x 4096
-            # weight, most of GPTQ's time on a decoder.
-            w[:, stop:] -= np.matmul(np.swapaxes(u[:, start:stop, stop:], 1, 2), err)
+        cols = w[:, start:stop].copy()
+        if start:  # every earlier column's residual moved onto this block's at once: a batched matmul
+            cols += np.matmul(np.swapaxes(v[:, :start, start:stop], 1, 2), residual[:, :start])
+        args = (v[:, start:stop, start:stop], codes[:, start:stop], start, column)
+        residual[:, start:stop] = _round_block(cols, w[:, start:stop], *args)
     inverse = np.argsort(order, axis=1)
-    return np.take_along_axis(np.swapaxes(codes, 1, 2), inverse[:, None, :], axis=2)
+    return np.stack([each[o].T for each, o in zip(codes, inverse)])
 
 
-def _round_block(cols: np.ndarray, u: np.ndarray, codes: np.ndarray, first: int, column) -> np.ndarray:
-    """Round a block's columns (G, B, R) in place, each moving its error onto the later ones; their
-    codes into codes (G, B, R); the scaled errors (G, B, R). Within the block, SUB columns at a time
-    update the rest by a matmul: column by column, the updates read and wrote (B/2) R per column."""
+def _round_block(
+    cols: np.ndarray, weights: np.ndarray, v: np.ndarray, codes: np.ndarray, first: int, column
+) -> np.ndarray:
+    """Round a block's columns (G, B, R), updated in place as each is rounded; their codes into
+    codes (G, B, R); the residuals weights - q (G, B, R). Within the block, SUB columns at a time
+    update the rest by a matmul: column by column, the updates read and wrote (B/2) R values per
+    column."""
     g, b, r = cols.shape
-    err = np.empty_like(cols)
+    residual = weights.copy()
     for s0 in range(0, b, SUB):
         s1 = min(s0 + SUB, b)
         for j in range(s0, s1):
             c, q = column(first + j).column(cols[:, j].reshape(g * r))
             codes[:, j] = c.reshape(g, r)
-            err[:, j] = (cols[:, j] - q.reshape(g, r)) / u[:, j, j][:, None]
+            residual[:, j] -= q.reshape(g, r)
             if j + 1 < s1:
-                cols[:, j + 1 : s1] -= u[:, j, j + 1 : s1][:, :, None] * err[:, j][:, None, :]
+                cols[:, j + 1 : s1] += v[:, j, j + 1 : s1][:, :, None] * residual[:, j][:, None, :]
         if s1 < b:
-            cols[:, s1:] -= np.matmul(np.swapaxes(u[:, s0:s1, s1:], 1, 2), err[:, s0:s1])
-    return err
+            cols[:, s1:] += np.matmul(np.swapaxes(v[:, s0:s1, s1:], 1, 2), residual[:, s0:s1])
+    return residual
 
 
 def gptq_codes(
