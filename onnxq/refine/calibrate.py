@@ -107,8 +107,11 @@ class LayerStats:
         if self._columns is None:
             return np.einsum("grk,grk->gr", np.matmul(d, self.hessian), d).reshape(-1)  # BLAS matmul
         out = np.zeros(d.shape[:2])
+        d = d.astype(np.float32)  # the product in float32 (half the time), its squares summed in float64
         for groups, cols in self._columns:
-            out[groups] += np.square(np.matmul(d[groups], cols.astype(np.float64))).sum(axis=2)
+            out[groups] += np.square(np.matmul(d[groups], cols, dtype=np.float32), dtype=np.float64).sum(
+                axis=2
+            )
         return (out / self.count).reshape(-1)
 
     def __repr__(self) -> str:
