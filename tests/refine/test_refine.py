@@ -8,7 +8,7 @@ import pytest
 from conftest import run, small_cnn
 
 import onnxq
-from onnxq.api import candidate_widths
+from onnxq.api import candidate_widths, computed_widths
 from onnxq.errors import OnnxqError
 
 
@@ -283,6 +283,43 @@ def test_calibration_values_too_large_to_square_are_an_error_naming_the_layer(
 def test_target_bits_out_of_range_is_refused(cnn_path, tmp_path, target):
     with pytest.raises(OnnxqError, match="--target-bits must be between"):
         onnxq.compress(cnn_path, tmp_path / "out.onnx", target_bits=target)
+
+
+def test_large_models_quantize_every_tensor_at_two_widths_only():
+    large = (1 << 25) + 1
+    assert computed_widths(candidate_widths(5.0, calibrated=False), 5.0, 1 << 25) == [3, 4, 5, 6]
+    assert computed_widths(candidate_widths(5.0, calibrated=False), 5.0, large) == [4, 5]
+    assert computed_widths(candidate_widths(4.0), 4.0, large) == [3, 4]
+    assert computed_widths(candidate_widths(2.5), 2.5, large) == [2, 3]  # nothing below 2 bits
+
+
+def test_with_two_computed_widths_the_others_are_made_when_asked(
+    cnn_path, calibration, tmp_path, monkeypatch
+):
+    """A model counted as large: every tensor is quantized at two widths, any other is quantized
+    when the allocation asks for it, and the budget is still met."""
+    monkeypatch.setattr(onnxq.api, "ALL_WIDTHS_UP_TO", 0)
+    asked = []
+    run_jobs = onnxq.api.jobs.run
+    monkeypatch.setattr(
+        onnxq.api.jobs, "run", lambda items, *a, **k: asked.append(items) or run_jobs(items, *a, **k)
+    )
+    report = onnxq.compress(
+        cnn_path,
+        tmp_path / "out.onnx",
+        target_bits=4.5,
+        min_elements=1,
+        calibration=str(calibration),
+        validate=False,
+        search="grid",
+        sensitivity_samples=8,
+    )
+    assert {c.bits for _, c in asked[0]} == {3, 4}  # the candidates of every tensor
+    assert {c.bits for items in asked[1:] for _, c in items} - {3, 4}  # others, made when asked
+    assert report.bits_per_weight <= 4.5
+    assert all(w.bits in candidate_widths(4.5) for w in report.weights)
+    x = held_out()
+    assert error(outputs(tmp_path / "out.onnx", x), outputs(cnn_path, x)) < 0.05
 
 
 def test_candidate_widths_surround_the_target():
