@@ -237,16 +237,24 @@ class _Quantized:
     notes: list[str] = field(default_factory=list)
 
 
-def _settings(config: Config, weights: list[Weight]) -> jobs.Settings:
+def _settings(config: Config, weights: list[Weight], layers: dict) -> jobs.Settings:
+    """The quantizer's settings. Where auto takes the exact search under GPTQ (resolved_search),
+    only the weights that GPTQ rounds (those with input statistics) get it: the others round to
+    nearest as in plain --bits, and on the grid's x0 as there."""
+    search = resolved_search(config, sum(w.array.size for w in weights))
+    exact_for: frozenset[str] = frozenset()
+    if search != config.search:
+        search, exact_for = config.search, frozenset(w.name for w in weights if layers.get(w.name))
     return jobs.Settings(
         config.codebook,
         config.granularity,
         config.scale,
-        resolved_search(config, sum(w.array.size for w in weights)),
+        search,
         config.group_size,
         config.jobs,
         config.format,
         kernels.current(),  # _quantize_all's, for the worker processes
+        exact_for,
     )
 
 
@@ -278,7 +286,7 @@ def _quantize_all(
     if not weights:
         return _Quantized([], [])
     source, layers, notes = _statistics(model, weights, config, report, progress, plan)
-    settings = _settings(config, weights)
+    settings = _settings(config, weights, layers)
     gptq = config.resolved_rounding() == "gptq"
 
     def make(w: Weight, choice: Choice) -> QuantizedTensor:
@@ -341,7 +349,7 @@ def _allocate(model, weights, config: Config, report: Report, progress, source, 
     parameters cost much), rounded as they will be stored, then a choice per weight."""
     assert config.target_bits is not None
     fmt = FORMATS[config.format]
-    settings = _settings(config, weights)
+    settings = _settings(config, weights, layers)
     widths = candidate_widths(config.target_bits, calibrated=config.calibration is not None)
     exact = computed_widths(widths, config.target_bits, sum(w.array.size for w in weights))
     flat = jobs.run(

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -53,6 +53,11 @@ class Settings:
     jobs: int
     format: str = DEFAULT_FORMAT  # its default_group_size applies where group_size is None
     kernels: str = "auto"  # the engine of quantize's loops (kernels.configure), the run's
+    exact_for: frozenset[str] = frozenset()  # weights whose x0 comes from the exact search
+
+    def searched(self, name: str) -> Settings:
+        """The settings of one weight: the exact search where exact_for names it."""
+        return replace(self, search="exact", exact_for=frozenset()) if name in self.exact_for else self
 
 
 def weight_rows(weight: Weight, settings: Settings, choice: Choice) -> np.ndarray:
@@ -101,7 +106,7 @@ def run(
         progress(0, len(jobs), stage)
     # Ranking a choosing codebook's candidates by output error needs the layers' statistics: that stays here.
     ranked = bool(layers) and bool(CODEBOOKS[settings.codebook].candidates())
-    continuous = settings.search in CONTINUOUS  # small numpy calls that hold the GIL
+    continuous = settings.search in CONTINUOUS or bool(settings.exact_for)  # small calls that hold the GIL
     processes = settings.jobs > 1 and len(jobs) > 1 and not ranked and continuous
     workers = min(settings.jobs, len(jobs)) if processes else min(4, os.cpu_count() or 1)
     # The grid's matrix products call BLAS, whose own threads only fight the pool's for the cores:
@@ -110,11 +115,12 @@ def run(
 
         def submit(i: int) -> Future:
             weight, choice = jobs[i]
+            mine = settings.searched(weight.name)
             if processes:  # the worker gets the rows alone, built as it is submitted
-                rows = weight_rows(weight, settings, choice)
+                rows = weight_rows(weight, mine, choice)
                 with _signals_held():  # a submit may start a worker, which inherits the mask
-                    return pool.submit(quantize_rows, rows, settings, choice.bits)
-            return pool.submit(quantize_weight, weight, choice, settings, layers)
+                    return pool.submit(quantize_rows, rows, mine, choice.bits)
+            return pool.submit(quantize_weight, weight, choice, mine, layers)
 
         try:
             # At most IN_FLIGHT jobs per worker are submitted at once: the rows a process pool

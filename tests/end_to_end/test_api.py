@@ -309,6 +309,29 @@ def test_auto_search_keeps_the_exact_search_under_gptq_on_models_up_to_a_size(op
     assert resolved_search(onnxq.Config(**options), weights) == search
 
 
+@pytest.mark.parametrize("read", ["mm.b", "emb"])  # mm.b's groups of 400: there exact and auto differ
+def test_under_gptq_only_the_weights_it_rounds_take_the_exact_search(tiny, read):
+    """A weight without input statistics (an embedding, a weight inside an If) rounds to nearest as
+    in plain --bits, so it is quantized as there: on the grid's x0, not the exact search's."""
+    from dataclasses import replace
+
+    from onnxq import jobs
+    from onnxq.api import _settings
+    from onnxq.graph.select import find_weights
+    from onnxq.refine.widths import Choice
+
+    weights = [w for w in find_weights(tiny[0], 1)[0] if w.name in ("mm.b", "emb")]
+    layers = {w.name: ["its layer's statistics"] if w.name == read else [] for w in weights}
+    settings = _settings(onnxq.Config(rounding="gptq"), weights, layers)
+    assert settings.search == "auto" and settings.exact_for == {read}
+    got = jobs.run([(w, Choice(5)) for w in weights], settings, {}, None, "quantizing")
+    for w, q in zip(weights, got):
+        alone = replace(settings, search="exact" if w.name == read else "auto", exact_for=frozenset())
+        (expected,) = jobs.run([(w, Choice(5))], alone, {}, None, "quantizing")
+        assert np.array_equal(q.dequantized, expected.dequantized), w.name
+    assert not _settings(onnxq.Config(), weights, layers).exact_for
+
+
 def test_the_output_records_the_onnxq_version_and_settings_and_keeps_the_models_own(tiny, tmp_path):
     import json
 
