@@ -308,6 +308,7 @@ def _quantize_all(
             for i, w in enumerate(weights):
                 _step(progress, i, len(weights), "rounding with GPTQ", w.name)
                 tensors[i] = refine.round_with_gptq(w, tensors[i], layers.get(w.name, []))
+            refine.drop_factored()
             report.seconds["gptq"] = time.perf_counter() - t
         done = _Quantized(weights, tensors)
     else:
@@ -375,6 +376,7 @@ def _allocate(model, weights, config: Config, report: Report, progress, source, 
         t = time.perf_counter()
         for w in weights:
             computed[w.name] = refine.round_all_with_gptq(w, computed[w.name], layers.get(w.name, []))
+        refine.drop_factored()
         report.seconds["gptq"] = time.perf_counter() - t
     t = time.perf_counter()
     opset = rewrite.default_opset(model)  # compress_model upgraded it for the candidate widths

@@ -106,7 +106,7 @@ def round_groups(
     order, v = factored.ordered(act_order=block is None)
     # Columns as contiguous rows (G, K, R): a column is read and updated in place, where in
     # (G, R, K) it is strided by K. float32, as GPTQ's own code: half the memory traffic.
-    w = np.stack([np.asarray(each).T[o] for each, o in zip(w, order)]).astype(DTYPE)
+    w = np.stack([np.asarray(each, DTYPE).T[o] for each, o in zip(w, order)])
     codes = np.zeros((g, k, r), dtype=np.uint8)
     if block is None:
         nearest = [Nearest(table, bits)]

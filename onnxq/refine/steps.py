@@ -130,6 +130,11 @@ def _factored(layers: list[Layer], rows: np.ndarray) -> Factored | str:
     return factored
 
 
+def drop_factored() -> None:
+    """Let the last factorised H go (a 4096-wide one holds 192 MB) once a pass over the weights ends."""
+    _FACTORED.clear()
+
+
 def probe_feeds(source: Data, count: int = PROBE_SAMPLES) -> tuple[list[Sample], list[int]]:
     """About count samples spread evenly over the data, as runs; and how many samples each holds."""
     n = len(source.samples)
