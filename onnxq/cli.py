@@ -199,7 +199,7 @@ _Search = Annotated[
         metavar=_choices(SEARCHES),
         help="How x0 is found: grid (every value the file can store, scored exactly), exact "
         "(branch and bound, within 1e-6; 3-6x slower), fast (golden section, within 1e-5), or auto: "
-        "exact for groups under 64 weights, linear codebooks over 6 bits and under GPTQ rounding.",
+        "exact for groups under 64 weights, linear codebooks over 6 bits and the weights GPTQ rounds.",
     ),
 ]
 _Fmt = Annotated[

@@ -666,7 +666,7 @@ def test_compress_help_fits_80_columns_without_cutting_words():
     lines = result.output.splitlines()
     assert all(len(line) <= 80 for line in lines), max(lines, key=len)
     assert "…" not in result.output
-    assert "under GPTQ rounding" in flat(result.output)
+    assert "the weights GPTQ rounds" in flat(result.output)
     assert len(lines) < 120  # 221 lines in rich's boxes, with most words cut
     assert not any(line.rstrip().endswith("-") for line in lines), "a word cut at its hyphen"
 
