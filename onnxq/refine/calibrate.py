@@ -103,8 +103,9 @@ class LayerStats:
         """(O,): d H d^T for each row d of dW (O, K), its rows in G groups. From the columns where
         they are kept, ||d X||^2 / count, which costs n/K of the product with H and rebuilds no H."""
         g, k = self.mean.shape
-        d = delta_rows.reshape(g, -1, k).astype(np.float64)
+        d = delta_rows.reshape(g, -1, k)
         if self._columns is None:
+            d = d.astype(np.float64)
             return np.einsum("grk,grk->gr", np.matmul(d, self.hessian), d).reshape(-1)  # BLAS matmul
         out = np.zeros(d.shape[:2])
         d = d.astype(np.float32)  # the product in float32 (half the time), its squares summed in float64
