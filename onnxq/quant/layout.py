@@ -30,7 +30,7 @@ def group_rows(weight: Weight, granularity: str, group_size: int | None = None) 
     a = weight.array.astype(np.float32, copy=False)
     if granularity == "tensor" or a.ndim < 2:
         return a.reshape(1, -1)
-    return np.moveaxis(a, weight.axis, 0).reshape(rows_shape(weight, granularity, group_size))
+    return channels_moved(a, weight.axis).reshape(rows_shape(weight, granularity, group_size))
 
 
 def rows_shape(weight: Weight, granularity: str, group_size: int | None = None) -> tuple[int, int]:
@@ -59,6 +59,26 @@ def float_rows(weight: Weight) -> np.ndarray:
     if a.ndim < 2:
         return a.reshape(1, -1)
     return np.moveaxis(a, weight.axis, 0).reshape(a.shape[weight.axis], -1)
+
+
+TILE = (8, 1024)  # rows x columns of a 2-D weight that channels_moved transposes at a time
+
+
+def channels_moved(a: np.ndarray, axis: int) -> np.ndarray:
+    """np.moveaxis(a, axis, 0); for a 2-D weight with axis 1 (a MatMul's (K, N)), a contiguous copy,
+    transposed a tile at a time. The quantizer reads its rows many times over, and every pass over
+    the transposed view (or numpy's copy of it, which reads across rows) took 3-5x as long: 30 ms
+    against 6 to copy a 4096 x 1024 float32 weight."""
+    if axis == 0:
+        return a
+    if a.ndim != 2:
+        return np.moveaxis(a, axis, 0)
+    out = np.empty(a.shape[::-1], dtype=a.dtype)
+    rows, cols = TILE
+    for j in range(0, a.shape[1], cols):
+        for i in range(0, a.shape[0], rows):
+            out[j : j + cols, i : i + rows] = a[i : i + rows, j : j + cols].T
+    return out
 
 
 def to_rows(weight: Weight, values: np.ndarray) -> np.ndarray:

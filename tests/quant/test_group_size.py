@@ -124,3 +124,23 @@ def test_inspect_predicts_the_rows_compress_quantizes(k, n, fmt, codebook, bits,
     assert blocks == (
         granularity == "channel" and (asked is not None and k > asked or asked is None and by_default)
     )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.integers(1, 2100),
+    st.sampled_from([np.float32, np.float64, np.float16]),
+)
+def test_channels_moved_is_moveaxis_for_any_shape(rows, cols, dtype):
+    """The tiled transpose of a 2-D weight (tiles of layout.TILE, ragged at the edges) gives
+    np.moveaxis's values and shape, contiguous; other ranks and axis 0 give moveaxis itself."""
+    from onnxq.quant.layout import channels_moved
+
+    a = np.arange(rows * cols, dtype=np.float64).reshape(rows, cols).astype(dtype)
+    got = channels_moved(a, 1)
+    assert got.flags.c_contiguous and got.dtype == a.dtype
+    np.testing.assert_array_equal(got, np.moveaxis(a, 1, 0))
+    assert channels_moved(a, 0) is a
+    cube = a.reshape(rows, cols, 1)
+    np.testing.assert_array_equal(channels_moved(cube, 1), np.moveaxis(cube, 1, 0))
