@@ -170,9 +170,9 @@ def run(
         proto, arrays = segment_model(model, seg, alive[0] if alive else {}, stored)
         if len(alive) > 1:
             proto, arrays = _decoded(proto, arrays, literal)
-        # Without prepacking: the weights are read in place, not copied into packed panels (at
-        # 468M, 1.5 CPU-s against 2.7 to open the float model's segments; its runs are short).
-        sess = runtime.session(proto, literal=literal, initializers=arrays, prepack=False)
+        # The weights fed in place (runtime.Fed), not copied into the session, and without
+        # prepacking: not copied into packed panels either (its runs are short).
+        sess = runtime.Fed(proto, arrays, literal=literal, prepack=False)
         del arrays
         later = {n for s in segments[k + 1 :] for n in s.inputs} | set(names)
         for values in alive:
@@ -256,7 +256,7 @@ def _run_fixed(model, fixed: list, made: list[str], constant: set[str], arrays: 
     decode.graph.value_info.extend(v for v in model.graph.value_info if v.name in constant)
     decode.graph.output.extend(onnx.ValueInfoProto(name=n) for n in made)
     mine = {n: a for n, a in arrays.items() if n in needed}
-    sess = runtime.session(decode, literal=literal, initializers=mine, prepack=False)
+    sess = runtime.Fed(decode, mine, literal=literal, prepack=False)
     return dict(zip(made, runtime.run(sess, {}, made, "weights of the model")))
 
 

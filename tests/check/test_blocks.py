@@ -184,3 +184,27 @@ def test_an_output_that_is_an_initializer_is_validated_whole(tmp_path, monkeypat
         "logits",
         "emb",
     }
+
+
+def test_a_fed_session_computes_what_a_session_with_the_initializers_does(rng):
+    """runtime.Fed: the stubbed weights become inputs fed on every run, uncopied; the outputs equal
+    those of the session that holds them, and a run's feed can give a weight another value."""
+    w1, w2 = rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal((5, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 6])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((2, 6)).astype(np.float32)
+    held = runtime.session(model, literal=True)
+    stub = runtime.stubbed(model, {"w1": w1})
+    assert not stub.graph.initializer[0].raw_data  # no data: only the fed array can give it
+    fed = runtime.Fed(stub, {"w1": w1}, literal=True)
+    (want,), (got,) = runtime.run(held, {"x": x}), runtime.run(fed, {"x": x})
+    np.testing.assert_array_equal(got, want)
+    (swapped,) = runtime.run(fed, {"x": x, "w1": 2 * w1})
+    np.testing.assert_allclose(swapped, 2 * want, rtol=1e-5)
+    assert [i.name for i in runtime.as_inputs(stub, {"w1": w1}).graph.input] == ["x", "w1"]
