@@ -13,9 +13,12 @@ segment's, n_s, is the segment's gain, and noise_t = n_t * N_s / n_s. A weight r
 segments, and every whole allocation (noise_parts), runs through the whole model, a segment at
 a time.
 
-Each segment's session opens once for the float runs and once per weight it measures, and the
-segments run in order, so that memory holds one segment's weights, the tensors that cross
-between segments for every carried perturbation, and the float model's inputs to every segment.
+Each segment opens one session per pass, with its weights fed at every run (runtime.Fed), so that
+the float runs, every weight's values and every carried perturbation run through it without a
+copy of the segment's weights; a segment whose weights onnxruntime cannot all take as inputs
+opens a session for the float runs and one per weight and per perturbation instead. The segments
+run in order, so that memory holds one segment's weights, the tensors that cross between segments
+for every carried perturbation, and the float model's inputs to every segment.
 """
 
 from __future__ import annotations
@@ -64,12 +67,14 @@ class BlockProbe(sensitivity.Measured):
             self.model.graph, min(blocks.BLOCK_BYTES, max(1, total // PROBE_SEGMENTS))
         )
         self._names = [o.name for o in model.graph.output]
+        self._kinds = {t.name: sensitivity.tensor_dtype(t) for t in self.model.graph.initializer}
+        self._unfed: set[int] = set()  # the segments that cannot feed all their weights
         self._homes = _homes(self.segments, self._weights)
         self._before: list[list[dict]] = []  # per segment, per feed: the float tensors alive before it
         alive = [dict(feed) for feed in self.feeds]
         for k in range(len(self.segments)):
             self._before.append([dict(values) for values in alive])
-            self._advance(k, self._session(k), alive)
+            self._advance(k, *self._swapped(k, {}), alive)
             self._evict(k)
         self.reference = [[values[n] for n in self._names] for values in alive]
         self.energy = sensitivity.output_energy(self.reference, self.feeds, mask)
@@ -82,9 +87,10 @@ class BlockProbe(sensitivity.Measured):
         combined: dict[tuple[int, int], float] = {}  # (segment, i) -> n_s
         done = 0
         for k, seg in enumerate(self.segments):
-            sess = self._session(k)
+            fed = self._fed(k)
+            sess = fed or self._session(k)
             for stream in streams.values():
-                self._advance(k, sess, stream)
+                self._advance(k, sess, {}, stream)
             inputs = [{n: before[n] for n in seg.inputs} for before in self._before[k]]
             base = [runtime.run(sess, x, seg.outputs, WHAT) for x in inputs]
             scale = sensitivity.output_energy(base, self.feeds, self.mask, floats_only=True)
@@ -93,7 +99,7 @@ class BlockProbe(sensitivity.Measured):
             for name in [n for n in seg.weights if n in values and self._homes.get(n) == k]:
                 vs = list(values[name]())
                 try:
-                    own = self._session(k, inputs=(name,))
+                    own = fed or self._session(k, inputs=(name,))
                     local[name] = [
                         self._local(k, own, inputs, base, scale, {name: self._cast(name, v)}) for v in vs
                     ]
@@ -108,10 +114,11 @@ class BlockProbe(sensitivity.Measured):
                     progress(done, len(values), name)
             for i, swap in enumerate(swaps):
                 swap = self._scaled(swap, [local[n][min(i, len(local[n]) - 1)] for n in mine if n in local])
-                swapped = self._session(k, swaps=swap)
-                combined[k, i] = self._local(k, swapped, inputs, base, scale, {})
+                swapped, extra = self._swapped(k, swap, fed)
+                combined[k, i] = self._local(k, swapped, inputs, base, scale, extra)
                 streams[k, i] = [dict(before) for before in self._before[k]]
-                self._advance(k, swapped, streams[k, i])
+                self._advance(k, swapped, extra, streams[k, i])
+            del fed, sess
             self._evict(k)
         gains = {
             key: (self._error(stream) / combined[key] if combined[key] > 0 else 0.0)
@@ -134,7 +141,7 @@ class BlockProbe(sensitivity.Measured):
         alive = [dict(feed) for feed in self.feeds]
         for k, seg in enumerate(self.segments):
             swaps = {n: values[n] for n in seg.weights if n in values}
-            self._advance(k, self._session(k, swaps=swaps), alive)
+            self._advance(k, *self._swapped(k, swaps), alive)
             self._evict(k)
         outputs = [[v[n] for n in self._names] for v in alive]
         return sensitivity.error_parts(
@@ -163,12 +170,13 @@ class BlockProbe(sensitivity.Measured):
         got = [runtime.run(sess, {**x, **extra}, names, WHAT) for x in inputs]
         return _noise(got, base, self.feeds, self.mask) / scale if scale > 0 else 0.0
 
-    def _advance(self, k: int, sess, alive: list[dict]) -> None:
-        """Run segment k on each feed's tensors, and keep what later segments or the outputs read."""
+    def _advance(self, k: int, sess, extra: dict, alive: list[dict]) -> None:
+        """Run segment k on each feed's tensors (and extra), and keep what later segments or the
+        outputs read."""
         seg = self.segments[k]
         later = {n for s in self.segments[k + 1 :] for n in s.inputs} | set(self._names)
         for values in alive:
-            ys = runtime.run(sess, {n: values[n] for n in seg.inputs}, seg.outputs, WHAT)
+            ys = runtime.run(sess, {**{n: values[n] for n in seg.inputs}, **extra}, seg.outputs, WHAT)
             values.update(zip(seg.outputs, ys))
             for n in [n for n in values if n not in later]:
                 del values[n]
@@ -178,15 +186,39 @@ class BlockProbe(sensitivity.Measured):
         external.evict(*(self._weights[n].array for n in self.segments[k].weights if n in self._weights))
 
     def _cast(self, name: str, value: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(value, dtype=np.asarray(self._weights[name].array).dtype)
+        """value in the type of the weight's tensor (as a session takes it)."""
+        return np.ascontiguousarray(value, dtype=self._kinds[name])
 
-    def _session(self, k: int, inputs: Sequence[str] = (), swaps: dict | None = None):
-        """A session over segment k: the weights in inputs fed at each run, those in swaps set."""
+    def _fed(self, k: int) -> runtime.Fed | None:
+        """Segment k's session with every weight this probe measures in it fed at each run, or None
+        when onnxruntime cannot take one of them as an input (remembered)."""
+        if k in self._unfed:
+            return None
+        try:
+            return self._session(k, fed=True)  # type: ignore[return-value]
+        except OnnxqError:
+            self._unfed.add(k)
+            return None
+
+    def _swapped(self, k: int, swaps: dict, fed: runtime.Fed | None = None) -> tuple[object, dict]:
+        """A session over segment k with the weights in swaps set, and what each of its runs feeds
+        besides the tensors: the fed session (fed, else a new one) and the swaps, or a session that
+        holds them."""
+        fed = fed or self._fed(k)
+        if fed is not None:
+            return fed, {n: self._cast(n, v) for n, v in swaps.items()}
+        return self._session(k, swaps=swaps), {}
+
+    def _session(self, k: int, inputs: Sequence[str] = (), swaps: dict | None = None, fed: bool = False):
+        """A session over segment k: the weights in inputs fed at each run, those in swaps set; fed:
+        every weight this probe measures in it fed (runtime.Fed), their arrays by default."""
         swaps = swaps or {}
 
         def held(tensor: onnx.TensorProto) -> np.ndarray | None:
             if tensor.name in swaps and tensor.name in self._arrays:
                 return np.ascontiguousarray(swaps[tensor.name], self._arrays[tensor.name].dtype)
+            if fed and tensor.name in self._weights and tensor.name not in self._arrays:
+                return self._cast(tensor.name, self._weights[tensor.name].array)
             return self._arrays.get(tensor.name)
 
         example = self._before[k][0] if self._before[k] else {}
@@ -202,7 +234,9 @@ class BlockProbe(sensitivity.Measured):
             proto.graph.input.append(
                 onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims))
             )
-        return runtime.session(proto, initializers=arrays)
+        if fed:
+            return runtime.Fed(proto, arrays, spin=False)
+        return runtime.session(proto, spin=False, initializers=arrays)
 
 
 def _homes(segments: list[blocks.Segment], weights: dict[str, Weight]) -> dict[str, int | None]:

@@ -72,7 +72,9 @@ def test_one_segment_measures_what_the_whole_model_probe_measures(monkeypatch):
     want = Probe(model, weights, [feeds]).noises(values_of(weights))
     assert set(got) == set(want) == {w.name for w in weights}
     for name in want:
-        assert got[name] == pytest.approx(want[name], rel=1e-5)
+        # The block probe feeds its weights (runtime.Fed), the whole-model one holds the others as
+        # constants that onnxruntime prepacks: their sums round differently (1.5e-5 seen).
+        assert got[name] == pytest.approx(want[name], rel=1e-4)
 
 
 @settings(max_examples=8, deadline=None)
@@ -126,16 +128,17 @@ def test_no_session_holds_more_than_a_segments_weights(monkeypatch):
     weights = find_weights(model, 1)[0]
     monkeypatch.setattr(blocks, "BLOCK_BYTES", 10_000)
     held = []
-    real = runtime.session
-    monkeypatch.setattr(
-        runtime,
-        "session",
-        lambda proto, **k: (
-            held.append(sum(a.nbytes for a in (k.get("initializers") or {}).values())) or real(proto, **k)
-        ),
-    )
+    real = runtime.Fed.__init__
+
+    def fed(self, proto, arrays, **k):
+        held.append(sum(a.nbytes for a in arrays.values()))
+        real(self, proto, arrays, **k)
+
+    monkeypatch.setattr(runtime.Fed, "__init__", fed)
     probe = BlockProbe(model, weights, feeds_of())
+    opened = len(held)
     probe.noises(values_of(weights))
+    assert len(held) - opened == len(probe.segments)  # one session per segment serves the pass
     probe.noise_parts({w.name: rounded(w.array, 0.05) for w in weights})
     largest = max(w.array.nbytes for w in weights)
     assert held and max(held) <= max(10_000, largest)
@@ -172,18 +175,24 @@ def test_a_model_that_cannot_be_cut_says_so_in_one_line(tmp_path):
 
 
 def test_a_weight_onnxruntime_cannot_take_as_an_input_gets_no_entry(monkeypatch):
-    """As with the whole-model probe: widths scales it by the others' gain."""
+    """As with the whole-model probe: widths scales it by the others' gain. The segment that holds
+    it cannot feed all its weights, and measures them with a session per weight."""
     model = chain_model()
     weights = find_weights(model, 1)[0]
     probe = BlockProbe(model, weights, feeds_of())
     real = BlockProbe._session
 
-    def session(self, k, inputs=(), swaps=None):
-        if "v2" in inputs:
+    tried = []
+
+    def session(self, k, inputs=(), swaps=None, fed=False):
+        tried.append(k) if fed else None
+        if fed or "v2" in inputs:  # so every segment falls back to a session per weight
             raise OnnxqError("onnxruntime cannot load the model: v2 must be a constant")
         return real(self, k, inputs, swaps)
 
     monkeypatch.setattr(BlockProbe, "_session", session)
+    probe._unfed.clear()
     got = probe.noises(values_of(weights))
+    assert sorted(tried) == list(range(len(probe.segments)))  # each segment tries feeding once
     assert "v2" not in got and set(got) == {w.name for w in weights} - {"v2"}
     assert all(n > 0 for noise in got.values() for n in noise)
