@@ -172,7 +172,7 @@ def run(
             proto, arrays = _decoded(proto, arrays, literal)
         # The weights fed in place (runtime.Fed), not copied into the session, and without
         # prepacking: not copied into packed panels either (its runs are short).
-        sess = runtime.Fed(proto, arrays, literal=literal, prepack=False)
+        sess = runtime.Fed(proto, arrays, spin=False, literal=literal, prepack=False)
         del arrays
         later = {n for s in segments[k + 1 :] for n in s.inputs} | set(names)
         for values in alive:
@@ -256,7 +256,7 @@ def _run_fixed(model, fixed: list, made: list[str], constant: set[str], arrays: 
     decode.graph.value_info.extend(v for v in model.graph.value_info if v.name in constant)
     decode.graph.output.extend(onnx.ValueInfoProto(name=n) for n in made)
     mine = {n: a for n, a in arrays.items() if n in needed}
-    sess = runtime.Fed(decode, mine, literal=literal, prepack=False)
+    sess = runtime.Fed(decode, mine, spin=False, literal=literal, prepack=False)
     return dict(zip(made, runtime.run(sess, {}, made, "weights of the model")))
 
 
