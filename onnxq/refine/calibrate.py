@@ -264,7 +264,8 @@ def _layer_inputs(
         # Without prepacking: a packed copy of every weight took the 134M decoder's statistics
         # session from 1.29 to 2.08 GB while it opened, and MLAS packs a run's blocks as it goes.
         stubbed = _with_outputs(model, fetch, arrays)
-        sess = runtime.session(stubbed, spin=False, initializers=arrays, prepack=False)
+        given, held = _fed_weights(model, arrays)
+        sess = runtime.Fed(stubbed, given, spin=False, initializers=held, prepack=False)
     mask = data.mask_input(specs)
     pending: dict[str, list[np.ndarray]] = {s.key: [] for s in layers}
     waiting = 0
@@ -281,6 +282,22 @@ def _layer_inputs(
             waiting = 0
     if waiting:
         yield pending, waiting
+
+
+FED_OPS = {"MatMul", "Gemm", "Gather"}  # their kernels read a weight fed at each run as fast as a held one
+
+
+def _fed_weights(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
+    """The arrays the statistics session is fed at each run (runtime.Fed: not copied into it), and
+    those it holds: a weight that only FED_OPS read is fed (without prepacking they compute the
+    same, as fast), one that a Conv reads is held (onnxruntime lays a constant Conv weight out for
+    its faster kernels)."""
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    fed = {n: a for n, a in arrays.items() if readers.get(n) and readers[n] <= FED_OPS}
+    return fed, {n: a for n, a in arrays.items() if n not in fed}
 
 
 def _with_outputs(
