@@ -118,3 +118,30 @@ def nearest(w, top, tables, kind, thresholds, live, zero, levels, codes):  # pra
             e2 += x * q
             e3 += q * q
     return np.array([e0, e1, e2, e3])
+
+
+@numba.njit(cache=True, nogil=True)
+def nearest_column(w, keys, offsets, bound, m, flat, starts):  # pragma: no cover - compiled
+    """Nearest.column() for m > 0: each row's one weight against that row's m midpoints, the keys
+    keys[r*m:(r+1)*m] (shifted by offsets[r]), compared as numpy's searchsorted compares them:
+    min(|w|, bound) in w's own type, plus offsets[r] in float64. Returns the codes (int64) and their
+    levels (float64) from flat at starts + code."""
+    g = w.shape[0]
+    codes = np.empty(g, np.int64)
+    levels = np.empty(g)
+    for r in range(g):
+        x = w[r]
+        v = min(abs(x), bound)
+        key = np.float64(v) + offsets[r]
+        lo, hi = r * m, (r + 1) * m
+        while lo < hi:  # the first key above key: searchsorted side="right"
+            mid = (lo + hi) // 2
+            if keys[mid] <= key:
+                lo = mid + 1
+            else:
+                hi = mid
+        index = lo - r * m
+        code = m - index if x < 0 else m + index
+        codes[r] = code
+        levels[r] = flat[starts[r] + code]
+    return codes, levels

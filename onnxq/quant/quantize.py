@@ -356,8 +356,11 @@ class Nearest:
         if self._keys is None:
             self._keys = self._column_keys()
         flat, starts, keys, offsets, bound = self._keys
+        fast = kernels.engine(w.size)
         if self.bits == 1:
             codes = (w >= 0).astype(np.int64)
+        elif fast is not None:  # the same search, a row at a time (a fifth of GPTQ's time in numpy)
+            return fast.nearest_column(w, keys, offsets, w.dtype.type(bound), self.m, flat, starts)
         else:  # the keys below row r's are M per row
             index = np.searchsorted(keys, np.minimum(np.abs(w), bound) + offsets, side="right")
             index -= np.arange(w.shape[0]) * self.m

@@ -61,6 +61,41 @@ def test_compiled_loops_give_what_numpy_gives(seed, codebook, bits, groups, n, d
 
 
 @needs_numba
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    codebook=st.sampled_from(["exponential", "linear", "kmeans"]),
+    bits=st.integers(1, 8),
+    groups=st.integers(1, 40),
+    dtype=st.sampled_from(["float32", "float64"]),
+)
+def test_the_compiled_column_search_gives_what_numpy_gives(seed, codebook, bits, groups, dtype):
+    """Nearest.column (GPTQ's one weight per row, many times over): the same codes and levels,
+    also for weights on the midpoints, beyond the largest level, and at -0.0."""
+    from onnxq.quant.quantize import Nearest
+
+    w = weights(seed, groups, 64, "float64", False)
+    q = quantize(w, CODEBOOKS[codebook], bits, "variance")
+    table = q.level_table()
+    rng = np.random.default_rng(seed)
+    mids = 0.5 * (table[:, 1:] + table[:, :-1])
+    pick = rng.integers(0, mids.shape[1], groups)
+    columns = [
+        w[:, rng.integers(0, 64)],
+        mids[np.arange(groups), pick] * rng.choice([-1.0, 1.0], groups),  # ties
+        np.abs(table).max(axis=1) * 3.0 + 1.0,
+        np.full(groups, -0.0),
+    ]
+    for column in columns:
+        column = np.ascontiguousarray(column, dtype=dtype)
+        got = {}
+        for name in ("numba", "numpy"):
+            with kernels.use(name):
+                got[name] = Nearest(table, bits).column(column)
+        np.testing.assert_array_equal(got["numba"][0], got["numpy"][0])
+        np.testing.assert_array_equal(got["numba"][1], got["numpy"][1])
+
+
+@needs_numba
 def test_a_large_weight_takes_the_compiled_loops_and_a_small_one_numpy():
     assert kernels.engine(kernels.MIN_WEIGHTS) is not None
     assert kernels.engine(kernels.MIN_WEIGHTS - 1) is None
