@@ -155,3 +155,14 @@ def nearest_column(w, keys, offsets, bound, m, flat, starts):  # pragma: no cove
         codes[r] = code
         levels[r] = flat[starts[r] + code]
     return codes, levels
+
+
+@numba.njit(cache=True, nogil=True)
+def dequantize(table, codes):  # pragma: no cover - compiled
+    """QuantizedTensor.dequantized: each code's level in its row's table, as float32."""
+    g, n = codes.shape
+    out = np.empty((g, n), np.float32)
+    for r in range(g):
+        for i in range(n):
+            out[r, i] = table[r, codes[r, i]]
+    return out

@@ -96,6 +96,28 @@ def test_the_compiled_column_search_gives_what_numpy_gives(seed, codebook, bits,
 
 
 @needs_numba
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    codebook=st.sampled_from(["exponential", "linear", "kmeans"]),
+    bits=st.integers(1, 8),
+    groups=st.integers(1, 30),
+    n=st.integers(1, 200),
+)
+def test_the_compiled_dequantize_gives_what_numpy_gives(seed, codebook, bits, groups, n):
+    w = weights(seed, groups, n, "float32", False)
+    for q in (
+        quantize(w, CODEBOOKS[codebook], bits, "variance"),
+        quantize(w.reshape(1, -1), CODEBOOKS[codebook], bits, "lsq"),
+    ):
+        got = {}
+        for name in ("numba", "numpy"):
+            with kernels.use(name):
+                got[name] = q.dequantized
+        assert got["numba"].dtype == got["numpy"].dtype == np.float32
+        np.testing.assert_array_equal(got["numba"], got["numpy"])
+
+
+@needs_numba
 def test_a_large_weight_takes_the_compiled_loops_and_a_small_one_numpy():
     assert kernels.engine(kernels.MIN_WEIGHTS) is not None
     assert kernels.engine(kernels.MIN_WEIGHTS - 1) is None
