@@ -195,12 +195,12 @@ class BlockProbe(sensitivity.Measured):
         if k in self._unfed:
             return None
         try:
-            return self._session(k, fed=True)  # type: ignore[return-value]
+            return self._session(k, fed=True)
         except OnnxqError:
             self._unfed.add(k)
             return None
 
-    def _swapped(self, k: int, swaps: dict, fed: runtime.Fed | None = None) -> tuple[object, dict]:
+    def _swapped(self, k: int, swaps: dict, fed: runtime.Fed | None = None) -> tuple[runtime.Fed, dict]:
         """A session over segment k with the weights in swaps set, and what each of its runs feeds
         besides the tensors: the fed session (fed, else a new one) and the swaps, or a session that
         holds them."""
@@ -209,15 +209,19 @@ class BlockProbe(sensitivity.Measured):
             return fed, {n: self._cast(n, v) for n, v in swaps.items()}
         return self._session(k, swaps=swaps), {}
 
-    def _session(self, k: int, inputs: Sequence[str] = (), swaps: dict | None = None, fed: bool = False):
-        """A session over segment k: the weights in inputs fed at each run, those in swaps set; fed:
-        every weight this probe measures in it fed (runtime.Fed), their arrays by default."""
+    def _session(
+        self, k: int, inputs: Sequence[str] = (), swaps: dict | None = None, fed: bool = False
+    ) -> runtime.Fed:
+        """A session over segment k (runtime.Fed): the weights in inputs fed at each run, those in
+        swaps set, the others held; fed: every weight this probe measures in it fed, their arrays
+        by default."""
         swaps = swaps or {}
 
         def held(tensor: onnx.TensorProto) -> np.ndarray | None:
             if tensor.name in swaps and tensor.name in self._arrays:
                 return np.ascontiguousarray(swaps[tensor.name], self._arrays[tensor.name].dtype)
-            if fed and tensor.name in self._weights and tensor.name not in self._arrays:
+            fed_here = fed or tensor.name in inputs
+            if fed_here and tensor.name in self._weights and tensor.name not in self._arrays:
                 return self._cast(tensor.name, self._weights[tensor.name].array)
             return self._arrays.get(tensor.name)
 
@@ -227,16 +231,8 @@ class BlockProbe(sensitivity.Measured):
             if tensor.name in swaps and tensor.name not in arrays:
                 kind = sensitivity.tensor_dtype(tensor)
                 tensor.CopyFrom(numpy_helper.from_array(np.asarray(swaps[tensor.name], kind), tensor.name))
-        for name in inputs:
-            position = next(i for i, t in enumerate(proto.graph.initializer) if t.name == name)
-            tensor = proto.graph.initializer.pop(position)
-            arrays.pop(name, None)
-            proto.graph.input.append(
-                onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims))
-            )
-        if fed:
-            return runtime.Fed(proto, arrays, spin=False)
-        return runtime.session(proto, spin=False, initializers=arrays)
+        given = dict(arrays) if fed else {n: arrays.pop(n) for n in inputs if n in arrays}
+        return runtime.Fed(proto, given, spin=False, initializers={} if fed else arrays)
 
 
 def _homes(segments: list[blocks.Segment], weights: dict[str, Weight]) -> dict[str, int | None]:
