@@ -35,6 +35,15 @@ def weights(seed: int, groups: int, n: int, dtype: str, transposed: bool) -> np.
     return np.ascontiguousarray(w.T).T if transposed else w
 
 
+def on_each_engine(make):
+    """make() on the compiled loops, then on numpy's."""
+    out = []
+    for name in ("numba", "numpy"):
+        with kernels.use(name):
+            out.append(make())
+    return out
+
+
 @needs_numba
 @given(
     seed=st.integers(0, 2**31 - 1),
@@ -48,11 +57,7 @@ def weights(seed: int, groups: int, n: int, dtype: str, transposed: bool) -> np.
 )
 def test_compiled_loops_give_what_numpy_gives(seed, codebook, bits, groups, n, dtype, transposed, search):
     w = weights(seed, groups, n, dtype, transposed)
-    got = {}
-    for name in ("numba", "numpy"):
-        with kernels.use(name):
-            got[name] = quantize(w, CODEBOOKS[codebook], bits, "variance", search=search)
-    a, b = got["numba"], got["numpy"]
+    a, b = on_each_engine(lambda: quantize(w, CODEBOOKS[codebook], bits, "variance", search=search))
     np.testing.assert_array_equal(a.codes, b.codes)
     np.testing.assert_array_equal(a.params, b.params)
     np.testing.assert_array_equal(a.ranges, b.ranges)
@@ -87,12 +92,11 @@ def test_the_compiled_column_search_gives_what_numpy_gives(seed, codebook, bits,
     ]
     for column in columns:
         column = np.ascontiguousarray(column, dtype=dtype)
-        got = {}
-        for name in ("numba", "numpy"):
-            with kernels.use(name):
-                got[name] = Nearest(table, bits).column(column)
-        np.testing.assert_array_equal(got["numba"][0], got["numpy"][0])
-        np.testing.assert_array_equal(got["numba"][1], got["numpy"][1])
+        (codes, levels), (want_codes, want_levels) = on_each_engine(
+            lambda c=column: Nearest(table, bits).column(c)
+        )
+        np.testing.assert_array_equal(codes, want_codes)
+        np.testing.assert_array_equal(levels, want_levels)
 
 
 @needs_numba
@@ -109,12 +113,9 @@ def test_the_compiled_dequantize_gives_what_numpy_gives(seed, codebook, bits, gr
         quantize(w, CODEBOOKS[codebook], bits, "variance"),
         quantize(w.reshape(1, -1), CODEBOOKS[codebook], bits, "lsq"),
     ):
-        got = {}
-        for name in ("numba", "numpy"):
-            with kernels.use(name):
-                got[name] = q.dequantized
-        assert got["numba"].dtype == got["numpy"].dtype == np.float32
-        np.testing.assert_array_equal(got["numba"], got["numpy"])
+        compiled, plain = on_each_engine(lambda q=q: q.dequantized)
+        assert compiled.dtype == plain.dtype == np.float32
+        np.testing.assert_array_equal(compiled, plain)
 
 
 @needs_numba
