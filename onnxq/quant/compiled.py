@@ -11,9 +11,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from onnxq.quant.grid import SCAN
+
 
 @numba.njit(cache=True, nogil=True)
-def score_grid(u, lut, edges, bounds, levels, tie):  # pragma: no cover - compiled
+def score_grid(u, lut, padded, bounds, levels, tie):  # pragma: no cover - compiled
     """grid.best_on_grid's scores, row by row: the count and sum of u per cell (grid.cells), their
     prefix sums, then per point the sums over each level's cells, bounds[k, l]..bounds[k, l + 1],
     in L steps instead of a product over every cell. Returns the best point of each row (the first
@@ -21,7 +23,8 @@ def score_grid(u, lut, edges, bounds, levels, tie):  # pragma: no cover - compil
     summed in the row's order as numpy sums them."""
     g, n = u.shape
     k_points, count = levels.shape
-    width = edges.shape[0] + 1
+    edges = padded.shape[0] - SCAN
+    width = edges + 1
     scale = float(lut.shape[0] - 1)
     cum_n, cum_s = np.zeros(width + 1), np.zeros(width + 1)
     cell, level_of, scores = np.empty(n, np.int64), np.empty(width, np.int64), np.empty(k_points)
@@ -34,8 +37,12 @@ def score_grid(u, lut, edges, bounds, levels, tie):  # pragma: no cover - compil
         for i in range(n):
             x = u[r, i]
             b = lut[int(x * scale)]
-            if b < 0:
-                b = np.searchsorted(edges, x, side="right")
+            if b >= 0:  # the bin's few edges compared: no branch
+                b += (padded[b] <= x) + (padded[b + 1] <= x)
+            else:
+                b = -1 - b
+                while b < edges and padded[b] <= x:
+                    b += 1
             cell[i] = b
             cum_n[b + 1] += 1.0
             cum_s[b + 1] += x

@@ -52,6 +52,41 @@ def test_cells_is_searchsorted(seed, edges):
         np.testing.assert_array_equal(grid.cells(values, e), expected)
 
 
+@given(seed=st.integers(0, 2**31 - 1), edges=st.integers(0, 400), scan=st.integers(0, 3))
+def test_cell_table_counts_the_edges_below_each_bin(seed, edges, scan):
+    """cell_table against its definition by searchsorted, with edges on bins' starts, crowded in
+    one bin, below 0 and above 1."""
+    rng = np.random.default_rng(seed)
+    size = 1 << grid.LUT_BITS
+    on_starts = rng.integers(0, size + 1, edges // 4) / size
+    crowded = (rng.integers(0, size) + rng.random(int(rng.integers(0, 6)))) / size
+    e = np.unique(np.concatenate([rng.random(edges), on_starts, crowded, [-0.5, 1.5]]))
+    starts = np.arange(size + 2) / size
+    below = np.searchsorted(e, starts[:-1], side="right")
+    inside = np.searchsorted(e, starts[1:], side="left") - below
+    want = np.where(inside <= scan, below, -1 - below)
+    np.testing.assert_array_equal(grid.cell_table(e, scan), want)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("bits", [3, 5, 8])
+def test_values_on_and_beside_the_edges_take_their_levels(engine, bits, rng):
+    """A grid of 64 points has bins that many midpoints split (searched) and bins that one or two
+    split (compared): the magnitudes on every midpoint and a step either side of it are counted
+    at the level an explicit assignment gives."""
+    points = np.linspace(-12.0, 0.0, 64)
+    levels = level_magnitudes(CODEBOOKS["exponential"], points, bits)
+    e = np.unique(0.5 * (levels[:, 1:] + levels[:, :-1]))
+    u = np.concatenate([e, np.nextafter(e, 0), np.nextafter(e, 2), rng.random(4 * e.size) ** 4])
+    u = rng.permutation(u.clip(0, 1))[: u.size // 8 * 8].reshape(8, -1)
+    with kernels.use(engine):
+        got = grid.best_on_grid(u, levels)
+    for g, k in enumerate(got.index):
+        mids = 0.5 * (levels[k, 1:] + levels[k, :-1])  # as Grid makes them, compared exactly
+        index = np.searchsorted(mids, u[g], side="right")
+        np.testing.assert_array_equal(got.counts[g], np.bincount(index, minlength=levels.shape[1]))
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", ["exponential", "linear"])
 @pytest.mark.parametrize("bits", [1, 2, 3, 5])
