@@ -522,7 +522,9 @@ def _compress(
         t = time.perf_counter()
         if progress:
             progress(0, 0, "finding inputs the model runs on")
-        plan = _plan(model, config, source)  # before quantizing: a model nothing runs fails here
+        plan = _plan(
+            model, config, source, plan_for_validation
+        )  # before quantizing: fails here if nothing runs
         report.seconds["inputs"] = time.perf_counter() - t
     # The run's weights decide the engine of quantize's loops: in this process (threads, GPTQ,
     # the sensitivity probe) and, through jobs.Settings, in the workers.
@@ -619,12 +621,20 @@ def _check_blocks(weights: list[Weight], config: Config) -> None:
         )
 
 
-def _plan(model: onnx.ModelProto, config: Config, source: Path | None) -> synthetic.Plan:
+def _plan(model: onnx.ModelProto, config: Config, source: Path | None, validation: bool) -> synthetic.Plan:
     """Synthetic inputs the float model runs on; OnnxqError with the --dim hint when none does.
-    A model whose output will be validated unfolded runs block by block here too."""
+    A model whose output will be validated unfolded runs block by block here too, on validation's
+    runs when it will validate on these inputs (validation then reuses the outputs)."""
     specs = data.input_specs(model)
     if source is not None and validate.runs_in_blocks(model.graph):
-        return validate.synthetic_plan_by_blocks(model, source, specs, config.dims, config.seed)
+        runs = (
+            validate.validation_runs(
+                specs, _random_samples(config, True), config.batch, config.max_input_bytes
+            )
+            if validation
+            else None
+        )
+        return validate.synthetic_plan_by_blocks(model, source, specs, config.dims, config.seed, runs)
     sess = runtime.session(source if source is not None else io.serialize(model))
     return validate.synthetic_plan(model, sess, specs, config.dims, config.seed)
 
@@ -696,8 +706,9 @@ def _validate(
             f"random inputs: {plan.describe()}",
             False,
         )
+    known = plan.reference if plan is not None and not real else None
     result = validate.validate_samples(
-        src, tmp, specs, samples, what, real, gates, config.batch, literal, by_blocks=literal
+        src, tmp, specs, samples, what, real, gates, config.batch, literal, by_blocks=literal, known=known
     )
     if literal:
         report.notes.append(_unfolded_note(result, config))

@@ -16,7 +16,7 @@ A model too large for that runs block by block (blocks.py): a segment of its gra
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -198,9 +198,11 @@ def compare_blocks(
     what: str,
     literal: bool,
     described: tuple[blocks.Described, blocks.Described],
+    known: synthetic.Reference | None = None,
 ) -> tuple[list[OutputComparison], int]:
     """compare_runs, each model run block by block (blocks.py), BLOCK_SAMPLES runs at a time;
-    described: both models' blocks.describe, the float one's first."""
+    described: both models' blocks.describe, the float one's first. known: the float model's
+    outputs on some runs, used where a chunk is those runs."""
     ours, theirs = described
     if sorted(ours.inputs) != sorted(theirs.inputs):
         raise OnnxqError(
@@ -212,8 +214,11 @@ def compare_blocks(
     sums: dict[str, _Sums] = {}
     pending, count = iter(runs), 0
     while chunk := list(itertools.islice(pending, BLOCK_SAMPLES)):
-        ys = blocks.run(ref, chunk, names, literal, what, model=ours.model)
-        runtime.give_back_memory()
+        if known is not None and known.answers(chunk):
+            ys = known.outputs
+        else:
+            ys = blocks.run(ref, chunk, names, literal, what, model=ours.model)
+            runtime.give_back_memory()
         yq = blocks.run(cand, chunk, names, literal, what, budget, theirs.model)
         runtime.give_back_memory()
         count += len(chunk)
@@ -271,8 +276,8 @@ def synthetic_plan(
 ) -> synthetic.Plan:
     """Synthetic inputs the float model runs on (synthetic.plan_inputs with sess as the runner)."""
 
-    def runner(feed: Sample) -> None:
-        runtime.run(sess, feed, what="synthetic inputs")
+    def runner(plan: synthetic.Plan, seed: int) -> None:
+        runtime.run(sess, plan.feeds(1, seed)[0], what="synthetic inputs")
 
     return synthetic.plan_inputs(model, specs, dims, runner, seed)
 
@@ -283,16 +288,47 @@ def runs_in_blocks(graph: onnx.GraphProto) -> bool:
     return blocks.elements(graph) > UNFOLDED_WEIGHTS and blocks.cuttable(graph)
 
 
+REFERENCE_BYTES = 64 << 20  # the most of the float model's outputs a plan keeps for validation
+
+
 def synthetic_plan_by_blocks(
-    model: onnx.ModelProto, path: Path, specs: Sequence[InputSpec], dims: dict[str, int], seed: int
+    model: onnx.ModelProto,
+    path: Path,
+    specs: Sequence[InputSpec],
+    dims: dict[str, int],
+    seed: int,
+    runs: Callable[[synthetic.Plan, int], list[Sample]] | None = None,
 ) -> synthetic.Plan:
-    """synthetic_plan, the model at path run block by block (blocks.py) without graph optimizations."""
+    """synthetic_plan, the model at path run block by block (blocks.py) without graph optimizations.
+    runs: the runs that validation will make of the plan's inputs. The float model's outputs on
+    them (up to REFERENCE_BYTES) are then kept in Plan.reference, so that it runs once: at 468M
+    weights each run by blocks opens a session per segment."""
     described = blocks.describe(path)
 
-    def runner(feed: Sample) -> None:
-        blocks.run(path, [feed], described.outputs[:1], True, "synthetic inputs", model=described.model)
+    def runner(plan: synthetic.Plan, seed: int) -> None:
+        try:
+            feeds = runs(plan, seed) if runs is not None else None
+        except OnnxqError:  # validation's inputs would be too large: validation will say so
+            feeds = None
+        names = described.outputs if feeds is not None else described.outputs[:1]
+        outputs = blocks.run(
+            path, feeds or plan.feeds(1, seed), names, True, "synthetic inputs", model=described.model
+        )
+        if feeds is not None and sum(np.asarray(y).nbytes for ys in outputs for y in ys) <= REFERENCE_BYTES:
+            plan.reference = synthetic.Reference(feeds, outputs)
 
     return synthetic.plan_inputs(model, specs, dims, runner, seed)
+
+
+def validation_runs(
+    specs: Sequence[InputSpec], samples: int, batch: int, max_input_bytes: int | None
+) -> Callable[[synthetic.Plan, int], list[Sample]]:
+    """The runs validate_samples makes of samples synthetic inputs of a plan."""
+
+    def runs(plan: synthetic.Plan, seed: int) -> list[Sample]:
+        return [feed for feed, _ in data.batches(plan.feeds(samples, seed, max_input_bytes), specs, batch)]
+
+    return runs
 
 
 def compare_models(
@@ -328,13 +364,15 @@ def compare_models(
         what, real = f"{inputs} ({len(runs)} samples)", True
     else:
         if plan is None and by_blocks:
-            plan = synthetic_plan_by_blocks(proto, Path(reference), specs, dims or {}, seed)  # type: ignore[arg-type]
+            made = validation_runs(specs, samples, batch, max_input_bytes)
+            plan = synthetic_plan_by_blocks(proto, Path(reference), specs, dims or {}, seed, made)  # type: ignore[arg-type]
         plan = plan or synthetic_plan(proto, opened[0], specs, dims or {}, seed)
         runs = plan.feeds(samples, seed, max_input_bytes)
         what, real = f"random inputs: {plan.describe()}", False
     gates = Gates(min_cosine, min_sqnr, min_agreement)
+    known = plan.reference if plan is not None and inputs is None else None
     return validate_samples(
-        reference, candidate, specs, runs, what, real, gates, batch, literal, opened, by_blocks=by_blocks
+        reference, candidate, specs, runs, what, real, gates, batch, literal, opened, by_blocks, known
     )
 
 
@@ -350,9 +388,11 @@ def validate_samples(
     literal: bool = False,
     opened: list[runtime.Session] | None = None,
     by_blocks: bool = False,
+    known: synthetic.Reference | None = None,
 ) -> Validation:
     """Compare the models on samples, batch by batch, and judge the result (see compare_runs).
-    by_blocks: run each model block by block (compare_blocks), when both are files."""
+    by_blocks: run each model block by block (compare_blocks), when both are files; known: the
+    float model's outputs on some of the runs (a plan's reference), for compare_blocks."""
     runs = (feed for feed, _ in data.batches(samples, specs, batch))
     mask = data.mask_input(specs)
     described = None
@@ -361,7 +401,7 @@ def validate_samples(
         if described is not None:
             if opened:
                 opened.clear()  # a whole session of the float model is what blocks avoid
-            outputs, _ = compare_blocks(ref, cand, runs, mask, "validation inputs", literal, described)
+            outputs, _ = compare_blocks(ref, cand, runs, mask, "validation inputs", literal, described, known)
     if described is None:
         outputs, _ = compare_runs(ref, cand, runs, mask, "validation inputs", literal, opened)
     result = Validation(

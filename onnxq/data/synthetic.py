@@ -75,6 +75,9 @@ class Plan:
     sources: dict[str, str] = field(default_factory=dict)  # key -> "--dim", "metadata", "graph", "search"
     values: dict[str, int] = field(default_factory=dict)  # choice inputs -> the value fed
     tries: int = 0
+    # The float model's outputs on runs of these inputs, when the runner kept them (validation
+    # then compares against them instead of running the float model again).
+    reference: Reference | None = None
 
     def shape(self, spec: InputSpec) -> tuple[int, ...]:
         if spec.dims is None:
@@ -130,7 +133,24 @@ class Plan:
         return {s.name: list(self.shape(s)) for s in self.specs}
 
 
-Runner = Callable[[Sample], None]  # runs the float model on one feed; raises OnnxqError when it fails
+@dataclass
+class Reference:
+    """The float model's outputs (one list per run) on runs of synthetic inputs."""
+
+    runs: list[Sample]
+    outputs: list[list]
+
+    def answers(self, runs: Sequence[Sample]) -> bool:
+        """Whether these are the runs the outputs were made on."""
+        return len(runs) == len(self.runs) and all(
+            a.keys() == b.keys() and all(np.array_equal(a[n], b[n]) for n in a)
+            for a, b in zip(runs, self.runs)
+        )
+
+
+# Runs the float model on the plan's inputs (the first of Plan.feeds(.., seed), or more); raises
+# OnnxqError when it fails. It may leave the outputs in Plan.reference.
+Runner = Callable[[Plan, int], None]
 
 
 def plan_inputs(
@@ -214,7 +234,7 @@ def _attempt(plan: Plan, runner: Runner, seed: int) -> str | None:
     plan.tries += 1
     try:
         _check_size(plan)
-        runner(plan.feeds(1, seed)[0])
+        runner(plan, seed)
     except OnnxqError as exc:
         return str(exc)
     return None

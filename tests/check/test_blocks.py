@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 import onnxq
 from onnxq import runtime
 from onnxq.check import blocks, validate
+from onnxq.data import synthetic
 from onnxq.graph import external, io
 
 
@@ -94,11 +95,29 @@ def test_validation_by_blocks_reports_what_whole_validation_reports(tmp_path, mo
     real_run = blocks.run
     monkeypatch.setattr(blocks, "run", lambda *a, **k: seen.append(a[0]) or real_run(*a, **k))
     cut = onnxq.compress(path, tmp_path / "b.onnx", jobs=1, samples=4)
-    assert seen  # the plan's check and both models ran by blocks
+    # The plan's check ran the float model on validation's runs, and validation took its outputs.
+    assert seen.count(path) == 1 and len(seen) == 2
     (a,), (b,) = whole.validation.outputs, cut.validation.outputs
     assert b.cosine == pytest.approx(a.cosine, abs=1e-6) and b.sqnr_db == pytest.approx(a.sqnr_db, abs=1e-3)
     assert cut.validation.by_blocks and not whole.validation.by_blocks
     assert any("a block of the graph" in n for n in cut.notes)
+
+
+def test_the_float_outputs_of_other_runs_are_not_taken(tmp_path):
+    """compare_blocks takes the known outputs only for the runs they were made on."""
+    path = save_external(decoder_model(), tmp_path / "src")
+    out = tmp_path / "out.onnx"
+    onnxq.compress(path, out, jobs=1, validate=False)
+    samples = feeds(2)
+    described = (blocks.describe(path), blocks.describe(out))
+    fresh, _ = validate.compare_blocks(path, out, samples, None, "test", True, described)
+    other = [{"ids": (s["ids"] + 1) % 97} for s in samples]
+    wrong = synthetic.Reference(other, blocks.run(path, other, ["logits"], True, "test"))
+    assert wrong.answers(other) and not wrong.answers(samples) and not wrong.answers(other[:1])
+    got, _ = validate.compare_blocks(path, out, samples, None, "test", True, described, wrong)
+    assert got == fresh
+    right = synthetic.Reference(samples, blocks.run(path, samples, ["logits"], True, "test"))
+    assert validate.compare_blocks(path, out, samples, None, "test", True, described, right)[0] == fresh
 
 
 def test_a_graph_with_control_flow_is_validated_whole(tmp_path, monkeypatch):
