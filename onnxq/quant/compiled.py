@@ -15,13 +15,13 @@ from onnxq.quant.grid import SCAN
 
 
 @numba.njit(cache=True, nogil=True)
-def score_grid(u, lut, padded, bounds, levels, tie):  # pragma: no cover - compiled
-    """grid.best_on_grid's scores, row by row: the count and sum of u per cell (grid.cells), their
-    prefix sums, then per point the sums over each level's cells, bounds[k, l]..bounds[k, l + 1],
+def score_grid(w, norm, lut, padded, bounds, levels, tie):  # pragma: no cover - compiled
+    """grid.best_on_grid's scores of u = |w| / norm[:, None] (divided in float64, as numpy divides),
+    row by row: the count and sum of u per cell (grid.cells), their prefix sums, then per point the sums over each level's cells, bounds[k, l]..bounds[k, l + 1],
     in L steps instead of a product over every cell. Returns the best point of each row (the first
     within `tie` of the highest), its correlation, and the counts and sums of u per level there,
     summed in the row's order as numpy sums them."""
-    g, n = u.shape
+    g, n = w.shape
     k_points, count = levels.shape
     edges = padded.shape[0] - SCAN
     width = edges + 1
@@ -30,12 +30,16 @@ def score_grid(u, lut, padded, bounds, levels, tie):  # pragma: no cover - compi
     cell, level_of, scores = np.empty(n, np.int64), np.empty(width, np.int64), np.empty(k_points)
     best, corr = np.zeros(g, np.int64), np.zeros(g)
     level_n, level_s = np.zeros((g, count)), np.zeros((g, count))
+    u = np.empty(n)
     for r in range(g):
         cum_n[:] = 0.0
         cum_s[:] = 0.0
         suu = 0.0
+        peak = norm[r]
+        for i in range(n):  # a loop of its own, which the compiler vectorizes: 13% of the kernel
+            u[i] = abs(np.float64(w[r, i])) / peak
         for i in range(n):
-            x = u[r, i]
+            x = u[i]
             b = lut[int(x * scale)]
             if b >= 0:  # the bin's few edges compared: no branch
                 b += (padded[b] <= x) + (padded[b + 1] <= x)
@@ -57,7 +61,7 @@ def score_grid(u, lut, padded, bounds, levels, tie):  # pragma: no cover - compi
         for i in range(n):
             j = level_of[cell[i]]
             level_n[r, j] += 1.0
-            level_s[r, j] += u[r, i]
+            level_s[r, j] += u[i]
     return best, corr, level_n, level_s
 
 

@@ -120,13 +120,23 @@ class Grid:
         return self._products
 
 
-def best_on_grid(u: np.ndarray, levels: np.ndarray | Grid) -> GridScores:
+def best_on_grid(values: np.ndarray, levels: np.ndarray | Grid, norm: np.ndarray | None = None) -> GridScores:
     """The grid point whose levels correlate best with each row of u (G, n), magnitudes in [0, 1].
 
-    levels: each grid point's ascending magnitude levels (K, L), or their Grid. Ties (within TIE)
-    go to the first point.
+    values: u itself, or weights w whose magnitudes over norm (G,) are u, |w| / norm[:, None] in
+    float64 (as quantize makes them): the compiled loops then divide as they read, where numpy
+    makes u first. levels: each grid point's ascending magnitude levels (K, L), or their Grid.
+    Ties (within TIE) go to the first point.
     """
     on = levels if isinstance(levels, Grid) else Grid(levels)
+    fast = kernels.engine(values.size)
+    if fast is not None:
+        norm = np.ones(values.shape[0]) if norm is None else np.ascontiguousarray(norm, dtype=np.float64)
+        kind = values.dtype if values.dtype in (np.float32, np.float64) else np.float64
+        tables = on.compiled_tables
+        got = fast.score_grid(np.ascontiguousarray(values, kind), norm, *tables, on.bounds, on.points, TIE)
+        return GridScores(*got)
+    u = values if norm is None else np.abs(np.asarray(values, dtype=np.float64)) / norm[:, None]
     rows = max(1, CELLS_AT_ONCE // (on.edges.size + 1))
     parts = [_score_rows(u[i : i + rows], on) for i in range(0, u.shape[0], rows)]
     return GridScores(
@@ -146,9 +156,6 @@ def _cell_levels(where: np.ndarray, width: int) -> np.ndarray:
 def _score_rows(u: np.ndarray, on: Grid) -> GridScores:
     """Per (group, cell), the count and the sum of the magnitudes; times each cell's level at every
     grid point (one matrix product each), every group's sums over its levels at every point."""
-    fast = kernels.engine(u.size)
-    if fast is not None:
-        return GridScores(*fast.score_grid(u, *on.compiled_tables, on.bounds, on.points, TIE))
     g = u.shape[0]
     width = on.edges.size + 1
     index, value, square = on.products()

@@ -227,11 +227,12 @@ def _empty_search(g: int, levels: int) -> _Search:
     )
 
 
-def _on_grid(rows: _Rows, codebook: Codebook, bits: int, two_params: bool) -> _Search:
+def _on_grid(rows: _Rows, codebook: Codebook, bits: int, two_params: bool, suu: bool) -> _Search:
     """ln(x0) per group from the exact scores on two grids (grid.py): a coarse one over all of
     [LOG_X0_MIN, 0] (on at most COARSE_ROWS groups), then 64 points spanning the coarse optima of
     the middle 96% of those groups, widened by a coarse step each way. For a codebook that stores
-    ln(x0) those 64 are the stored grid, so each group gets the best value the file can hold."""
+    ln(x0) those 64 are the stored grid, so each group gets the best value the file can hold.
+    suu: fill in each group's sum of u^2 (the variance rescale reads it, least squares does not)."""
     live = rows.live
     levels = magnitude_count(bits) + (0 if bits == 1 else 1)
     coarse = np.linspace(LOG_X0_MIN, 0.0, int(np.clip(COARSE_MIDPOINTS // levels, 16, 128)))
@@ -250,12 +251,14 @@ def _on_grid(rows: _Rows, codebook: Codebook, bits: int, two_params: bool) -> _S
         )
         table = grid.Grid(level_magnitudes(codebook, points, bits))
         for p in rows.parts:
-            u = rows.u(p)
-            out.suu[p] = np.einsum("gn,gn->g", u, u)
+            if suu:
+                u = rows.u(p)
+                out.suu[p] = np.einsum("gn,gn->g", u, u)
             on = np.flatnonzero(live[p]) + p.start
             if not on.size:
                 continue
-            second = grid.best_on_grid(u[live[p]], table)
+            # The weights themselves: the compiled loops divide by the peak as they read them.
+            second = grid.best_on_grid(rows.w[on], table, rows.norm[on])
             out.codes[on] = second.index  # type: ignore[index]  # set above when two_params
             out.log_x0[on] = points[second.index]
             out.counts[on], out.sums[on] = second.counts, second.sums
@@ -420,7 +423,7 @@ def quantize(
         grid_holds = two_params or bits <= LINEAR_GRID_BITS  # see GRID_MIN_GROUP
         search = "grid" if grid_holds and w.shape[1] >= GRID_MIN_GROUP else "exact"
     if search == "grid":
-        found = _on_grid(rows, codebook, bits, two_params)
+        found = _on_grid(rows, codebook, bits, two_params, scale == "variance")
     else:
         found = _searched(rows, codebook, bits, two_params, search)
 

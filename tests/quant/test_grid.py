@@ -122,6 +122,24 @@ def test_every_group_gets_its_best_grid_point(engine, name, bits, seed):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@given(seed=st.integers(0, 2**31 - 1))
+def test_weights_over_their_peaks_score_as_their_magnitudes(engine, dtype, seed):
+    """best_on_grid(w, levels, norm) is best_on_grid(|w| / norm, levels), bit for bit."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((9, int(rng.integers(1, 80)))) * rng.lognormal(0, 2, (9, 1))).astype(dtype)
+    w[1] = 0.0
+    peak = np.abs(w.astype(np.float64)).max(axis=1)
+    norm = np.where(peak > 0, peak, 1.0)
+    levels = level_magnitudes(CODEBOOKS["exponential"], np.linspace(-6, 0, 64), 5)
+    with kernels.use(engine):
+        got = grid.best_on_grid(w, levels, norm)
+        want = grid.best_on_grid(np.abs(w.astype(np.float64)) / norm[:, None], levels)
+    for field in ("index", "correlation", "counts", "sums"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", TWO_PARAMETER)
 @pytest.mark.parametrize("bits", [3, 4, 5, 6])  # at 2 bits one level: no x0 to store
 def test_the_stored_x0_is_the_best_point_of_the_stored_grid(engine, name, bits, rng):
