@@ -522,9 +522,8 @@ def _compress(
         t = time.perf_counter()
         if progress:
             progress(0, 0, "finding inputs the model runs on")
-        plan = _plan(
-            model, config, source, plan_for_validation
-        )  # before quantizing: fails here if nothing runs
+        # Before quantizing: a model that nothing runs fails here.
+        plan = _plan(model, config, source, plan_for_validation)
         report.seconds["inputs"] = time.perf_counter() - t
     # The run's weights decide the engine of quantize's loops: in this process (threads, GPTQ,
     # the sensitivity probe) and, through jobs.Settings, in the workers.

@@ -17,10 +17,11 @@ from onnxq.quant.grid import SCAN
 @numba.njit(cache=True, nogil=True)
 def score_grid(w, norm, lut, padded, bounds, levels, tie):  # pragma: no cover - compiled
     """grid.best_on_grid's scores of u = |w| / norm[:, None] (divided in float64, as numpy divides),
-    row by row: the count and sum of u per cell (grid.cells), their prefix sums, then per point the sums over each level's cells, bounds[k, l]..bounds[k, l + 1],
-    in L steps instead of a product over every cell. Returns the best point of each row (the first
-    within `tie` of the highest), its correlation, and the counts and sums of u per level there,
-    summed in the row's order as numpy sums them."""
+    row by row: the count and sum of u per cell (grid.cells), their prefix sums, then per point
+    the sums over each level's cells, bounds[k, l]..bounds[k, l + 1], in L steps instead of a
+    product over every cell. Returns the best point of each row (the first within `tie` of the
+    highest), its correlation, and the counts and sums of u per level there, summed in the row's
+    order as numpy sums them."""
     g, n = w.shape
     k_points, count = levels.shape
     edges = padded.shape[0] - SCAN
