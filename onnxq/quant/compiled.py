@@ -44,10 +44,8 @@ def score_grid(w, norm, lut, padded, bounds, levels, tie):  # pragma: no cover -
             b = lut[int(x * scale)]
             if b >= 0:  # the bin's few edges compared: no branch
                 b += (padded[b] <= x) + (padded[b + 1] <= x)
-            else:
-                b = -1 - b
-                while b < edges and padded[b] <= x:
-                    b += 1
+            else:  # a bin crowded with midpoints (near 0, where small x0 put many): searched
+                b = np.searchsorted(padded[:edges], x, side="right")
             cell[i] = b
             cum_n[b + 1] += 1.0
             cum_s[b + 1] += x
