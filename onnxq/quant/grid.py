@@ -49,8 +49,8 @@ def cells(u: np.ndarray, edges: np.ndarray, table: np.ndarray | None = None) -> 
 
 def cell_table(edges: np.ndarray, scan: int = 0) -> np.ndarray:
     """For each of the 2^16 + 1 bins of [0, 1], how many of the ascending edges lie below it (are
-    <= its start); -1 minus that count for a bin that more than scan edges split (cells() takes
-    scan 0; the compiled score_grid compares up to SCAN edges inside a bin with each value).
+    <= its start), or -1 for a bin that more than scan edges split, whose values are searched
+    (cells() takes scan 0; the compiled score_grid compares up to SCAN edges inside a bin).
 
     Counted per edge, from the bin it falls in (e * 2^16 is exact): np.searchsorted of every
     bin's start took 3.8 ms per grid, twice per weight."""
@@ -62,7 +62,7 @@ def cell_table(edges: np.ndarray, scan: int = 0) -> np.ndarray:
     below = np.cumsum(np.bincount(first, minlength=size + 2))[: size + 1]
     held = bin_of[interior & (bin_of >= 0) & (bin_of <= size)].astype(np.intp)
     inside = np.bincount(held, minlength=size + 1)
-    return np.where(inside <= scan, below, -1 - below).astype(np.int32)
+    return np.where(inside <= scan, below, -1).astype(np.int32)
 
 
 def padded(edges: np.ndarray) -> np.ndarray:
