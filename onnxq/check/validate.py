@@ -16,7 +16,7 @@ A model too large for that runs block by block (blocks.py): a segment of its gra
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -326,9 +326,15 @@ def validation_runs(
     """The runs validate_samples makes of samples synthetic inputs of a plan."""
 
     def runs(plan: synthetic.Plan, seed: int) -> list[Sample]:
-        return [feed for feed, _ in data.batches(plan.feeds(samples, seed, max_input_bytes), specs, batch)]
+        return list(_runs(plan.feeds(samples, seed, max_input_bytes), specs, batch))
 
     return runs
+
+
+def _runs(samples: Sequence[Sample], specs: Sequence[InputSpec], batch: int) -> Iterator[Sample]:
+    """The feeds validation runs: the samples stacked batch by batch (data.batches). A plan's
+    reference is made on these, so that validation finds its own runs in it."""
+    return (feed for feed, _ in data.batches(samples, specs, batch))
 
 
 def compare_models(
@@ -393,7 +399,7 @@ def validate_samples(
     """Compare the models on samples, batch by batch, and judge the result (see compare_runs).
     by_blocks: run each model block by block (compare_blocks), when both are files; known: the
     float model's outputs on some of the runs (a plan's reference), for compare_blocks."""
-    runs = (feed for feed, _ in data.batches(samples, specs, batch))
+    runs = _runs(samples, specs, batch)
     mask = data.mask_input(specs)
     described = None
     if by_blocks and isinstance(ref, Path) and isinstance(cand, Path):
