@@ -20,6 +20,10 @@ from onnxq.quant.quantize import quantize
 needs_numba = pytest.mark.skipif(
     kernels.name() != "numba", reason="numba is not installed: pip install -e '.[fast]'"
 )
+# What every comparison of the engines draws: a seed, a codebook and a width.
+SEEDS = st.integers(0, 2**31 - 1)
+CODEBOOK_NAMES = st.sampled_from(["exponential", "linear", "kmeans"])
+WIDTHS = st.integers(1, 8)
 
 
 def weights(seed: int, groups: int, n: int, dtype: str, transposed: bool) -> np.ndarray:
@@ -46,9 +50,9 @@ def on_each_engine(make):
 
 @needs_numba
 @given(
-    seed=st.integers(0, 2**31 - 1),
-    codebook=st.sampled_from(["exponential", "linear", "kmeans"]),
-    bits=st.integers(1, 8),
+    seed=SEEDS,
+    codebook=CODEBOOK_NAMES,
+    bits=WIDTHS,
     groups=st.integers(1, 40),
     n=st.integers(1, 300),
     dtype=st.sampled_from(["float32", "float64", "float16"]),
@@ -67,9 +71,9 @@ def test_compiled_loops_give_what_numpy_gives(seed, codebook, bits, groups, n, d
 
 @needs_numba
 @given(
-    seed=st.integers(0, 2**31 - 1),
-    codebook=st.sampled_from(["exponential", "linear", "kmeans"]),
-    bits=st.integers(1, 8),
+    seed=SEEDS,
+    codebook=CODEBOOK_NAMES,
+    bits=WIDTHS,
     groups=st.integers(1, 40),
     dtype=st.sampled_from(["float32", "float64"]),
 )
@@ -101,9 +105,9 @@ def test_the_compiled_column_search_gives_what_numpy_gives(seed, codebook, bits,
 
 @needs_numba
 @given(
-    seed=st.integers(0, 2**31 - 1),
-    codebook=st.sampled_from(["exponential", "linear", "kmeans"]),
-    bits=st.integers(1, 8),
+    seed=SEEDS,
+    codebook=CODEBOOK_NAMES,
+    bits=WIDTHS,
     groups=st.integers(1, 30),
     n=st.integers(1, 200),
 )
