@@ -32,7 +32,7 @@ from onnxq.errors import OnnxqError
 from onnxq.graph import external
 from onnxq.graph.rewrite import default_opset, inline_decoders
 from onnxq.graph.select import Weight
-from onnxq.quant.layout import float_rows, to_rows, to_weight
+from onnxq.quant.layout import float_rows, to_rows, weight_array
 from onnxq.quant.quantize import QuantizedTensor
 from onnxq.refine import allocate, blockwise, sensitivity
 from onnxq.refine.calibrate import LayerStats
@@ -107,11 +107,16 @@ def choose(
     """
     elements = sum(w.array.size for w in weights)
     budget = target_bits * elements / 8
-    priced = _price(weights, computed, layers, fmt)
+    probed = _probed(computed, round(target_bits))
+    exact = not _measured_alone(computed, probed)
+    priced = _price(weights, computed, layers, fmt, exact)
     if source.mode == "calibration":
         _offer_floats(weights, priced, round(target_bits))
     probe, why = _probe(model, weights, source, probe_samples, layers, by)
-    curves, probed = _curves(weights, computed, priced, probe, round(target_bits), progress)
+    measured = _measure(weights, computed, probe, probed, progress)
+    if not exact and any(not any(v > 0 for v in m.values()) for m in measured.values()):
+        priced.errors = _price(weights, computed, layers, fmt).errors  # a median gain needs them
+    curves = _curves(weights, priced, measured)
     pools = [_pool(priced, widths), _pool(priced, [b for b in WIDTHS if b <= widths[-1] and storable(b)])]
     decoders = decoder_bytes(model, weights, computed, make, fmt, pools[-1])
     if sum(decoders.values()) - max(decoders.values(), default=0.0) <= DECODER_SHARE * budget:
@@ -320,7 +325,7 @@ def _quantized(w: Weight, choice: Choice, computed, make: Make) -> QuantizedTens
 
 
 def _values(w: Weight, q: QuantizedTensor) -> np.ndarray:
-    return to_weight(w, to_rows(w, q.dequantized))
+    return weight_array(w, to_rows(w, q.dequantized))
 
 
 def _values_of(w: Weight, choice: Choice, computed, make: Make) -> np.ndarray:
@@ -352,21 +357,25 @@ def cost_bytes(q: QuantizedTensor, bits: int, fmt) -> float:
     return fmt.index_bytes(replace(q, bits=bits)) + fmt.codebook_bytes(q)
 
 
-def _price(weights: list[Weight], computed, layers: dict[str, list[Layer]], fmt) -> _Priced:
+def _price(
+    weights: list[Weight], computed, layers: dict[str, list[Layer]], fmt, exact: bool = True
+) -> _Priced:
     """Bytes of every quantized choice; its layer error and its error relative to each channel's
     energy: computed where quantized, else 6 dB per bit from the nearest computed width of the
-    same granularity."""
+    same granularity. Without exact, the layer error is |dW|^2, not tr(dW H dW^T): for when every
+    computed choice's noise is measured and the error's scale cancels (_measured_alone)."""
     priced = _Priced({}, {}, {})
     for w in weights:
-        hs = [layer.stats for layer in layers.get(w.name, [])]
-        energy = np.concatenate([np.sum(rows**2, axis=1) for _, rows in _row_parts(w, hs)])
+        hs = [layer.stats for layer in layers.get(w.name, [])] if exact else []
+        step = PRICE_WEIGHTS if exact else CACHED_WEIGHTS
+        energy = np.concatenate([np.sum(rows**2, axis=1) for _, rows in _row_parts(w, hs, step=step)])
         energy = np.maximum(energy, np.finfo(np.float64).tiny)
         priced.costs[w.name], priced.errors[w.name], priced.relative[w.name] = {}, {}, {}
         for per_tensor in (False, True):
             known = {c.bits: q for c, q in computed[w.name].items() if c.per_tensor == per_tensor and c.bits}
             if not known:
                 continue
-            both = {b: _errors(w, q, hs, energy) for b, q in known.items()}
+            both = {b: _errors(w, q, hs, energy, exact) for b, q in known.items()}
             e = {b: error for b, (error, _) in both.items()}
             r = {b: relative for b, (_, relative) in both.items()}
             for b in WIDTHS:
@@ -379,21 +388,25 @@ def _price(weights: list[Weight], computed, layers: dict[str, list[Layer]], fmt)
 
 
 PRICE_WEIGHTS = 1 << 22  # weights priced at once: their float64 copies and errors take some 40 bytes each
+# Without tr(dW H dW^T) (whose products want long parts) a weight is priced this many weights at a
+# time, so that its float64 rows and errors stay in the cache (468M decoder: 11.5 -> 7.7 CPU-s).
+CACHED_WEIGHTS = 1 << 16
 
 
-def _row_parts(w: Weight, hs: list[LayerStats], q: QuantizedTensor | None = None):
-    """(row slice, the weight's rows in float64, or q's error on them) about PRICE_WEIGHTS weights at
-    a time: the whole tensor where its layer's statistics are per group, or q is per tensor. The
+def _row_parts(w: Weight, hs: list[LayerStats], q: QuantizedTensor | None = None, step: int | None = None):
+    """(row slice, the weight's rows in float64, or q's error on them) about step (PRICE_WEIGHTS)
+    weights at a time: the whole tensor where its layer's statistics are per group, or q is per tensor. The
     134M decoder's embedding took 1.2 GB at once."""
+    step = step or PRICE_WEIGHTS
     rows = float_rows(w)
     o, k = rows.shape
     per = q.groups // o if q is not None and q.groups % o == 0 else (0 if q is not None else 1)
-    if o * k <= PRICE_WEIGHTS or not per or any(h.mean.shape[0] != 1 for h in hs):
+    if o * k <= step or not per or any(h.mean.shape[0] != 1 for h in hs):
         whole = rows.astype(np.float64)
         yield slice(0, o), whole if q is None else to_rows(w, q.dequantized) - whole
         return
     table = q.level_table() if q is not None else np.empty((0, 0))
-    step = max(1, PRICE_WEIGHTS // k)
+    step = max(1, step // k)
     for start in range(0, o, step):
         part = slice(start, min(o, start + step))
         values = rows[part].astype(np.float64)
@@ -405,13 +418,17 @@ def _row_parts(w: Weight, hs: list[LayerStats], q: QuantizedTensor | None = None
         yield part, values
 
 
-def _errors(w: Weight, q: QuantizedTensor, hs: list[LayerStats], energy: np.ndarray) -> tuple[float, float]:
-    """q's layer error tr(dW H dW^T) and its error relative to each channel's energy (the mean)."""
+def _errors(
+    w: Weight, q: QuantizedTensor, hs: list[LayerStats], energy: np.ndarray, exact: bool = True
+) -> tuple[float, float]:
+    """q's layer error tr(dW H dW^T) (|dW|^2 without exact) and its error relative to each
+    channel's energy (the mean)."""
     error = 0.0
     relative = []
-    for part, delta in _row_parts(w, hs, q):
-        error += sensitivity.layer_error(delta, hs)
-        relative.append(np.sum(delta**2, axis=1) / energy[part])
+    for part, delta in _row_parts(w, hs, q, PRICE_WEIGHTS if exact else CACHED_WEIGHTS):
+        squares = np.sum(delta**2, axis=1)
+        error += sensitivity.layer_error(delta, hs) if exact else float(squares.sum())
+        relative.append(squares / energy[part])
     return error, float(np.mean(np.concatenate(relative)))
 
 
@@ -444,28 +461,42 @@ def offers_per_tensor(q: QuantizedTensor, fmt) -> bool:
     return q.groups > 1 and 8 * fmt.codebook_bytes(q) / q.codes.size >= PER_TENSOR_OFFER
 
 
-def _curves(
-    weights, computed, priced: _Priced, probe: sensitivity.Probe | blockwise.BlockProbe, target: int, progress
-):
-    """noise_t(c) for every priced choice: measured per channel at the width nearest the target and
-    at the narrowest computed one, scaled by layer error; per tensor with the same gain; float 0.
-
-    The gain from layer error to output noise changes at low widths, where extrapolating it
-    misjudged tensors; hence the second measurement.
-    """
+def _probed(computed: dict[str, dict[Choice, QuantizedTensor]], target: int) -> list[int]:
+    """The widths each weight's noise is measured at: per channel, the width nearest the target and
+    the narrowest computed one. The gain from layer error to output noise changes at low widths,
+    where extrapolating it misjudged tensors; hence the second measurement."""
     channel_widths = sorted(
         {c.bits for have in computed.values() for c in have if c.bits and not c.per_tensor}
     )
     reference = max(channel_widths[0], min(channel_widths[-1], target))
-    probed = sorted({channel_widths[0], reference})
+    return sorted({channel_widths[0], reference})
+
+
+def _measured_alone(computed: dict[str, dict[Choice, QuantizedTensor]], probed: list[int]) -> bool:
+    """Whether every computed choice is measured and no priced width falls between two measured
+    ones: then each curve is the measurements, 6 dB per bit beyond them, whatever the layer error
+    (its scale cancels in noise / error * error), and _price can skip tr(dW H dW^T) (on the 468M
+    decoder, a product with 512 columns per weight and width)."""
+    return probed[-1] - probed[0] <= 1 and all(
+        set(have) <= {Choice(b) for b in probed} for have in computed.values()
+    )
+
+
+def _measure(weights, computed, probe, probed: list[int], progress) -> dict[str, dict[int, float]]:
+    """Each weight's measured noise at the probed widths it was computed at ({} when onnxruntime
+    cannot take it as an input)."""
     at = {w.name: [b for b in probed if Choice(b) in computed[w.name]] for w in weights}
     noises = probe.noises(
         {w.name: partial(_values_at, w, computed[w.name], at[w.name]) for w in weights},
         progress and (lambda done, total, name: progress(done, total, f"measuring sensitivity: {name}")),
     )
-    # A weight without a measurement (onnxruntime cannot take it as an input) is scaled by the
-    # others' gain.
-    measured = {w.name: dict(zip(at[w.name], noises.get(w.name, []))) for w in weights}
+    return {w.name: dict(zip(at[w.name], noises.get(w.name, []))) for w in weights}
+
+
+def _curves(weights, priced: _Priced, measured: dict[str, dict[int, float]]):
+    """noise_t(c) for every priced choice: measured per channel (_probed), scaled by layer error to
+    the other widths; per tensor with the same gain; float 0. A weight without a measurement
+    (onnxruntime cannot take it as an input) is scaled by the others' gain."""
     gains = _gains(measured, priced.errors)
     curves = {}
     for w in weights:
@@ -473,7 +504,7 @@ def _curves(
             c: (gains[w.name].get(c.bits, 0.0) * e if c.bits else 0.0)
             for c, e in priced.errors[w.name].items()
         }
-    return curves, probed
+    return curves
 
 
 def _values_at(w: Weight, have: dict[Choice, QuantizedTensor], widths: list[int]) -> list[np.ndarray]:

@@ -144,3 +144,28 @@ def test_channels_moved_is_moveaxis_for_any_shape(rows, cols, dtype):
     assert channels_moved(a, 0) is a
     cube = a.reshape(rows, cols, 1)
     np.testing.assert_array_equal(channels_moved(cube, 1), np.moveaxis(cube, 1, 0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from([(7,), (5, 9), (9, 5), (3, 4, 2, 2), (1, 1)]),
+    st.integers(0, 3),
+    st.booleans(),
+)
+def test_weight_array_is_to_weight_contiguous(shape, axis, per_tensor):
+    """What a session is fed of a weight's rows: to_weight's values, shape and type, contiguous,
+    per channel and per tensor (rows of one)."""
+    from onnxq.graph.select import Weight
+    from onnxq.quant.layout import float_rows, to_rows, to_weight, weight_array
+
+    axis = min(axis, len(shape) - 1) if len(shape) > 1 else 0
+    a = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    w = Weight("w", a, axis, onnx.GraphProto(), None)
+    rows = float_rows(w)
+    values = to_rows(
+        w, a.reshape(1, -1) if per_tensor else np.ascontiguousarray(rows)
+    )  # (1, n): original order
+    got = weight_array(w, values)
+    assert got.flags.c_contiguous and got.dtype == a.dtype
+    np.testing.assert_array_equal(got, to_weight(w, values))
+    np.testing.assert_array_equal(got, a)

@@ -384,7 +384,7 @@ def test_pricing_a_few_rows_at_a_time_gives_the_whole_tensors_numbers(axis, monk
     """The 134M decoder's embedding took 1.2 GB priced at once; in parts the numbers stay."""
     from onnxq.graph.select import Weight
     from onnxq.quant.codebooks import CODEBOOKS
-    from onnxq.quant.layout import float_rows
+    from onnxq.quant.layout import float_rows, to_rows
     from onnxq.quant.quantize import quantize
     from onnxq.refine.calibrate import LayerSpec, LayerStats
     from onnxq.refine.steps import Layer
@@ -406,3 +406,72 @@ def test_pricing_a_few_rows_at_a_time_gives_the_whole_tensors_numbers(axis, monk
         assert parts.costs == whole.costs and parts.relative == whole.relative
         for c, e in whole.errors["w"].items():
             assert parts.errors["w"][c] == pytest.approx(e, rel=1e-12) and e > 0
+    # Without exact (_measured_alone): |dW|^2 whatever the layer's H, CACHED_WEIGHTS at a time.
+    plain = widths._price([w], computed, layers, fold, exact=False)
+    monkeypatch.setattr(widths, "CACHED_WEIGHTS", 3 * rows.shape[1])
+    few = widths._price([w], computed, layers, fold, exact=False)
+    bare = widths._price([w], computed, {}, fold)
+    assert plain.relative == few.relative == bare.relative and plain.costs == bare.costs
+    for b in (3, 4):
+        squares = float(
+            np.sum((to_rows(w, computed["w"][Choice(b)].dequantized) - rows.astype(np.float64)) ** 2)
+        )
+        assert plain.errors["w"][Choice(b)] == pytest.approx(squares, rel=1e-12)
+        assert few.errors["w"][Choice(b)] == pytest.approx(squares, rel=1e-12)
+
+
+def test_measured_alone_the_curves_need_no_layer_error():
+    """When every computed width is measured and none lies between two measured ones, each curve
+    is the measurements (6 dB per bit beyond them) with tr(dW H dW^T) or with |dW|^2 alike; with a
+    width between them, H moves the curve, and _measured_alone says no."""
+    from onnxq.graph.select import Weight
+    from onnxq.quant.codebooks import CODEBOOKS
+    from onnxq.quant.layout import float_rows
+    from onnxq.quant.quantize import quantize
+    from onnxq.refine.calibrate import LayerSpec, LayerStats
+    from onnxq.refine.steps import Layer
+    from onnxq.storage import fold
+
+    rng = np.random.default_rng(3)
+    w = Weight("w", rng.standard_normal((16, 32)).astype(np.float32), 0, onnx.GraphProto(), None)
+    rows = float_rows(w)
+    x = rng.standard_normal((100, 32)) * np.linspace(0.1, 3, 32)  # an H far from the identity
+    stats = LayerStats(x.mean(axis=0)[None], (x.T @ x / len(x))[None], len(x))
+    layers = {"w": [Layer(LayerSpec("mm", "MatMul", "x", "w", 1, 32), stats)]}
+    for bits, alone in (((4, 5), True), ((3, 4, 5), False), ((3, 5), False)):
+        computed = {"w": {Choice(b): quantize(rows, CODEBOOKS["exponential"], b, "lsq") for b in bits}}
+        probed = widths._probed(computed, 5)
+        assert widths._measured_alone(computed, probed) == alone
+        measured = {"w": {b: 0.5 / 4**b for b in probed}}
+        exact = widths._curves([w], widths._price([w], computed, layers, fold), measured)["w"]
+        plain = widths._curves([w], widths._price([w], computed, layers, fold, exact=False), measured)["w"]
+        for b in probed:
+            assert exact[Choice(b)] == pytest.approx(measured["w"][b], rel=1e-9)
+        same = all(plain[c] == pytest.approx(v, rel=1e-9) for c, v in exact.items())
+        assert same == alone
+
+
+def test_two_measured_widths_price_without_h_unless_a_weight_goes_unmeasured(cnn_path, tmp_path, monkeypatch):
+    """A model counted as large (two computed widths, both measured): no tr(dW H dW^T) is computed;
+    a weight that onnxruntime could not take as an input takes the others' median gain, which
+    needs every weight's layer error, and then they are computed."""
+    from onnxq.refine import sensitivity
+
+    monkeypatch.setattr(onnxq.api, "ALL_WIDTHS_UP_TO", 0)
+    monkeypatch.setattr(widths, "PER_TENSOR_OFFER", np.inf)  # no choice per tensor
+    calls = []
+    real = sensitivity.layer_error
+    monkeypatch.setattr(sensitivity, "layer_error", lambda d, hs: calls.append(len(hs)) or real(d, hs))
+    first, _ = compress(cnn_path, tmp_path, target_bits=4.5)
+    assert not calls and first.bits_per_weight <= 4.5
+    noises = sensitivity.Probe.noises
+
+    def one_short(self, values, progress=None):
+        out = noises(self, values, progress)
+        del out[min(out)]
+        return out
+
+    monkeypatch.setattr(sensitivity.Probe, "noises", one_short)
+    (tmp_path / "short").mkdir()
+    second, _ = compress(cnn_path, tmp_path / "short", target_bits=4.5)
+    assert calls and all(calls) and second.bits_per_weight <= 4.5  # with each layer's H
