@@ -123,6 +123,22 @@ def _connect(segments: list[Segment], graph: onnx.GraphProto, weights: set[str])
         wanted |= set(seg.inputs)
 
 
+def tail(seg: Segment, weight: str, weights: set[str]) -> Segment:
+    """The part of seg from the first node that reads weight to its end: what a change of that
+    weight alone can move. Its inputs are seg's and the tensors its earlier nodes made; its outputs
+    seg's outputs that the tail makes."""
+    start = next(i for i, node in enumerate(seg.nodes) if weight in node.input)
+    nodes = seg.nodes[start:]
+    made = {o for node in nodes for o in node.output if o}
+    read = {n for node in nodes for n in node.input if n}
+    return Segment(
+        nodes=nodes,
+        weights=[n for n in seg.weights if n in read],
+        inputs=sorted(read - made - weights),
+        outputs=[o for o in seg.outputs if o in made],
+    )
+
+
 @dataclass
 class Described:
     model: onnx.ModelProto  # read lazily: weights over external.LAZY_BYTES stay in their files

@@ -2,16 +2,19 @@
 session per weight (sensitivity.Probe opens the whole model once for each).
 
 The graph is cut into segments (check/blocks.py): about PROBE_SEGMENTS, each with at most
-blocks.BLOCK_BYTES of weights. A weight t of segment s is measured there alone: the segment runs on
-the float model's own inputs to s, once per value of t, and its noise is taken at the segment's
-outputs, n_t = sum ||z_t - z||^2 / sum ||z||^2. Then, for each of the values measured (each
-width), the segment's weights are all moved at once towards theirs, by the fraction that makes
-the noise at the segment's outputs about one weight's (a model is not linear, and the gain is
-applied to one weight's perturbation), and the segment's outputs are carried through the rest of
-the model: that perturbation's noise at the model's outputs, N_s, over its noise at the
-segment's, n_s, is the segment's gain, and noise_t = n_t * N_s / n_s. A weight read in several
-segments, and every whole allocation (noise_parts), runs through the whole model, a segment at
-a time.
+blocks.BLOCK_BYTES of weights. A weight t of segment s is measured there alone: the segment runs,
+from t's first reader on (the nodes before it cannot move), on the float model's own tensors
+there, once per value of t, and its noise is taken at the segment's outputs, n_t = sum ||z_t - z||^2 / sum ||z||^2. Then the segment's weights are all moved at once
+towards their last value (the width nearest the target), by the fraction that makes the noise
+at the segment's outputs about one weight's (a model is not linear, and the gain is applied to
+one weight's perturbation), and the segment's outputs are carried through the rest of the model:
+that perturbation's noise at the model's outputs, N_s, over its noise at the segment's, n_s, is
+the segment's gain, and noise_t = n_t * N_s / n_s at each of t's values. One gain per segment,
+not one per width: the carried perturbations are most of the measurement's runs after the
+weights' own (a segment's perturbation runs through every later segment), and on the 134M
+decoder the gains at its two widths were within 0.86 to 1.16 of each other, where a bit of width
+moves a weight's noise 4x. A weight read in several segments, and every whole allocation
+(noise_parts), runs through the whole model, a segment at a time.
 
 Each segment opens one session per pass, with its weights fed at every run (runtime.Fed), so that
 the float runs, every weight's values and every carried perturbation run through it without a
@@ -24,6 +27,7 @@ for every carried perturbation, and the float model's inputs to every segment.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -39,6 +43,11 @@ from onnxq.refine import sensitivity
 from onnxq.refine.sensitivity import Values
 
 WHAT = "sensitivity probe inputs"
+# A weight's noise is measured from its first reader on (blocks.tail), on the float tensors there,
+# kept for every probe sample while its segment is measured, up to this many bytes; beyond, the
+# whole segment runs for each value. On the 468M decoder (15 segments, 4 samples) the weights' own
+# runs took 27.9 CPU-s instead of 53.9.
+TAIL_BYTES = 256 << 20
 PROBE_SEGMENTS = 8  # a model is cut in about this many segments (more where blocks.BLOCK_BYTES says)
 
 
@@ -80,54 +89,49 @@ class BlockProbe(sensitivity.Measured):
         self.energy = sensitivity.output_energy(self.reference, self.feeds, mask)
 
     def noises(self, values: dict[str, Values], progress=None) -> dict[str, list[float]]:
-        """Each weight's noise at each of its values, estimated as the module says (the gain at the
-        i-th value from the segment's weights all at their i-th)."""
+        """Each weight's noise at each of its values, estimated as the module says (one gain per
+        segment, from its weights all at their last value)."""
         local: dict[str, list[float]] = {}
-        streams: dict[tuple[int, int], list[dict]] = {}  # (segment, i) -> per feed, what it moved
-        combined: dict[tuple[int, int], float] = {}  # (segment, i) -> n_s
+        streams: dict[int, list[dict]] = {}  # segment -> per feed, what its perturbation moved
+        combined: dict[int, float] = {}  # segment -> n_s
         done = 0
         for k, seg in enumerate(self.segments):
-            fed = self._fed(k)
+            mine = [n for n in seg.weights if n in values and self._homes.get(n) == k]
+            tails = {n: blocks.tail(seg, n, set(self._kinds)) for n in mine}
+            within = sorted({i for t in tails.values() for i in t.inputs} - set(seg.inputs))
+            fed = self._fed(k, within)
             sess = fed or self._session(k)
             for stream in streams.values():
                 self._advance(k, sess, {}, stream)
             inputs = [{n: before[n] for n in seg.inputs} for before in self._before[k]]
-            base = [runtime.run(sess, x, seg.outputs, WHAT) for x in inputs]
+            base, middle = self._base(k, sess, inputs, within if fed else [])
             scale = sensitivity.output_energy(base, self.feeds, self.mask, floats_only=True)
-            swaps: list[dict[str, np.ndarray]] = []
-            mine: list[str] = []
-            for name in [n for n in seg.weights if n in values and self._homes.get(n) == k]:
+            swap: dict[str, np.ndarray] = {}
+            for name in mine:
                 vs = list(values[name]())
                 try:
-                    own = fed or self._session(k, inputs=(name,))
-                    local[name] = [
-                        self._local(k, own, inputs, base, scale, {name: self._cast(name, v)}) for v in vs
-                    ]
+                    part = tails[name] if fed is not None and middle is not None else None
+                    local[name] = self._alone(k, name, vs, fed, part, inputs, middle, base, scale)
                 except OnnxqError:
                     pass  # onnxruntime cannot take it as an input: no entry, as sensitivity.Probe
-                swaps += [{} for _ in range(len(vs) - len(swaps))]
-                for i, v in enumerate(vs):
-                    swaps[i][name] = v
-                mine.append(name)
+                if vs:
+                    swap[name] = vs[-1]
                 done += 1
                 if progress:
                     progress(done, len(values), name)
-            for i, swap in enumerate(swaps):
-                swap = self._scaled(swap, [local[n][min(i, len(local[n]) - 1)] for n in mine if n in local])
+            if swap:
+                swap = self._scaled(swap, [local[n][-1] for n in swap if n in local])
                 swapped, extra = self._swapped(k, swap, fed)
-                combined[k, i] = self._local(k, swapped, inputs, base, scale, extra)
-                streams[k, i] = [dict(before) for before in self._before[k]]
-                self._advance(k, swapped, extra, streams[k, i])
+                combined[k] = self._local(k, swapped, inputs, base, scale, extra)
+                streams[k] = [dict(before) for before in self._before[k]]
+                self._advance(k, swapped, extra, streams[k])
             del fed, sess
             self._evict(k)
         gains = {
             key: (self._error(stream) / combined[key] if combined[key] > 0 else 0.0)
             for key, stream in streams.items()
         }
-        out = {
-            name: [gains[self._homes[name], i] * n for i, n in enumerate(noise)]  # type: ignore[index]
-            for name, noise in local.items()
-        }
+        out = {name: [gains[self._homes[name]] * n for n in noise] for name, noise in local.items()}  # type: ignore[index]
         for name in [n for n in values if n in self._homes and self._homes[n] is None]:
             out[name] = [self.noise_all({name: v}) for v in values[name]()]  # read in several segments
             done += 1
@@ -154,7 +158,7 @@ class BlockProbe(sensitivity.Measured):
         of perturbation it scales, where the model may not be linear."""
         total, typical = float(np.sum(noises)), float(np.median(noises)) if noises else 0.0
         alpha = float(np.sqrt(typical / total)) if total > 0 else 1.0
-        return {n: self._weights[n].array + alpha * (v - self._weights[n].array) for n, v in swap.items()}
+        return {n: _towards(self._weights[n].array, v, alpha) for n, v in swap.items()}
 
     def _error(self, alive: list[dict]) -> float:
         """The noise of the model's outputs in alive (per feed), against the float ones."""
@@ -164,11 +168,39 @@ class BlockProbe(sensitivity.Measured):
             sensitivity.error_parts(outputs, self.reference, self.feeds, ones, self.mask, self.energy).sum()
         )
 
-    def _local(self, k: int, sess, inputs: list[dict], base: list[list], scale: float, extra: dict) -> float:
-        """Segment k's outputs' noise, run on its float inputs with extra fed too."""
-        names = self.segments[k].outputs
+    def _local(
+        self, k: int, sess, inputs: list[dict], base: list[list], scale: float, extra: dict, names=None
+    ) -> float:
+        """Segment k's outputs' noise (or that of names, which base holds), run on its float inputs
+        with extra fed too."""
+        names = names or self.segments[k].outputs
         got = [runtime.run(sess, {**x, **extra}, names, WHAT) for x in inputs]
         return _noise(got, base, self.feeds, self.mask) / scale if scale > 0 else 0.0
+
+    def _base(
+        self, k: int, sess, inputs: list[dict], within: list[str]
+    ) -> tuple[list[list], list[dict] | None]:
+        """Per feed, segment k's float outputs, and the tensors within it that its weights' tails
+        read (None when they would take more than TAIL_BYTES: the tails are not run then)."""
+        names = self.segments[k].outputs
+        runs = [runtime.run(sess, x, names + within, WHAT) for x in inputs]
+        middle = [dict(zip(within, ys[len(names) :])) for ys in runs]
+        kept = sum(np.asarray(v).nbytes for m in middle for v in m.values()) <= TAIL_BYTES
+        return [ys[: len(names)] for ys in runs], middle if kept else None
+
+    def _alone(self, k: int, name: str, vs: list, fed, part, inputs, middle, base, scale) -> list[float]:
+        """The noise at segment k's outputs of name at each of its values vs, the others float: run
+        from name's first reader (part, blocks.tail) on the float tensors there, or with part None
+        through the whole segment."""
+        if part is None:
+            own = fed or self._session(k, inputs=(name,))
+            return [self._local(k, own, inputs, base, scale, {name: self._cast(name, v)}) for v in vs]
+        there = [{**x, **m} for x, m in zip(inputs, middle)]
+        own = self._session(k, fed=True, part=part, example=there[0] if there else {})
+        xs = [{n: t[n] for n in part.inputs} for t in there]
+        at = [self.segments[k].outputs.index(o) for o in part.outputs]
+        ref = [[ys[i] for i in at] for ys in base]
+        return [self._local(k, own, xs, ref, scale, {name: self._cast(name, v)}, part.outputs) for v in vs]
 
     def _advance(self, k: int, sess, extra: dict, alive: list[dict]) -> None:
         """Run segment k on each feed's tensors (and extra), and keep what later segments or the
@@ -189,13 +221,15 @@ class BlockProbe(sensitivity.Measured):
         """value in the type of the weight's tensor (as a session takes it)."""
         return np.ascontiguousarray(value, dtype=self._kinds[name])
 
-    def _fed(self, k: int) -> runtime.Fed | None:
-        """Segment k's session with every weight this probe measures in it fed at each run, or None
-        when onnxruntime cannot take one of them as an input (remembered)."""
+    def _fed(self, k: int, within: Sequence[str] = ()) -> runtime.Fed | None:
+        """Segment k's session with every weight this probe measures in it fed at each run (and the
+        tensors within it named as outputs too), or None when onnxruntime cannot take one of the
+        weights as an input (remembered)."""
         if k in self._unfed:
             return None
+        seg = self.segments[k]
         try:
-            return self._session(k, fed=True)
+            return self._session(k, fed=True, part=replace(seg, outputs=[*seg.outputs, *within]))
         except OnnxqError:
             self._unfed.add(k)
             return None
@@ -210,11 +244,17 @@ class BlockProbe(sensitivity.Measured):
         return self._session(k, swaps=swaps), {}
 
     def _session(
-        self, k: int, inputs: Sequence[str] = (), swaps: dict | None = None, fed: bool = False
+        self,
+        k: int,
+        inputs: Sequence[str] = (),
+        swaps: dict | None = None,
+        fed: bool = False,
+        part: blocks.Segment | None = None,
+        example: dict | None = None,
     ) -> runtime.Fed:
-        """A session over segment k (runtime.Fed): the weights in inputs fed at each run, those in
-        swaps set, the others held; fed: every weight this probe measures in it fed, their arrays
-        by default."""
+        """A session over segment k, or part of it (runtime.Fed): the weights in inputs fed at each
+        run, those in swaps set, the others held; fed: every weight this probe measures in it fed,
+        their arrays by default. example: tensors of a feed, to type inputs the model does not."""
         swaps = swaps or {}
 
         def held(tensor: onnx.TensorProto) -> np.ndarray | None:
@@ -225,8 +265,9 @@ class BlockProbe(sensitivity.Measured):
                 return self._cast(tensor.name, self._weights[tensor.name].array)
             return self._arrays.get(tensor.name)
 
-        example = self._before[k][0] if self._before[k] else {}
-        proto, arrays = blocks.segment_model(self.model, self.segments[k], example, held)
+        if example is None:
+            example = self._before[k][0] if self._before[k] else {}
+        proto, arrays = blocks.segment_model(self.model, part or self.segments[k], example, held)
         for tensor in proto.graph.initializer:
             if tensor.name in swaps and tensor.name not in arrays:
                 kind = sensitivity.tensor_dtype(tensor)
@@ -253,3 +294,13 @@ def _noise(got: list[list], base: list[list], feeds: Sequence[Sample], mask: str
                 d = np.asarray(y).astype(np.float64) - r
                 total += float(np.sum(sensitivity.kept(d, feed, mask) ** 2))
     return total
+
+
+def _towards(a: np.ndarray, v: np.ndarray, alpha: float) -> np.ndarray:
+    """a + alpha * (v - a), computed in one new array (42 -> 5 ms for a 4096 x 1024 float32
+    weight, v a transposed view)."""
+    kind = np.result_type(a.dtype, v.dtype)
+    out = np.subtract(v, a, dtype=kind)
+    out *= np.asarray(alpha, dtype=kind)
+    out += a
+    return out

@@ -109,6 +109,33 @@ def test_cut_in_segments_it_ranks_the_weights_as_the_whole_model_does():
         assert np.median(np.abs(np.log(np.divide(b, a)))) < np.log(2)
 
 
+@pytest.mark.parametrize("segments", [1, 3])
+def test_from_its_reader_on_a_weight_measures_what_its_whole_segment_does(monkeypatch, segments):
+    """Each weight run from its first reader to the segment's end, on the float tensors there,
+    against the whole segment run for each value (TAIL_BYTES below any kept tensor)."""
+    model = chain_model(layers=3)
+    weights = find_weights(model, 1)[0]
+    monkeypatch.setattr(blockwise, "PROBE_SEGMENTS", segments)
+    sizes = []
+    real = blocks.segment_model
+    monkeypatch.setattr(
+        blocks, "segment_model", lambda m, seg, *a: sizes.append(len(seg.nodes)) or real(m, seg, *a)
+    )
+    probe = BlockProbe(model, weights, feeds_of())
+    assert len(probe.segments) == segments
+    sizes.clear()
+    tails = probe.noises(values_of(weights))
+    assert min(sizes) < min(len(s.nodes) for s in probe.segments)  # a tail ran, not its segment
+    monkeypatch.setattr(blockwise, "TAIL_BYTES", -1)
+    sizes.clear()
+    whole = probe.noises(values_of(weights))
+    assert min(sizes) == min(len(s.nodes) for s in probe.segments)
+    assert set(tails) == set(whole) == {w.name for w in weights}
+    for name in whole:
+        assert tails[name] == pytest.approx(whole[name], rel=1e-5)
+        assert all(v > 0 for v in tails[name])
+
+
 def test_a_weight_read_in_two_segments_is_measured_through_the_whole_model(monkeypatch):
     """w0 is read by the first layer and the last: measured with the whole model."""
     model = chain_model(shared=True)
@@ -138,7 +165,8 @@ def test_no_session_holds_more_than_a_segments_weights(monkeypatch):
     probe = BlockProbe(model, weights, feeds_of())
     opened = len(held)
     probe.noises(values_of(weights))
-    assert len(held) - opened == len(probe.segments)  # one session per segment serves the pass
+    # One session per segment serves the pass, and one per weight runs from its reader on.
+    assert len(held) - opened == len(probe.segments) + len(weights)
     probe.noise_parts({w.name: rounded(w.array, 0.05) for w in weights})
     largest = max(w.array.nbytes for w in weights)
     assert held and max(held) <= max(10_000, largest)
@@ -184,7 +212,7 @@ def test_a_weight_onnxruntime_cannot_take_as_an_input_gets_no_entry(monkeypatch)
 
     tried = []
 
-    def session(self, k, inputs=(), swaps=None, fed=False):
+    def session(self, k, inputs=(), swaps=None, fed=False, **given):
         tried.append(k) if fed else None
         if fed or "v2" in inputs:  # so every segment falls back to a session per weight
             raise OnnxqError("onnxruntime cannot load the model: v2 must be a constant")
