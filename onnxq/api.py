@@ -305,9 +305,10 @@ def _quantize_all(
         )
         t = time.perf_counter()
         if gptq:
-            for i, w in enumerate(weights):
-                _step(progress, i, len(weights), "rounding with GPTQ", w.name)
-                tensors[i] = refine.round_with_gptq(w, tensors[i], layers.get(w.name, []))
+            with refine.one_blas_thread():
+                for i, w in enumerate(weights):
+                    _step(progress, i, len(weights), "rounding with GPTQ", w.name)
+                    tensors[i] = refine.round_with_gptq(w, tensors[i], layers.get(w.name, []))
             refine.drop_factored()
             report.seconds["gptq"] = time.perf_counter() - t
         done = _Quantized(weights, tensors)
@@ -316,9 +317,10 @@ def _quantize_all(
         done = _allocate(model, weights, config, report, progress, source, layers, make)
     done.notes = notes + done.notes + _group_notes(done.weights, config)
     if config.resolved_bias_correction():
-        for i, (w, q) in enumerate(zip(done.weights, done.tensors)):
-            _step(progress, i, len(done.weights), "correcting biases", w.name)
-            done.biases[w.name] = refine.correct_biases(model, w, q, layers.get(w.name, []))
+        with refine.one_blas_thread():
+            for i, (w, q) in enumerate(zip(done.weights, done.tensors)):
+                _step(progress, i, len(done.weights), "correcting biases", w.name)
+                done.biases[w.name] = refine.correct_biases(model, w, q, layers.get(w.name, []))
     return done
 
 
@@ -374,8 +376,9 @@ def _allocate(model, weights, config: Config, report: Report, progress, source, 
         )
     if config.resolved_rounding() == "gptq":  # measure what will be stored: the GPTQ codes
         t = time.perf_counter()
-        for w in weights:
-            computed[w.name] = refine.round_all_with_gptq(w, computed[w.name], layers.get(w.name, []))
+        with refine.one_blas_thread():
+            for w in weights:
+                computed[w.name] = refine.round_all_with_gptq(w, computed[w.name], layers.get(w.name, []))
         refine.drop_factored()
         report.seconds["gptq"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -359,9 +359,7 @@ class Nearest:
     def column(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(codes as int64, their levels in float64) for w of shape (groups,): one weight per row.
         Every row's midpoints sit in one sorted array, each row shifted past the one before."""
-        if self._keys is None:
-            self._keys = self._column_keys()
-        flat, starts, keys, offsets, bound = self._keys
+        flat, starts, keys, offsets, bound = self.column_tables()
         fast = kernels.engine(w.size)
         if self.bits == 1:
             codes = (w >= 0).astype(np.int64)
@@ -372,6 +370,12 @@ class Nearest:
             index -= np.arange(w.shape[0]) * self.m
             codes = self.m + np.where(w < 0, -index, index)
         return codes, flat[starts + codes]
+
+    def column_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+        """What column() searches: (flat, starts, keys, offsets, bound), see _column_keys."""
+        if self._keys is None:
+            self._keys = self._column_keys()
+        return self._keys
 
     def _column_keys(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
         """column's tables: the levels flat, each row's start in them, and the midpoints of every

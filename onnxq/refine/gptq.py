@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxq.quant import kernels
 from onnxq.quant.quantize import Nearest, QuantizedTensor
 
 DAMPING = 0.01  # of the mean diagonal, as in the GPTQ paper: the least, for an H seen through many columns
@@ -135,9 +136,16 @@ def _round_block(
     column."""
     g, b, r = cols.shape
     residual = weights.copy()
+    block = np.ascontiguousarray(v)  # the compiled loop reads it contiguous, and vectorizes
     for s0 in range(0, b, SUB):
         s1 = min(s0 + SUB, b)
-        for j in range(s0, s1):
+        near = column(first + s0)
+        fast = kernels.engine(g * r) if near.bits > 1 and column(first + s1 - 1) is near else None
+        if fast is not None:  # the same, a row at a time (one table read per row, not per column)
+            flat, starts, keys, offsets, bound = near.column_tables()
+            args = (keys, offsets, cols.dtype.type(bound), near.m, flat, starts)
+            fast.round_columns(cols, residual, codes, block, s0, s1, *args)
+        for j in range(s0, s1) if fast is None else ():
             c, q = column(first + j).column(cols[:, j].reshape(g * r))
             codes[:, j] = c.reshape(g, r)
             residual[:, j] -= q.reshape(g, r)

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 import onnx
+from threadpoolctl import threadpool_limits
 
 from onnxq.data import samples as data
 from onnxq.data import synthetic
@@ -128,6 +129,13 @@ def _factored(layers: list[Layer], rows: np.ndarray) -> Factored | str:
     if k != rows.shape[1] or rows.shape[0] % g:
         return "nearest (the weight's layout does not match its layer's input)"
     return factored
+
+
+def one_blas_thread():
+    """BLAS on one thread, for a pass that interleaves its products with one-threaded work (GPTQ's
+    column loop, bias correction): BLAS's other thread would spin between the products, CPU time
+    that does no work."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def drop_factored() -> None:

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -101,6 +102,39 @@ def test_the_compiled_column_search_gives_what_numpy_gives(seed, codebook, bits,
         )
         np.testing.assert_array_equal(codes, want_codes)
         np.testing.assert_array_equal(levels, want_levels)
+
+
+@needs_numba
+@given(
+    seed=SEEDS,
+    codebook=CODEBOOK_NAMES,
+    bits=WIDTHS,
+    rows=st.integers(1, 24),
+    k=st.integers(1, 300),
+    groups=st.sampled_from([1, 2]),
+    block=st.sampled_from([None, 4, 32]),
+)
+def test_gptq_rows_rounded_a_row_at_a_time_give_numpys_codes(seed, codebook, bits, rows, k, groups, block):
+    """gptq's compiled rounding (a row at a time through a block's columns, round_columns) against
+    numpy's column by column: the same codes, per channel, per block of columns (where a block
+    of SUB columns can hold two tables) and with H per group of rows; ties included."""
+    from onnxq.refine.gptq import Factored, gptq_codes
+
+    rows *= groups
+    if block is not None:
+        k = block * max(1, k // block)
+    w = weights(seed, rows, k, "float32", False)
+    q = quantize(w.reshape(-1, block) if block else w, CODEBOOKS[codebook], bits, "variance")
+    q = replace(q, codes=q.codes.reshape(rows, -1) if block is None else q.codes)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((groups, 3 * k + 1, k)) * rng.lognormal(0, 1, (groups, 1, k))
+    h = np.einsum("gnk,gnl->gkl", x, x) / x.shape[1]
+    table = q.level_table()
+    if bits > 1:  # a weight on a midpoint of its row's first table: a tie
+        mid = 0.5 * (table[0, 1] + table[0, 2])
+        w[0, 0] = mid
+    compiled, plain = on_each_engine(lambda: gptq_codes(q, w, Factored(h)))
+    np.testing.assert_array_equal(compiled, plain)
 
 
 @needs_numba
