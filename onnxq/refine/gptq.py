@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxq.quant import kernels
+from onnxq.quant.layout import channels_moved
 from onnxq.quant.quantize import Nearest, QuantizedTensor
 
 DAMPING = 0.01  # of the mean diagonal, as in the GPTQ paper: the least, for an H seen through many columns
@@ -107,7 +108,7 @@ def round_groups(
     order, v = factored.ordered(act_order=block is None)
     # Columns as contiguous rows (G, K, R): a column is read and updated in place, where in
     # (G, R, K) it is strided by K. float32, as GPTQ's own code: half the memory traffic.
-    w = np.stack([np.asarray(each, DTYPE).T[o] for each, o in zip(w, order)])
+    w = np.stack([channels_moved(np.asarray(each, DTYPE), 1)[o] for each, o in zip(w, order)])
     codes = np.zeros((g, k, r), dtype=np.uint8)
     if block is None:
         nearest = [Nearest(table, bits)]
@@ -124,7 +125,7 @@ def round_groups(
         args = (v[:, start:stop, start:stop], codes[:, start:stop], start, column)
         residual[:, start:stop] = _round_block(cols, w[:, start:stop], *args)
     inverse = np.argsort(order, axis=1)
-    return np.stack([each[o].T for each, o in zip(codes, inverse)])
+    return np.stack([channels_moved(each[o], 1) for each, o in zip(codes, inverse)])
 
 
 def _round_block(
