@@ -74,13 +74,14 @@ def load_data(
 
 
 def layer_statistics(
-    model: onnx.ModelProto, weights: list[Weight], source: Data
+    model: onnx.ModelProto, weights: list[Weight], source: Data, count: int | None = None
 ) -> tuple[dict[str, list[Layer]], list[str]]:
     """Per weight, every main-graph layer that reads it, with its input statistics; and notes on
-    the layers that saw no input."""
+    the layers that saw no input. count: on about that many of the samples, spread over them."""
     specs, _ = calibrate.layer_specs(model, weights)
     arrays = sensitivity.in_place_arrays(model, weights)  # read in place, not copied with the model
-    stats = calibrate.collect_layer_stats(model, specs, source.samples, source.specs, arrays=arrays)
+    samples = source.samples if count is None else _spread(source.samples, count)
+    stats = calibrate.collect_layer_stats(model, specs, samples, source.specs, arrays=arrays)
     external.evict(*(w.array for w in weights))  # its session read them all
     out: dict[str, list[Layer]] = {}
     for spec in specs:
@@ -143,11 +144,15 @@ def drop_factored() -> None:
     _FACTORED.clear()
 
 
+def _spread(samples: list[Sample], count: int) -> list[Sample]:
+    """About count of the samples, spread evenly over them."""
+    n = len(samples)
+    return [samples[i] for i in sorted({int(i) for i in np.linspace(0, n - 1, min(count, n)).round()})]
+
+
 def probe_feeds(source: Data, count: int = PROBE_SAMPLES) -> tuple[list[Sample], list[int]]:
     """About count samples spread evenly over the data, as runs; and how many samples each holds."""
-    n = len(source.samples)
-    chosen = sorted({int(i) for i in np.linspace(0, n - 1, min(count, n)).round()})
-    picked = [source.samples[i] for i in chosen]
+    picked = _spread(source.samples, count)
     runs = list(data.batches(picked, source.specs, len(picked)))
     return [feed for feed, _ in runs], [k for _, k in runs]
 

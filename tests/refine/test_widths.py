@@ -475,3 +475,40 @@ def test_two_measured_widths_price_without_h_unless_a_weight_goes_unmeasured(cnn
     (tmp_path / "short").mkdir()
     second, _ = compress(cnn_path, tmp_path / "short", target_bits=4.5)
     assert calls and all(calls) and second.bits_per_weight <= 4.5  # with each layer's H
+
+
+def test_at_two_measured_widths_a_few_samples_give_the_statistics_and_the_same_output(
+    cnn_path, tmp_path, monkeypatch
+):
+    """Where --target-bits reads only each layer's positions per sample from the statistics, they
+    are collected on MIN_PROBE_SAMPLES samples, and say so; the output is the one that every
+    sample's statistics give."""
+    from onnxq.refine import calibrate
+
+    monkeypatch.setattr(onnxq.api, "ALL_WIDTHS_UP_TO", 0)
+    monkeypatch.setattr(widths, "PER_TENSOR_OFFER", np.inf)
+    seen = []
+    real = calibrate.collect_layer_stats
+    monkeypatch.setattr(
+        calibrate,
+        "collect_layer_stats",
+        lambda m, s, samples, *a, **k: seen.append(len(samples)) or real(m, s, samples, *a, **k),
+    )
+    few, out = compress(cnn_path, tmp_path, target_bits=4.5)
+    assert seen == [widths.MIN_PROBE_SAMPLES]
+    assert any(n.startswith(f"layer statistics on {widths.MIN_PROBE_SAMPLES} of the") for n in few.notes)
+    monkeypatch.setattr(onnxq.api, "_positions_only", lambda config, weights: None)
+    (tmp_path / "all").mkdir()
+    _, out2 = compress(cnn_path, tmp_path / "all", target_bits=4.5)
+    assert seen[-1] > widths.MIN_PROBE_SAMPLES
+    assert out.read_bytes() == out2.read_bytes()
+    (tmp_path / "gptq").mkdir()
+    monkeypatch.undo()
+    monkeypatch.setattr(onnxq.api, "ALL_WIDTHS_UP_TO", 0)
+    monkeypatch.setattr(
+        calibrate,
+        "collect_layer_stats",
+        lambda m, s, samples, *a, **k: seen.append(len(samples)) or real(m, s, samples, *a, **k),
+    )
+    compress(cnn_path, tmp_path / "gptq", target_bits=4.5, rounding="gptq")
+    assert seen[-1] > widths.MIN_PROBE_SAMPLES  # GPTQ reads H: every sample
