@@ -129,7 +129,7 @@ def test_data_driven_steps_read_the_weights_from_their_maps(tmp_path, tiny, monk
     seen = []
     real = steps.layer_statistics
     monkeypatch.setattr(
-        steps, "layer_statistics", lambda m, ws, s: seen.extend(w.array for w in ws) or real(m, ws, s)
+        steps, "layer_statistics", lambda m, ws, s, *a: seen.extend(w.array for w in ws) or real(m, ws, s, *a)
     )
     onnxq.compress(path, tmp_path / "out.onnx", validate=False, jobs=1, target_bits=4)
     assert seen and all(isinstance(a, np.memmap) for a in seen)
