@@ -4,16 +4,19 @@ session per weight (sensitivity.Probe opens the whole model once for each).
 The graph is cut into segments (check/blocks.py): about PROBE_SEGMENTS, each with at most
 blocks.BLOCK_BYTES of weights. A weight t of segment s is measured there alone: the segment runs,
 from t's first reader on (the nodes before it cannot move), on the float model's own tensors
-there, once per value of t, and its noise is taken at the segment's outputs, n_t = sum ||z_t - z||^2 / sum ||z||^2. Then the segment's weights are all moved at once
-towards their last value (the width nearest the target), by the fraction that makes the noise
-at the segment's outputs about one weight's (a model is not linear, and the gain is applied to
-one weight's perturbation), and the segment's outputs are carried through the rest of the model:
+there, once per value of t, and its noise is taken at the segment's outputs,
+n_t = sum ||z_t - z||^2 / sum ||z||^2. Then the segment's weights are all moved at once towards
+their last value (the width nearest the target), by the fraction that makes the noise at the
+segment's outputs about one weight's (a model is not linear, and the gain is applied to one
+weight's perturbation), and the segment's outputs are carried through the rest of the model:
 that perturbation's noise at the model's outputs, N_s, over its noise at the segment's, n_s, is
 the segment's gain, and noise_t = n_t * N_s / n_s at each of t's values. One gain per segment,
 not one per width: the carried perturbations are most of the measurement's runs after the
 weights' own (a segment's perturbation runs through every later segment), and on the 134M
 decoder the gains at its two widths were within 0.86 to 1.16 of each other, where a bit of width
-moves a weight's noise 4x. A weight read in several segments, and every whole allocation
+moves a weight's noise 4x; the narrower width ranks a little worse for it (tools/
+bench_sensitivity.py: Spearman against a session per tensor 0.946 -> 0.900 at 4 bits on
+MobileNetV1-0.25, unchanged at 5). A weight read in several segments, and every whole allocation
 (noise_parts), runs through the whole model, a segment at a time.
 
 Each segment opens one session per pass, with its weights fed at every run (runtime.Fed), so that
@@ -97,7 +100,8 @@ class BlockProbe(sensitivity.Measured):
         done = 0
         for k, seg in enumerate(self.segments):
             mine = [n for n in seg.weights if n in values and self._homes.get(n) == k]
-            tails = {n: blocks.tail(seg, n, set(self._kinds)) for n in mine}
+            initializers = set(self._kinds)
+            tails = {n: blocks.tail(seg, n, initializers) for n in mine}
             within = sorted({i for t in tails.values() for i in t.inputs} - set(seg.inputs))
             fed = self._fed(k, within)
             sess = fed or self._session(k)

@@ -395,8 +395,8 @@ CACHED_WEIGHTS = 1 << 16
 
 def _row_parts(w: Weight, hs: list[LayerStats], q: QuantizedTensor | None = None, step: int | None = None):
     """(row slice, the weight's rows in float64, or q's error on them) about step (PRICE_WEIGHTS)
-    weights at a time: the whole tensor where its layer's statistics are per group, or q is per tensor. The
-    134M decoder's embedding took 1.2 GB at once."""
+    weights at a time: the whole tensor where its layer's statistics are per group, or q is per
+    tensor. The 134M decoder's embedding took 1.2 GB at once."""
     step = step or PRICE_WEIGHTS
     rows = float_rows(w)
     o, k = rows.shape
