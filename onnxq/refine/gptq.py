@@ -146,12 +146,13 @@ def _round_block(
             flat, starts, keys, offsets, bound = near.column_tables()
             args = (keys, offsets, cols.dtype.type(bound), near.m, flat, starts)
             fast.round_columns(cols, residual, codes, block, s0, s1, *args)
-        for j in range(s0, s1) if fast is None else ():
-            c, q = column(first + j).column(cols[:, j].reshape(g * r))
-            codes[:, j] = c.reshape(g, r)
-            residual[:, j] -= q.reshape(g, r)
-            if j + 1 < s1:
-                cols[:, j + 1 : s1] += v[:, j, j + 1 : s1][:, :, None] * residual[:, j][:, None, :]
+        else:
+            for j in range(s0, s1):
+                c, q = column(first + j).column(cols[:, j].reshape(g * r))
+                codes[:, j] = c.reshape(g, r)
+                residual[:, j] -= q.reshape(g, r)
+                if j + 1 < s1:
+                    cols[:, j + 1 : s1] += v[:, j, j + 1 : s1][:, :, None] * residual[:, j][:, None, :]
         if s1 < b:
             cols[:, s1:] += np.matmul(np.swapaxes(v[:, s0:s1, s1:], 1, 2), residual[:, s0:s1])
     return residual
